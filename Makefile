@@ -1,0 +1,123 @@
+# libulpt -- plain GNU make.
+#
+#   make              lib/libulpt.so.1.MINOR.PATCH (soname libulpt.so.1) and lib/libulpt.a
+#   make demo         build and run examples/quickstart (installs missing packages as root)
+#   make check        build and run the test suite (likewise)
+#   make bench        time forward, backward and a training step against a memory stream
+#   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc
+#   make clean
+
+VERSION_MAJOR := $(shell sed -n 's/^\#define ULPT_VERSION_MAJOR \([0-9]*\)/\1/p' include/ulpt.h)
+VERSION_MINOR := $(shell sed -n 's/^\#define ULPT_VERSION_MINOR \([0-9]*\)/\1/p' include/ulpt.h)
+VERSION_PATCH := $(shell sed -n 's/^\#define ULPT_VERSION_PATCH \([0-9]*\)/\1/p' include/ulpt.h)
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+DESTDIR ?=
+
+CC ?= cc
+CFLAGS ?= -O2 -g
+PKG_CONFIG ?= pkg-config
+PYTHON ?= /usr/bin/python3
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+# Evaluated when used, i.e. after `deps` has installed what was missing.
+BLAS_CFLAGS = $(shell $(PKG_CONFIG) --cflags openblas)
+BLAS_LIBS = $(shell $(PKG_CONFIG) --libs openblas)
+CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check)
+CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check)
+LIB_CFLAGS = -std=c11 $(WARN) -fPIC -fvisibility=hidden -Iinclude $(BLAS_CFLAGS)
+
+SONAME := libulpt.so.$(VERSION_MAJOR)
+SHARED := lib/libulpt.so.$(VERSION)
+STATIC := lib/libulpt.a
+SRCS := $(wildcard lib/*.c)
+OBJS := $(patsubst lib/%.c,lib/obj/%.o,$(SRCS))
+
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_OBJS := $(patsubst tests/%.c,tests/obj/%.o,$(TEST_SRCS))
+
+.PHONY: all deps demo check check-run bench bench-run install uninstall clean
+
+all: $(SHARED) $(STATIC) pkgconfig/ulpt.pc
+
+lib/obj/%.o: lib/%.c lib/internal.h include/ulpt.h
+	@mkdir -p lib/obj
+	$(CC) $(CFLAGS) $(LIB_CFLAGS) -c $< -o $@
+
+$(SHARED): $(OBJS) lib/libulpt.map
+	$(CC) $(CFLAGS) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/libulpt.map \
+	    -Wl,--no-undefined -o $@ $(OBJS) $(BLAS_LIBS) -lm $(LDFLAGS)
+	ln -sf libulpt.so.$(VERSION) lib/$(SONAME)
+	ln -sf $(SONAME) lib/libulpt.so
+
+$(STATIC): $(OBJS)
+	rm -f $@
+	$(AR) rcs $@ $(OBJS)
+
+pkgconfig/ulpt.pc: pkgconfig/ulpt.pc.in include/ulpt.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+# Installs the Debian packages the build and tests need when missing (as root), or
+# prints the apt-get line to run.
+deps:
+	@sh .ci/install-deps
+
+# ---- the quick start ---------------------------------------------------------------
+
+examples/quickstart: examples/quickstart.c $(SHARED) include/ulpt.h
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< -Llib -lulpt -Wl,-rpath,'$$ORIGIN/../lib' -lm
+
+demo: deps
+	@$(MAKE) --no-print-directory examples/quickstart
+	./examples/quickstart
+
+# ---- tests --------------------------------------------------------------------------
+
+tests/obj/%.o: tests/%.c tests/test.h include/ulpt.h lib/internal.h
+	@mkdir -p tests/obj
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Wno-missing-prototypes -Iinclude -Ilib $(CHECK_CFLAGS) -c $< -o $@
+
+tests/test_ulpt: $(TEST_OBJS) $(STATIC)
+	$(CC) $(CFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(CHECK_LIBS) $(BLAS_LIBS) -lm -pthread
+
+check: deps
+	@$(MAKE) --no-print-directory check-run
+
+check-run: all tests/test_ulpt examples/quickstart
+	./tests/test_ulpt
+	sh tests/check-exports.sh
+	sh tests/check-install.sh
+	$(PYTHON) -m pytest -q tests/python
+
+# ---- benchmark ----------------------------------------------------------------------
+
+tests/bench_step: tests/bench_step.c $(STATIC)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(STATIC) $(BLAS_LIBS) -lm -pthread
+
+bench: deps
+	@$(MAKE) --no-print-directory bench-run
+
+bench-run: tests/bench_step
+	./tests/bench_step
+
+# ---- install ------------------------------------------------------------------------
+
+install: all
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)
+	install -m 644 include/ulpt.h $(DESTDIR)$(INCLUDEDIR)/ulpt.h
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	ln -sf libulpt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libulpt.so
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+	install -m 644 pkgconfig/ulpt.pc $(DESTDIR)$(LIBDIR)/pkgconfig/ulpt.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/ulpt.h $(DESTDIR)$(LIBDIR)/libulpt.so* \
+	    $(DESTDIR)$(LIBDIR)/libulpt.a $(DESTDIR)$(LIBDIR)/pkgconfig/ulpt.pc
+
+clean:
+	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) pkgconfig/ulpt.pc \
+	    tests/test_ulpt tests/bench_step examples/quickstart

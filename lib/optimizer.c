@@ -1,0 +1,197 @@
+/* optimizer.c -- SGD with momentum, Adam and AdamW over a prompt's flat parameters,
+ * with global-norm clipping and a warmup/decay schedule.
+ *
+ * The update rules are torch.optim's, element for element, so that a run can be checked
+ * against PyTorch step by step: hyperparameters and schedule factors in double, the
+ * per-element arithmetic in float like PyTorch's float32 kernels. */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+struct ulpt_optimizer {
+    ulpt_allocator al;
+    ulpt_prompt *prompt;
+    ulpt_optimizer_options opt;
+    uint64_t steps;
+    size_t n;      /* parameters */
+    float *m, *v;  /* Adam moments; SGD keeps its momentum buffer in m */
+    /* ulpt_train_step's buffers, taken here so that no step allocates:
+       E and G (n_tokens x dim) and a copy of the gradients to restore on failure */
+    float *e, *g, *saved_grads;
+};
+
+static int bad_range(double x, double lo, double hi) { return !(x >= lo && x < hi); }
+
+static int check_options(const ulpt_optimizer_options *o)
+{
+    if (o->version < 1 || o->version > ULPT_OPTIMIZER_OPTIONS_VERSION)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
+                         o->version, ULPT_OPTIMIZER_OPTIONS_VERSION);
+    if (o->kind < ULPT_OPT_SGD || o->kind > ULPT_OPT_ADAMW)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown optimizer kind %d", o->kind);
+    if (o->schedule < ULPT_SCHED_CONSTANT || o->schedule > ULPT_SCHED_COSINE)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown schedule %d", o->schedule);
+    if (!(o->lr > 0) || !isfinite(o->lr))
+        return ULPT_FAIL(ULPT_ERR_INVALID, "lr %g is not a finite number > 0", o->lr);
+    if (bad_range(o->beta1, 0, 1) || bad_range(o->beta2, 0, 1))
+        return ULPT_FAIL(ULPT_ERR_INVALID, "betas (%g, %g) are not in [0, 1)", o->beta1, o->beta2);
+    if (!(o->eps > 0) || !isfinite(o->eps))
+        return ULPT_FAIL(ULPT_ERR_INVALID, "eps %g is not a finite number > 0", o->eps);
+    if (bad_range(o->weight_decay, 0, INFINITY))
+        return ULPT_FAIL(ULPT_ERR_INVALID, "weight_decay %g is not a finite number >= 0",
+                         o->weight_decay);
+    if (bad_range(o->momentum, 0, 1))
+        return ULPT_FAIL(ULPT_ERR_INVALID, "momentum %g is not in [0, 1)", o->momentum);
+    if (bad_range(o->max_grad_norm, 0, INFINITY))
+        return ULPT_FAIL(ULPT_ERR_INVALID, "max_grad_norm %g is not a finite number >= 0",
+                         o->max_grad_norm);
+    if (o->schedule != ULPT_SCHED_CONSTANT && o->total_steps <= o->warmup_steps)
+        return ULPT_FAIL(ULPT_ERR_INVALID,
+                         "total_steps %llu must exceed warmup_steps %llu for a decaying schedule",
+                         (unsigned long long)o->total_steps, (unsigned long long)o->warmup_steps);
+    return ULPT_OK;
+}
+
+int ulpt_optimizer_create(ulpt_optimizer **out, ulpt_prompt *prompt,
+                          const ulpt_optimizer_options *opts)
+{
+    static const ulpt_optimizer_options defaults = ULPT_OPTIMIZER_OPTIONS_INIT;
+    if (!out || !prompt)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "prompt");
+    if (!opts)
+        opts = &defaults;
+    int rc = check_options(opts);
+    if (rc)
+        return rc;
+
+    size_t n = ulpt_prompt_num_params(prompt), nd = 0, total = 0;
+    /* the prompt already checked n_tokens*dim fits; moments 2n, saved grads n */
+    if (!ulpt__mul(ulpt_prompt_n_tokens(prompt), ulpt_prompt_dim(prompt), &nd) ||
+        n > (SIZE_MAX - 2 * nd) / 3)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "the prompt is too large to train");
+    total = 3 * n + 2 * nd;
+
+    ulpt_allocator al = ulpt__allocator();
+    ulpt_optimizer *o = ulpt__calloc(&al, 1, sizeof *o);
+    float *buf = o ? ulpt__calloc(&al, total, sizeof(float)) : NULL;
+    if (!buf) {
+        ulpt__free(&al, o);
+        return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for an optimizer over %zu parameters", n);
+    }
+    o->al = al;
+    o->prompt = prompt;
+    o->opt = *opts;
+    o->opt.version = ULPT_OPTIMIZER_OPTIONS_VERSION;
+    o->n = n;
+    o->m = buf;
+    o->v = buf + n;
+    o->saved_grads = buf + 2 * n;
+    o->e = buf + 3 * n;
+    o->g = o->e + nd;
+    *out = o;
+    return ULPT_OK;
+}
+
+void ulpt_optimizer_free(ulpt_optimizer *o)
+{
+    if (!o)
+        return;
+    ulpt_allocator al = o->al;
+    ulpt__free(&al, o->m);
+    ulpt__free(&al, o);
+}
+
+/* m(t), the schedule's factor for 0-based step t (Hugging Face's lambdas). */
+static double schedule_factor(const ulpt_optimizer_options *o, uint64_t t)
+{
+    if (t < o->warmup_steps)
+        return (double)t / (double)o->warmup_steps;
+    double span = (double)(o->total_steps - o->warmup_steps);
+    double done = (double)(t - o->warmup_steps);
+    switch (o->schedule) {
+    case ULPT_SCHED_LINEAR:
+        return t >= o->total_steps ? 0.0 : (span - done) / span;
+    case ULPT_SCHED_COSINE: {
+        const double pi = 3.14159265358979323846;
+        return t >= o->total_steps ? 0.0 : 0.5 * (1.0 + cos(pi * done / span));
+    }
+    default:
+        return 1.0;
+    }
+}
+
+static double current_lr(const ulpt_optimizer *o)
+{
+    return o->opt.lr * schedule_factor(&o->opt, o->steps);
+}
+
+int ulpt_optimizer_step(ulpt_optimizer *o)
+{
+    if (!o)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "optimizer is NULL");
+    float *p = ulpt_prompt_params(o->prompt), *g = ulpt_prompt_grads(o->prompt);
+    const size_t n = o->n;
+    const ulpt_optimizer_options *op = &o->opt;
+
+    /* The norm doubles as the finiteness check: refuse before touching anything. */
+    double sq = 0;
+    for (size_t i = 0; i < n; i++)
+        sq += (double)g[i] * g[i];
+    if (!isfinite(sq))
+        return ULPT_FAIL(ULPT_ERR_NONFINITE, "a gradient is NaN or infinite (or overflows the norm)");
+    if (op->max_grad_norm > 0) {
+        float coef = (float)(op->max_grad_norm / (sqrt(sq) + 1e-6));
+        if (coef < 1.0f)
+            for (size_t i = 0; i < n; i++)
+                g[i] *= coef;
+    }
+
+    const double lr = current_lr(o);
+    const float wd = (float)op->weight_decay;
+    o->steps++;
+    if (op->kind == ULPT_OPT_SGD) {
+        const float mom = (float)op->momentum, lrf = (float)lr;
+        for (size_t i = 0; i < n; i++) {
+            float d = wd != 0 ? g[i] + wd * p[i] : g[i];
+            if (mom != 0) {
+                o->m[i] = o->steps == 1 ? d : mom * o->m[i] + d;
+                d = o->m[i];
+            }
+            p[i] -= lrf * d;
+        }
+        return ULPT_OK;
+    }
+
+    const double bc1 = 1.0 - pow(op->beta1, (double)o->steps);
+    const double bc2 = 1.0 - pow(op->beta2, (double)o->steps);
+    const float b2 = (float)op->beta2;
+    const float one_m_b1 = (float)(1.0 - op->beta1), one_m_b2 = (float)(1.0 - op->beta2);
+    const float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    const float eps = (float)op->eps;
+    const float decay = (float)(1.0 - lr * op->weight_decay);
+    const int adamw = op->kind == ULPT_OPT_ADAMW;
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i];
+        if (adamw)
+            p[i] *= decay;
+        else if (wd != 0)
+            gi += wd * p[i];
+        o->m[i] += (gi - o->m[i]) * one_m_b1; /* torch's lerp for weights < 0.5 */
+        o->v[i] = o->v[i] * b2 + one_m_b2 * gi * gi;
+        float denom = sqrtf(o->v[i]) / bc2_sqrt + eps;
+        p[i] -= step_size * (o->m[i] / denom);
+    }
+    return ULPT_OK;
+}
+
+void ulpt__optimizer_buffers(ulpt_optimizer *o, float **e, float **g, float **saved_grads)
+{
+    *e = o->e;
+    *g = o->g;
+    *saved_grads = o->saved_grads;
+}
+
+uint64_t ulpt_optimizer_step_count(const ulpt_optimizer *o) { return o ? o->steps : 0; }
+float ulpt_optimizer_lr(const ulpt_optimizer *o) { return o ? (float)current_lr(o) : 0.0f; }
+ulpt_prompt *ulpt_optimizer_prompt(const ulpt_optimizer *o) { return o ? o->prompt : NULL; }

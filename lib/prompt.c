@@ -1,0 +1,294 @@
+/* prompt.c -- the trainable low-dimensional prompt: Z (n x r), scale s (d), shift b (d).
+ *
+ * Forward and backward sit side by side; with G = dL/dE and P_g the projection of the
+ * token group g (rows Z_g, G_g):
+ *
+ *     E_g     = (Z_g . P_g) (.) s + b
+ *     dL/db   = sum_i G[i,:]
+ *     dL/ds   = sum_g sum_k P_g[k,:] (.) M_g[k,:],     M_g = Z_g^T . G_g      (r x d)
+ *     dL/dZ_g = G_g . (P_g diag s)^T                                       (n_g x r)
+ *
+ * Backward gets M_g and dL/db from one GEMM, [Z_g | 1]^T . G_g, so G is read twice
+ * in all.  The identity projection (vanilla prompt tuning) has Z: n x d and no product. */
+#include "internal.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+struct ulpt_prompt {
+    ulpt_allocator al;
+    uint32_t n, r, d, groups;
+    unsigned flags;
+    int kind;
+    ulpt_projection **proj; /* one per group */
+    size_t n_params;
+    float *params, *grads;  /* [Z | s | b], s and b absent with their flags */
+    float *z, *s, *b;       /* views into params; s, b NULL when absent */
+    float *gz, *gs, *gb;    /* views into grads */
+    /* backward scratch, unused by the identity: [Z_g | 1] (n_g x (r+1)), M ((r+1) x d),
+       P_g diag(s) (r x d) */
+    float *ws_z1, *ws_m, *ws_ps;
+};
+
+/* Rows per GEMM in forward: a block of E small enough (128 KiB) to still be in cache
+ * when the scale and shift pass over it. */
+#define FORWARD_BLOCK_FLOATS 32768u
+
+static int check_options(const ulpt_prompt_options *o)
+{
+    if (o->version < 1 || o->version > ULPT_PROMPT_OPTIONS_VERSION)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
+                         o->version, ULPT_PROMPT_OPTIONS_VERSION);
+    if (o->projection_kind < ULPT_PROJ_XAVIER_UNIFORM || o->projection_kind > ULPT_PROJ_IDENTITY)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown projection kind %d", o->projection_kind);
+    if (o->flags & ~(ULPT_NO_SCALE | ULPT_NO_SHIFT))
+        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown flags 0x%x", o->flags);
+    if (o->n_tokens == 0 || o->dim == 0 || o->rank == 0)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "n_tokens %u, rank %u and dim %u must all be at least 1",
+                         o->n_tokens, o->rank, o->dim);
+    if (o->n_tokens > INT_MAX || o->dim > INT_MAX)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "n_tokens %u or dim %u is past the BLAS limit %d",
+                         o->n_tokens, o->dim, INT_MAX);
+    if (o->rank > o->dim)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "rank %u is greater than dim %u", o->rank, o->dim);
+    if (o->projection_kind == ULPT_PROJ_IDENTITY && o->rank != o->dim)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "identity projection needs rank == dim, got %u and %u",
+                         o->rank, o->dim);
+    if (o->n_groups == 0 || o->n_tokens % o->n_groups != 0)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "n_tokens %u is not a multiple of n_groups %u",
+                         o->n_tokens, o->n_groups);
+    if (!isfinite(o->init_std) || o->init_std < 0)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "init_std %g is not a finite number >= 0",
+                         (double)o->init_std);
+    return ULPT_OK;
+}
+
+/* Float counts of the one block holding params, grads and backward scratch. */
+static int layout(const ulpt_prompt_options *o, size_t *n_params, size_t *n_scratch)
+{
+    size_t nz, nd, z1 = 0, m = 0, ps = 0;
+    size_t vecs = (size_t)!(o->flags & ULPT_NO_SCALE) + (size_t)!(o->flags & ULPT_NO_SHIFT);
+    if (!ulpt__mul(o->n_tokens, o->rank, &nz) || !ulpt__mul(o->n_tokens, o->dim, &nd) ||
+        !ulpt__mul(vecs, o->dim, &m) || nz > SIZE_MAX - m)
+        return 0;
+    *n_params = nz + m;
+    if (o->projection_kind != ULPT_PROJ_IDENTITY) {
+        size_t ng = o->n_tokens / o->n_groups;
+        if (!ulpt__mul(ng, (size_t)o->rank + 1, &z1) ||
+            !ulpt__mul((size_t)o->rank + 1, o->dim, &m) || !ulpt__mul(o->rank, o->dim, &ps))
+            return 0;
+    }
+    *n_scratch = z1 + m + ps;
+    size_t total, bytes;
+    if (*n_params > SIZE_MAX / 2 || 2 * *n_params > SIZE_MAX - *n_scratch)
+        return 0;
+    total = 2 * *n_params + *n_scratch;
+    return ulpt__mul(total, sizeof(float), &bytes) && ulpt__mul(nd, sizeof(float), &bytes);
+}
+
+int ulpt_prompt_create(ulpt_prompt **out, const ulpt_prompt_options *opts)
+{
+    if (!out || !opts)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "opts");
+    int rc = check_options(opts);
+    if (rc)
+        return rc;
+    size_t n_params, n_scratch;
+    if (!layout(opts, &n_params, &n_scratch))
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%u tokens x dim %u x rank %u is past addressable memory",
+                         opts->n_tokens, opts->dim, opts->rank);
+
+    ulpt_allocator al = ulpt__allocator();
+    ulpt_prompt *p = ulpt__calloc(&al, 1, sizeof *p);
+    if (!p)
+        return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for a prompt");
+    p->al = al;
+    p->n = opts->n_tokens;
+    p->r = opts->rank;
+    p->d = opts->dim;
+    p->groups = opts->n_groups;
+    p->flags = opts->flags;
+    p->kind = opts->projection_kind;
+    p->n_params = n_params;
+    p->proj = ulpt__calloc(&al, p->groups, sizeof *p->proj);
+    p->params = ulpt__calloc(&al, 2 * n_params + n_scratch, sizeof(float));
+    if (!p->proj || !p->params) {
+        ulpt_prompt_free(p);
+        return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for a prompt of %zu parameters", n_params);
+    }
+    for (uint32_t g = 0; g < p->groups; g++) {
+        if (ulpt_projection_create(&p->proj[g], ulpt__group_seed(opts->projection_seed, g),
+                                   p->r, p->d, p->kind)) {
+            ulpt_prompt_free(p);
+            return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for projection group %u", g);
+        }
+    }
+
+    size_t nz = (size_t)p->n * p->r;
+    p->grads = p->params + n_params;
+    p->z = p->params;
+    p->gz = p->grads;
+    float *next = p->params + nz, *gnext = p->grads + nz;
+    if (!(p->flags & ULPT_NO_SCALE)) {
+        p->s = next, p->gs = gnext;
+        next += p->d, gnext += p->d;
+        for (uint32_t j = 0; j < p->d; j++)
+            p->s[j] = 1.0f;
+    }
+    if (!(p->flags & ULPT_NO_SHIFT))
+        p->b = next, p->gb = gnext; /* b = 0 from calloc */
+    if (p->kind != ULPT_PROJ_IDENTITY) {
+        p->ws_z1 = p->grads + n_params;
+        p->ws_m = p->ws_z1 + (size_t)(p->n / p->groups) * (p->r + 1);
+        p->ws_ps = p->ws_m + (size_t)(p->r + 1) * p->d;
+    }
+    ulpt__normal_fill(p->z, nz, opts->init_seed, p->r, 0, opts->init_std);
+    *out = p;
+    return ULPT_OK;
+}
+
+void ulpt_prompt_free(ulpt_prompt *p)
+{
+    if (!p)
+        return;
+    ulpt_allocator al = p->al;
+    if (p->proj)
+        for (uint32_t g = 0; g < p->groups; g++)
+            ulpt_projection_free(p->proj[g]);
+    ulpt__free(&al, p->proj);
+    ulpt__free(&al, p->params);
+    ulpt__free(&al, p);
+}
+
+/* ---- forward -------------------------------------------------------------------- */
+
+/* e[i,:] = e[i,:] (.) s + b for `rows` rows; s or b may be NULL (absent). */
+static void scale_shift_rows(float *e, size_t rows, size_t d, size_t ld, const float *s,
+                             const float *b)
+{
+    for (size_t i = 0; i < rows; i++, e += ld) {
+        if (s && b)
+            for (size_t j = 0; j < d; j++)
+                e[j] = e[j] * s[j] + b[j];
+        else if (s)
+            for (size_t j = 0; j < d; j++)
+                e[j] *= s[j];
+        else if (b)
+            for (size_t j = 0; j < d; j++)
+                e[j] += b[j];
+    }
+}
+
+int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t ld)
+{
+    if (!p || !embeddings)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : "embeddings");
+    if (ld < p->d || ld > INT_MAX)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "row stride %zu is outside [dim %u, %d]", ld, p->d,
+                         INT_MAX);
+    const size_t n = p->n, r = p->r, d = p->d, ng = n / p->groups;
+    if (p->kind == ULPT_PROJ_IDENTITY) {
+        for (size_t i = 0; i < n; i++)
+            memcpy(embeddings + i * ld, p->z + i * d, d * sizeof(float));
+        scale_shift_rows(embeddings, n, d, ld, p->s, p->b);
+        return ULPT_OK;
+    }
+    size_t block = d >= FORWARD_BLOCK_FLOATS ? 1 : FORWARD_BLOCK_FLOATS / d;
+    for (size_t g = 0; g < p->groups; g++) {
+        const float *proj = ulpt_projection_data(p->proj[g]);
+        for (size_t i = g * ng; i < (g + 1) * ng; i += block) {
+            size_t rows = (g + 1) * ng - i < block ? (g + 1) * ng - i : block;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)r,
+                        1.0f, p->z + i * r, (int)r, proj, (int)d, 0.0f, embeddings + i * ld,
+                        (int)ld);
+            scale_shift_rows(embeddings + i * ld, rows, d, ld, p->s, p->b);
+        }
+    }
+    return ULPT_OK;
+}
+
+/* ---- backward ------------------------------------------------------------------- */
+
+static void identity_backward(ulpt_prompt *p, const float *grad, size_t ld)
+{
+    const size_t d = p->d;
+    for (size_t i = 0; i < p->n; i++) {
+        const float *g = grad + i * ld, *z = p->z + i * d;
+        float *gz = p->gz + i * d;
+        for (size_t j = 0; j < d; j++)
+            gz[j] += p->s ? g[j] * p->s[j] : g[j];
+        if (p->gs)
+            for (size_t j = 0; j < d; j++)
+                p->gs[j] += z[j] * g[j];
+        if (p->gb)
+            for (size_t j = 0; j < d; j++)
+                p->gb[j] += g[j];
+    }
+}
+
+int ulpt_prompt_backward(ulpt_prompt *p, const float *grad, size_t ld)
+{
+    if (!p || !grad)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : "grad");
+    if (ld < p->d || ld > INT_MAX)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "row stride %zu is outside [dim %u, %d]", ld, p->d,
+                         INT_MAX);
+    if (p->kind == ULPT_PROJ_IDENTITY) {
+        identity_backward(p, grad, ld);
+        return ULPT_OK;
+    }
+    const size_t r = p->r, d = p->d, ng = p->n / p->groups;
+    const size_t k = r + (p->b ? 1 : 0); /* columns of [Z_g | 1] */
+    for (size_t g = 0; g < p->groups; g++) {
+        const float *proj = ulpt_projection_data(p->proj[g]);
+        const float *gg = grad + g * ng * ld;
+        for (size_t i = 0; i < ng; i++) {
+            memcpy(p->ws_z1 + i * k, p->z + (g * ng + i) * r, r * sizeof(float));
+            if (p->b)
+                p->ws_z1[i * k + r] = 1.0f;
+        }
+        /* M = [Z_g | 1]^T . G_g: rows 0..r-1 feed dL/ds, row r is dL/db. */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)d, (int)ng, 1.0f,
+                    p->ws_z1, (int)k, gg, (int)ld, 0.0f, p->ws_m, (int)d);
+        if (p->gs)
+            for (size_t kk = 0; kk < r; kk++)
+                for (size_t j = 0; j < d; j++)
+                    p->gs[j] += proj[kk * d + j] * p->ws_m[kk * d + j];
+        if (p->gb)
+            for (size_t j = 0; j < d; j++)
+                p->gb[j] += p->ws_m[r * d + j];
+        const float *ps = proj;
+        if (p->s) {
+            for (size_t kk = 0; kk < r; kk++)
+                for (size_t j = 0; j < d; j++)
+                    p->ws_ps[kk * d + j] = proj[kk * d + j] * p->s[j];
+            ps = p->ws_ps;
+        }
+        /* dL/dZ_g += G_g . (P_g diag s)^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)ng, (int)r, (int)d, 1.0f, gg,
+                    (int)ld, ps, (int)d, 1.0f, p->gz + g * ng * r, (int)r);
+    }
+    return ULPT_OK;
+}
+
+void ulpt_prompt_zero_grad(ulpt_prompt *p)
+{
+    if (p)
+        memset(p->grads, 0, p->n_params * sizeof(float));
+}
+
+size_t ulpt_prompt_num_params(const ulpt_prompt *p) { return p ? p->n_params : 0; }
+float *ulpt_prompt_params(ulpt_prompt *p) { return p ? p->params : NULL; }
+float *ulpt_prompt_grads(ulpt_prompt *p) { return p ? p->grads : NULL; }
+uint32_t ulpt_prompt_n_tokens(const ulpt_prompt *p) { return p ? p->n : 0; }
+uint32_t ulpt_prompt_rank(const ulpt_prompt *p) { return p ? p->r : 0; }
+uint32_t ulpt_prompt_dim(const ulpt_prompt *p) { return p ? p->d : 0; }
+uint32_t ulpt_prompt_n_groups(const ulpt_prompt *p) { return p ? p->groups : 0; }
+unsigned ulpt_prompt_flags(const ulpt_prompt *p) { return p ? p->flags : 0; }
+
+const ulpt_projection *ulpt_prompt_projection(const ulpt_prompt *p, uint32_t group)
+{
+    return p && group < p->groups ? p->proj[group] : NULL;
+}
