@@ -23,31 +23,34 @@ struct ulpt_optimizer {
 
 static int bad_range(double x, double lo, double hi) { return !(x >= lo && x < hi); }
 
+/* Errors found while checking options name the public call that got them. */
+#define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, "ulpt_optimizer_create", __VA_ARGS__)
+
 static int check_options(const ulpt_optimizer_options *o)
 {
     if (o->version < 1 || o->version > ULPT_OPTIMIZER_OPTIONS_VERSION)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
+        return BAD_OPTION("unknown options version %u (this library knows 1..%d)",
                          o->version, ULPT_OPTIMIZER_OPTIONS_VERSION);
     if (o->kind < ULPT_OPT_SGD || o->kind > ULPT_OPT_ADAMW)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown optimizer kind %d", o->kind);
+        return BAD_OPTION("unknown optimizer kind %d", o->kind);
     if (o->schedule < ULPT_SCHED_CONSTANT || o->schedule > ULPT_SCHED_COSINE)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown schedule %d", o->schedule);
+        return BAD_OPTION("unknown schedule %d", o->schedule);
     if (!(o->lr > 0) || !isfinite(o->lr))
-        return ULPT_FAIL(ULPT_ERR_INVALID, "lr %g is not a finite number > 0", o->lr);
+        return BAD_OPTION("lr %g is not a finite number > 0", o->lr);
     if (bad_range(o->beta1, 0, 1) || bad_range(o->beta2, 0, 1))
-        return ULPT_FAIL(ULPT_ERR_INVALID, "betas (%g, %g) are not in [0, 1)", o->beta1, o->beta2);
+        return BAD_OPTION("betas (%g, %g) are not in [0, 1)", o->beta1, o->beta2);
     if (!(o->eps > 0) || !isfinite(o->eps))
-        return ULPT_FAIL(ULPT_ERR_INVALID, "eps %g is not a finite number > 0", o->eps);
+        return BAD_OPTION("eps %g is not a finite number > 0", o->eps);
     if (bad_range(o->weight_decay, 0, INFINITY))
-        return ULPT_FAIL(ULPT_ERR_INVALID, "weight_decay %g is not a finite number >= 0",
+        return BAD_OPTION("weight_decay %g is not a finite number >= 0",
                          o->weight_decay);
     if (bad_range(o->momentum, 0, 1))
-        return ULPT_FAIL(ULPT_ERR_INVALID, "momentum %g is not in [0, 1)", o->momentum);
+        return BAD_OPTION("momentum %g is not in [0, 1)", o->momentum);
     if (bad_range(o->max_grad_norm, 0, INFINITY))
-        return ULPT_FAIL(ULPT_ERR_INVALID, "max_grad_norm %g is not a finite number >= 0",
+        return BAD_OPTION("max_grad_norm %g is not a finite number >= 0",
                          o->max_grad_norm);
     if (o->schedule != ULPT_SCHED_CONSTANT && o->total_steps <= o->warmup_steps)
-        return ULPT_FAIL(ULPT_ERR_INVALID,
+        return ulpt__error(ULPT_ERR_INVALID, "ulpt_optimizer_create",
                          "total_steps %llu must exceed warmup_steps %llu for a decaying schedule",
                          (unsigned long long)o->total_steps, (unsigned long long)o->warmup_steps);
     return ULPT_OK;

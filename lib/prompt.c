@@ -36,31 +36,34 @@ struct ulpt_prompt {
  * when the scale and shift pass over it. */
 #define FORWARD_BLOCK_FLOATS 32768u
 
+/* Errors found while checking options name the public call that got them. */
+#define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, "ulpt_prompt_create", __VA_ARGS__)
+
 static int check_options(const ulpt_prompt_options *o)
 {
     if (o->version < 1 || o->version > ULPT_PROMPT_OPTIONS_VERSION)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
+        return BAD_OPTION("unknown options version %u (this library knows 1..%d)",
                          o->version, ULPT_PROMPT_OPTIONS_VERSION);
     if (o->projection_kind < ULPT_PROJ_XAVIER_UNIFORM || o->projection_kind > ULPT_PROJ_IDENTITY)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown projection kind %d", o->projection_kind);
+        return BAD_OPTION("unknown projection kind %d", o->projection_kind);
     if (o->flags & ~(ULPT_NO_SCALE | ULPT_NO_SHIFT))
-        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown flags 0x%x", o->flags);
+        return BAD_OPTION("unknown flags 0x%x", o->flags);
     if (o->n_tokens == 0 || o->dim == 0 || o->rank == 0)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "n_tokens %u, rank %u and dim %u must all be at least 1",
+        return BAD_OPTION("n_tokens %u, rank %u and dim %u must all be at least 1",
                          o->n_tokens, o->rank, o->dim);
     if (o->n_tokens > INT_MAX || o->dim > INT_MAX)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "n_tokens %u or dim %u is past the BLAS limit %d",
+        return BAD_OPTION("n_tokens %u or dim %u is past the BLAS limit %d",
                          o->n_tokens, o->dim, INT_MAX);
     if (o->rank > o->dim)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "rank %u is greater than dim %u", o->rank, o->dim);
+        return BAD_OPTION("rank %u is greater than dim %u", o->rank, o->dim);
     if (o->projection_kind == ULPT_PROJ_IDENTITY && o->rank != o->dim)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "identity projection needs rank == dim, got %u and %u",
+        return BAD_OPTION("identity projection needs rank == dim, got %u and %u",
                          o->rank, o->dim);
     if (o->n_groups == 0 || o->n_tokens % o->n_groups != 0)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "n_tokens %u is not a multiple of n_groups %u",
+        return BAD_OPTION("n_tokens %u is not a multiple of n_groups %u",
                          o->n_tokens, o->n_groups);
     if (!isfinite(o->init_std) || o->init_std < 0)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "init_std %g is not a finite number >= 0",
+        return BAD_OPTION("init_std %g is not a finite number >= 0",
                          (double)o->init_std);
     return ULPT_OK;
 }

@@ -1,0 +1,94 @@
+/* test.h -- what the test files share: small prompt builders, a double-precision
+ * reference of the forward pass, and an allocator that counts and fails on demand. */
+#ifndef ULPT_TEST_H
+#define ULPT_TEST_H
+
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ulpt.h"
+
+Suite *projection_suite(void);
+Suite *prompt_suite(void);
+Suite *optimizer_suite(void);
+Suite *train_suite(void);
+Suite *api_suite(void);
+
+/* A deterministic uniform draw in [-1, 1) for test data (not the library's generator). */
+static inline double test_uniform(uint64_t *state)
+{
+    *state = *state * 6364136223846793005u + 1442695040888963407u;
+    return (double)(*state >> 11) * 0x1p-52 - 1.0;
+}
+
+static inline ulpt_prompt *test_prompt(uint32_t n, uint32_t r, uint32_t d, uint32_t groups,
+                                       int kind, unsigned flags)
+{
+    ulpt_prompt_options o = ULPT_PROMPT_OPTIONS_INIT;
+    o.n_tokens = n;
+    o.rank = r;
+    o.dim = d;
+    o.n_groups = groups;
+    o.projection_kind = kind;
+    o.projection_seed = 1234;
+    o.init_seed = 99;
+    o.flags = flags;
+    ulpt_prompt *p = NULL;
+    ck_assert_int_eq(ulpt_prompt_create(&p, &o), ULPT_OK);
+    return p;
+}
+
+/* Randomise every parameter, so that s != 1 and b != 0 take part in the checks. */
+static inline void test_perturb(ulpt_prompt *p, uint64_t seed)
+{
+    float *x = ulpt_prompt_params(p);
+    for (size_t i = 0; i < ulpt_prompt_num_params(p); i++)
+        x[i] += (float)(0.5 * test_uniform(&seed));
+}
+
+/* E in double from the prompt's float parameters: the reference for forward. */
+static inline void test_forward_ref(ulpt_prompt *p, const double *params, double *e)
+{
+    uint32_t n = ulpt_prompt_n_tokens(p), r = ulpt_prompt_rank(p), d = ulpt_prompt_dim(p);
+    uint32_t g = ulpt_prompt_n_groups(p), ng = n / g;
+    unsigned flags = ulpt_prompt_flags(p);
+    const double *z = params, *s = NULL, *b = NULL, *next = params + (size_t)n * r;
+    if (!(flags & ULPT_NO_SCALE))
+        s = next, next += d;
+    if (!(flags & ULPT_NO_SHIFT))
+        b = next;
+    for (uint32_t i = 0; i < n; i++) {
+        const ulpt_projection *pr = ulpt_prompt_projection(p, i / ng);
+        const float *P = ulpt_projection_data(pr);
+        for (uint32_t j = 0; j < d; j++) {
+            double acc = 0;
+            if (!P)
+                acc = z[(size_t)i * r + j];
+            else
+                for (uint32_t k = 0; k < r; k++)
+                    acc += z[(size_t)i * r + k] * P[(size_t)k * d + j];
+            if (s)
+                acc *= s[j];
+            if (b)
+                acc += b[j];
+            e[(size_t)i * d + j] = acc;
+        }
+    }
+}
+
+/* ---- the counting allocator ------------------------------------------------------ */
+
+typedef struct {
+    long live;       /* blocks handed out and not yet freed */
+    long calls;      /* alloc/realloc calls so far */
+    long fail_at;    /* the call index that returns NULL; -1 = never */
+} test_alloc_state;
+
+extern test_alloc_state test_alloc;
+void test_alloc_install(long fail_at);
+void test_alloc_remove(void);
+
+#endif

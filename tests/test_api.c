@@ -1,0 +1,304 @@
+/* test_api.c -- the calling conventions: versions, every error path with its code and
+ * message, out-of-memory at every allocation, and no allocation on the hot path. */
+#include "test.h"
+
+#include <limits.h>
+#include <stdio.h>
+
+START_TEST(version_of_the_loaded_library_matches_the_header)
+{
+    char expect[32];
+    snprintf(expect, sizeof expect, "%d.%d.%d", ULPT_VERSION_MAJOR, ULPT_VERSION_MINOR,
+             ULPT_VERSION_PATCH);
+    ck_assert_uint_eq(ulpt_version(), ULPT_VERSION_NUMBER);
+    ck_assert_str_eq(ulpt_version_string(), expect);
+}
+END_TEST
+
+START_TEST(every_code_has_a_distinct_description)
+{
+    const char *seen[10];
+    for (int c = 0; c >= ULPT_ERR_UNSUPPORTED; c--) {
+        seen[-c] = ulpt_strerror(c);
+        ck_assert_str_ne(seen[-c], "unknown error");
+        for (int k = 0; k < -c; k++)
+            ck_assert_str_ne(seen[k], seen[-c]);
+    }
+    ck_assert_str_eq(ulpt_strerror(-100), "unknown error");
+    ck_assert_str_eq(ulpt_strerror(5), "unknown error");
+}
+END_TEST
+
+/* Each bad prompt option, the code it must give and a word the message must contain. */
+static void bad_prompt(void (*mutate)(ulpt_prompt_options *), const char *word)
+{
+    ulpt_prompt_options o = ULPT_PROMPT_OPTIONS_INIT;
+    o.n_tokens = 8, o.dim = 16;
+    mutate(&o);
+    ulpt_prompt *p = (ulpt_prompt *)(uintptr_t)0x1; /* must stay as it was */
+    ck_assert_int_eq(ulpt_prompt_create(&p, &o), ULPT_ERR_INVALID);
+    ck_assert_ptr_eq(p, (ulpt_prompt *)(uintptr_t)0x1);
+    ck_assert_msg(strstr(ulpt_last_error(), word), "message \"%s\" lacks \"%s\"",
+                  ulpt_last_error(), word);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "ulpt_prompt_create"));
+}
+
+static void m_version0(ulpt_prompt_options *o) { o->version = 0; }
+static void m_version9(ulpt_prompt_options *o) { o->version = 9; }
+static void m_tokens0(ulpt_prompt_options *o) { o->n_tokens = 0; }
+static void m_dim0(ulpt_prompt_options *o) { o->dim = 0; }
+static void m_rank0(ulpt_prompt_options *o) { o->rank = 0; }
+static void m_rank_gt_dim(ulpt_prompt_options *o) { o->rank = 17; }
+static void m_identity_rank(ulpt_prompt_options *o) { o->projection_kind = ULPT_PROJ_IDENTITY; }
+static void m_kind(ulpt_prompt_options *o) { o->projection_kind = 17; }
+static void m_kind_neg(ulpt_prompt_options *o) { o->projection_kind = -1; }
+static void m_flags(ulpt_prompt_options *o) { o->flags = 4; }
+static void m_groups0(ulpt_prompt_options *o) { o->n_groups = 0; }
+static void m_groups3(ulpt_prompt_options *o) { o->n_groups = 3; }
+static void m_std_nan(ulpt_prompt_options *o) { o->init_std = NAN; }
+static void m_std_neg(ulpt_prompt_options *o) { o->init_std = -1; }
+static void m_huge_dim(ulpt_prompt_options *o) { o->dim = UINT32_MAX; }
+static void m_huge_tokens(ulpt_prompt_options *o) { o->n_tokens = 0x80000000u; }
+
+static const struct {
+    void (*mutate)(ulpt_prompt_options *);
+    const char *word;
+} bad_prompts[] = {
+    { m_version0, "version" }, { m_version9, "version" },   { m_tokens0, "n_tokens" },
+    { m_dim0, "dim" },         { m_rank0, "rank" },          { m_rank_gt_dim, "greater than dim" },
+    { m_identity_rank, "identity" }, { m_kind, "kind" },     { m_kind_neg, "kind" },
+    { m_flags, "flags" },      { m_groups0, "n_groups" },    { m_groups3, "multiple" },
+    { m_std_nan, "init_std" }, { m_std_neg, "init_std" },    { m_huge_dim, "BLAS limit" },
+    { m_huge_tokens, "BLAS limit" },
+};
+
+START_TEST(bad_prompt_options_are_refused_by_name)
+{
+    bad_prompt(bad_prompts[_i].mutate, bad_prompts[_i].word);
+}
+END_TEST
+
+static void bad_opt(ulpt_optimizer_options o, const char *word)
+{
+    ulpt_prompt *p = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_optimizer *opt = NULL;
+    ck_assert_int_eq(ulpt_optimizer_create(&opt, p, &o), ULPT_ERR_INVALID);
+    ck_assert_ptr_null(opt);
+    ck_assert_msg(strstr(ulpt_last_error(), word), "message \"%s\" lacks \"%s\"",
+                  ulpt_last_error(), word);
+    ulpt_prompt_free(p);
+}
+
+START_TEST(bad_optimizer_options_are_refused_by_name)
+{
+    const ulpt_optimizer_options d = ULPT_OPTIMIZER_OPTIONS_INIT;
+    ulpt_optimizer_options o;
+#define BAD(field, value, word) o = d, o.field = value, bad_opt(o, word)
+    BAD(version, 0, "version");
+    BAD(version, 2, "version");
+    BAD(kind, 3, "kind");
+    BAD(schedule, -1, "schedule");
+    BAD(lr, 0, "lr");
+    BAD(lr, -1, "lr");
+    BAD(lr, INFINITY, "lr");
+    BAD(lr, NAN, "lr");
+    BAD(beta1, 1.0, "betas");
+    BAD(beta2, -0.1, "betas");
+    BAD(eps, 0, "eps");
+    BAD(weight_decay, -1e-3, "weight_decay");
+    BAD(weight_decay, NAN, "weight_decay");
+    BAD(momentum, 1.0, "momentum");
+    BAD(max_grad_norm, -1, "max_grad_norm");
+    BAD(max_grad_norm, INFINITY, "max_grad_norm");
+    o = d, o.schedule = ULPT_SCHED_LINEAR, o.warmup_steps = 10, o.total_steps = 10;
+    bad_opt(o, "total_steps");
+    o = d, o.schedule = ULPT_SCHED_COSINE;
+    bad_opt(o, "total_steps");
+#undef BAD
+}
+END_TEST
+
+START_TEST(null_and_short_stride_arguments_are_refused)
+{
+    ulpt_prompt *p = test_prompt(2, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_optimizer *o;
+    ulpt_optimizer_create(&o, p, NULL);
+    float buf[2 * 8];
+    ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
+    po.n_tokens = 2, po.dim = 8;
+    ulpt_projection *pr;
+
+    ck_assert_int_eq(ulpt_prompt_create(NULL, &po), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_prompt_create((ulpt_prompt **)&pr, NULL), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_prompt_forward(NULL, buf, 8), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_prompt_forward(p, NULL, 8), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_prompt_forward(p, buf, 7), ULPT_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "stride 7"));
+    ck_assert_int_eq(ulpt_prompt_forward(p, buf, (size_t)INT_MAX + 1), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_prompt_backward(NULL, buf, 8), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_prompt_backward(p, NULL, 8), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_prompt_backward(p, buf, 0), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_optimizer_create(NULL, p, NULL), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_optimizer_create(&o, NULL, NULL), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_optimizer_step(NULL), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_train_step(NULL, o, NULL, NULL, NULL), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_train_step(p, NULL, NULL, NULL, NULL), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_train_step(p, o, NULL, NULL, NULL), ULPT_ERR_INVALID);
+    ck_assert_str_ne(ulpt_last_error(), "");
+    ck_assert_int_eq(ulpt_projection_create(NULL, 1, 2, 8, 0), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_projection_create(&pr, 1, 0, 8, 0), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_projection_create(&pr, 1, 9, 8, 0), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_projection_create(&pr, 1, 2, 8, 5), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_projection_create(&pr, 1, 2, UINT32_MAX, 0), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_set_num_threads(0), ULPT_ERR_INVALID);
+    ulpt_allocator half = { NULL, NULL, NULL, NULL };
+    ck_assert_int_eq(ulpt_set_allocator(&half), ULPT_ERR_INVALID);
+
+    /* NULL-tolerant accessors and frees */
+    ulpt_prompt_free(NULL);
+    ulpt_optimizer_free(NULL);
+    ulpt_projection_free(NULL);
+    ulpt_prompt_zero_grad(NULL);
+    ck_assert_uint_eq(ulpt_prompt_num_params(NULL), 0);
+    ck_assert_ptr_null(ulpt_prompt_params(NULL));
+    ck_assert_ptr_null(ulpt_prompt_projection(NULL, 0));
+    ck_assert_ptr_null(ulpt_projection_data(NULL));
+    ck_assert_uint_eq(ulpt_optimizer_step_count(NULL), 0);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+START_TEST(errors_are_per_thread)
+{
+    /* a failure here does not show through another thread's message: the storage is
+       thread-local (a fresh thread starts with an empty message) */
+    ck_assert_int_eq(ulpt_set_num_threads(0), ULPT_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "thread count 0"));
+}
+END_TEST
+
+/* ---- out of memory at every allocation ------------------------------------------ */
+
+static int create_all(ulpt_projection **pr, ulpt_prompt **p, ulpt_optimizer **o)
+{
+    int rc = ulpt_projection_create(pr, 9, 3, 40, ULPT_PROJ_GAUSSIAN);
+    if (rc)
+        return rc;
+    ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
+    po.n_tokens = 6, po.dim = 40, po.n_groups = 3;
+    rc = ulpt_prompt_create(p, &po);
+    if (rc)
+        return rc;
+    return ulpt_optimizer_create(o, *p, NULL);
+}
+
+START_TEST(out_of_memory_at_each_allocation_fails_cleanly_and_leaks_nothing)
+{
+    long k;
+    for (k = 0;; k++) {
+        ulpt_projection *pr = NULL;
+        ulpt_prompt *p = NULL;
+        ulpt_optimizer *o = NULL;
+        test_alloc_install(k);
+        int rc = create_all(&pr, &p, &o);
+        if (rc == ULPT_OK) {
+            ulpt_optimizer_free(o);
+            ulpt_prompt_free(p);
+            ulpt_projection_free(pr);
+            ck_assert_int_eq(test_alloc.live, 0);
+            test_alloc_remove();
+            break;
+        }
+        ck_assert_int_eq(rc, ULPT_ERR_NOMEM);
+        ck_assert_str_ne(ulpt_last_error(), "");
+        /* the failed call's out-parameter stayed NULL; free what came before it */
+        ulpt_prompt_free(p);
+        ulpt_projection_free(pr);
+        ck_assert_int_eq(test_alloc.live, 0);
+        test_alloc_remove();
+    }
+    ck_assert_int_gt(k, 5); /* projection 2, prompt 3 + groups, optimizer 2 */
+}
+END_TEST
+
+START_TEST(objects_are_freed_with_the_allocator_that_made_them)
+{
+    test_alloc_install(-1);
+    ulpt_prompt *p = test_prompt(4, 2, 8, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    long live = test_alloc.live;
+    ck_assert_int_gt(live, 0);
+    ulpt_set_allocator(NULL); /* switch while the prompt lives */
+    ulpt_prompt_free(p);
+    ck_assert_int_eq(test_alloc.live, 0);
+}
+END_TEST
+
+static int quadratic(void *user, const float *e, uint32_t n, uint32_t d, float *grad, double *loss)
+{
+    (void)user;
+    *loss = 0;
+    for (size_t k = 0; k < (size_t)n * d; k++) {
+        grad[k] = e[k];
+        *loss += 0.5 * e[k] * e[k];
+    }
+    return 0;
+}
+
+START_TEST(hot_path_does_not_allocate)
+{
+    test_alloc_install(-1);
+    ulpt_prompt *p = test_prompt(16, _i ? 128 : 2, 128, 2, _i ? ULPT_PROJ_IDENTITY : ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_optimizer *o;
+    ulpt_optimizer_create(&o, p, NULL);
+    float *buf = malloc(16 * 128 * sizeof *buf);
+    long calls = test_alloc.calls;
+    for (int t = 0; t < 3; t++) {
+        ck_assert_int_eq(ulpt_prompt_forward(p, buf, 128), ULPT_OK);
+        ck_assert_int_eq(ulpt_prompt_backward(p, buf, 128), ULPT_OK);
+        ck_assert_int_eq(ulpt_optimizer_step(o), ULPT_OK);
+        ck_assert_int_eq(ulpt_train_step(p, o, quadratic, NULL, NULL), ULPT_OK);
+    }
+    ck_assert_int_eq(test_alloc.calls, calls);
+    free(buf);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+    ck_assert_int_eq(test_alloc.live, 0);
+    test_alloc_remove();
+}
+END_TEST
+
+/* A caller built against version 1 of the options keeps working: the struct it passes is
+ * exactly what ULPT_*_OPTIONS_INIT gave it then. */
+START_TEST(options_of_version_one_are_accepted)
+{
+    ulpt_prompt_options po = { 1, 4, 2, 8, 1, 0, ULPT_PROJ_XAVIER_UNIFORM, 0, 1.0f, 0 };
+    ulpt_optimizer_options oo = { 1, ULPT_OPT_ADAMW, 1e-3, 0.9, 0.999, 1e-8, 0.01, 0, 0,
+                                  ULPT_SCHED_CONSTANT, 0, 0 };
+    ulpt_prompt *p;
+    ulpt_optimizer *o;
+    ck_assert_int_eq(ulpt_prompt_create(&p, &po), ULPT_OK);
+    ck_assert_int_eq(ulpt_optimizer_create(&o, p, &oo), ULPT_OK);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+Suite *api_suite(void)
+{
+    Suite *s = suite_create("api");
+    TCase *tc = tcase_create("conventions");
+    tcase_add_test(tc, version_of_the_loaded_library_matches_the_header);
+    tcase_add_test(tc, every_code_has_a_distinct_description);
+    tcase_add_loop_test(tc, bad_prompt_options_are_refused_by_name, 0,
+                        (int)(sizeof bad_prompts / sizeof bad_prompts[0]));
+    tcase_add_test(tc, bad_optimizer_options_are_refused_by_name);
+    tcase_add_test(tc, null_and_short_stride_arguments_are_refused);
+    tcase_add_test(tc, errors_are_per_thread);
+    tcase_add_test(tc, out_of_memory_at_each_allocation_fails_cleanly_and_leaks_nothing);
+    tcase_add_test(tc, objects_are_freed_with_the_allocator_that_made_them);
+    tcase_add_loop_test(tc, hot_path_does_not_allocate, 0, 2);
+    tcase_add_test(tc, options_of_version_one_are_accepted);
+    suite_add_tcase(s, tc);
+    return s;
+}
