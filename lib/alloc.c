@@ -5,12 +5,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void *std_alloc(void *user, size_t size) { (void)user; return malloc(size); }
-static void *std_realloc(void *user, void *ptr, size_t size) { (void)user; return realloc(ptr, size); }
-static void std_free(void *user, void *ptr) { (void)user; free(ptr); }
+static void *std_alloc(void *user, size_t size)
+{
+    (void)user;
+    return malloc(size);
+}
+static void *std_realloc(void *user, void *ptr, size_t size)
+{
+    (void)user;
+    return realloc(ptr, size);
+}
+static void std_free(void *user, void *ptr)
+{
+    (void)user;
+    free(ptr);
+}
 
-static const ulpt_allocator std_allocator = { std_alloc, std_realloc, std_free, NULL };
-static ulpt_allocator current = { std_alloc, std_realloc, std_free, NULL };
+static const ulpt_allocator std_allocator = {std_alloc, std_realloc, std_free, NULL};
+static ulpt_allocator current = {std_alloc, std_realloc, std_free, NULL};
 
 int ulpt_set_allocator(const ulpt_allocator *a)
 {

@@ -4,7 +4,7 @@
 #include <stdio.h>
 
 #define ULPT_STR2(x) #x
-#define ULPT_STR(x) ULPT_STR2(x)
+#define ULPT_STR(x)  ULPT_STR2(x)
 
 unsigned ulpt_version(void) { return ULPT_VERSION_NUMBER; }
 
@@ -17,17 +17,28 @@ const char *ulpt_version_string(void)
 const char *ulpt_strerror(int code)
 {
     switch (code) {
-    case ULPT_OK: return "success";
-    case ULPT_ERR_INVALID: return "invalid argument";
-    case ULPT_ERR_NOMEM: return "out of memory";
-    case ULPT_ERR_IO: return "input/output error";
-    case ULPT_ERR_FORMAT: return "unsupported format";
-    case ULPT_ERR_CORRUPT: return "corrupt data";
-    case ULPT_ERR_MISMATCH: return "mismatch";
-    case ULPT_ERR_NONFINITE: return "non-finite value";
-    case ULPT_ERR_CALLBACK: return "callback failed";
-    case ULPT_ERR_UNSUPPORTED: return "unsupported";
-    default: return "unknown error";
+    case ULPT_OK:
+        return "success";
+    case ULPT_ERR_INVALID:
+        return "invalid argument";
+    case ULPT_ERR_NOMEM:
+        return "out of memory";
+    case ULPT_ERR_IO:
+        return "input/output error";
+    case ULPT_ERR_FORMAT:
+        return "unsupported format";
+    case ULPT_ERR_CORRUPT:
+        return "corrupt data";
+    case ULPT_ERR_MISMATCH:
+        return "mismatch";
+    case ULPT_ERR_NONFINITE:
+        return "non-finite value";
+    case ULPT_ERR_CALLBACK:
+        return "callback failed";
+    case ULPT_ERR_UNSUPPORTED:
+        return "unsupported";
+    default:
+        return "unknown error";
     }
 }
 

@@ -14,8 +14,8 @@ struct ulpt_optimizer {
     ulpt_prompt *prompt;
     ulpt_optimizer_options opt;
     uint64_t steps;
-    size_t n;      /* parameters */
-    float *m, *v;  /* Adam moments; SGD keeps its momentum buffer in m */
+    size_t n;     /* parameters */
+    float *m, *v; /* Adam moments; SGD keeps its momentum buffer in m */
     /* ulpt_train_step's buffers, taken here so that no step allocates:
        E and G (n_tokens x dim) and a copy of the gradients to restore on failure */
     float *e, *g, *saved_grads;
@@ -29,8 +29,8 @@ static int bad_range(double x, double lo, double hi) { return !(x >= lo && x < h
 static int check_options(const ulpt_optimizer_options *o)
 {
     if (o->version < 1 || o->version > ULPT_OPTIMIZER_OPTIONS_VERSION)
-        return BAD_OPTION("unknown options version %u (this library knows 1..%d)",
-                         o->version, ULPT_OPTIMIZER_OPTIONS_VERSION);
+        return BAD_OPTION("unknown options version %u (this library knows 1..%d)", o->version,
+                          ULPT_OPTIMIZER_OPTIONS_VERSION);
     if (o->kind < ULPT_OPT_SGD || o->kind > ULPT_OPT_ADAMW)
         return BAD_OPTION("unknown optimizer kind %d", o->kind);
     if (o->schedule < ULPT_SCHED_CONSTANT || o->schedule > ULPT_SCHED_COSINE)
@@ -42,17 +42,15 @@ static int check_options(const ulpt_optimizer_options *o)
     if (!(o->eps > 0) || !isfinite(o->eps))
         return BAD_OPTION("eps %g is not a finite number > 0", o->eps);
     if (bad_range(o->weight_decay, 0, INFINITY))
-        return BAD_OPTION("weight_decay %g is not a finite number >= 0",
-                         o->weight_decay);
+        return BAD_OPTION("weight_decay %g is not a finite number >= 0", o->weight_decay);
     if (bad_range(o->momentum, 0, 1))
         return BAD_OPTION("momentum %g is not in [0, 1)", o->momentum);
     if (bad_range(o->max_grad_norm, 0, INFINITY))
-        return BAD_OPTION("max_grad_norm %g is not a finite number >= 0",
-                         o->max_grad_norm);
+        return BAD_OPTION("max_grad_norm %g is not a finite number >= 0", o->max_grad_norm);
     if (o->schedule != ULPT_SCHED_CONSTANT && o->total_steps <= o->warmup_steps)
         return ulpt__error(ULPT_ERR_INVALID, "ulpt_optimizer_create",
-                         "total_steps %llu must exceed warmup_steps %llu for a decaying schedule",
-                         (unsigned long long)o->total_steps, (unsigned long long)o->warmup_steps);
+                           "total_steps %llu must exceed warmup_steps %llu for a decaying schedule",
+                           (unsigned long long)o->total_steps, (unsigned long long)o->warmup_steps);
     return ULPT_OK;
 }
 
@@ -142,7 +140,8 @@ int ulpt_optimizer_step(ulpt_optimizer *o)
     for (size_t i = 0; i < n; i++)
         sq += (double)g[i] * g[i];
     if (!isfinite(sq))
-        return ULPT_FAIL(ULPT_ERR_NONFINITE, "a gradient is NaN or infinite (or overflows the norm)");
+        return ULPT_FAIL(ULPT_ERR_NONFINITE,
+                         "a gradient is NaN or infinite (or overflows the norm)");
     if (op->max_grad_norm > 0) {
         float coef = (float)(op->max_grad_norm / (sqrt(sq) + 1e-6));
         if (coef < 1.0f)

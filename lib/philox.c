@@ -47,9 +47,9 @@ static void box_muller(uint32_t x0, uint32_t x1, double *z0, double *z1)
 void ulpt__normal_fill(float *out, size_t count, uint64_t seed, uint32_t c2, uint32_t c3,
                        double scale)
 {
-    const uint32_t key[2] = { (uint32_t)seed, (uint32_t)(seed >> 32) };
+    const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
     for (size_t q = 0; q * 4 < count; q++) {
-        const uint32_t ctr[4] = { (uint32_t)q, (uint32_t)((uint64_t)q >> 32), c2, c3 };
+        const uint32_t ctr[4] = {(uint32_t)q, (uint32_t)((uint64_t)q >> 32), c2, c3};
         uint32_t x[4];
         double z[4];
         ulpt__philox4x32(ctr, key, x);

@@ -29,9 +29,9 @@ uint64_t ulpt__group_seed(uint64_t seed, uint32_t group)
 static void fill_words(float *out, size_t count, uint64_t seed, uint32_t rank, uint32_t dim,
                        int kind, float a)
 {
-    const uint32_t key[2] = { (uint32_t)seed, (uint32_t)(seed >> 32) };
+    const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
     for (size_t q = 0; q * 4 < count; q++) {
-        const uint32_t ctr[4] = { (uint32_t)q, (uint32_t)((uint64_t)q >> 32), rank, dim };
+        const uint32_t ctr[4] = {(uint32_t)q, (uint32_t)((uint64_t)q >> 32), rank, dim};
         uint32_t x[4];
         ulpt__philox4x32(ctr, key, x);
         for (size_t lane = 0; lane < 4 && q * 4 + lane < count; lane++) {
@@ -55,8 +55,7 @@ int ulpt_projection_create(ulpt_projection **out, uint64_t seed, uint32_t rank, 
     if (kind < ULPT_PROJ_XAVIER_UNIFORM || kind > ULPT_PROJ_IDENTITY)
         return ULPT_FAIL(ULPT_ERR_INVALID, "unknown projection kind %d", kind);
     if (rank == 0 || dim == 0)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "rank %u and dim %u must both be at least 1",
-                         rank, dim);
+        return ULPT_FAIL(ULPT_ERR_INVALID, "rank %u and dim %u must both be at least 1", rank, dim);
     if (dim > INT_MAX)
         return ULPT_FAIL(ULPT_ERR_INVALID, "dim %u is past the BLAS limit %d", dim, INT_MAX);
     if (rank > dim)
@@ -74,7 +73,7 @@ int ulpt_projection_create(ulpt_projection **out, uint64_t seed, uint32_t rank, 
     ulpt_projection *p = ulpt__alloc(&al, sizeof *p);
     if (!p)
         return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for a projection");
-    *p = (ulpt_projection){ .al = al, .seed = seed, .rank = rank, .dim = dim, .kind = kind };
+    *p = (ulpt_projection){.al = al, .seed = seed, .rank = rank, .dim = dim, .kind = kind};
     atomic_init(&p->refs, 1);
     if (kind != ULPT_PROJ_IDENTITY) {
         p->data = ulpt__alloc(&al, bytes);

@@ -24,9 +24,9 @@ struct ulpt_prompt {
     int kind;
     ulpt_projection **proj; /* one per group */
     size_t n_params;
-    float *params, *grads;  /* [Z | s | b], s and b absent with their flags */
-    float *z, *s, *b;       /* views into params; s, b NULL when absent */
-    float *gz, *gs, *gb;    /* views into grads */
+    float *params, *grads; /* [Z | s | b], s and b absent with their flags */
+    float *z, *s, *b;      /* views into params; s, b NULL when absent */
+    float *gz, *gs, *gb;   /* views into grads */
     /* backward scratch, unused by the identity: [Z_g | 1] (n_g x (r+1)), M ((r+1) x d),
        P_g diag(s) (r x d) */
     float *ws_z1, *ws_m, *ws_ps;
@@ -42,29 +42,26 @@ struct ulpt_prompt {
 static int check_options(const ulpt_prompt_options *o)
 {
     if (o->version < 1 || o->version > ULPT_PROMPT_OPTIONS_VERSION)
-        return BAD_OPTION("unknown options version %u (this library knows 1..%d)",
-                         o->version, ULPT_PROMPT_OPTIONS_VERSION);
+        return BAD_OPTION("unknown options version %u (this library knows 1..%d)", o->version,
+                          ULPT_PROMPT_OPTIONS_VERSION);
     if (o->projection_kind < ULPT_PROJ_XAVIER_UNIFORM || o->projection_kind > ULPT_PROJ_IDENTITY)
         return BAD_OPTION("unknown projection kind %d", o->projection_kind);
     if (o->flags & ~(ULPT_NO_SCALE | ULPT_NO_SHIFT))
         return BAD_OPTION("unknown flags 0x%x", o->flags);
     if (o->n_tokens == 0 || o->dim == 0 || o->rank == 0)
-        return BAD_OPTION("n_tokens %u, rank %u and dim %u must all be at least 1",
-                         o->n_tokens, o->rank, o->dim);
+        return BAD_OPTION("n_tokens %u, rank %u and dim %u must all be at least 1", o->n_tokens,
+                          o->rank, o->dim);
     if (o->n_tokens > INT_MAX || o->dim > INT_MAX)
-        return BAD_OPTION("n_tokens %u or dim %u is past the BLAS limit %d",
-                         o->n_tokens, o->dim, INT_MAX);
+        return BAD_OPTION("n_tokens %u or dim %u is past the BLAS limit %d", o->n_tokens, o->dim,
+                          INT_MAX);
     if (o->rank > o->dim)
         return BAD_OPTION("rank %u is greater than dim %u", o->rank, o->dim);
     if (o->projection_kind == ULPT_PROJ_IDENTITY && o->rank != o->dim)
-        return BAD_OPTION("identity projection needs rank == dim, got %u and %u",
-                         o->rank, o->dim);
+        return BAD_OPTION("identity projection needs rank == dim, got %u and %u", o->rank, o->dim);
     if (o->n_groups == 0 || o->n_tokens % o->n_groups != 0)
-        return BAD_OPTION("n_tokens %u is not a multiple of n_groups %u",
-                         o->n_tokens, o->n_groups);
+        return BAD_OPTION("n_tokens %u is not a multiple of n_groups %u", o->n_tokens, o->n_groups);
     if (!isfinite(o->init_std) || o->init_std < 0)
-        return BAD_OPTION("init_std %g is not a finite number >= 0",
-                         (double)o->init_std);
+        return BAD_OPTION("init_std %g is not a finite number >= 0", (double)o->init_std);
     return ULPT_OK;
 }
 
@@ -72,7 +69,7 @@ static int check_options(const ulpt_prompt_options *o)
 static int layout(const ulpt_prompt_options *o, size_t *n_params, size_t *n_scratch)
 {
     size_t nz, nd, z1 = 0, m = 0, ps = 0;
-    size_t vecs = (size_t)!(o->flags & ULPT_NO_SCALE) + (size_t)!(o->flags & ULPT_NO_SHIFT);
+    size_t vecs = (size_t) !(o->flags & ULPT_NO_SCALE) + (size_t) !(o->flags & ULPT_NO_SHIFT);
     if (!ulpt__mul(o->n_tokens, o->rank, &nz) || !ulpt__mul(o->n_tokens, o->dim, &nd) ||
         !ulpt__mul(vecs, o->dim, &m) || nz > SIZE_MAX - m)
         return 0;
@@ -100,8 +97,9 @@ int ulpt_prompt_create(ulpt_prompt **out, const ulpt_prompt_options *opts)
         return rc;
     size_t n_params, n_scratch;
     if (!layout(opts, &n_params, &n_scratch))
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%u tokens x dim %u x rank %u is past addressable memory",
-                         opts->n_tokens, opts->dim, opts->rank);
+        return ULPT_FAIL(ULPT_ERR_INVALID,
+                         "%u tokens x dim %u x rank %u is past addressable memory", opts->n_tokens,
+                         opts->dim, opts->rank);
 
     ulpt_allocator al = ulpt__allocator();
     ulpt_prompt *p = ulpt__calloc(&al, 1, sizeof *p);
@@ -122,8 +120,8 @@ int ulpt_prompt_create(ulpt_prompt **out, const ulpt_prompt_options *opts)
         return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for a prompt of %zu parameters", n_params);
     }
     for (uint32_t g = 0; g < p->groups; g++) {
-        if (ulpt_projection_create(&p->proj[g], ulpt__group_seed(opts->projection_seed, g),
-                                   p->r, p->d, p->kind)) {
+        if (ulpt_projection_create(&p->proj[g], ulpt__group_seed(opts->projection_seed, g), p->r,
+                                   p->d, p->kind)) {
             ulpt_prompt_free(p);
             return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for projection group %u", g);
         }
@@ -203,9 +201,8 @@ int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t ld)
         const float *proj = ulpt_projection_data(p->proj[g]);
         for (size_t i = g * ng; i < (g + 1) * ng; i += block) {
             size_t rows = (g + 1) * ng - i < block ? (g + 1) * ng - i : block;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)r,
-                        1.0f, p->z + i * r, (int)r, proj, (int)d, 0.0f, embeddings + i * ld,
-                        (int)ld);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)r, 1.0f,
+                        p->z + i * r, (int)r, proj, (int)d, 0.0f, embeddings + i * ld, (int)ld);
             scale_shift_rows(embeddings + i * ld, rows, d, ld, p->s, p->b);
         }
     }

@@ -20,7 +20,10 @@ int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn, voi
                     double *loss)
 {
     if (!p || !o || !loss_fn)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : !o ? "optimizer" : "loss_fn");
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
+                         !p   ? "prompt"
+                         : !o ? "optimizer"
+                              : "loss_fn");
     if (ulpt_optimizer_prompt(o) != p)
         return ULPT_FAIL(ULPT_ERR_INVALID, "the optimizer was created for another prompt");
     float *e, *g, *saved;
@@ -37,7 +40,8 @@ int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn, voi
     if (!isfinite(value))
         return ULPT_FAIL(ULPT_ERR_NONFINITE, "the loss callback returned a loss of %g", value);
     if (!all_finite(g, nd))
-        return ULPT_FAIL(ULPT_ERR_NONFINITE, "the loss callback returned a NaN or infinite gradient");
+        return ULPT_FAIL(ULPT_ERR_NONFINITE,
+                         "the loss callback returned a NaN or infinite gradient");
 
     float *grads = ulpt_prompt_grads(p);
     memcpy(saved, grads, np * sizeof(float));

@@ -82,9 +82,9 @@ static inline void test_forward_ref(ulpt_prompt *p, const double *params, double
 /* ---- the counting allocator ------------------------------------------------------ */
 
 typedef struct {
-    long live;       /* blocks handed out and not yet freed */
-    long calls;      /* alloc/realloc calls so far */
-    long fail_at;    /* the call index that returns NULL; -1 = never */
+    long live;    /* blocks handed out and not yet freed */
+    long calls;   /* alloc/realloc calls so far */
+    long fail_at; /* the call index that returns NULL; -1 = never */
 } test_alloc_state;
 
 extern test_alloc_state test_alloc;

@@ -38,8 +38,8 @@ static void bad_prompt(void (*mutate)(ulpt_prompt_options *), const char *word)
     ulpt_prompt *p = (ulpt_prompt *)(uintptr_t)0x1; /* must stay as it was */
     ck_assert_int_eq(ulpt_prompt_create(&p, &o), ULPT_ERR_INVALID);
     ck_assert_ptr_eq(p, (ulpt_prompt *)(uintptr_t)0x1);
-    ck_assert_msg(strstr(ulpt_last_error(), word), "message \"%s\" lacks \"%s\"",
-                  ulpt_last_error(), word);
+    ck_assert_msg(strstr(ulpt_last_error(), word), "message \"%s\" lacks \"%s\"", ulpt_last_error(),
+                  word);
     ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "ulpt_prompt_create"));
 }
 
@@ -64,12 +64,22 @@ static const struct {
     void (*mutate)(ulpt_prompt_options *);
     const char *word;
 } bad_prompts[] = {
-    { m_version0, "version" }, { m_version9, "version" },   { m_tokens0, "n_tokens" },
-    { m_dim0, "dim" },         { m_rank0, "rank" },          { m_rank_gt_dim, "greater than dim" },
-    { m_identity_rank, "identity" }, { m_kind, "kind" },     { m_kind_neg, "kind" },
-    { m_flags, "flags" },      { m_groups0, "n_groups" },    { m_groups3, "multiple" },
-    { m_std_nan, "init_std" }, { m_std_neg, "init_std" },    { m_huge_dim, "BLAS limit" },
-    { m_huge_tokens, "BLAS limit" },
+    {m_version0, "version"},
+    {m_version9, "version"},
+    {m_tokens0, "n_tokens"},
+    {m_dim0, "dim"},
+    {m_rank0, "rank"},
+    {m_rank_gt_dim, "greater than dim"},
+    {m_identity_rank, "identity"},
+    {m_kind, "kind"},
+    {m_kind_neg, "kind"},
+    {m_flags, "flags"},
+    {m_groups0, "n_groups"},
+    {m_groups3, "multiple"},
+    {m_std_nan, "init_std"},
+    {m_std_neg, "init_std"},
+    {m_huge_dim, "BLAS limit"},
+    {m_huge_tokens, "BLAS limit"},
 };
 
 START_TEST(bad_prompt_options_are_refused_by_name)
@@ -84,8 +94,8 @@ static void bad_opt(ulpt_optimizer_options o, const char *word)
     ulpt_optimizer *opt = NULL;
     ck_assert_int_eq(ulpt_optimizer_create(&opt, p, &o), ULPT_ERR_INVALID);
     ck_assert_ptr_null(opt);
-    ck_assert_msg(strstr(ulpt_last_error(), word), "message \"%s\" lacks \"%s\"",
-                  ulpt_last_error(), word);
+    ck_assert_msg(strstr(ulpt_last_error(), word), "message \"%s\" lacks \"%s\"", ulpt_last_error(),
+                  word);
     ulpt_prompt_free(p);
 }
 
@@ -151,7 +161,7 @@ START_TEST(null_and_short_stride_arguments_are_refused)
     ck_assert_int_eq(ulpt_projection_create(&pr, 1, 2, 8, 5), ULPT_ERR_INVALID);
     ck_assert_int_eq(ulpt_projection_create(&pr, 1, 2, UINT32_MAX, 0), ULPT_ERR_INVALID);
     ck_assert_int_eq(ulpt_set_num_threads(0), ULPT_ERR_INVALID);
-    ulpt_allocator half = { NULL, NULL, NULL, NULL };
+    ulpt_allocator half = {NULL, NULL, NULL, NULL};
     ck_assert_int_eq(ulpt_set_allocator(&half), ULPT_ERR_INVALID);
 
     /* NULL-tolerant accessors and frees */
@@ -248,7 +258,8 @@ static int quadratic(void *user, const float *e, uint32_t n, uint32_t d, float *
 START_TEST(hot_path_does_not_allocate)
 {
     test_alloc_install(-1);
-    ulpt_prompt *p = test_prompt(16, _i ? 128 : 2, 128, 2, _i ? ULPT_PROJ_IDENTITY : ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_prompt *p = test_prompt(16, _i ? 128 : 2, 128, 2,
+                                 _i ? ULPT_PROJ_IDENTITY : ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_optimizer *o;
     ulpt_optimizer_create(&o, p, NULL);
     float *buf = malloc(16 * 128 * sizeof *buf);
@@ -272,9 +283,9 @@ END_TEST
  * exactly what ULPT_*_OPTIONS_INIT gave it then. */
 START_TEST(options_of_version_one_are_accepted)
 {
-    ulpt_prompt_options po = { 1, 4, 2, 8, 1, 0, ULPT_PROJ_XAVIER_UNIFORM, 0, 1.0f, 0 };
-    ulpt_optimizer_options oo = { 1, ULPT_OPT_ADAMW, 1e-3, 0.9, 0.999, 1e-8, 0.01, 0, 0,
-                                  ULPT_SCHED_CONSTANT, 0, 0 };
+    ulpt_prompt_options po = {1, 4, 2, 8, 1, 0, ULPT_PROJ_XAVIER_UNIFORM, 0, 1.0f, 0};
+    ulpt_optimizer_options oo = {1, ULPT_OPT_ADAMW,      1e-3, 0.9, 0.999, 1e-8, 0.01, 0,
+                                 0, ULPT_SCHED_CONSTANT, 0,    0};
     ulpt_prompt *p;
     ulpt_optimizer *o;
     ck_assert_int_eq(ulpt_prompt_create(&p, &po), ULPT_OK);

@@ -37,8 +37,8 @@ static void count_free(void *user, void *ptr)
 
 void test_alloc_install(long fail_at)
 {
-    static const ulpt_allocator a = { count_alloc, count_realloc, count_free, NULL };
-    test_alloc = (test_alloc_state){ 0, 0, fail_at };
+    static const ulpt_allocator a = {count_alloc, count_realloc, count_free, NULL};
+    test_alloc = (test_alloc_state){0, 0, fail_at};
     ck_assert_int_eq(ulpt_set_allocator(&a), ULPT_OK);
 }
 

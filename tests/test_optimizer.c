@@ -37,7 +37,7 @@ static void set_grads(ulpt_prompt *p, float value)
 START_TEST(sgd_momentum_matches_hand_computed_steps)
 {
     /* p0 = 1, g = 1, lr 0.1, momentum 0.9: buf 1, 1.9, 2.71 -> p 0.9, 0.71, 0.439 */
-    static const double expect[] = { 0.9, 0.71, 0.439 };
+    static const double expect[] = {0.9, 0.71, 0.439};
     ulpt_prompt *p = flat_prompt(1.0f);
     ulpt_optimizer *o = make_opt(p, ULPT_OPT_SGD, 0.1, 0, 0.9, 0, ULPT_SCHED_CONSTANT, 0, 0);
     for (int t = 0; t < 3; t++) {
@@ -55,8 +55,13 @@ START_TEST(adam_first_step_moves_by_lr_and_adamw_decays_first)
 {
     /* Bias-corrected first step: m_hat/sqrt(v_hat) = sign(g), so p moves by lr.
        Adam's L2 decay only changes g (2 -> 2.1); AdamW first scales p by 1 - lr*wd. */
-    static const struct { int kind; double wd, expect; } c[] = {
-        { ULPT_OPT_ADAM, 0.0, 0.9 }, { ULPT_OPT_ADAM, 0.1, 0.9 }, { ULPT_OPT_ADAMW, 0.1, 0.89 },
+    static const struct {
+        int kind;
+        double wd, expect;
+    } c[] = {
+        {ULPT_OPT_ADAM, 0.0, 0.9},
+        {ULPT_OPT_ADAM, 0.1, 0.9},
+        {ULPT_OPT_ADAMW, 0.1, 0.89},
     };
     ulpt_prompt *p = flat_prompt(1.0f);
     ulpt_optimizer *o = make_opt(p, c[_i].kind, 0.1, c[_i].wd, 0, 0, ULPT_SCHED_CONSTANT, 0, 0);
@@ -96,15 +101,27 @@ END_TEST
 START_TEST(schedules_follow_the_warmup_and_decay_formulas)
 {
     /* lr 1, warmup 4, total 12 */
-    static const struct { int sched; uint64_t t; double m; } c[] = {
-        { ULPT_SCHED_CONSTANT, 0, 0.0 },  { ULPT_SCHED_CONSTANT, 2, 0.5 },
-        { ULPT_SCHED_CONSTANT, 4, 1.0 },  { ULPT_SCHED_CONSTANT, 50, 1.0 },
-        { ULPT_SCHED_LINEAR, 1, 0.25 },   { ULPT_SCHED_LINEAR, 4, 1.0 },
-        { ULPT_SCHED_LINEAR, 8, 0.5 },    { ULPT_SCHED_LINEAR, 10, 0.25 },
-        { ULPT_SCHED_LINEAR, 12, 0.0 },   { ULPT_SCHED_LINEAR, 30, 0.0 },
-        { ULPT_SCHED_COSINE, 3, 0.75 },   { ULPT_SCHED_COSINE, 4, 1.0 },
-        { ULPT_SCHED_COSINE, 6, 0.8535533905932737 }, { ULPT_SCHED_COSINE, 8, 0.5 },
-        { ULPT_SCHED_COSINE, 12, 0.0 },   { ULPT_SCHED_COSINE, 20, 0.0 },
+    static const struct {
+        int sched;
+        uint64_t t;
+        double m;
+    } c[] = {
+        {ULPT_SCHED_CONSTANT, 0, 0.0},
+        {ULPT_SCHED_CONSTANT, 2, 0.5},
+        {ULPT_SCHED_CONSTANT, 4, 1.0},
+        {ULPT_SCHED_CONSTANT, 50, 1.0},
+        {ULPT_SCHED_LINEAR, 1, 0.25},
+        {ULPT_SCHED_LINEAR, 4, 1.0},
+        {ULPT_SCHED_LINEAR, 8, 0.5},
+        {ULPT_SCHED_LINEAR, 10, 0.25},
+        {ULPT_SCHED_LINEAR, 12, 0.0},
+        {ULPT_SCHED_LINEAR, 30, 0.0},
+        {ULPT_SCHED_COSINE, 3, 0.75},
+        {ULPT_SCHED_COSINE, 4, 1.0},
+        {ULPT_SCHED_COSINE, 6, 0.8535533905932737},
+        {ULPT_SCHED_COSINE, 8, 0.5},
+        {ULPT_SCHED_COSINE, 12, 0.0},
+        {ULPT_SCHED_COSINE, 20, 0.0},
     };
     ulpt_prompt *p = flat_prompt(0.0f);
     ulpt_optimizer *o = make_opt(p, ULPT_OPT_SGD, 1.0, 0, 0, 0, c[_i].sched, 4, 12);
@@ -168,14 +185,14 @@ static void ref_step(const ref_cfg *c, uint64_t t, size_t n, double *p, double *
 }
 
 static const ref_cfg traj[] = {
-    { ULPT_OPT_SGD, ULPT_SCHED_CONSTANT, 0.05, 0.0, 0.9, 0.0, 0, 0, 0, 0, 0 },
-    { ULPT_OPT_SGD, ULPT_SCHED_LINEAR, 0.05, 0.01, 0.9, 1.0, 0, 0, 0, 5, 30 },
-    { ULPT_OPT_SGD, ULPT_SCHED_COSINE, 0.1, 0.0, 0.0, 0.5, 0, 0, 0, 3, 20 },
-    { ULPT_OPT_ADAM, ULPT_SCHED_CONSTANT, 0.01, 0.0, 0, 0.0, 0.9, 0.999, 1e-8, 0, 0 },
-    { ULPT_OPT_ADAM, ULPT_SCHED_LINEAR, 0.01, 0.05, 0, 1.0, 0.8, 0.99, 1e-6, 4, 25 },
-    { ULPT_OPT_ADAMW, ULPT_SCHED_CONSTANT, 0.01, 0.01, 0, 0.0, 0.9, 0.999, 1e-8, 2, 0 },
-    { ULPT_OPT_ADAMW, ULPT_SCHED_COSINE, 0.6, 1e-5, 0, 1.0, 0.9, 0.999, 1e-8, 5, 25 },
-    { ULPT_OPT_ADAMW, ULPT_SCHED_LINEAR, 0.02, 0.1, 0, 0.3, 0.9, 0.95, 1e-8, 0, 20 },
+    {ULPT_OPT_SGD, ULPT_SCHED_CONSTANT, 0.05, 0.0, 0.9, 0.0, 0, 0, 0, 0, 0},
+    {ULPT_OPT_SGD, ULPT_SCHED_LINEAR, 0.05, 0.01, 0.9, 1.0, 0, 0, 0, 5, 30},
+    {ULPT_OPT_SGD, ULPT_SCHED_COSINE, 0.1, 0.0, 0.0, 0.5, 0, 0, 0, 3, 20},
+    {ULPT_OPT_ADAM, ULPT_SCHED_CONSTANT, 0.01, 0.0, 0, 0.0, 0.9, 0.999, 1e-8, 0, 0},
+    {ULPT_OPT_ADAM, ULPT_SCHED_LINEAR, 0.01, 0.05, 0, 1.0, 0.8, 0.99, 1e-6, 4, 25},
+    {ULPT_OPT_ADAMW, ULPT_SCHED_CONSTANT, 0.01, 0.01, 0, 0.0, 0.9, 0.999, 1e-8, 2, 0},
+    {ULPT_OPT_ADAMW, ULPT_SCHED_COSINE, 0.6, 1e-5, 0, 1.0, 0.9, 0.999, 1e-8, 5, 25},
+    {ULPT_OPT_ADAMW, ULPT_SCHED_LINEAR, 0.02, 0.1, 0, 0.3, 0.9, 0.95, 1e-8, 0, 20},
 };
 
 START_TEST(trajectories_match_double_precision_reference)

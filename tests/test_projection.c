@@ -6,13 +6,13 @@
 static const struct {
     uint32_t ctr[4], key[2], out[4];
 } philox_kat[] = {
-    { { 0, 0, 0, 0 }, { 0, 0 }, { 0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8 } },
-    { { 0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff },
-      { 0xffffffff, 0xffffffff },
-      { 0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd } },
-    { { 0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344 },
-      { 0xa4093822, 0x299f31d0 },
-      { 0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1 } },
+    {{0, 0, 0, 0}, {0, 0}, {0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8}},
+    {{0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff},
+     {0xffffffff, 0xffffffff},
+     {0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd}},
+    {{0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344},
+     {0xa4093822, 0x299f31d0},
+     {0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}},
 };
 
 START_TEST(philox_matches_known_answers)
@@ -31,23 +31,41 @@ static const struct {
     uint32_t rank, dim;
     float first[8];
 } proj_kat[] = {
-    { ULPT_PROJ_XAVIER_UNIFORM, 0, 2, 8,
-      { 0.103211403f, -0.106706351f, -0.0683019534f, 0.263060868f, -0.617932498f,
-        0.608003616f, -0.760690331f, -0.348780572f } },
-    { ULPT_PROJ_XAVIER_UNIFORM, 42, 2, 4096,
-      { -0.0300244577f, -0.0139829908f, 0.0235981196f, -0.0144388722f, 0.0207396615f,
-        0.00806771405f, -0.00985047501f, -0.0246411879f } },
-    { ULPT_PROJ_KAIMING_UNIFORM, 42, 2, 4,
-      { -0.35200423f, 0.304275364f, 0.494487047f, -0.365611106f, -0.382691354f,
-        -0.00233493536f, 0.0649061427f, 0.413901418f } },
-    { ULPT_PROJ_RADEMACHER, 0x0123456789abcdefu, 4, 4,
-      { -0.5f, 0.5f, -0.5f, -0.5f, -0.5f, 0.5f, 0.5f, 0.5f } },
-    { ULPT_PROJ_GAUSSIAN, 7, 2, 4,
-      { 0.619449079f, 0.692641258f, 0.00787196495f, -0.459549218f, -1.32486641f,
-        0.325896889f, -0.177850485f, -1.08561027f } },
-    { ULPT_PROJ_GAUSSIAN, 0xffffffffffffffffu, 3, 5,
-      { 0.204641238f, 0.0160179231f, -0.179688737f, 0.24164705f, -0.00780931162f,
-        0.0397978052f, 0.376344085f, 0.74544847f } },
+    {ULPT_PROJ_XAVIER_UNIFORM,
+     0,
+     2,
+     8,
+     {0.103211403f, -0.106706351f, -0.0683019534f, 0.263060868f, -0.617932498f, 0.608003616f,
+      -0.760690331f, -0.348780572f}},
+    {ULPT_PROJ_XAVIER_UNIFORM,
+     42,
+     2,
+     4096,
+     {-0.0300244577f, -0.0139829908f, 0.0235981196f, -0.0144388722f, 0.0207396615f, 0.00806771405f,
+      -0.00985047501f, -0.0246411879f}},
+    {ULPT_PROJ_KAIMING_UNIFORM,
+     42,
+     2,
+     4,
+     {-0.35200423f, 0.304275364f, 0.494487047f, -0.365611106f, -0.382691354f, -0.00233493536f,
+      0.0649061427f, 0.413901418f}},
+    {ULPT_PROJ_RADEMACHER,
+     0x0123456789abcdefu,
+     4,
+     4,
+     {-0.5f, 0.5f, -0.5f, -0.5f, -0.5f, 0.5f, 0.5f, 0.5f}},
+    {ULPT_PROJ_GAUSSIAN,
+     7,
+     2,
+     4,
+     {0.619449079f, 0.692641258f, 0.00787196495f, -0.459549218f, -1.32486641f, 0.325896889f,
+      -0.177850485f, -1.08561027f}},
+    {ULPT_PROJ_GAUSSIAN,
+     0xffffffffffffffffu,
+     3,
+     5,
+     {0.204641238f, 0.0160179231f, -0.179688737f, 0.24164705f, -0.00780931162f, 0.0397978052f,
+      0.376344085f, 0.74544847f}},
 };
 
 START_TEST(projection_matches_known_answers)
@@ -74,8 +92,8 @@ END_TEST
 
 START_TEST(initial_z_matches_known_answers)
 {
-    static const float z[8] = { -0.214431375f, -0.0704231113f, 0.811836123f, 0.204263523f,
-                                0.250748426f,  -0.321006864f,  0.764864564f, 0.274602562f };
+    static const float z[8] = {-0.214431375f, -0.0704231113f, 0.811836123f, 0.204263523f,
+                               0.250748426f,  -0.321006864f,  0.764864564f, 0.274602562f};
     ulpt_prompt_options o = ULPT_PROMPT_OPTIONS_INIT;
     o.n_tokens = 4 + (uint32_t)_i * 7; /* a longer prompt starts with the same rows */
     o.dim = 8 + (uint32_t)_i;
@@ -112,7 +130,8 @@ START_TEST(same_inputs_give_identical_bytes)
     ck_assert_int_eq(ulpt_projection_create(&b, 77, 3, 1001, kind), ULPT_OK);
     ck_assert_int_eq(ulpt_projection_create(&c, 78, 3, 1001, kind), ULPT_OK);
     ck_assert_mem_eq(ulpt_projection_data(a), ulpt_projection_data(b), 3 * 1001 * sizeof(float));
-    ck_assert_int_ne(memcmp(ulpt_projection_data(a), ulpt_projection_data(c), 3 * 1001 * sizeof(float)), 0);
+    ck_assert_int_ne(
+        memcmp(ulpt_projection_data(a), ulpt_projection_data(c), 3 * 1001 * sizeof(float)), 0);
     ulpt_projection_free(a);
     ulpt_projection_free(b);
     ulpt_projection_free(c);
@@ -129,10 +148,22 @@ START_TEST(each_kind_has_its_bounds_mean_and_variance)
     const size_t count = (size_t)r * d;
     double bound, var;
     switch (kind) {
-    case ULPT_PROJ_XAVIER_UNIFORM: bound = sqrt(6.0 / (r + d)); var = bound * bound / 3; break;
-    case ULPT_PROJ_KAIMING_UNIFORM: bound = 1 / sqrt(r); var = bound * bound / 3; break;
-    case ULPT_PROJ_RADEMACHER: bound = 1 / sqrt(r); var = 1.0 / r; break;
-    default: bound = INFINITY; var = 1.0 / r; break; /* Gaussian */
+    case ULPT_PROJ_XAVIER_UNIFORM:
+        bound = sqrt(6.0 / (r + d));
+        var = bound * bound / 3;
+        break;
+    case ULPT_PROJ_KAIMING_UNIFORM:
+        bound = 1 / sqrt(r);
+        var = bound * bound / 3;
+        break;
+    case ULPT_PROJ_RADEMACHER:
+        bound = 1 / sqrt(r);
+        var = 1.0 / r;
+        break;
+    default:
+        bound = INFINITY;
+        var = 1.0 / r;
+        break; /* Gaussian */
     }
     double sum = 0, sq = 0;
     for (size_t i = 0; i < count; i++) {
@@ -143,8 +174,8 @@ START_TEST(each_kind_has_its_bounds_mean_and_variance)
         sq += (double)x[i] * x[i];
     }
     double mean = sum / count, variance = sq / count - mean * mean;
-    ck_assert(fabs(mean) < 5 * sqrt(var / count));     /* 5 sigma */
-    ck_assert(fabs(variance / var - 1) < 0.03);         /* ~5 sigma for 65536 draws */
+    ck_assert(fabs(mean) < 5 * sqrt(var / count)); /* 5 sigma */
+    ck_assert(fabs(variance / var - 1) < 0.03);    /* ~5 sigma for 65536 draws */
     ulpt_projection_free(p);
 }
 END_TEST
@@ -165,7 +196,8 @@ START_TEST(projection_outlives_its_creator_inside_a_prompt)
     ulpt_prompt *p = test_prompt(4, 2, 32, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     const ulpt_projection *pr = ulpt_prompt_projection(p, 0);
     ulpt_projection *fresh;
-    ck_assert_int_eq(ulpt_projection_create(&fresh, 1234, 2, 32, ULPT_PROJ_XAVIER_UNIFORM), ULPT_OK);
+    ck_assert_int_eq(ulpt_projection_create(&fresh, 1234, 2, 32, ULPT_PROJ_XAVIER_UNIFORM),
+                     ULPT_OK);
     ck_assert_mem_eq(ulpt_projection_data(pr), ulpt_projection_data(fresh), 64 * sizeof(float));
     ulpt_projection_free(fresh);
     ulpt_prompt_free(p);
@@ -183,8 +215,8 @@ Suite *projection_suite(void)
     tcase_add_test(tc, group_seeds_follow_the_spec);
     tcase_add_loop_test(tc, same_inputs_give_identical_bytes, ULPT_PROJ_XAVIER_UNIFORM,
                         ULPT_PROJ_RADEMACHER + 1);
-    tcase_add_loop_test(tc, each_kind_has_its_bounds_mean_and_variance,
-                        ULPT_PROJ_XAVIER_UNIFORM, ULPT_PROJ_RADEMACHER + 1);
+    tcase_add_loop_test(tc, each_kind_has_its_bounds_mean_and_variance, ULPT_PROJ_XAVIER_UNIFORM,
+                        ULPT_PROJ_RADEMACHER + 1);
     tcase_add_test(tc, identity_projection_stores_nothing);
     tcase_add_test(tc, projection_outlives_its_creator_inside_a_prompt);
     suite_add_tcase(s, tc);

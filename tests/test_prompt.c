@@ -8,21 +8,21 @@ static const struct {
     int kind;
     unsigned flags;
 } cfg[] = {
-    { 6, 2, 10, 1, ULPT_PROJ_XAVIER_UNIFORM, 0 },
-    { 6, 3, 10, 2, ULPT_PROJ_XAVIER_UNIFORM, 0 },
-    { 6, 2, 9, 3, ULPT_PROJ_GAUSSIAN, ULPT_NO_SCALE },
-    { 4, 2, 7, 2, ULPT_PROJ_KAIMING_UNIFORM, ULPT_NO_SHIFT },
-    { 4, 1, 7, 1, ULPT_PROJ_RADEMACHER, ULPT_NO_SCALE | ULPT_NO_SHIFT },
-    { 3, 5, 5, 1, ULPT_PROJ_IDENTITY, 0 },
-    { 3, 5, 5, 1, ULPT_PROJ_IDENTITY, ULPT_NO_SCALE | ULPT_NO_SHIFT },
-    { 100, 2, 4096, 4, ULPT_PROJ_XAVIER_UNIFORM, 0 }, /* the headline shape, 4 groups */
+    {6, 2, 10, 1, ULPT_PROJ_XAVIER_UNIFORM, 0},
+    {6, 3, 10, 2, ULPT_PROJ_XAVIER_UNIFORM, 0},
+    {6, 2, 9, 3, ULPT_PROJ_GAUSSIAN, ULPT_NO_SCALE},
+    {4, 2, 7, 2, ULPT_PROJ_KAIMING_UNIFORM, ULPT_NO_SHIFT},
+    {4, 1, 7, 1, ULPT_PROJ_RADEMACHER, ULPT_NO_SCALE | ULPT_NO_SHIFT},
+    {3, 5, 5, 1, ULPT_PROJ_IDENTITY, 0},
+    {3, 5, 5, 1, ULPT_PROJ_IDENTITY, ULPT_NO_SCALE | ULPT_NO_SHIFT},
+    {100, 2, 4096, 4, ULPT_PROJ_XAVIER_UNIFORM, 0}, /* the headline shape, 4 groups */
 };
 #define N_CFG ((int)(sizeof cfg / sizeof cfg[0]))
 
 static ulpt_prompt *cfg_prompt(int i)
 {
-    ulpt_prompt *p = test_prompt(cfg[i].n, cfg[i].r, cfg[i].d, cfg[i].groups, cfg[i].kind,
-                                 cfg[i].flags);
+    ulpt_prompt *p =
+        test_prompt(cfg[i].n, cfg[i].r, cfg[i].d, cfg[i].groups, cfg[i].kind, cfg[i].flags);
     test_perturb(p, 5 + (uint64_t)i);
     return p;
 }
@@ -48,7 +48,8 @@ START_TEST(forward_matches_double_precision_reference)
     ck_assert_int_eq(ulpt_prompt_forward(p, e, ld), ULPT_OK);
     for (size_t i = 0; i < n; i++) {
         for (size_t j = 0; j < d; j++)
-            ck_assert_double_eq_tol(e[i * ld + j], ref[i * d + j], 1e-5 * (1 + fabs(ref[i * d + j])));
+            ck_assert_double_eq_tol(e[i * ld + j], ref[i * d + j],
+                                    1e-5 * (1 + fabs(ref[i * d + j])));
         for (size_t j = d; j < ld; j++)
             ck_assert_float_eq(e[i * ld + j], 12345.0f); /* columns past dim untouched */
     }
@@ -140,8 +141,9 @@ END_TEST
 
 START_TEST(flags_remove_their_vectors_from_the_layout)
 {
-    static const unsigned flags[] = { 0, ULPT_NO_SCALE, ULPT_NO_SHIFT, ULPT_NO_SCALE | ULPT_NO_SHIFT };
-    static const size_t expect[] = { 8 * 2 + 2 * 32, 8 * 2 + 32, 8 * 2 + 32, 8 * 2 };
+    static const unsigned flags[] = {0, ULPT_NO_SCALE, ULPT_NO_SHIFT,
+                                     ULPT_NO_SCALE | ULPT_NO_SHIFT};
+    static const size_t expect[] = {8 * 2 + 2 * 32, 8 * 2 + 32, 8 * 2 + 32, 8 * 2};
     ulpt_prompt *p = test_prompt(8, 2, 32, 2, ULPT_PROJ_XAVIER_UNIFORM, flags[_i]);
     ck_assert_uint_eq(ulpt_prompt_num_params(p), expect[_i]);
     ck_assert_uint_eq(ulpt_prompt_flags(p), flags[_i]);

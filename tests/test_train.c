@@ -6,7 +6,7 @@
  * that shares the projection seed, so L = 0 is reachable. */
 typedef struct {
     const float *target;
-    int fail;        /* 1: return an error; 2: NaN gradient; 3: NaN loss; 4: inf gradient */
+    int fail; /* 1: return an error; 2: NaN gradient; 3: NaN loss; 4: inf gradient */
     int calls;
 } host;
 
@@ -53,8 +53,8 @@ START_TEST(train_step_drives_a_known_optimum_to_near_zero_loss)
     float *target = hidden_target(n, r, d, groups);
     ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
     po.n_tokens = n, po.rank = r, po.dim = d, po.n_groups = groups;
-    po.projection_seed = 1234;     /* the hidden prompt's projection */
-    po.init_seed = 5;              /* but its own start */
+    po.projection_seed = 1234; /* the hidden prompt's projection */
+    po.init_seed = 5;          /* but its own start */
     ulpt_prompt *p;
     ck_assert_int_eq(ulpt_prompt_create(&p, &po), ULPT_OK);
     ulpt_optimizer_options oo = ULPT_OPTIMIZER_OPTIONS_INIT;
@@ -65,7 +65,7 @@ START_TEST(train_step_drives_a_known_optimum_to_near_zero_loss)
     oo.total_steps = 1500;
     ulpt_optimizer *o;
     ck_assert_int_eq(ulpt_optimizer_create(&o, p, &oo), ULPT_OK);
-    host h = { target, 0, 0 };
+    host h = {target, 0, 0};
     double first = 0, loss = 0;
     for (int t = 0; t < 1500; t++) {
         ck_assert_int_eq(ulpt_train_step(p, o, host_loss, &h, &loss), ULPT_OK);
@@ -84,8 +84,8 @@ END_TEST
 
 START_TEST(failed_step_leaves_parameters_gradients_and_state_bit_identical)
 {
-    static const int expect[] = { 0, ULPT_ERR_CALLBACK, ULPT_ERR_NONFINITE, ULPT_ERR_NONFINITE,
-                                  ULPT_ERR_NONFINITE };
+    static const int expect[] = {0, ULPT_ERR_CALLBACK, ULPT_ERR_NONFINITE, ULPT_ERR_NONFINITE,
+                                 ULPT_ERR_NONFINITE};
     const int fail = _i + 1;
     float *target = hidden_target(8, 2, 16, 1);
     ulpt_prompt *p = test_prompt(8, 2, 16, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
@@ -93,7 +93,7 @@ START_TEST(failed_step_leaves_parameters_gradients_and_state_bit_identical)
     ulpt_optimizer *o, *oq;
     ck_assert_int_eq(ulpt_optimizer_create(&o, p, NULL), ULPT_OK);
     ck_assert_int_eq(ulpt_optimizer_create(&oq, q, NULL), ULPT_OK);
-    host h = { target, 0, 0 };
+    host h = {target, 0, 0};
     for (int t = 0; t < 3; t++) { /* some optimizer state first */
         ck_assert_int_eq(ulpt_train_step(p, o, host_loss, &h, NULL), ULPT_OK);
         ck_assert_int_eq(ulpt_train_step(q, oq, host_loss, &h, NULL), ULPT_OK);
@@ -137,7 +137,7 @@ START_TEST(train_step_equals_forward_backward_step_by_hand)
     ulpt_optimizer *o, *oq;
     ulpt_optimizer_create(&o, p, NULL);
     ulpt_optimizer_create(&oq, q, NULL);
-    host h = { target, 0, 0 };
+    host h = {target, 0, 0};
     float e[8 * 16], g[8 * 16];
     for (int t = 0; t < 4; t++) {
         double l1, l2;
@@ -166,7 +166,7 @@ START_TEST(train_step_refuses_an_optimizer_of_another_prompt)
     ulpt_prompt *q = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_optimizer *o;
     ulpt_optimizer_create(&o, q, NULL);
-    host h = { NULL, 1, 0 };
+    host h = {NULL, 1, 0};
     ck_assert_int_eq(ulpt_train_step(p, o, host_loss, &h, NULL), ULPT_ERR_INVALID);
     ck_assert_int_eq(h.calls, 0);
     ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "another prompt"));
