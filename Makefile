@@ -40,7 +40,7 @@ TEST_OBJS := $(patsubst tests/%.c,tests/obj/%.o,$(TEST_SRCS))
 
 .PHONY: all deps demo check check-run bench bench-run install uninstall clean
 
-all: $(SHARED) $(STATIC) pkgconfig/ulpt.pc
+all: $(SHARED) $(STATIC)
 
 lib/obj/%.o: lib/%.c lib/internal.h include/ulpt.h
 	@mkdir -p lib/obj
@@ -55,10 +55,6 @@ $(SHARED): $(OBJS) lib/libulpt.map
 $(STATIC): $(OBJS)
 	rm -f $@
 	$(AR) rcs $@ $(OBJS)
-
-pkgconfig/ulpt.pc: pkgconfig/ulpt.pc.in include/ulpt.h
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
-	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
 
 # Installs the Debian packages the build and tests need when missing (as root), or
 # prints the apt-get line to run.
@@ -112,12 +108,14 @@ install: all
 	ln -sf libulpt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libulpt.so
 	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
-	install -m 644 pkgconfig/ulpt.pc $(DESTDIR)$(LIBDIR)/pkgconfig/ulpt.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    pkgconfig/ulpt.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ulpt.pc
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/ulpt.h $(DESTDIR)$(LIBDIR)/libulpt.so* \
 	    $(DESTDIR)$(LIBDIR)/libulpt.a $(DESTDIR)$(LIBDIR)/pkgconfig/ulpt.pc
 
 clean:
-	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) pkgconfig/ulpt.pc \
+	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) \
 	    tests/test_ulpt tests/bench_step examples/quickstart

@@ -349,7 +349,8 @@ class Prompt(_Handle):
         return _float_array(lib.ulpt_prompt_grads(self.handle), self.num_params)
 
     def projection(self, group=0):
-        """A copy of group `group`'s P (rank x dim); None for the identity projection."""
+        """A copy of group `group`'s P (rank x dim; a flat list without numpy), or None for
+        the identity projection."""
         handle = lib.ulpt_prompt_projection(self.handle, group)
         if not handle:
             raise IndexError("projection group %d out of range" % group)
