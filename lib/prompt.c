@@ -166,8 +166,8 @@ void ulpt_prompt_free(ulpt_prompt *p)
 /* ---- forward -------------------------------------------------------------------- */
 
 /* e[i,:] = e[i,:] (.) s + b for `rows` rows; s or b may be NULL (absent). */
-static void scale_shift_rows(float *e, size_t rows, size_t d, size_t ld, const float *s,
-                             const float *b)
+static void scale_shift_rows(float *restrict e, size_t rows, size_t d, size_t ld,
+                             const float *restrict s, const float *restrict b)
 {
     for (size_t i = 0; i < rows; i++, e += ld) {
         if (s && b)
