@@ -38,7 +38,7 @@ OBJS := $(patsubst lib/%.c,lib/obj/%.o,$(SRCS))
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_OBJS := $(patsubst tests/%.c,tests/obj/%.o,$(TEST_SRCS))
 
-.PHONY: all deps demo check check-run bench bench-run install uninstall clean
+.PHONY: all deps demo check check-run warnings bench bench-run install uninstall clean
 
 all: $(SHARED) $(STATIC)
 
@@ -66,7 +66,8 @@ deps:
 examples/quickstart: examples/quickstart.c $(SHARED) include/ulpt.h
 	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< -Llib -lulpt -Wl,-rpath,'$$ORIGIN/../lib' -lm
 
-demo: deps
+demo:
+	@sh .ci/install-deps build
 	@$(MAKE) --no-print-directory examples/quickstart
 	./examples/quickstart
 
@@ -82,11 +83,17 @@ tests/test_ulpt: $(TEST_OBJS) $(STATIC)
 check: deps
 	@$(MAKE) --no-print-directory check-run
 
-check-run: all tests/test_ulpt examples/quickstart
+check-run: all tests/test_ulpt examples/quickstart warnings
 	./tests/test_ulpt
 	sh tests/check-exports.sh
 	sh tests/check-install.sh
-	$(PYTHON) -m pytest -q tests/python
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/python
+
+# The library compiles warning-free under gcc and clang.
+warnings:
+	@for cc in gcc clang; do \
+	    $$cc -fsyntax-only -std=c11 $(WARN) -Werror -Iinclude $(BLAS_CFLAGS) $(SRCS) || exit 1; \
+	done; echo "warnings: none from gcc or clang (-Wall -Wextra -Werror)"
 
 # ---- benchmark ----------------------------------------------------------------------
 
