@@ -25,9 +25,12 @@ WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 # Evaluated when used, i.e. after `deps` has installed what was missing.
 BLAS_CFLAGS = $(shell $(PKG_CONFIG) --cflags openblas)
 BLAS_LIBS = $(shell $(PKG_CONFIG) --libs openblas)
+ZLIB_CFLAGS = $(shell $(PKG_CONFIG) --cflags zlib)
+ZLIB_LIBS = $(shell $(PKG_CONFIG) --libs zlib)
+DEP_LIBS = $(BLAS_LIBS) $(ZLIB_LIBS) -lm
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check)
-LIB_CFLAGS = -std=c11 $(WARN) -fPIC -fvisibility=hidden -Iinclude $(BLAS_CFLAGS)
+LIB_CFLAGS = -std=c11 $(WARN) -fPIC -fvisibility=hidden -Iinclude $(BLAS_CFLAGS) $(ZLIB_CFLAGS)
 
 SONAME := libulpt.so.$(VERSION_MAJOR)
 SHARED := lib/libulpt.so.$(VERSION)
@@ -48,7 +51,7 @@ lib/obj/%.o: lib/%.c lib/internal.h include/ulpt.h
 
 $(SHARED): $(OBJS) lib/libulpt.map
 	$(CC) $(CFLAGS) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/libulpt.map \
-	    -Wl,--no-undefined -o $@ $(OBJS) $(BLAS_LIBS) -lm $(LDFLAGS)
+	    -Wl,--no-undefined -o $@ $(OBJS) $(DEP_LIBS) $(LDFLAGS)
 	ln -sf libulpt.so.$(VERSION) lib/$(SONAME)
 	ln -sf $(SONAME) lib/libulpt.so
 
@@ -78,7 +81,7 @@ tests/obj/%.o: tests/%.c tests/test.h include/ulpt.h lib/internal.h
 	$(CC) $(CFLAGS) -std=c11 $(WARN) -Wno-missing-prototypes -Iinclude -Ilib $(CHECK_CFLAGS) -c $< -o $@
 
 tests/test_ulpt: $(TEST_OBJS) $(STATIC)
-	$(CC) $(CFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(CHECK_LIBS) $(BLAS_LIBS) -lm -pthread
+	$(CC) $(CFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(CHECK_LIBS) $(DEP_LIBS) -pthread
 
 check: deps
 	@$(MAKE) --no-print-directory check-run
@@ -98,7 +101,7 @@ warnings:
 # ---- benchmark ----------------------------------------------------------------------
 
 tests/bench_step: tests/bench_step.c $(STATIC)
-	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(STATIC) $(BLAS_LIBS) -lm -pthread
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
 
 bench: deps
 	@$(MAKE) --no-print-directory bench-run

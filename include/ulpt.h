@@ -349,6 +349,103 @@ typedef int (*ulpt_loss_fn)(void *user, const float *embeddings, uint32_t n_toke
 ULPT_API int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn,
                              void *user, double *loss);
 
+/* ---------------------------------------------------------------------------------
+ * Metadata: string key/value pairs a prompt carries into its files
+ *
+ * Conventional keys: "model" (identity of the host model the prompt was tuned for, e.g.
+ * "meta-llama/Llama-3.2-1B"; ulpt_prompt_load_for_model checks it), "task", "created"
+ * (ISO 8601 date).  Keys are 1..255 bytes, values 0..65535 bytes, at most 1024 pairs;
+ * both are NUL-terminated UTF-8 (not checked).  Order of insertion is kept.
+ * ------------------------------------------------------------------------------- */
+
+/* Set key to value (a copy is kept), replacing an existing value; value NULL removes the
+ * key (no error if absent).  Allocates: not for hot paths.
+ * Errors: ULPT_ERR_INVALID (NULL prompt or key, empty or too long key, too long value,
+ * too many keys), ULPT_ERR_NOMEM.  On error the metadata is unchanged. */
+ULPT_API int ulpt_prompt_set_meta(ulpt_prompt *p, const char *key, const char *value);
+
+/* The value of key, or NULL when absent (or p or key NULL).  Valid until the key is set
+ * again or removed, or the prompt is freed. */
+ULPT_API const char *ulpt_prompt_get_meta(const ulpt_prompt *p, const char *key);
+
+/* The number of pairs, and pair i (0-based, insertion order) into *key and *value.
+ * Errors: ULPT_ERR_INVALID (NULL argument, i out of range). */
+ULPT_API size_t ulpt_prompt_meta_count(const ulpt_prompt *p);
+ULPT_API int ulpt_prompt_meta_at(const ulpt_prompt *p, size_t i, const char **key,
+                                 const char **value);
+
+/* ---------------------------------------------------------------------------------
+ * Prompt files and checkpoints (docs/FORMAT.md)
+ *
+ * A prompt file holds the shape, the projection's seed, kind and fingerprint, the
+ * metadata and the parameters [Z | s | b] (zlib-compressed), under a CRC-32 of the
+ * whole file.  Saving is atomic: the data goes to a temporary file in the same
+ * directory, which is flushed, synced and renamed over the target, so a failed or
+ * interrupted save leaves the previous file intact.  Loading checks everything before
+ * allocating anything large: it never allocates more than max(16 MiB, 1032 x the file's
+ * size), and refuses damage with ULPT_ERR_CORRUPT, ULPT_ERR_FORMAT or ULPT_ERR_MISMATCH.
+ * ------------------------------------------------------------------------------- */
+
+#define ULPT_DTYPE_F32   0  /* exact */
+#define ULPT_DTYPE_F16   1  /* IEEE half, round to nearest even (past 65504: inf) */
+#define ULPT_DTYPE_BF16  2  /* bfloat16, round to nearest even */
+
+#define ULPT_SAVE_OPTIONS_VERSION 1
+
+typedef struct ulpt_save_options {
+    unsigned version;  /* ULPT_SAVE_OPTIONS_VERSION */
+    int dtype;         /* storage type of the parameters, default ULPT_DTYPE_F32 */
+    int level;         /* zlib level 0..9, default 6 (0: stored uncompressed) */
+} ulpt_save_options;
+
+#define ULPT_SAVE_OPTIONS_INIT { ULPT_SAVE_OPTIONS_VERSION, ULPT_DTYPE_F32, 6 }
+
+/* Save a prompt (parameters and metadata, not gradients) to path, atomically; opts NULL
+ * = defaults.  Errors: ULPT_ERR_INVALID (NULL argument, bad options), ULPT_ERR_NOMEM,
+ * ULPT_ERR_IO (the message names the path and the system error; the previous file, if
+ * any, is intact and no temporary file is left behind). */
+ULPT_API int ulpt_prompt_save(const ulpt_prompt *p, const char *path,
+                              const ulpt_save_options *opts);
+
+/* The same bytes into a new buffer *buf of *len bytes, to be released with ulpt_free.
+ * Errors: ULPT_ERR_INVALID, ULPT_ERR_NOMEM. */
+ULPT_API int ulpt_prompt_save_buffer(const ulpt_prompt *p, void **buf, size_t *len,
+                                     const ulpt_save_options *opts);
+
+/* Release memory the library handed out (ulpt_prompt_save_buffer).  NULL is a no-op. */
+ULPT_API void ulpt_free(void *ptr);
+
+/* Load a prompt file: regenerate its projection(s), check them against the stored
+ * fingerprint, restore parameters (always as float32) and metadata; gradients are zero.
+ * Errors: ULPT_ERR_INVALID (NULL argument), ULPT_ERR_IO (cannot read path),
+ * ULPT_ERR_FORMAT (not a libulpt prompt file, or a newer major format version: the
+ * message names it), ULPT_ERR_CORRUPT (checksum, truncation, inconsistent sizes),
+ * ULPT_ERR_MISMATCH (the regenerated projection differs from the one trained with),
+ * ULPT_ERR_NOMEM. */
+ULPT_API int ulpt_prompt_load(ulpt_prompt **out, const char *path);
+ULPT_API int ulpt_prompt_load_buffer(ulpt_prompt **out, const void *buf, size_t len);
+
+/* Load, refusing a prompt whose "model" metadata is absent or differs from model with
+ * ULPT_ERR_MISMATCH and a message naming both. */
+ULPT_API int ulpt_prompt_load_for_model(ulpt_prompt **out, const char *path,
+                                        const char *model);
+
+/* Checkpoints: a prompt file (float32) plus the optimizer's options, step count and
+ * moments, atomically.  Training N steps straight and N/2 + save + load + N/2 give
+ * bit-identical parameters.  Loading creates both objects; free them as usual.
+ * Errors: as ulpt_prompt_save / ulpt_prompt_load; ULPT_ERR_MISMATCH if o was not
+ * created for p; ULPT_ERR_FORMAT when loading a plain prompt file as a checkpoint. */
+ULPT_API int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o,
+                                  const char *path);
+ULPT_API int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt,
+                                  const char *path);
+
+/* Write the materialised prompt E (n_tokens x dim) as a safetensors file with one F32
+ * tensor "prompt_embeddings" -- the tensor a Hugging Face PEFT prompt-tuning adapter
+ * keeps in adapter_model.safetensors -- atomically.
+ * Errors: ULPT_ERR_INVALID, ULPT_ERR_NOMEM, ULPT_ERR_IO. */
+ULPT_API int ulpt_prompt_export_safetensors(const ulpt_prompt *p, const char *path);
+
 #ifdef __cplusplus
 }
 #endif

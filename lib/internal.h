@@ -47,6 +47,71 @@ ulpt_projection *ulpt__projection_ref(ulpt_projection *p);
 /* Seed of projection group g of a prompt seeded with `seed`. */
 uint64_t ulpt__group_seed(uint64_t seed, uint32_t group);
 
+/* ---- files (io.c) ------------------------------------------------------------------- */
+
+/* The system calls a save makes, replaceable by tests to inject failures. */
+typedef struct {
+    long (*write)(int fd, const void *buf, size_t len);
+    int (*fsync)(int fd);
+    int (*rename)(const char *from, const char *to);
+} ulpt_io_ops;
+extern ulpt_io_ops ulpt__io;
+
+/* Write len bytes to path atomically (temporary file, fsync, rename, fsync directory);
+ * errors are reported as coming from func. */
+int ulpt__write_atomic(const char *func, const char *path, const void *data, size_t len);
+
+/* Read a whole regular file into a new buffer from a. */
+int ulpt__read_file(const char *func, const ulpt_allocator *a, const char *path, void **buf,
+                    size_t *len);
+
+/* ---- half precision (half.c) ------------------------------------------------------- */
+
+uint16_t ulpt__f32_to_f16(float f);
+float ulpt__f16_to_f32(uint16_t h);
+uint16_t ulpt__f32_to_bf16(float f);
+float ulpt__bf16_to_f32(uint16_t b);
+
+/* ---- metadata (meta.c) -------------------------------------------------------------- */
+
+typedef struct {
+    char **keys, **values; /* count pairs, insertion order */
+    size_t count, cap;
+} ulpt_meta;
+
+void ulpt__meta_clear(const ulpt_allocator *a, ulpt_meta *m);
+
+/* ---- the objects, shared by the files that serialise them -------------------------- */
+
+struct ulpt_prompt {
+    ulpt_allocator al;
+    uint32_t n, r, d, groups;
+    unsigned flags;
+    int kind;
+    uint64_t seed;          /* projection_seed: group g uses ulpt__group_seed(seed, g) */
+    ulpt_projection **proj; /* one per group */
+    size_t n_params;
+    float *params, *grads; /* [Z | s | b], s and b absent with their flags */
+    float *z, *s, *b;      /* views into params; s, b NULL when absent */
+    float *gz, *gs, *gb;   /* views into grads */
+    /* backward scratch, unused by the identity: [Z_g | 1] (n_g x (r+1)), M ((r+1) x d),
+       P_g diag(s) (r x d) */
+    float *ws_z1, *ws_m, *ws_ps;
+    ulpt_meta meta;
+};
+
+struct ulpt_optimizer {
+    ulpt_allocator al;
+    ulpt_prompt *prompt;
+    ulpt_optimizer_options opt;
+    uint64_t steps;
+    size_t n;     /* parameters */
+    float *m, *v; /* Adam moments; SGD keeps its momentum buffer in m */
+    /* ulpt_train_step's buffers, taken here so that no step allocates:
+       E and G (n_tokens x dim) and a copy of the gradients to restore on failure */
+    float *e, *g, *saved_grads;
+};
+
 /* ---- optimizer internals (optimizer.c) ------------------------------------------ */
 
 /* ulpt_train_step's preallocated E and G (n_tokens x dim) and gradient backup. */

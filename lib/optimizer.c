@@ -9,17 +9,6 @@
 #include <math.h>
 #include <string.h>
 
-struct ulpt_optimizer {
-    ulpt_allocator al;
-    ulpt_prompt *prompt;
-    ulpt_optimizer_options opt;
-    uint64_t steps;
-    size_t n;     /* parameters */
-    float *m, *v; /* Adam moments; SGD keeps its momentum buffer in m */
-    /* ulpt_train_step's buffers, taken here so that no step allocates:
-       E and G (n_tokens x dim) and a copy of the gradients to restore on failure */
-    float *e, *g, *saved_grads;
-};
 
 static int bad_range(double x, double lo, double hi) { return !(x >= lo && x < hi); }
 

@@ -17,20 +17,6 @@
 #include <math.h>
 #include <string.h>
 
-struct ulpt_prompt {
-    ulpt_allocator al;
-    uint32_t n, r, d, groups;
-    unsigned flags;
-    int kind;
-    ulpt_projection **proj; /* one per group */
-    size_t n_params;
-    float *params, *grads; /* [Z | s | b], s and b absent with their flags */
-    float *z, *s, *b;      /* views into params; s, b NULL when absent */
-    float *gz, *gs, *gb;   /* views into grads */
-    /* backward scratch, unused by the identity: [Z_g | 1] (n_g x (r+1)), M ((r+1) x d),
-       P_g diag(s) (r x d) */
-    float *ws_z1, *ws_m, *ws_ps;
-};
 
 /* Rows per GEMM in forward: a block of E small enough (128 KiB) to still be in cache
  * when the scale and shift pass over it. */
@@ -112,6 +98,7 @@ int ulpt_prompt_create(ulpt_prompt **out, const ulpt_prompt_options *opts)
     p->groups = opts->n_groups;
     p->flags = opts->flags;
     p->kind = opts->projection_kind;
+    p->seed = opts->projection_seed;
     p->n_params = n_params;
     p->proj = ulpt__calloc(&al, p->groups, sizeof *p->proj);
     p->params = ulpt__calloc(&al, 2 * n_params + n_scratch, sizeof(float));
@@ -160,6 +147,7 @@ void ulpt_prompt_free(ulpt_prompt *p)
             ulpt_projection_free(p->proj[g]);
     ulpt__free(&al, p->proj);
     ulpt__free(&al, p->params);
+    ulpt__meta_clear(&al, &p->meta);
     ulpt__free(&al, p);
 }
 

@@ -1,0 +1,66 @@
+/* half.c -- float32 <-> IEEE binary16 and bfloat16, round to nearest even, for storage. */
+#include "internal.h"
+
+#include <string.h>
+
+static uint32_t bits_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float float_of(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+uint16_t ulpt__f32_to_f16(float f)
+{
+    uint32_t x = bits_of(f), sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) /* inf stays inf; NaN stays a quiet NaN */
+        return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0));
+    if (ax >= 0x477ff000u) /* rounds past 65504 */
+        return (uint16_t)(sign | 0x7c00u);
+    if (ax < 0x38800000u) { /* subnormal half (or zero): scale by 2^24 and round once */
+        if (ax < 0x33000000u) /* below half of the smallest subnormal: 0 */
+            return (uint16_t)sign;
+        uint32_t mant = (ax & 0x7fffffu) | 0x800000u;
+        int shift = 126 - (int)(ax >> 23); /* 14 .. 24 */
+        uint32_t q = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (q & 1)))
+            q++;
+        return (uint16_t)(sign | q);
+    }
+    /* normal: rebias the exponent, round the 13 dropped mantissa bits to even */
+    uint32_t h = ((ax >> 13) - ((127u - 15u) << 10));
+    uint32_t rem = ax & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1)))
+        h++; /* may carry into the exponent, which is still right */
+    return (uint16_t)(sign | h);
+}
+
+float ulpt__f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    if (exp == 0x1f)
+        return float_of(sign | 0x7f800000u | (mant << 13));
+    if (exp == 0) { /* zero or subnormal: mant * 2^-24, exact in float */
+        float v = (float)mant * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    return float_of(sign | ((exp + 127u - 15u) << 23) | (mant << 13));
+}
+
+uint16_t ulpt__f32_to_bf16(float f)
+{
+    uint32_t x = bits_of(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a NaN after truncation */
+        return (uint16_t)((x >> 16) | 0x40u);
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+
+float ulpt__bf16_to_f32(uint16_t b) { return float_of((uint32_t)b << 16); }
