@@ -381,7 +381,8 @@ ULPT_API int ulpt_prompt_meta_at(const ulpt_prompt *p, size_t i, const char **ke
  * metadata and the parameters [Z | s | b] (zlib-compressed), under a CRC-32 of the
  * whole file.  Saving is atomic: the data goes to a temporary file in the same
  * directory, which is flushed, synced and renamed over the target, so a failed or
- * interrupted save leaves the previous file intact.  Loading checks everything before
+ * interrupted save leaves the previous file intact (after the rename the directory is
+ * synced too, best effort).  Loading checks everything before
  * allocating anything large: it never allocates more than max(16 MiB, 1032 x the file's
  * size), and refuses damage with ULPT_ERR_CORRUPT, ULPT_ERR_FORMAT or ULPT_ERR_MISMATCH.
  * ------------------------------------------------------------------------------- */

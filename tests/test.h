@@ -16,6 +16,7 @@ Suite *prompt_suite(void);
 Suite *optimizer_suite(void);
 Suite *train_suite(void);
 Suite *api_suite(void);
+Suite *file_suite(void);
 
 /* A deterministic uniform draw in [-1, 1) for test data (not the library's generator). */
 static inline double test_uniform(uint64_t *state)
@@ -88,6 +89,9 @@ typedef struct {
 } test_alloc_state;
 
 extern test_alloc_state test_alloc;
+
+/* This run's scratch directory, removed when the run ends. */
+const char *test_dir(void);
 void test_alloc_install(long fail_at);
 void test_alloc_remove(void);
 

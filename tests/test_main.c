@@ -1,9 +1,16 @@
 /* test_main.c -- runs every suite; the exit status is the verdict. */
+#define _POSIX_C_SOURCE 200809L
 #include "test.h"
 
 #include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 test_alloc_state test_alloc;
+
+static char run_dir[64];
+
+const char *test_dir(void) { return run_dir; }
 
 static void *count_alloc(void *user, size_t size)
 {
@@ -46,13 +53,21 @@ void test_alloc_remove(void) { ulpt_set_allocator(NULL); }
 
 int main(void)
 {
+    snprintf(run_dir, sizeof run_dir, "/tmp/ulpt-test-%ld", (long)getpid());
+    mkdir(run_dir, 0777);
+    chmod(run_dir, 0777); /* a test drops to an unprivileged user inside it */
     SRunner *sr = srunner_create(projection_suite());
     srunner_add_suite(sr, prompt_suite());
     srunner_add_suite(sr, optimizer_suite());
     srunner_add_suite(sr, train_suite());
     srunner_add_suite(sr, api_suite());
+    srunner_add_suite(sr, file_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "chmod -R u+w %s; rm -rf %s", run_dir, run_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", run_dir);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -1,0 +1,759 @@
+/* test_file.c -- prompt files and checkpoints: round trips, every corruption and
+ * truncation refused, bounded allocation, atomic saves, checkpoint resume, sizes. */
+#define _GNU_SOURCE /* setresuid */
+#include "test.h"
+
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+/* A scratch directory per test under the run's directory (Check forks each test, so the
+ * pid is unique); main removes the whole tree at the end. */
+static const char *scratch(const char *name)
+{
+    static char dir[160], path[200];
+    snprintf(dir, sizeof dir, "%s/%ld", test_dir(), (long)getpid());
+    mkdir(dir, 0777);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return path;
+}
+
+static void *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *b = malloc(*len ? *len : 1);
+    ck_assert_uint_eq(fread(b, 1, *len, f), *len);
+    fclose(f);
+    return b;
+}
+
+static ulpt_prompt *varied_prompt(uint32_t n, uint32_t r, uint32_t d, uint32_t g, int kind,
+                                  unsigned flags)
+{
+    ulpt_prompt *p = test_prompt(n, r, d, g, kind, flags);
+    test_perturb(p, 77);
+    ck_assert_int_eq(ulpt_prompt_set_meta(p, "model", "tinylm-1.5M"), ULPT_OK);
+    ck_assert_int_eq(ulpt_prompt_set_meta(p, "task", "spam"), ULPT_OK);
+    ck_assert_int_eq(ulpt_prompt_set_meta(p, "empty", ""), ULPT_OK);
+    return p;
+}
+
+static void same_prompt(ulpt_prompt *a, ulpt_prompt *b)
+{
+    ck_assert_uint_eq(ulpt_prompt_n_tokens(a), ulpt_prompt_n_tokens(b));
+    ck_assert_uint_eq(ulpt_prompt_rank(a), ulpt_prompt_rank(b));
+    ck_assert_uint_eq(ulpt_prompt_dim(a), ulpt_prompt_dim(b));
+    ck_assert_uint_eq(ulpt_prompt_n_groups(a), ulpt_prompt_n_groups(b));
+    ck_assert_uint_eq(ulpt_prompt_flags(a), ulpt_prompt_flags(b));
+    for (uint32_t g = 0; g < ulpt_prompt_n_groups(a); g++) {
+        const ulpt_projection *pa = ulpt_prompt_projection(a, g), *pb = ulpt_prompt_projection(b, g);
+        ck_assert_uint_eq(ulpt_projection_seed(pa), ulpt_projection_seed(pb));
+        ck_assert_int_eq(ulpt_projection_kind(pa), ulpt_projection_kind(pb));
+    }
+    ck_assert_uint_eq(ulpt_prompt_meta_count(a), ulpt_prompt_meta_count(b));
+    for (size_t i = 0; i < ulpt_prompt_meta_count(a); i++) {
+        const char *ka, *va, *kb, *vb;
+        ulpt_prompt_meta_at(a, i, &ka, &va);
+        ulpt_prompt_meta_at(b, i, &kb, &vb);
+        ck_assert_str_eq(ka, kb);
+        ck_assert_str_eq(va, vb);
+    }
+}
+
+static const struct {
+    uint32_t n, r, d, g;
+    int kind;
+    unsigned flags;
+} shapes[] = {
+    { 4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0 },
+    { 6, 3, 33, 3, ULPT_PROJ_GAUSSIAN, ULPT_NO_SCALE },
+    { 4, 1, 5, 2, ULPT_PROJ_RADEMACHER, ULPT_NO_SHIFT },
+    { 3, 16, 16, 1, ULPT_PROJ_IDENTITY, ULPT_NO_SCALE | ULPT_NO_SHIFT },
+    { 100, 2, 4096, 1, ULPT_PROJ_KAIMING_UNIFORM, 0 },
+};
+
+START_TEST(f32_round_trip_is_bit_exact_with_metadata)
+{
+    ulpt_prompt *p = varied_prompt(shapes[_i].n, shapes[_i].r, shapes[_i].d, shapes[_i].g,
+                                   shapes[_i].kind, shapes[_i].flags);
+    const char *path = scratch("p.ulpt");
+    ck_assert_int_eq(ulpt_prompt_save(p, path, NULL), ULPT_OK);
+    ulpt_prompt *q;
+    ck_assert_int_eq(ulpt_prompt_load(&q, path), ULPT_OK);
+    same_prompt(p, q);
+    ck_assert_mem_eq(ulpt_prompt_params(p), ulpt_prompt_params(q),
+                     ulpt_prompt_num_params(p) * sizeof(float));
+    ck_assert_str_eq(ulpt_prompt_get_meta(q, "model"), "tinylm-1.5M");
+    ck_assert_str_eq(ulpt_prompt_get_meta(q, "empty"), "");
+    for (size_t i = 0; i < ulpt_prompt_num_params(q); i++)
+        ck_assert_float_eq(ulpt_prompt_grads(q)[i], 0.0f);
+    ulpt_prompt_free(p);
+    ulpt_prompt_free(q);
+}
+END_TEST
+
+START_TEST(half_precision_round_trips_within_their_precision)
+{
+    const int dtype = _i ? ULPT_DTYPE_BF16 : ULPT_DTYPE_F16;
+    const double rel = _i ? 0x1p-8 : 0x1p-11; /* half an ulp: 8 and 11 significant bits */
+    ulpt_prompt *p = varied_prompt(10, 2, 300, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    float *x = ulpt_prompt_params(p);
+    x[0] = 1e-6f; /* a half subnormal */
+    x[1] = -70000.0f;
+    ulpt_save_options so = ULPT_SAVE_OPTIONS_INIT;
+    so.dtype = dtype;
+    void *buf;
+    size_t len;
+    ck_assert_int_eq(ulpt_prompt_save_buffer(p, &buf, &len, &so), ULPT_OK);
+    ulpt_prompt *q;
+    ck_assert_int_eq(ulpt_prompt_load_buffer(&q, buf, len), ULPT_OK);
+    same_prompt(p, q);
+    const float *y = ulpt_prompt_params(q);
+    for (size_t i = 0; i < ulpt_prompt_num_params(p); i++) {
+        if (dtype == ULPT_DTYPE_F16 && i == 1) {
+            ck_assert(isinf(y[i]) && y[i] < 0); /* past 65504 */
+            continue;
+        }
+        double tol = fabs(x[i]) * rel + (dtype == ULPT_DTYPE_F16 ? 0x1p-25 : 0);
+        ck_assert_msg(fabs((double)y[i] - x[i]) <= tol, "param %zu: %.9g stored as %.9g", i,
+                      x[i], y[i]);
+    }
+    ulpt_free(buf);
+    ulpt_prompt_free(p);
+    ulpt_prompt_free(q);
+}
+END_TEST
+
+START_TEST(f16_conversion_matches_the_compiler_on_every_half_and_many_floats)
+{
+    for (uint32_t h = 0; h < 65536; h++) { /* every half survives a round trip */
+        float f = ulpt__f16_to_f32((uint16_t)h);
+        if (isnan(f))
+            continue;
+        ck_assert_uint_eq(ulpt__f32_to_f16(f), h);
+        ck_assert_float_eq(f, (float)*(const _Float16 *)&(uint16_t){ (uint16_t)h });
+    }
+    uint64_t st = 1;
+    for (int k = 0; k < 2000000; k++) { /* random bit patterns: every exponent */
+        st = st * 6364136223846793005u + 1442695040888963407u;
+        uint32_t u = (uint32_t)(st >> 32);
+        float f;
+        memcpy(&f, &u, 4);
+        if (isnan(f))
+            continue;
+        _Float16 ref = (_Float16)f;
+        uint16_t rb;
+        memcpy(&rb, &ref, 2);
+        ck_assert_msg(ulpt__f32_to_f16(f) == rb, "%a: %04x, compiler %04x", (double)f,
+                      ulpt__f32_to_f16(f), rb);
+    }
+}
+END_TEST
+
+START_TEST(bf16_conversion_rounds_to_nearest_even)
+{
+    uint64_t st = 2;
+    for (int k = 0; k < 2000000; k++) {
+        st = st * 6364136223846793005u + 1442695040888963407u;
+        uint32_t u = (uint32_t)(st >> 32);
+        float f;
+        memcpy(&f, &u, 4);
+        if (isnan(f) || isinf(f))
+            continue;
+        /* the two bf16 neighbours of f, and the nearer (ties to the even one) */
+        uint32_t lo = u & 0xffff0000u, hi = lo + 0x10000u;
+        float flo, fhi;
+        memcpy(&flo, &lo, 4);
+        memcpy(&fhi, &hi, 4);
+        double dhi = isinf(fhi) ? copysign(0x1p128, fhi) : fhi; /* IEEE's overflow point */
+        double dl = fabs((double)f - flo), dh = fabs(dhi - f);
+        uint32_t want = dl < dh ? lo : dh < dl ? hi : ((lo >> 16) & 1 ? hi : lo);
+        ck_assert_uint_eq(ulpt__f32_to_bf16(f), want >> 16);
+        float back = ulpt__bf16_to_f32((uint16_t)(want >> 16));
+        ck_assert_uint_eq(ulpt__f32_to_bf16(back), want >> 16);
+    }
+    ck_assert(isnan(ulpt__bf16_to_f32(ulpt__f32_to_bf16(NAN))));
+}
+END_TEST
+
+START_TEST(buffer_and_file_agree_byte_for_byte)
+{
+    ulpt_prompt *p = varied_prompt(8, 2, 64, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    for (int dtype = 0; dtype < 3; dtype++) {
+        ulpt_save_options so = ULPT_SAVE_OPTIONS_INIT;
+        so.dtype = dtype;
+        so.level = dtype * 4;
+        const char *path = scratch("p.ulpt");
+        ck_assert_int_eq(ulpt_prompt_save(p, path, &so), ULPT_OK);
+        void *buf;
+        size_t len, flen;
+        ck_assert_int_eq(ulpt_prompt_save_buffer(p, &buf, &len, &so), ULPT_OK);
+        void *file = read_all(path, &flen);
+        ck_assert_uint_eq(len, flen);
+        ck_assert_mem_eq(buf, file, len);
+        free(file);
+        ulpt_free(buf);
+    }
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+static int refused(int rc)
+{
+    return rc == ULPT_ERR_CORRUPT || rc == ULPT_ERR_FORMAT || rc == ULPT_ERR_MISMATCH;
+}
+
+START_TEST(every_single_byte_corruption_is_refused)
+{
+    ulpt_prompt *p = varied_prompt(4, 2, 8, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    void *buf;
+    size_t len;
+    ck_assert_int_eq(ulpt_prompt_save_buffer(p, &buf, &len, NULL), ULPT_OK);
+    unsigned char *bad = malloc(len);
+    static const unsigned char flips[] = { 0x01, 0x80, 0xff };
+    for (size_t i = 0; i < len; i++)
+        for (size_t f = 0; f < sizeof flips; f++) {
+            memcpy(bad, buf, len);
+            bad[i] ^= flips[f];
+            ulpt_prompt *q = NULL;
+            int rc = ulpt_prompt_load_buffer(&q, bad, len);
+            ck_assert_msg(refused(rc), "byte %zu ^ 0x%02x of %zu: rc %d", i, flips[f], len, rc);
+            ck_assert_ptr_null(q);
+            ck_assert_str_ne(ulpt_last_error(), "");
+        }
+    free(bad);
+    ulpt_free(buf);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+START_TEST(every_truncation_is_refused)
+{
+    ulpt_prompt *p = varied_prompt(4, 2, 8, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    void *buf;
+    size_t len;
+    ck_assert_int_eq(ulpt_prompt_save_buffer(p, &buf, &len, NULL), ULPT_OK);
+    for (size_t n = 0; n < len; n++) {
+        unsigned char *cut = malloc(n ? n : 1); /* exact size: ASan sees any overread */
+        memcpy(cut, buf, n);
+        ulpt_prompt *q = NULL;
+        int rc = ulpt_prompt_load_buffer(&q, cut, n);
+        ck_assert_msg(refused(rc), "truncated to %zu of %zu: rc %d", n, len, rc);
+        free(cut);
+    }
+    ulpt_free(buf);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+/* Rewrite the CRC after an edit, as a forger would. */
+static void reseal(unsigned char *b, size_t len)
+{
+    uint32_t crc = (uint32_t)crc32(0, b, (uInt)(len - 4));
+    for (int i = 0; i < 4; i++)
+        b[len - 4 + i] = (unsigned char)(crc >> (8 * i));
+}
+
+static void put32le(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Offsets in a prompt file: header 24, SHAP section header 16, then the shape fields. */
+#define SHAPE_AT (24 + 16)
+
+static long largest_alloc;
+static void *big_alloc(void *u, size_t n)
+{
+    (void)u;
+    if ((long)n > largest_alloc)
+        largest_alloc = (long)n;
+    return malloc(n);
+}
+static void big_free(void *u, void *p) { (void)u, free(p); }
+
+START_TEST(header_claiming_a_trillion_elements_is_refused_without_allocating)
+{
+    ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    void *buf;
+    size_t len;
+    ck_assert_int_eq(ulpt_prompt_save_buffer(p, &buf, &len, NULL), ULPT_OK);
+    unsigned char *b = malloc(len);
+    memcpy(b, buf, len);
+    put32le(b + SHAPE_AT, 1000000);     /* n_tokens */
+    put32le(b + SHAPE_AT + 8, 1000000); /* dim: 10^12 embedding values */
+    reseal(b, len);
+    ulpt_allocator a = { big_alloc, NULL, big_free, NULL };
+    ulpt_set_allocator(&a);
+    largest_alloc = 0;
+    ulpt_prompt *q = NULL;
+    ck_assert_int_eq(ulpt_prompt_load_buffer(&q, b, len), ULPT_ERR_CORRUPT);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "impossible"));
+    ck_assert_int_le(largest_alloc, 0); /* nothing at all was allocated */
+    ulpt_set_allocator(NULL);
+    free(b);
+    ulpt_free(buf);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+START_TEST(newer_major_version_is_refused_naming_it)
+{
+    ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    void *buf;
+    size_t len;
+    ulpt_prompt_save_buffer(p, &buf, &len, NULL);
+    unsigned char *b = malloc(len);
+    memcpy(b, buf, len);
+    b[8] = 2, b[10] = 3; /* format 2.3 */
+    reseal(b, len);
+    ulpt_prompt *q = NULL;
+    ck_assert_int_eq(ulpt_prompt_load_buffer(&q, b, len), ULPT_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "2.3"));
+    memcpy(b, "GIF89a..", 8);
+    ck_assert_int_eq(ulpt_prompt_load_buffer(&q, b, len), ULPT_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "magic"));
+    free(b);
+    ulpt_free(buf);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+/* A newer minor version may add sections: optional ones are skipped, required ones are
+ * refused.  Build such a file by splicing a section in before the trailer. */
+START_TEST(newer_minor_sections_are_skipped_when_optional)
+{
+    ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    void *buf;
+    size_t len;
+    ulpt_prompt_save_buffer(p, &buf, &len, NULL);
+    const size_t extra = 16 + 5, n = len + extra;
+    unsigned char *b = malloc(n);
+    memcpy(b, buf, len - 4);
+    unsigned char *s = b + len - 4;
+    memcpy(s, "XTRA", 4);
+    put32le(s + 4, (uint32_t)_i); /* flags: 0 optional, 1 required */
+    put32le(s + 8, 5), put32le(s + 12, 0);
+    memcpy(s + 16, "hello", 5);
+    b[10] = 1; /* minor 1 */
+    for (int i = 0; i < 8; i++)
+        b[16 + i] = (unsigned char)((uint64_t)n >> (8 * i));
+    reseal(b, n);
+    ulpt_prompt *q = NULL;
+    if (_i == 0) {
+        ck_assert_int_eq(ulpt_prompt_load_buffer(&q, b, n), ULPT_OK);
+        ck_assert_mem_eq(ulpt_prompt_params(q), ulpt_prompt_params(p),
+                         ulpt_prompt_num_params(p) * sizeof(float));
+        ulpt_prompt_free(q);
+    } else {
+        ck_assert_int_eq(ulpt_prompt_load_buffer(&q, b, n), ULPT_ERR_FORMAT);
+        ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "XTRA"));
+    }
+    free(b);
+    ulpt_free(buf);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+START_TEST(changed_projection_is_a_mismatch)
+{
+    ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    void *buf;
+    size_t len;
+    ulpt_prompt_save_buffer(p, &buf, &len, NULL);
+    unsigned char *b = malloc(len);
+    memcpy(b, buf, len);
+    b[SHAPE_AT + 16] ^= 1; /* another seed: P regenerates differently */
+    reseal(b, len);
+    ulpt_prompt *q = NULL;
+    ck_assert_int_eq(ulpt_prompt_load_buffer(&q, b, len), ULPT_ERR_MISMATCH);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "projection"));
+    free(b);
+    ulpt_free(buf);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+START_TEST(load_for_model_refuses_another_model_naming_both)
+{
+    ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    const char *path = scratch("m.ulpt");
+    ulpt_prompt_save(p, path, NULL);
+    ulpt_prompt *q = NULL;
+    ck_assert_int_eq(ulpt_prompt_load_for_model(&q, path, "gpt2"), ULPT_ERR_MISMATCH);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "tinylm-1.5M"));
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "gpt2"));
+    ck_assert_ptr_null(q);
+    ck_assert_int_eq(ulpt_prompt_load_for_model(&q, path, "tinylm-1.5M"), ULPT_OK);
+    ulpt_prompt_free(q);
+    ulpt_prompt_set_meta(p, "model", NULL);
+    ulpt_prompt_save(p, path, NULL);
+    ck_assert_int_eq(ulpt_prompt_load_for_model(&q, path, "gpt2"), ULPT_ERR_MISMATCH);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+START_TEST(metadata_set_replace_remove_and_iterate)
+{
+    ulpt_prompt *p = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ck_assert_ptr_null(ulpt_prompt_get_meta(p, "model"));
+    ck_assert_int_eq(ulpt_prompt_set_meta(p, "a", "1"), ULPT_OK);
+    ck_assert_int_eq(ulpt_prompt_set_meta(p, "b", "2"), ULPT_OK);
+    ck_assert_int_eq(ulpt_prompt_set_meta(p, "a", "3"), ULPT_OK); /* replace keeps place */
+    const char *k, *v;
+    ck_assert_int_eq(ulpt_prompt_meta_at(p, 0, &k, &v), ULPT_OK);
+    ck_assert_str_eq(k, "a");
+    ck_assert_str_eq(v, "3");
+    ck_assert_int_eq(ulpt_prompt_set_meta(p, "a", NULL), ULPT_OK);
+    ck_assert_uint_eq(ulpt_prompt_meta_count(p), 1);
+    ck_assert_int_eq(ulpt_prompt_meta_at(p, 1, &k, &v), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_prompt_set_meta(p, "", "x"), ULPT_ERR_INVALID);
+    char longkey[300];
+    memset(longkey, 'k', sizeof longkey - 1);
+    longkey[299] = '\0';
+    ck_assert_int_eq(ulpt_prompt_set_meta(p, longkey, "x"), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_prompt_set_meta(NULL, "a", "x"), ULPT_ERR_INVALID);
+    ck_assert_uint_eq(ulpt_prompt_meta_count(p), 1);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+/* ---- atomic saves -------------------------------------------------------------------- */
+
+static int count_temporaries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += strstr(e->d_name, ".tmp-") != NULL;
+    closedir(d);
+    return n;
+}
+
+START_TEST(save_into_read_only_directory_fails_and_keeps_the_old_file)
+{
+    char dir[160], path[200];
+    snprintf(dir, sizeof dir, "%s/ro-%ld", test_dir(), (long)getpid());
+    snprintf(path, sizeof path, "%s/p.ulpt", dir);
+    mkdir(dir, 0755);
+    ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ck_assert_int_eq(ulpt_prompt_save(p, path, NULL), ULPT_OK);
+    size_t len0;
+    void *before = read_all(path, &len0);
+    chmod(path, 0644);
+    chmod(dir, 0555);
+    if (geteuid() == 0) /* root ignores permissions: become nobody for this test */
+        ck_assert_int_eq(setresuid(65534, 65534, 65534), 0);
+    ulpt_prompt_params(p)[0] += 1.0f;
+    ck_assert_int_eq(ulpt_prompt_save(p, path, NULL), ULPT_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), path));
+    size_t len1;
+    void *after = read_all(path, &len1);
+    ck_assert_uint_eq(len0, len1);
+    ck_assert_mem_eq(before, after, len0);
+    ulpt_prompt *q;
+    ck_assert_int_eq(ulpt_prompt_load(&q, path), ULPT_OK);
+    ck_assert_int_eq(count_temporaries(dir), 0);
+    free(before), free(after);
+    ulpt_prompt_free(q);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+/* Each system call of a save, failing in turn: an error, the old file intact, no
+ * temporary left, nothing leaked. */
+static long io_calls, io_fail_at;
+static long fail_write(int fd, const void *b, size_t n)
+{
+    if (io_calls++ == io_fail_at) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return (long)write(fd, b, n < 1000 ? n : 1000); /* short writes: many calls */
+}
+static int fail_fsync(int fd)
+{
+    if (io_calls++ == io_fail_at) {
+        errno = EIO;
+        return -1;
+    }
+    return fsync(fd);
+}
+static int fail_rename(const char *a, const char *b)
+{
+    if (io_calls++ == io_fail_at) {
+        errno = EXDEV;
+        return -1;
+    }
+    return rename(a, b);
+}
+
+START_TEST(failure_at_each_write_fsync_and_rename_keeps_the_old_file)
+{
+    const char *path = scratch("io.ulpt");
+    char dir[128];
+    snprintf(dir, sizeof dir, "%.*s", (int)(strrchr(path, '/') - path), path);
+    ulpt_prompt *p = varied_prompt(20, 2, 300, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_save_options raw = ULPT_SAVE_OPTIONS_INIT;
+    raw.level = 0; /* a few KB: several short writes */
+    ck_assert_int_eq(ulpt_prompt_save(p, path, &raw), ULPT_OK);
+    size_t len0;
+    void *before = read_all(path, &len0);
+    ulpt_prompt_params(p)[0] += 1.0f;
+    const ulpt_io_ops real = ulpt__io;
+    ulpt__io = (ulpt_io_ops){ fail_write, fail_fsync, fail_rename };
+    long k;
+    for (k = 0;; k++) {
+        io_calls = 0, io_fail_at = k;
+        test_alloc_install(-1);
+        int rc = ulpt_prompt_save(p, path, &raw);
+        ck_assert_int_eq(test_alloc.live, 0);
+        test_alloc_remove();
+        if (rc == ULPT_OK)
+            break;
+        ck_assert_int_eq(rc, ULPT_ERR_IO);
+        size_t len1;
+        void *after = read_all(path, &len1);
+        ck_assert_uint_eq(len0, len1);
+        ck_assert_mem_eq(before, after, len0);
+        free(after);
+        ck_assert_int_eq(count_temporaries(dir), 0);
+    }
+    ulpt__io = real;
+    ck_assert_int_gt(k, 4); /* several writes, an fsync and a rename were each failed */
+    ulpt_prompt *q;
+    ck_assert_int_eq(ulpt_prompt_load(&q, path), ULPT_OK);
+    ck_assert_float_eq(ulpt_prompt_params(q)[0], ulpt_prompt_params(p)[0]);
+    free(before);
+    ulpt_prompt_free(q);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+START_TEST(save_killed_part_way_leaves_a_loadable_file)
+{
+    const char *path = scratch("kill.ulpt");
+    ulpt_prompt *p = test_prompt(100, 4096, 4096, 1, ULPT_PROJ_IDENTITY, 0); /* 1.6 MB */
+    ulpt_save_options raw = ULPT_SAVE_OPTIONS_INIT;
+    raw.level = 0;
+    ck_assert_int_eq(ulpt_prompt_save(p, path, &raw), ULPT_OK);
+    int interrupted = 0;
+    for (int round = 0; round < 40; round++) {
+        pid_t child = fork();
+        if (child == 0) {
+            for (int k = 1;; k++) { /* keep rewriting with new values */
+                ulpt_prompt_params(p)[0] = (float)k;
+                ulpt_prompt_save(p, path, &raw);
+            }
+        }
+        struct timespec ts = { 0, 200000 + 250000L * (round % 8) };
+        nanosleep(&ts, NULL);
+        kill(child, SIGKILL);
+        int status;
+        waitpid(child, &status, 0);
+        interrupted += WIFSIGNALED(status);
+        ulpt_prompt *q = NULL;
+        ck_assert_msg(ulpt_prompt_load(&q, path) == ULPT_OK, "round %d: %s", round,
+                      ulpt_last_error());
+        ulpt_prompt_free(q);
+    }
+    ck_assert_int_eq(interrupted, 40);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+/* ---- checkpoints ----------------------------------------------------------------------- */
+
+static int bowl(void *user, const float *e, uint32_t n, uint32_t d, float *grad, double *loss)
+{
+    (void)user;
+    *loss = 0;
+    for (size_t k = 0; k < (size_t)n * d; k++) {
+        double t = sin(0.37 * (double)k), diff = e[k] - t;
+        grad[k] = (float)diff;
+        *loss += 0.5 * diff * diff;
+    }
+    return 0;
+}
+
+static ulpt_optimizer *resume_optimizer(ulpt_prompt *p, int kind)
+{
+    ulpt_optimizer_options oo = ULPT_OPTIMIZER_OPTIONS_INIT;
+    oo.kind = kind;
+    oo.lr = 0.05;
+    oo.momentum = kind == ULPT_OPT_SGD ? 0.9 : 0.0;
+    oo.max_grad_norm = 1.0;
+    oo.schedule = ULPT_SCHED_LINEAR;
+    oo.warmup_steps = 5;
+    oo.total_steps = 40;
+    ulpt_optimizer *o;
+    ck_assert_int_eq(ulpt_optimizer_create(&o, p, &oo), ULPT_OK);
+    return o;
+}
+
+START_TEST(checkpoint_resume_is_bit_identical)
+{
+    const int kind = _i; /* SGD, Adam, AdamW */
+    ulpt_prompt *a = test_prompt(12, 2, 40, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_prompt *b = test_prompt(12, 2, 40, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_optimizer *oa = resume_optimizer(a, kind), *ob = resume_optimizer(b, kind);
+    for (int t = 0; t < 40; t++)
+        ck_assert_int_eq(ulpt_train_step(a, oa, bowl, NULL, NULL), ULPT_OK);
+    for (int t = 0; t < 20; t++)
+        ck_assert_int_eq(ulpt_train_step(b, ob, bowl, NULL, NULL), ULPT_OK);
+    const char *path = scratch("ckpt.ulpt");
+    ck_assert_int_eq(ulpt_checkpoint_save(b, ob, path), ULPT_OK);
+    ulpt_optimizer_free(ob);
+    ulpt_prompt_free(b);
+    ck_assert_int_eq(ulpt_checkpoint_load(&b, &ob, path), ULPT_OK);
+    ck_assert_uint_eq(ulpt_optimizer_step_count(ob), 20);
+    for (int t = 0; t < 20; t++)
+        ck_assert_int_eq(ulpt_train_step(b, ob, bowl, NULL, NULL), ULPT_OK);
+    ck_assert_mem_eq(ulpt_prompt_params(a), ulpt_prompt_params(b),
+                     ulpt_prompt_num_params(a) * sizeof(float));
+    ck_assert_uint_eq(ulpt_optimizer_step_count(ob), 40);
+    /* a checkpoint is also a prompt file; a prompt file is not a checkpoint */
+    ulpt_prompt *q;
+    ck_assert_int_eq(ulpt_prompt_load(&q, path), ULPT_OK);
+    ulpt_prompt_free(q);
+    ulpt_prompt_save(a, path, NULL);
+    ulpt_optimizer *oq = NULL;
+    ck_assert_int_eq(ulpt_checkpoint_load(&q, &oq, path), ULPT_ERR_FORMAT);
+    ck_assert_int_eq(ulpt_checkpoint_save(a, ob, path), ULPT_ERR_MISMATCH);
+    ulpt_optimizer_free(oa);
+    ulpt_optimizer_free(ob);
+    ulpt_prompt_free(a);
+    ulpt_prompt_free(b);
+}
+END_TEST
+
+START_TEST(headline_prompt_file_sizes)
+{
+    ulpt_prompt *p = test_prompt(100, 2, 4096, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    uint64_t st = 9;
+    float *x = ulpt_prompt_params(p); /* a trained prompt: no structure left to compress */
+    for (size_t i = 0; i < ulpt_prompt_num_params(p); i++)
+        x[i] = (float)test_uniform(&st);
+    ulpt_prompt_set_meta(p, "model", "tinylm-1.5M");
+    size_t sizes[3];
+    for (int dtype = 0; dtype < 3; dtype++) {
+        ulpt_save_options so = ULPT_SAVE_OPTIONS_INIT;
+        so.dtype = dtype;
+        void *buf;
+        ck_assert_int_eq(ulpt_prompt_save_buffer(p, &buf, &sizes[dtype], &so), ULPT_OK);
+        ulpt_free(buf);
+    }
+    printf("file sizes, n=100 r=2 d=4096: f32 %zu, f16 %zu, bf16 %zu bytes "
+           "(vanilla prompt tuning: 1638400)\n",
+           sizes[0], sizes[1], sizes[2]);
+    ck_assert_uint_le(sizes[0], 34000);
+    ck_assert_uint_le(sizes[1], 17500);
+    ck_assert_uint_le(sizes[2], 17500);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+START_TEST(file_errors_name_the_problem)
+{
+    ulpt_prompt *p = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0), *q = NULL;
+    ck_assert_int_eq(ulpt_prompt_load(&q, "/nonexistent/dir/p.ulpt"), ULPT_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "/nonexistent/dir/p.ulpt"));
+    ck_assert_int_eq(ulpt_prompt_load(&q, "/tmp"), ULPT_ERR_IO);
+    ck_assert_int_eq(ulpt_prompt_save(p, "/nonexistent/dir/p.ulpt", NULL), ULPT_ERR_IO);
+    ck_assert_int_eq(ulpt_prompt_save(p, "", NULL), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_prompt_save(NULL, "x", NULL), ULPT_ERR_INVALID);
+    ulpt_save_options so = ULPT_SAVE_OPTIONS_INIT;
+    so.dtype = 7;
+    ck_assert_int_eq(ulpt_prompt_save(p, scratch("x"), &so), ULPT_ERR_INVALID);
+    so = (ulpt_save_options)ULPT_SAVE_OPTIONS_INIT;
+    so.level = 10;
+    ck_assert_int_eq(ulpt_prompt_save(p, scratch("x"), &so), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_prompt_load_buffer(&q, NULL, 0), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_prompt_load_buffer(&q, "", 0), ULPT_ERR_CORRUPT); /* empty file */
+    ck_assert_ptr_null(q);
+    ulpt_free(NULL);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+START_TEST(out_of_memory_during_save_and_load_fails_cleanly)
+{
+    ulpt_prompt *p = varied_prompt(6, 2, 40, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_optimizer *o;
+    ulpt_optimizer_create(&o, p, NULL);
+    const char *path = scratch("oom.ulpt");
+    ck_assert_int_eq(ulpt_checkpoint_save(p, o, path), ULPT_OK);
+    long k;
+    for (k = 0;; k++) { /* every allocation of a save, then of a load */
+        test_alloc_install(k);
+        void *buf = NULL;
+        size_t len;
+        int rc1 = ulpt_prompt_save_buffer(p, &buf, &len, NULL);
+        ulpt_free(buf);
+        int rc2 = ulpt_checkpoint_save(p, o, path);
+        ulpt_prompt *q = NULL;
+        ulpt_optimizer *oq = NULL;
+        int rc3 = ulpt_checkpoint_load(&q, &oq, path);
+        ulpt_optimizer_free(oq);
+        ulpt_prompt_free(q);
+        ck_assert_int_eq(test_alloc.live, 0);
+        test_alloc_remove();
+        ck_assert(rc1 == ULPT_OK || rc1 == ULPT_ERR_NOMEM);
+        ck_assert(rc2 == ULPT_OK || rc2 == ULPT_ERR_NOMEM);
+        ck_assert(rc3 == ULPT_OK || rc3 == ULPT_ERR_NOMEM);
+        if (!rc1 && !rc2 && !rc3)
+            break;
+        ulpt_prompt *check; /* whatever failed, the file is still the good one */
+        ulpt_optimizer *ocheck;
+        ck_assert_int_eq(ulpt_checkpoint_load(&check, &ocheck, path), ULPT_OK);
+        ulpt_optimizer_free(ocheck);
+        ulpt_prompt_free(check);
+    }
+    ck_assert_int_gt(k, 10);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+Suite *file_suite(void)
+{
+    Suite *s = suite_create("file");
+    TCase *tc = tcase_create("format");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, f32_round_trip_is_bit_exact_with_metadata, 0,
+                        (int)(sizeof shapes / sizeof shapes[0]));
+    tcase_add_loop_test(tc, half_precision_round_trips_within_their_precision, 0, 2);
+    tcase_add_test(tc, f16_conversion_matches_the_compiler_on_every_half_and_many_floats);
+    tcase_add_test(tc, bf16_conversion_rounds_to_nearest_even);
+    tcase_add_test(tc, buffer_and_file_agree_byte_for_byte);
+    tcase_add_test(tc, every_single_byte_corruption_is_refused);
+    tcase_add_test(tc, every_truncation_is_refused);
+    tcase_add_test(tc, header_claiming_a_trillion_elements_is_refused_without_allocating);
+    tcase_add_test(tc, newer_major_version_is_refused_naming_it);
+    tcase_add_loop_test(tc, newer_minor_sections_are_skipped_when_optional, 0, 2);
+    tcase_add_test(tc, changed_projection_is_a_mismatch);
+    tcase_add_test(tc, load_for_model_refuses_another_model_naming_both);
+    tcase_add_test(tc, metadata_set_replace_remove_and_iterate);
+    tcase_add_test(tc, save_into_read_only_directory_fails_and_keeps_the_old_file);
+    tcase_add_test(tc, failure_at_each_write_fsync_and_rename_keeps_the_old_file);
+    tcase_add_test(tc, save_killed_part_way_leaves_a_loadable_file);
+    tcase_add_loop_test(tc, checkpoint_resume_is_bit_identical, ULPT_OPT_SGD, ULPT_OPT_ADAMW + 1);
+    tcase_add_test(tc, headline_prompt_file_sizes);
+    tcase_add_test(tc, file_errors_name_the_problem);
+    tcase_add_test(tc, out_of_memory_during_save_and_load_fails_cleanly);
+    suite_add_tcase(s, tc);
+    return s;
+}
