@@ -4,7 +4,7 @@
 #   make demo         build and run examples/quickstart (installs missing packages as root)
 #   make check        build and run the test suite (likewise)
 #   make bench        time forward, backward and a training step against a memory stream
-#   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc
+#   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc, ulpt(1)
 #   make clean
 
 VERSION_MAJOR := $(shell sed -n 's/^\#define ULPT_VERSION_MAJOR \([0-9]*\)/\1/p' include/ulpt.h)
@@ -43,7 +43,7 @@ TEST_OBJS := $(patsubst tests/%.c,tests/obj/%.o,$(TEST_SRCS))
 
 .PHONY: all deps demo check check-run warnings bench bench-run install uninstall clean
 
-all: $(SHARED) $(STATIC)
+all: $(SHARED) $(STATIC) tools/ulpt
 
 lib/obj/%.o: lib/%.c lib/internal.h include/ulpt.h
 	@mkdir -p lib/obj
@@ -58,6 +58,11 @@ $(SHARED): $(OBJS) lib/libulpt.map
 $(STATIC): $(OBJS)
 	rm -f $@
 	$(AR) rcs $@ $(OBJS)
+
+# The command-line tool, linked to the shared library next to it (build tree) or in
+# PREFIX/lib (installed).
+tools/ulpt: tools/ulpt.c $(SHARED) include/ulpt.h
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< -Llib -lulpt -Wl,-rpath,'$$ORIGIN/../lib' -lm
 
 # Installs the Debian packages the build and tests need when missing (as root), or
 # prints the apt-get line to run.
@@ -95,7 +100,8 @@ check-run: all tests/test_ulpt examples/quickstart warnings
 # The library compiles warning-free under gcc and clang.
 warnings:
 	@for cc in gcc clang; do \
-	    $$cc -fsyntax-only -std=c11 $(WARN) -Werror -Iinclude $(BLAS_CFLAGS) $(SRCS) || exit 1; \
+	    $$cc -fsyntax-only -std=c11 $(WARN) -Werror -Iinclude $(BLAS_CFLAGS) $(ZLIB_CFLAGS) \
+	        $(SRCS) tools/ulpt.c || exit 1; \
 	done; echo "warnings: none from gcc or clang (-Wall -Wextra -Werror)"
 
 # ---- benchmark ----------------------------------------------------------------------
@@ -111,8 +117,14 @@ bench-run: tests/bench_step
 
 # ---- install ------------------------------------------------------------------------
 
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+
 install: all
-	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
+	    $(DESTDIR)$(MANDIR)/man1
+	install -m 755 tools/ulpt $(DESTDIR)$(BINDIR)/ulpt
+	install -m 644 tools/ulpt.1 $(DESTDIR)$(MANDIR)/man1/ulpt.1
 	install -m 644 include/ulpt.h $(DESTDIR)$(INCLUDEDIR)/ulpt.h
 	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
 	ln -sf libulpt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
@@ -124,8 +136,9 @@ install: all
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/ulpt.h $(DESTDIR)$(LIBDIR)/libulpt.so* \
-	    $(DESTDIR)$(LIBDIR)/libulpt.a $(DESTDIR)$(LIBDIR)/pkgconfig/ulpt.pc
+	    $(DESTDIR)$(LIBDIR)/libulpt.a $(DESTDIR)$(LIBDIR)/pkgconfig/ulpt.pc \
+	    $(DESTDIR)$(BINDIR)/ulpt $(DESTDIR)$(MANDIR)/man1/ulpt.1
 
 clean:
 	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) \
-	    tests/test_ulpt tests/bench_step examples/quickstart
+	    tests/test_ulpt tests/bench_step examples/quickstart tools/ulpt

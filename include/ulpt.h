@@ -441,6 +441,24 @@ ULPT_API int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o,
 ULPT_API int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt,
                                   const char *path);
 
+/* What a file is, for tools: filled by ulpt_file_inspect after the same checks as a load. */
+#define ULPT_FILE_PROMPT      1
+#define ULPT_FILE_CHECKPOINT  2
+
+typedef struct ulpt_file_info {
+    int kind;                  /* ULPT_FILE_PROMPT or ULPT_FILE_CHECKPOINT */
+    unsigned format_major;     /* format version of the file */
+    unsigned format_minor;
+    int dtype;                 /* storage type of the parameters, ULPT_DTYPE_* */
+    uint64_t file_bytes;       /* the file's size */
+    uint64_t stored_bytes;     /* bytes the parameters take in the file */
+} ulpt_file_info;
+
+/* Check a file completely (as ulpt_checkpoint_load or ulpt_prompt_load would) and
+ * describe it.  *info is written only on success.
+ * Errors: as ulpt_prompt_load. */
+ULPT_API int ulpt_file_inspect(const char *path, ulpt_file_info *info);
+
 /* Write the materialised prompt E (n_tokens x dim) as a safetensors file with one F32
  * tensor "prompt_embeddings" -- the tensor a Hugging Face PEFT prompt-tuning adapter
  * keeps in adapter_model.safetensors -- atomically.

@@ -568,9 +568,10 @@ static int meta_load(const char *func, ulpt_prompt *p, const section *s)
     return ULPT_OK;
 }
 
-/* Everything from a file's bytes; *opt_out NULL: a prompt only. */
+/* Everything from a file's bytes; *opt_out NULL: a prompt only.  info, if not NULL,
+ * describes the file. */
 static int decode(const char *func, const unsigned char *b, size_t len, ulpt_prompt **out,
-                  ulpt_optimizer **opt_out)
+                  ulpt_optimizer **opt_out, ulpt_file_info *info)
 {
     parsed f;
     int rc = parse(func, b, len, &f);
@@ -635,6 +636,14 @@ static int decode(const char *func, const unsigned char *b, size_t len, ulpt_pro
         ulpt_optimizer_free(o);
         ulpt_prompt_free(p);
         return rc;
+    }
+    if (info) {
+        info->kind = f.kind;
+        info->format_major = b[8] | (unsigned)b[9] << 8;
+        info->format_minor = b[10] | (unsigned)b[11] << 8;
+        info->dtype = tp.dtype;
+        info->file_bytes = len;
+        info->stored_bytes = tp.len;
     }
     *out = p;
     if (opt_out)
@@ -722,10 +731,11 @@ int ulpt_prompt_load_buffer(ulpt_prompt **out, const void *buf, size_t len)
 {
     if (!out || !buf)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "buf");
-    return decode(__func__, buf, len, out, NULL);
+    return decode(__func__, buf, len, out, NULL, NULL);
 }
 
-static int load_file(const char *func, const char *path, ulpt_prompt **out, ulpt_optimizer **opt)
+static int load_file(const char *func, const char *path, ulpt_prompt **out, ulpt_optimizer **opt,
+                     ulpt_file_info *info)
 {
     ulpt_allocator a = ulpt__allocator();
     void *data;
@@ -733,7 +743,7 @@ static int load_file(const char *func, const char *path, ulpt_prompt **out, ulpt
     int rc = ulpt__read_file(func, &a, path, &data, &len);
     if (rc)
         return rc;
-    rc = decode(func, data, len, out, opt);
+    rc = decode(func, data, len, out, opt, info);
     ulpt__free(&a, data);
     return rc;
 }
@@ -742,7 +752,7 @@ int ulpt_prompt_load(ulpt_prompt **out, const char *path)
 {
     if (!out || !path)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "path");
-    return load_file(__func__, path, out, NULL);
+    return load_file(__func__, path, out, NULL, NULL);
 }
 
 int ulpt_prompt_load_for_model(ulpt_prompt **out, const char *path, const char *model)
@@ -750,7 +760,7 @@ int ulpt_prompt_load_for_model(ulpt_prompt **out, const char *path, const char *
     if (!out || !path || !model)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : !path ? "path" : "model");
     ulpt_prompt *p;
-    int rc = load_file(__func__, path, &p, NULL);
+    int rc = load_file(__func__, path, &p, NULL, NULL);
     if (rc)
         return rc;
     const char *tuned = ulpt_prompt_get_meta(p, "model");
@@ -786,5 +796,29 @@ int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, const char 
 {
     if (!prompt || !opt || !path)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !prompt ? "prompt" : !opt ? "opt" : "path");
-    return load_file(__func__, path, prompt, opt);
+    return load_file(__func__, path, prompt, opt, NULL);
+}
+
+int ulpt_file_inspect(const char *path, ulpt_file_info *info)
+{
+    if (!path || !info)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !path ? "path" : "info");
+    ulpt_allocator a = ulpt__allocator();
+    void *data;
+    size_t len;
+    int rc = ulpt__read_file(__func__, &a, path, &data, &len);
+    if (rc)
+        return rc;
+    /* a checkpoint is checked with its optimizer sections, a prompt file without */
+    int checkpoint = len >= HEADER_BYTES && get32((const unsigned char *)data + 12) == KIND_CHECKPOINT;
+    ulpt_prompt *p = NULL;
+    ulpt_optimizer *o = NULL;
+    ulpt_file_info tmp;
+    rc = decode(__func__, data, len, &p, checkpoint ? &o : NULL, &tmp);
+    ulpt__free(&a, data);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+    if (!rc)
+        *info = tmp;
+    return rc;
 }

@@ -44,4 +44,6 @@ if ldd "$tmp/hello-static" | grep -q libulpt; then
     echo "check-install: FAIL: the static build still loads libulpt.so" >&2
     exit 1
 fi
-echo "check-install: ok: pkg-config builds against the installed copy (shared and static) run"
+"$prefix/bin/ulpt" --version | grep -q '^ulpt 1\.'
+test -f "$prefix/share/man/man1/ulpt.1"
+echo "check-install: ok: pkg-config builds against the installed copy (shared and static) run; ulpt(1) runs"

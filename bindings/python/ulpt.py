@@ -114,6 +114,38 @@ REALLOC_FN = CFUNCTYPE(c_void_p, c_void_p, c_void_p, c_size_t)
 FREE_FN = CFUNCTYPE(None, c_void_p, c_void_p)
 
 
+DTYPE_F32 = 0
+DTYPE_F16 = 1
+DTYPE_BF16 = 2
+FILE_PROMPT = 1
+FILE_CHECKPOINT = 2
+
+
+class ulpt_save_options(Structure):
+    _fields_ = [("version", c_uint), ("dtype", c_int), ("level", c_int)]
+
+
+class ulpt_file_info(Structure):
+    _fields_ = [("kind", c_int), ("format_major", c_uint), ("format_minor", c_uint),
+                ("dtype", c_int), ("file_bytes", c_uint64), ("stored_bytes", c_uint64)]
+
+
+def save_options(dtype=DTYPE_F32, level=6):
+    """ulpt_save_options as ULPT_SAVE_OPTIONS_INIT, with these fields."""
+    return ulpt_save_options(1, dtype, level)
+
+
+def _path(path):
+    return os.fsencode(path)
+
+
+def inspect(path):
+    """ulpt_file_inspect: a dict describing a checked prompt file or checkpoint."""
+    info = ulpt_file_info()
+    _check(lib.ulpt_file_inspect(_path(path), ctypes.byref(info)))
+    return {name: getattr(info, name) for name, _ in ulpt_file_info._fields_}
+
+
 class ulpt_allocator(Structure):
     _fields_ = [("alloc", ALLOC_FN), ("realloc", REALLOC_FN), ("free", FREE_FN),
                 ("user", c_void_p)]
@@ -199,6 +231,21 @@ _SIGNATURES = {
     "ulpt_optimizer_lr": (c_float, [_P]),
     "ulpt_optimizer_prompt": (_P, [_P]),
     "ulpt_train_step": (c_int, [_P, _P, ulpt_loss_fn, c_void_p, POINTER(c_double)]),
+    "ulpt_prompt_set_meta": (c_int, [_P, c_char_p, c_char_p]),
+    "ulpt_prompt_get_meta": (c_char_p, [_P, c_char_p]),
+    "ulpt_prompt_meta_count": (c_size_t, [_P]),
+    "ulpt_prompt_meta_at": (c_int, [_P, c_size_t, POINTER(c_char_p), POINTER(c_char_p)]),
+    "ulpt_prompt_save": (c_int, [_P, c_char_p, POINTER(ulpt_save_options)]),
+    "ulpt_prompt_save_buffer": (c_int, [_P, POINTER(c_void_p), POINTER(c_size_t),
+                                        POINTER(ulpt_save_options)]),
+    "ulpt_free": (None, [c_void_p]),
+    "ulpt_prompt_load": (c_int, [POINTER(_P), c_char_p]),
+    "ulpt_prompt_load_buffer": (c_int, [POINTER(_P), c_char_p, c_size_t]),
+    "ulpt_prompt_load_for_model": (c_int, [POINTER(_P), c_char_p, c_char_p]),
+    "ulpt_checkpoint_save": (c_int, [_P, _P, c_char_p]),
+    "ulpt_checkpoint_load": (c_int, [POINTER(_P), POINTER(_P), c_char_p]),
+    "ulpt_prompt_export_safetensors": (c_int, [_P, c_char_p]),
+    "ulpt_file_inspect": (c_int, [c_char_p, POINTER(ulpt_file_info)]),
 }
 for _name, (_restype, _argtypes) in _SIGNATURES.items():
     _fn = getattr(lib, _name)
@@ -381,6 +428,61 @@ class Prompt(_Handle):
     def zero_grad(self):
         lib.ulpt_prompt_zero_grad(self.handle)
 
+    # -- metadata and files
+
+    @classmethod
+    def _adopt(cls, handle):
+        self = cls.__new__(cls)
+        self._handle = handle
+        return self
+
+    @classmethod
+    def load(cls, path, model=None):
+        """Load a prompt file (ulpt_prompt_load, or ulpt_prompt_load_for_model)."""
+        handle = c_void_p()
+        if model is None:
+            _check(lib.ulpt_prompt_load(ctypes.byref(handle), _path(path)))
+        else:
+            _check(lib.ulpt_prompt_load_for_model(ctypes.byref(handle), _path(path),
+                                                  model.encode()))
+        return cls._adopt(handle.value)
+
+    @classmethod
+    def from_bytes(cls, data):
+        handle = c_void_p()
+        _check(lib.ulpt_prompt_load_buffer(ctypes.byref(handle), bytes(data), len(data)))
+        return cls._adopt(handle.value)
+
+    def save(self, path, dtype=DTYPE_F32, level=6):
+        opts = save_options(dtype, level)
+        _check(lib.ulpt_prompt_save(self.handle, _path(path), ctypes.byref(opts)))
+
+    def to_bytes(self, dtype=DTYPE_F32, level=6):
+        opts, buf, size = save_options(dtype, level), c_void_p(), c_size_t()
+        _check(lib.ulpt_prompt_save_buffer(self.handle, ctypes.byref(buf), ctypes.byref(size),
+                                           ctypes.byref(opts)))
+        try:
+            return ctypes.string_at(buf, size.value)
+        finally:
+            lib.ulpt_free(buf)
+
+    def export_safetensors(self, path):
+        _check(lib.ulpt_prompt_export_safetensors(self.handle, _path(path)))
+
+    def set_meta(self, key, value):
+        """Set (or, with value None, remove) a metadata key."""
+        _check(lib.ulpt_prompt_set_meta(self.handle, key.encode(),
+                                        None if value is None else value.encode()))
+
+    @property
+    def meta(self):
+        """A dict copy of the metadata, in insertion order."""
+        out, key, value = {}, c_char_p(), c_char_p()
+        for i in range(lib.ulpt_prompt_meta_count(self.handle)):
+            _check(lib.ulpt_prompt_meta_at(self.handle, i, ctypes.byref(key), ctypes.byref(value)))
+            out[key.value.decode()] = value.value.decode()
+        return out
+
 
 class Optimizer(_Handle):
     """SGD/Adam/AdamW with schedule and clipping for `prompt`.  Keyword arguments are
@@ -398,6 +500,20 @@ class Optimizer(_Handle):
 
     def step(self):
         _check(lib.ulpt_optimizer_step(self.handle))
+
+    def save_checkpoint(self, path):
+        """ulpt_checkpoint_save of the prompt and this optimizer."""
+        _check(lib.ulpt_checkpoint_save(self.prompt.handle, self.handle, _path(path)))
+
+    @classmethod
+    def load_checkpoint(cls, path):
+        """ulpt_checkpoint_load: a new Optimizer whose .prompt is the restored Prompt."""
+        prompt, opt = c_void_p(), c_void_p()
+        _check(lib.ulpt_checkpoint_load(ctypes.byref(prompt), ctypes.byref(opt), _path(path)))
+        self = cls.__new__(cls)
+        self.prompt = Prompt._adopt(prompt.value)
+        self._handle = opt.value
+        return self
 
     @property
     def lr(self):

@@ -1,0 +1,875 @@
+"""An independent reader of the libulpt file format, written from docs/FORMAT.md and
+docs/PROJECTION.md alone, checked against files the library writes.
+
+Nothing here is taken from the C sources: the decoder (header, sections, trailer CRC,
+SHAP, META, PARM with both codecs and the byte-plane layout, dtypes f32/f16/bf16, OPTM,
+MOM1/MOM2) and the projection fingerprint (Philox4x32-10 streams, every kind, groups) are
+implemented below from the two documents.  P is regenerated in Python; the library's
+`ulpt_projection_data` is only used as a cross-check of that regeneration.
+
+The library is driven through ctypes and is found via $ULPT_LIBRARY or
+<this dir>/../../lib/libulpt.so.1.
+"""
+
+import ctypes
+import json
+import math
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# --------------------------------------------------------------------------------------
+# Library binding
+# --------------------------------------------------------------------------------------
+
+LIB_PATH = os.environ.get("ULPT_LIBRARY") or str(
+    Path(__file__).resolve().parent / ".." / ".." / "lib" / "libulpt.so.1"
+)
+
+
+class PromptOptions(ctypes.Structure):
+    _fields_ = [
+        ("version", ctypes.c_uint),
+        ("n_tokens", ctypes.c_uint32),
+        ("rank", ctypes.c_uint32),
+        ("dim", ctypes.c_uint32),
+        ("n_groups", ctypes.c_uint32),
+        ("projection_seed", ctypes.c_uint64),
+        ("projection_kind", ctypes.c_int),
+        ("init_seed", ctypes.c_uint64),
+        ("init_std", ctypes.c_float),
+        ("flags", ctypes.c_uint),
+    ]
+
+
+class SaveOptions(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint), ("dtype", ctypes.c_int), ("level", ctypes.c_int)]
+
+
+class OptimizerOptions(ctypes.Structure):
+    _fields_ = [
+        ("version", ctypes.c_uint),
+        ("kind", ctypes.c_int),
+        ("lr", ctypes.c_double),
+        ("beta1", ctypes.c_double),
+        ("beta2", ctypes.c_double),
+        ("eps", ctypes.c_double),
+        ("weight_decay", ctypes.c_double),
+        ("momentum", ctypes.c_double),
+        ("max_grad_norm", ctypes.c_double),
+        ("schedule", ctypes.c_int),
+        ("warmup_steps", ctypes.c_uint64),
+        ("total_steps", ctypes.c_uint64),
+    ]
+
+
+def _load_library():
+    lib = ctypes.CDLL(LIB_PATH)
+    vp, c_int, c_size = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
+    fp = ctypes.POINTER(ctypes.c_float)
+    sigs = {
+        "ulpt_prompt_create": (c_int, [ctypes.POINTER(vp), ctypes.POINTER(PromptOptions)]),
+        "ulpt_prompt_free": (None, [vp]),
+        "ulpt_prompt_num_params": (c_size, [vp]),
+        "ulpt_prompt_params": (fp, [vp]),
+        "ulpt_prompt_grads": (fp, [vp]),
+        "ulpt_prompt_set_meta": (c_int, [vp, ctypes.c_char_p, ctypes.c_char_p]),
+        "ulpt_prompt_save": (c_int, [vp, ctypes.c_char_p, ctypes.POINTER(SaveOptions)]),
+        "ulpt_prompt_forward": (c_int, [vp, fp, c_size]),
+        "ulpt_optimizer_create": (c_int, [ctypes.POINTER(vp), vp, ctypes.POINTER(OptimizerOptions)]),
+        "ulpt_optimizer_step": (c_int, [vp]),
+        "ulpt_optimizer_free": (None, [vp]),
+        "ulpt_checkpoint_save": (c_int, [vp, vp, ctypes.c_char_p]),
+        "ulpt_prompt_export_safetensors": (c_int, [vp, ctypes.c_char_p]),
+        "ulpt_projection_create": (
+            c_int,
+            [ctypes.POINTER(vp), ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, c_int],
+        ),
+        "ulpt_projection_data": (fp, [vp]),
+        "ulpt_projection_free": (None, [vp]),
+    }
+    for name, (res, args) in sigs.items():
+        f = getattr(lib, name)
+        f.restype = res
+        f.argtypes = args
+    return lib
+
+
+@pytest.fixture(scope="module")
+def lib():
+    if not os.path.exists(LIB_PATH):
+        pytest.fail(f"library not found at {LIB_PATH} (run `make`)")
+    return _load_library()
+
+
+class Prompt:
+    """A library prompt; frees itself."""
+
+    def __init__(self, lib, n_tokens, rank, dim, n_groups=1, seed=0, kind=0, flags=0,
+                 init_seed=1, init_std=0.02):
+        self.lib = lib
+        o = PromptOptions(1, n_tokens, rank, dim, n_groups, seed, kind, init_seed, init_std, flags)
+        h = ctypes.c_void_p()
+        rc = lib.ulpt_prompt_create(ctypes.byref(h), ctypes.byref(o))
+        assert rc == 0, f"ulpt_prompt_create failed ({rc}) for {n_tokens, rank, dim, n_groups, kind, flags}"
+        self.h = h
+        self.n_tokens, self.rank, self.dim, self.n_groups = n_tokens, rank, dim, n_groups
+        self.seed, self.kind, self.flags = seed, kind, flags
+
+    def num_params(self):
+        return self.lib.ulpt_prompt_num_params(self.h)
+
+    def params(self):
+        n = self.num_params()
+        return np.ctypeslib.as_array(self.lib.ulpt_prompt_params(self.h), shape=(n,))
+
+    def grads(self):
+        n = self.num_params()
+        return np.ctypeslib.as_array(self.lib.ulpt_prompt_grads(self.h), shape=(n,))
+
+    def set_meta(self, key, value):
+        rc = self.lib.ulpt_prompt_set_meta(self.h, key.encode("utf-8"), value.encode("utf-8"))
+        assert rc == 0, f"ulpt_prompt_set_meta({key!r}) failed ({rc})"
+
+    def save(self, path, dtype=None, level=None):
+        if dtype is None and level is None:
+            rc = self.lib.ulpt_prompt_save(self.h, str(path).encode(), None)
+        else:
+            so = SaveOptions(1, dtype, level)
+            rc = self.lib.ulpt_prompt_save(self.h, str(path).encode(), ctypes.byref(so))
+        assert rc == 0, f"ulpt_prompt_save failed ({rc})"
+        return Path(path).read_bytes()
+
+    def forward(self):
+        out = np.zeros((self.n_tokens, self.dim), dtype=np.float32)
+        rc = self.lib.ulpt_prompt_forward(
+            self.h, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), self.dim)
+        assert rc == 0, f"ulpt_prompt_forward failed ({rc})"
+        return out
+
+    def free(self):
+        if self.h:
+            self.lib.ulpt_prompt_free(self.h)
+            self.h = None
+
+
+@pytest.fixture
+def make_prompt(lib):
+    made = []
+
+    def make(*a, **kw):
+        p = Prompt(lib, *a, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.free()
+
+
+# --------------------------------------------------------------------------------------
+# PROJECTION.md: Philox4x32-10, streams, kinds, groups
+# --------------------------------------------------------------------------------------
+
+MASK32 = 0xFFFFFFFF
+MASK64 = 0xFFFFFFFFFFFFFFFF
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+GROUP_STEP = 0x9E3779B97F4A7C15
+
+KIND_XAVIER, KIND_KAIMING, KIND_GAUSSIAN, KIND_RADEMACHER, KIND_IDENTITY = 0, 1, 2, 3, 4
+
+
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Vectorised Philox4x32-10 over uint64 numpy arrays holding 32-bit words."""
+    u64 = np.uint64
+    c0, c1, c2, c3 = (np.asarray(c, dtype=u64) & u64(MASK32) for c in (c0, c1, c2, c3))
+    k0, k1 = int(k0) & MASK32, int(k1) & MASK32
+    for _ in range(10):
+        p0 = u64(PHILOX_M0) * c0
+        p1 = u64(PHILOX_M1) * c2
+        c0, c1, c2, c3 = (
+            (p1 >> u64(32)) ^ c1 ^ u64(k0),
+            p1 & u64(MASK32),
+            (p0 >> u64(32)) ^ c3 ^ u64(k1),
+            p0 & u64(MASK32),
+        )
+        k0 = (k0 + PHILOX_W0) & MASK32
+        k1 = (k1 + PHILOX_W1) & MASK32
+    return c0, c1, c2, c3
+
+
+def stream_blocks(seed, t2, t3, n_blocks):
+    """Blocks 0..n_blocks-1 of the stream (seed, t2, t3) as an (n_blocks, 4) uint64 array."""
+    q = np.arange(n_blocks, dtype=np.uint64)
+    out = philox4x32_10(q & np.uint64(MASK32), q >> np.uint64(32),
+                        np.full(n_blocks, t2, dtype=np.uint64),
+                        np.full(n_blocks, t3, dtype=np.uint64),
+                        seed & MASK32, (seed >> 32) & MASK32)
+    return np.stack(out, axis=1)
+
+
+def stream_words(seed, t2, t3, n):
+    return stream_blocks(seed, t2, t3, (n + 3) // 4).reshape(-1)[:n]
+
+
+def normal_draws(seed, t2, t3, n, scale):
+    """float32(z * scale) for the first n elements by the Box-Muller rule of section 3."""
+    blocks = stream_blocks(seed, t2, t3, (n + 3) // 4)
+    two_pi = 6.283185307179586
+    vals = []
+    for x0, x1, x2, x3 in blocks.tolist():
+        for a, b in ((x0, x1), (x2, x3)):
+            u1 = (float(a >> 8) + 1.0) * 2.0 ** -24
+            u2 = float(b >> 8) * 2.0 ** -24
+            rho = math.sqrt(-2.0 * math.log(u1))
+            vals.append(rho * math.cos(two_pi * u2) * scale)
+            vals.append(rho * math.sin(two_pi * u2) * scale)
+    return np.array(vals[:n], dtype=np.float64).astype(np.float32)
+
+
+def regenerate_projection(seed, kind, rank, dim):
+    """P (rank x dim, float32) from PROJECTION.md alone."""
+    n = rank * dim
+    if kind == KIND_IDENTITY:
+        assert rank == dim
+        return np.eye(rank, dtype=np.float32)
+    if kind == KIND_GAUSSIAN:
+        return normal_draws(seed, rank, dim, n, 1.0 / math.sqrt(rank)).reshape(rank, dim)
+    x = stream_words(seed, rank, dim, n)
+    if kind == KIND_RADEMACHER:
+        a = np.float32(1.0 / math.sqrt(rank))
+        top = (x >> np.uint64(31)) & np.uint64(1)
+        return np.where(top == 1, -a, a).astype(np.float32).reshape(rank, dim)
+    if kind == KIND_XAVIER:
+        a = np.float32(math.sqrt(6.0 / (rank + dim)))
+    elif kind == KIND_KAIMING:
+        a = np.float32(1.0 / math.sqrt(rank))
+    else:
+        raise ValueError(f"unknown projection kind {kind}")
+    u = (x >> np.uint64(8)).astype(np.float32) * np.float32(2.0 ** -24)
+    v = (np.float32(2.0) * u - np.float32(1.0)) * a
+    assert v.dtype == np.float32
+    return v.reshape(rank, dim)
+
+
+def group_seed(seed, i):
+    return (seed + i * GROUP_STEP) & MASK64
+
+
+def fingerprint(seed, kind, rank, dim, n_groups):
+    if kind == KIND_IDENTITY:
+        return 0
+    crc = 0
+    for g in range(n_groups):
+        P = regenerate_projection(group_seed(seed, g), kind, rank, dim)
+        crc = zlib.crc32(P.astype("<f4").tobytes(), crc)
+    return crc & MASK32
+
+
+# --------------------------------------------------------------------------------------
+# FORMAT.md: the decoder
+# --------------------------------------------------------------------------------------
+
+MAGIC = b"\x89ULPT\r\n\x1a"
+KNOWN_TAGS = {b"SHAP", b"META", b"PARM", b"OPTM", b"MOM1", b"MOM2"}
+
+
+class FormatError(Exception):
+    pass
+
+
+def f32_to_bf16_bits(values):
+    """float32 -> bfloat16 bit patterns, round to nearest even (NaN kept quiet)."""
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + np.uint64(0x7FFF) + ((bits >> np.uint64(16)) & np.uint64(1))) >> np.uint64(16)
+    nan = np.isnan(np.asarray(values, dtype=np.float32))
+    rounded = np.where(nan, (bits >> np.uint64(16)) | np.uint64(0x40), rounded)
+    return rounded.astype(np.uint16)
+
+
+def bf16_bits_to_f32(bits):
+    return (np.asarray(bits, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+
+
+DTYPE_SIZE = {0: 4, 1: 2, 2: 2}
+
+
+def decode_tensor(payload):
+    """A *tensor payload* -> dict(dtype, codec, count, data_length, raw, values)."""
+    if len(payload) < 24:
+        raise FormatError("tensor payload shorter than 24 bytes")
+    dtype, codec, count, dlen = struct.unpack_from("<IIQQ", payload, 0)
+    if dtype not in DTYPE_SIZE:
+        raise FormatError(f"unknown dtype {dtype}")
+    if dlen != len(payload) - 24:
+        raise FormatError(f"data length {dlen} != payload length - 24 = {len(payload) - 24}")
+    e = DTYPE_SIZE[dtype]
+    data = payload[24:]
+    if codec == 0:
+        if dlen != count * e:
+            raise FormatError(f"stored data length {dlen} != count*e = {count * e}")
+        raw = np.frombuffer(data, dtype=np.uint8).reshape(count, e)
+    elif codec == 1:
+        d = zlib.decompressobj()
+        planes = d.decompress(data)
+        if not d.eof:
+            raise FormatError("zlib stream not terminated")
+        if d.unused_data:
+            raise FormatError(f"{len(d.unused_data)} bytes follow the zlib stream")
+        if len(planes) != count * e:
+            raise FormatError(f"zlib inflates to {len(planes)} bytes, expected {count * e}")
+        # byte planes: plane j holds byte j (LSB first) of every element
+        raw = np.frombuffer(planes, dtype=np.uint8).reshape(e, count).T
+    else:
+        raise FormatError(f"unknown codec {codec}")
+    le = np.ascontiguousarray(raw).tobytes()  # element-major little-endian bytes
+    if dtype == 0:
+        values = np.frombuffer(le, dtype="<f4").astype(np.float32)
+        bits = np.frombuffer(le, dtype="<u4")
+    elif dtype == 1:
+        values = np.frombuffer(le, dtype="<f2").astype(np.float32)
+        bits = np.frombuffer(le, dtype="<u2")
+    else:
+        bits = np.frombuffer(le, dtype="<u2")
+        values = bf16_bits_to_f32(bits)
+    return dict(dtype=dtype, codec=codec, count=count, data_length=dlen,
+                bits=bits.copy(), values=values)
+
+
+def decode_meta(payload):
+    pos = 0
+
+    def take(n):
+        nonlocal pos
+        if pos + n > len(payload):
+            raise FormatError("META runs past its payload")
+        b = payload[pos:pos + n]
+        pos += n
+        return b
+
+    (count,) = struct.unpack("<I", take(4))
+    if count > 1024:
+        raise FormatError(f"META count {count} > 1024")
+    entries = []
+    for _ in range(count):
+        (k,) = struct.unpack("<I", take(4))
+        if not 1 <= k <= 255:
+            raise FormatError(f"key length {k}")
+        key = take(k)
+        (v,) = struct.unpack("<I", take(4))
+        if v > 65535:
+            raise FormatError(f"value length {v}")
+        value = take(v)
+        if b"\0" in key or b"\0" in value:
+            raise FormatError("NUL in metadata")
+        entries.append((key.decode("utf-8"), value.decode("utf-8")))
+    if pos != len(payload):
+        raise FormatError(f"META payload has {len(payload) - pos} trailing bytes")
+    keys = [k for k, _ in entries]
+    if len(set(keys)) != len(keys):
+        raise FormatError("duplicate META key")
+    return entries
+
+
+def decode_shape(payload):
+    if len(payload) != 48:
+        raise FormatError(f"SHAP payload is {len(payload)} bytes, not 48")
+    (n_tokens, rank, dim, n_groups, seed, kind, flags, fp, reserved,
+     n_params) = struct.unpack("<IIIIQIIIIQ", payload)
+    return dict(n_tokens=n_tokens, rank=rank, dim=dim, n_groups=n_groups, seed=seed,
+                kind=kind, flags=flags, fingerprint=fp, reserved=reserved, n_params=n_params)
+
+
+OPTM_FIELDS = ("kind", "schedule", "lr", "beta1", "beta2", "eps", "weight_decay", "momentum",
+               "max_grad_norm", "warmup_steps", "total_steps", "steps")
+
+
+def decode_optm(payload):
+    if len(payload) != 88:
+        raise FormatError(f"OPTM payload is {len(payload)} bytes, not 88")
+    return dict(zip(OPTM_FIELDS, struct.unpack("<iiddddddd QQQ".replace(" ", ""), payload)))
+
+
+def expected_n_params(n_tokens, rank, dim, flags):
+    noscale, noshift = flags & 1, (flags >> 1) & 1
+    return n_tokens * rank + dim * (1 - noscale) + dim * (1 - noshift)
+
+
+def decode_file(blob, check_fingerprint=True):
+    """Decode a whole file; raises FormatError for anything FORMAT.md forbids."""
+    if len(blob) < 28:
+        raise FormatError("shorter than header + trailer")
+    if blob[:8] != MAGIC:
+        raise FormatError("bad magic")
+    major, minor, kind, length = struct.unpack_from("<HHIQ", blob, 8)
+    if major != 1:
+        raise FormatError(f"major version {major}")
+    if length != len(blob):
+        raise FormatError(f"file length field {length} != actual {len(blob)}")
+    (crc,) = struct.unpack_from("<I", blob, len(blob) - 4)
+    if crc != zlib.crc32(blob[:-4]) & MASK32:
+        raise FormatError("CRC mismatch")
+    if kind not in (1, 2):
+        raise FormatError(f"file kind {kind}")
+    end = len(blob) - 4
+    pos = 24
+    sections = []  # (tag, flags, payload) in file order
+    while pos < end:
+        if pos + 16 > end:
+            raise FormatError("section header runs into the trailer")
+        tag, sflags, plen = struct.unpack_from("<4sIQ", blob, pos)
+        if pos + 16 + plen > end:
+            raise FormatError(f"section {tag!r} runs into the trailer")
+        if any(t == tag for t, _, _ in sections):
+            raise FormatError(f"duplicate section {tag!r}")
+        sections.append((tag, sflags, blob[pos + 16:pos + 16 + plen]))
+        pos += 16 + plen
+    if pos != end:
+        raise FormatError("sections do not end at the trailer")
+    out = dict(major=major, minor=minor, kind=kind, length=length, crc=crc,
+               order=[t.decode("ascii") for t, _, _ in sections],
+               section_flags={t.decode("ascii"): f for t, f, _ in sections},
+               unknown=[])
+    by_tag = {}
+    for tag, sflags, payload in sections:
+        if tag not in KNOWN_TAGS:
+            if sflags & 1:
+                raise FormatError(f"unknown required section {tag!r}")
+            out["unknown"].append(tag.decode("ascii", "replace"))
+            continue
+        by_tag[tag] = payload
+    for req in (b"SHAP", b"PARM"):
+        if req not in by_tag:
+            raise FormatError(f"missing {req!r}")
+    if kind == 2:
+        for req in (b"OPTM", b"MOM1", b"MOM2"):
+            if req not in by_tag:
+                raise FormatError(f"checkpoint missing {req!r}")
+    shape = decode_shape(by_tag[b"SHAP"])
+    out["shape"] = shape
+    if shape["n_params"] != expected_n_params(shape["n_tokens"], shape["rank"], shape["dim"],
+                                              shape["flags"]):
+        raise FormatError("parameter count disagrees with the formula")
+    if check_fingerprint:
+        want = fingerprint(shape["seed"], shape["kind"], shape["rank"], shape["dim"],
+                           shape["n_groups"])
+        if want != shape["fingerprint"]:
+            raise FormatError(f"fingerprint {shape['fingerprint']:#010x} != regenerated {want:#010x}")
+    out["meta"] = decode_meta(by_tag[b"META"]) if b"META" in by_tag else None
+    parm = decode_tensor(by_tag[b"PARM"])
+    if parm["count"] != shape["n_params"]:
+        raise FormatError("PARM count != shape's number of parameters")
+    out["parm"] = parm
+    if b"OPTM" in by_tag:
+        out["optm"] = decode_optm(by_tag[b"OPTM"])
+    for t in (b"MOM1", b"MOM2"):
+        if t in by_tag:
+            out[t.decode().lower()] = decode_tensor(by_tag[t])
+    return out
+
+
+def build_file(kind, sections, minor=0):
+    """Assemble a container (used to exercise the decoder on forged files)."""
+    body = b"".join(struct.pack("<4sIQ", t, f, len(p)) + p for t, f, p in sections)
+    total = 24 + len(body) + 4
+    head = MAGIC + struct.pack("<HHIQ", 1, minor, kind, total)
+    blob = head + body
+    return blob + struct.pack("<I", zlib.crc32(blob) & MASK32)
+
+
+def split_sections(blob):
+    pos, out = 24, []
+    while pos < len(blob) - 4:
+        tag, f, n = struct.unpack_from("<4sIQ", blob, pos)
+        out.append((tag, f, blob[pos + 16:pos + 16 + n]))
+        pos += 16 + n
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Tests of the independent implementations themselves (PROJECTION.md known answers)
+# --------------------------------------------------------------------------------------
+
+def test_philox_known_answers():
+    cases = [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((MASK32,) * 4, (MASK32, MASK32), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+         (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    ]
+    for c, k, want in cases:
+        got = tuple(int(w[()]) for w in philox4x32_10(*c, *k))
+        assert got == want, f"Philox({c}, {k}) = {[hex(g) for g in got]}"
+
+
+@pytest.mark.parametrize("kind,seed,rank,dim,want", [
+    (KIND_XAVIER, 0x0, 2, 8, "0.103211403 -0.106706351 -0.0683019534 0.263060868 -0.617932498 0.608003616 -0.760690331 -0.348780572"),
+    (KIND_XAVIER, 0x2A, 2, 4096, "-0.0300244577 -0.0139829908 0.0235981196 -0.0144388722 0.0207396615 0.00806771405 -0.00985047501 -0.0246411879"),
+    (KIND_KAIMING, 0x2A, 2, 4, "-0.35200423 0.304275364 0.494487047 -0.365611106 -0.382691354 -0.00233493536 0.0649061427 0.413901418"),
+    (KIND_RADEMACHER, 0x0123456789ABCDEF, 4, 4, "-0.5 0.5 -0.5 -0.5 -0.5 0.5 0.5 0.5"),
+    (KIND_GAUSSIAN, 0x7, 2, 4, "0.619449079 0.692641258 0.00787196495 -0.459549218 -1.32486641 0.325896889 -0.177850485 -1.08561027"),
+    (KIND_GAUSSIAN, 0xFFFFFFFFFFFFFFFF, 3, 5, "0.204641238 0.0160179231 -0.179688737 0.24164705 -0.00780931162 0.0397978052 0.376344085 0.74544847"),
+], ids=["xavier-2x8", "xavier-2x4096", "kaiming-2x4", "rademacher-4x4", "gaussian-2x4", "gaussian-3x5"])
+def test_regenerated_projection_matches_documented_known_answers(kind, seed, rank, dim, want):
+    P = regenerate_projection(seed, kind, rank, dim).reshape(-1)[:8]
+    want = np.array([float(w) for w in want.split()], dtype=np.float32)
+    assert ["%.9g" % v for v in P] == ["%.9g" % v for v in want]
+
+
+def test_regenerated_initial_z_matches_documented_known_answer():
+    z = normal_draws(1, 2, 0, 8, float(np.float32(0.5)))
+    want = "-0.214431375 -0.0704231113 0.811836123 0.204263523 0.250748426 -0.321006864 0.764864564 0.274602562"
+    assert ["%.9g" % v for v in z] == want.split()
+
+
+def test_group_seed_matches_documented_known_answer():
+    assert group_seed(5, 0) == 5
+    assert group_seed(5, 1) == 11400714819323198490
+
+
+@pytest.mark.parametrize("kind,seed,rank,dim", [
+    (KIND_XAVIER, 3, 3, 17), (KIND_KAIMING, 2**63 + 1, 5, 6), (KIND_RADEMACHER, 9, 2, 9),
+    (KIND_GAUSSIAN, 11, 4, 13), (KIND_IDENTITY, 1, 6, 6),
+])
+def test_regenerated_projection_equals_library_projection(lib, kind, seed, rank, dim):
+    h = ctypes.c_void_p()
+    assert lib.ulpt_projection_create(ctypes.byref(h), seed, rank, dim, kind) == 0
+    try:
+        got = np.ctypeslib.as_array(lib.ulpt_projection_data(h), shape=(rank * dim,)).copy()
+    finally:
+        lib.ulpt_projection_free(h)
+    want = regenerate_projection(seed, kind, rank, dim).reshape(-1)
+    if kind == KIND_GAUSSIAN:
+        ulps = np.abs(got.view(np.int32).astype(np.int64) - want.view(np.int32).astype(np.int64))
+        assert ulps.max() <= 2
+    else:
+        assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist()
+
+
+# --------------------------------------------------------------------------------------
+# Tests of the decoder on forged files (rules a reader must follow)
+# --------------------------------------------------------------------------------------
+
+def _tiny_sections():
+    shap = struct.pack("<IIIIQIIIIQ", 1, 1, 1, 1, 0, KIND_IDENTITY, 3, 0, 0, 1)
+    parm = struct.pack("<IIQQ", 0, 0, 1, 4) + struct.pack("<f", 1.5)
+    return [(b"SHAP", 1, shap), (b"PARM", 1, parm)]
+
+
+def test_decoder_skips_unknown_optional_section_and_refuses_unknown_required_one():
+    secs = _tiny_sections()
+    f = decode_file(build_file(1, secs[:1] + [(b"XTRA", 0, b"abc")] + secs[1:], minor=3))
+    assert f["unknown"] == ["XTRA"] and f["parm"]["values"].tolist() == [1.5]
+    with pytest.raises(FormatError, match="unknown required"):
+        decode_file(build_file(1, secs + [(b"XTRA", 1, b"abc")]))
+
+
+def test_decoder_refuses_corruption_truncation_and_bad_versions():
+    good = build_file(1, _tiny_sections())
+    decode_file(good)
+    bad = bytearray(good); bad[-10] ^= 1
+    with pytest.raises(FormatError, match="CRC"):
+        decode_file(bytes(bad))
+    with pytest.raises(FormatError, match="length"):
+        decode_file(good + b"\0")
+    bad = bytearray(good); bad[8] = 2
+    with pytest.raises(FormatError, match="major"):
+        decode_file(bytes(bad))
+    with pytest.raises(FormatError, match="duplicate"):
+        decode_file(build_file(1, _tiny_sections() + _tiny_sections()[:1]))
+
+
+def test_decoder_reads_byte_planes_in_lsb_first_order():
+    vals = np.array([1.0, -2.5, 3.25e-3], dtype="<f4")
+    planes = b"".join(bytes(vals.view(np.uint8).reshape(3, 4)[:, j]) for j in range(4))
+    data = zlib.compress(planes)
+    t = decode_tensor(struct.pack("<IIQQ", 0, 1, 3, len(data)) + data)
+    assert t["values"].tolist() == vals.tolist()
+    with pytest.raises(FormatError, match="follow"):
+        decode_tensor(struct.pack("<IIQQ", 0, 1, 3, len(data) + 1) + data + b"\0")
+
+
+# --------------------------------------------------------------------------------------
+# Files written by the library
+# --------------------------------------------------------------------------------------
+
+SHAPES = {
+    # name: (n_tokens, rank, dim, n_groups, seed, kind, flags)
+    "xavier-4x2x8": (4, 2, 8, 1, 0, KIND_XAVIER, 0),
+    "kaiming-groups3-noscale": (6, 3, 16, 3, 0x0123456789ABCDEF, KIND_KAIMING, 1),
+    "gaussian-groups2-noshift": (8, 4, 12, 2, 7, KIND_GAUSSIAN, 2),
+    "identity-noscale-noshift": (5, 8, 8, 1, 99, KIND_IDENTITY, 3),
+    "rademacher-groups4-maxseed": (4, 5, 33, 4, MASK64, KIND_RADEMACHER, 0),
+    "xavier-groups2-wide": (10, 2, 700, 2, 0xDEADBEEF12345678, KIND_XAVIER, 0),
+}
+
+METADATA = [
+    ("model", "llama-3-8b"),
+    ("task", "résumé → 要約 🧪"),          # non-ASCII UTF-8 (2-, 3- and 4-byte sequences)
+    ("created", "2024-05-01T12:00:00Z"),
+    ("ключ", ""),                           # non-ASCII key, empty value
+]
+
+
+def _random_params(n, rng, compressible=False):
+    if compressible:
+        return (rng.integers(-4, 5, size=n) * 0.25).astype(np.float32)
+    return (rng.standard_normal(n) * rng.choice([1e-3, 0.05, 1.0, 30.0], size=n)).astype(np.float32)
+
+
+def _expected_encoding(values, dtype):
+    """(bit patterns, decoded float32 values) the file should hold for float32 params."""
+    if dtype == 0:
+        return values.view(np.uint32), values
+    if dtype == 1:
+        h = values.astype(np.float16)
+        return h.view(np.uint16), h.astype(np.float32)
+    b = f32_to_bf16_bits(values)
+    return b, bf16_bits_to_f32(b)
+
+
+def _check_common(f, blob, prompt, file_kind):
+    assert blob[:8] == MAGIC
+    assert (f["major"], f["minor"]) == (1, 0)
+    assert f["kind"] == file_kind
+    assert f["length"] == len(blob)
+    assert f["crc"] == zlib.crc32(blob[:-4]) & MASK32
+    s = f["shape"]
+    assert (s["n_tokens"], s["rank"], s["dim"], s["n_groups"]) == (
+        prompt.n_tokens, prompt.rank, prompt.dim, prompt.n_groups)
+    assert (s["seed"], s["kind"], s["flags"]) == (prompt.seed, prompt.kind, prompt.flags)
+    assert s["reserved"] == 0
+    n = expected_n_params(prompt.n_tokens, prompt.rank, prompt.dim, prompt.flags)
+    assert s["n_params"] == n == prompt.num_params() == f["parm"]["count"]
+    assert s["fingerprint"] == fingerprint(prompt.seed, prompt.kind, prompt.rank, prompt.dim,
+                                           prompt.n_groups)
+    if prompt.kind == KIND_IDENTITY:
+        assert s["fingerprint"] == 0
+    # required bit on the required sections; no other flag bits anywhere
+    for tag in ("SHAP", "PARM") + (("OPTM", "MOM1", "MOM2") if file_kind == 2 else ()):
+        assert f["section_flags"][tag] == 1, f"{tag} flags {f['section_flags'][tag]:#x}"
+    for tag, fl in f["section_flags"].items():
+        assert fl & ~1 == 0, f"{tag} has flag bits {fl:#x}"
+    assert f["unknown"] == []
+
+
+@pytest.mark.parametrize("with_meta", [False, True], ids=["nometa", "meta"])
+@pytest.mark.parametrize("level", [0, 6], ids=["level0", "level6"])
+@pytest.mark.parametrize("dtype", [0, 1, 2], ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
+def test_saved_prompt_decodes_independently(make_prompt, tmp_path, shape, dtype, level, with_meta):
+    n_tokens, rank, dim, n_groups, seed, kind, flags = SHAPES[shape]
+    p = make_prompt(n_tokens, rank, dim, n_groups, seed, kind, flags)
+    rng = np.random.default_rng(zlib.crc32(repr((shape, dtype, level, with_meta)).encode()))
+    params = p.params()
+    # every other case uses very compressible values so that codec 1 is exercised too
+    params[:] = _random_params(params.size, rng, compressible=with_meta)
+    snapshot = params.copy()
+    if with_meta:
+        for k, v in METADATA:
+            p.set_meta(k, v)
+    blob = p.save(tmp_path / "p.ulpt", dtype, level)
+    f = decode_file(blob)
+    _check_common(f, blob, p, file_kind=1)
+
+    meta = f["meta"]
+    if with_meta:
+        assert meta is not None and dict(meta) == dict(METADATA)
+    else:
+        assert not meta  # absent, or present with count 0
+
+    t = f["parm"]
+    e = DTYPE_SIZE[dtype]
+    assert t["dtype"] == dtype
+    assert t["count"] == snapshot.size
+    if t["codec"] == 0:
+        assert t["data_length"] == snapshot.size * e
+    else:
+        assert t["codec"] == 1
+        assert t["data_length"] < snapshot.size * e, "codec 1 used although not smaller"
+    if level == 0:
+        assert t["codec"] == 0, "zlib level 0 can never be smaller than stored"
+    bits, values = _expected_encoding(snapshot, dtype)
+    assert t["bits"].tolist() == bits.tolist()
+    if dtype == 0:
+        assert t["values"].view(np.uint32).tolist() == snapshot.view(np.uint32).tolist()
+    else:
+        assert np.array_equal(t["values"], values)
+
+
+def test_compressible_parameters_use_zlib_byte_planes(make_prompt, tmp_path):
+    p = make_prompt(64, 8, 64, 1, 1, KIND_XAVIER, 0)
+    p.params()[:] = 0.5
+    for dtype in (0, 1, 2):
+        f = decode_file(p.save(tmp_path / f"c{dtype}.ulpt", dtype, 9))
+        t = f["parm"]
+        assert t["codec"] == 1, f"dtype {dtype}: writer stored {t['count']} constant values uncompressed"
+        assert np.all(t["values"] == 0.5)
+
+
+@pytest.mark.parametrize("dtype", [1, 2], ids=["f16", "bf16"])
+def test_half_precision_rounding_of_edge_values(make_prompt, tmp_path, dtype):
+    # ties, subnormals, overflow, signed zero: the library's f16/bf16 must equal
+    # numpy's float16 conversion / round-to-nearest-even bfloat16
+    edge = np.array([
+        0.0, -0.0, 1.0, -1.0,
+        1.0 + 2.0 ** -11, 1.0 + 3 * 2.0 ** -11,            # f16 ties (to even: down, up)
+        1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8,              # bf16 ties
+        1.0 + 2.0 ** -8 + 2.0 ** -20,                      # just above a bf16 tie
+        6.0e-8, 3.0e-5, 2.0 ** -24, 2.0 ** -25, 1.5 * 2.0 ** -25,  # f16 subnormal range
+        65504.0, 65519.0, 65520.0, 1e5, -1e6,              # f16 max, tie to inf, overflow
+        3.0e38, -3.3e38, 1e-40, -1e-42,                    # near f32 max, f32 subnormals
+        np.float32(np.pi), np.float32(-np.e),
+    ], dtype=np.float32)
+    n_tokens, rank, dim = 4, 8, 8  # 4*8 + 16 = 48 params
+    p = make_prompt(n_tokens, rank, dim, 1, 0, KIND_XAVIER, 0)
+    params = p.params()
+    params[:] = 0.25
+    params[:edge.size] = edge
+    snapshot = params.copy()
+    with np.errstate(over="ignore"):
+        bits, _ = _expected_encoding(snapshot, dtype)
+    f = decode_file(p.save(tmp_path / "e.ulpt", dtype, 0))
+    got = f["parm"]["bits"]
+    bad = [(float(snapshot[i]), hex(int(got[i])), hex(int(bits[i])))
+           for i in range(snapshot.size) if got[i] != bits[i]]
+    assert not bad, f"(value, library bits, expected bits): {bad}"
+
+
+def test_default_save_options_give_a_decodable_file(make_prompt, tmp_path):
+    p = make_prompt(6, 3, 10, 2, 5, KIND_GAUSSIAN, 0)
+    p.params()[:] = _random_params(p.num_params(), np.random.default_rng(3))
+    blob = p.save(tmp_path / "d.ulpt")
+    f = decode_file(blob)
+    _check_common(f, blob, p, file_kind=1)
+    assert f["parm"]["dtype"] in (0, 1, 2)
+
+
+def test_documented_example_byte_count(make_prompt, tmp_path):
+    p = make_prompt(4, 2, 8)
+    blob = p.save(tmp_path / "ex.ulpt", 0, 0)
+    documented = 24 + 16 + 48 + 16 + 4 + 16 + 24 + 24 * 4 + 4
+    assert documented == 248
+    assert len(blob) == documented
+    f = decode_file(blob)
+    assert f["order"] == ["SHAP", "META", "PARM"] or sorted(f["order"]) == ["META", "PARM", "SHAP"]
+    assert f["meta"] == []  # the example counts a META section with count 0
+    assert f["shape"]["n_params"] == 24
+    assert (f["parm"]["dtype"], f["parm"]["codec"]) == (0, 0)
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------
+
+def _checkpoint(lib, prompt, path, opts, steps, grad_fn):
+    opt = ctypes.c_void_p()
+    assert lib.ulpt_optimizer_create(ctypes.byref(opt), prompt.h, ctypes.byref(opts)) == 0
+    try:
+        for s in range(steps):
+            prompt.grads()[:] = grad_fn(s)
+            assert lib.ulpt_optimizer_step(opt) == 0
+        assert lib.ulpt_checkpoint_save(prompt.h, opt, str(path).encode()) == 0
+    finally:
+        lib.ulpt_optimizer_free(opt)
+    return Path(path).read_bytes()
+
+
+OPT_CASES = {
+    #        kind sched  lr     b1    b2     eps   wd    mom  clip   warm total steps
+    "sgd":   (0,   0,   0.1,   0.9,  0.999, 1e-8, 0.0,  0.9, 0.0,   0,   0,    3),
+    "adam":  (1,   1,   1e-3,  0.8,  0.95,  1e-6, 0.0,  0.0, 0.0,   2,   100,  4),
+    "adamw": (2,   2,   3e-4,  0.9,  0.999, 1e-8, 0.01, 0.0, 1e30,  1,   50,   5),
+}
+
+
+@pytest.mark.parametrize("case", list(OPT_CASES), ids=list(OPT_CASES))
+def test_checkpoint_decodes_with_optimizer_state_and_moments(lib, make_prompt, tmp_path, case):
+    kind, sched, lr, b1, b2, eps, wd, mom, clip, warm, total, steps = OPT_CASES[case]
+    opts = OptimizerOptions(1, kind, lr, b1, b2, eps, wd, mom, clip, sched, warm, total)
+    p = make_prompt(6, 3, 10, 2, 42, KIND_XAVIER, 0)
+    n = p.num_params()
+    p.params()[:] = _random_params(n, np.random.default_rng(7))
+    g = (np.random.default_rng(8).standard_normal(n) * 0.01).astype(np.float32)
+    blob = _checkpoint(lib, p, tmp_path / "ck.ulpt", opts, steps, lambda s: g)
+    params_after = p.params().copy()
+
+    f = decode_file(blob)
+    _check_common(f, blob, p, file_kind=2)
+    o = f["optm"]
+    assert (o["kind"], o["schedule"]) == (kind, sched)
+    assert (o["lr"], o["beta1"], o["beta2"], o["eps"]) == (lr, b1, b2, eps)
+    assert (o["weight_decay"], o["momentum"], o["max_grad_norm"]) == (wd, mom, clip)
+    assert (o["warmup_steps"], o["total_steps"]) == (warm, total)
+    assert o["steps"] == steps
+
+    parm = f["parm"]
+    assert np.array_equal(parm["values"], params_after.astype(np.float32)) or parm["dtype"] != 0
+    for m in ("mom1", "mom2"):
+        t = f[m]
+        assert t["dtype"] == 0, f"{m} dtype {t['dtype']}"
+        assert t["count"] == parm["count"] == n
+    m1, m2 = f["mom1"]["values"], f["mom2"]["values"]
+    if kind == 0:
+        # SGD: momentum buffer in MOM1, zeros in MOM2
+        assert np.all(m2 == 0)
+        assert np.any(m1 != 0)
+    else:
+        # Adam/AdamW with a constant gradient and clipping off: m = (1-b1^t) g, v = (1-b2^t) g^2
+        np.testing.assert_allclose(m1, (1 - b1 ** steps) * g, rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(m2, (1 - b2 ** steps) * g.astype(np.float64) ** 2,
+                                   rtol=1e-4, atol=1e-12)
+
+
+def test_checkpoint_file_length_and_section_sizes(lib, make_prompt, tmp_path):
+    p = make_prompt(4, 2, 8, 1, 0, KIND_XAVIER, 1)
+    n = p.num_params()
+    opts = OptimizerOptions(1, 1, 1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 0, 0, 0)
+    blob = _checkpoint(lib, p, tmp_path / "k.ulpt", opts, 2, lambda s: np.full(n, 0.1, np.float32))
+    secs = {t.decode(): (fl, pl) for t, fl, pl in split_sections(blob)}
+    assert len(secs["OPTM"][1]) == 88
+    assert len(secs["SHAP"][1]) == 48
+    total = 24 + 4 + sum(16 + len(pl) for _, pl in secs.values())
+    assert total == len(blob)
+    f = decode_file(blob)
+    assert f["kind"] == 2 and f["optm"]["steps"] == 2
+
+
+# --------------------------------------------------------------------------------------
+# safetensors export
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", ["xavier-4x2x8", "gaussian-groups2-noshift",
+                                   "identity-noscale-noshift", "kaiming-groups3-noscale"])
+def test_safetensors_export_matches_forward(make_prompt, tmp_path, shape):
+    n_tokens, rank, dim, n_groups, seed, kind, flags = SHAPES[shape]
+    p = make_prompt(n_tokens, rank, dim, n_groups, seed, kind, flags)
+    p.params()[:] = _random_params(p.num_params(), np.random.default_rng(11))
+    p.set_meta("task", "ünïcödé ✓")
+    path = tmp_path / "e.safetensors"
+    assert p.lib.ulpt_prompt_export_safetensors(p.h, str(path).encode()) == 0
+    blob = path.read_bytes()
+
+    (hlen,) = struct.unpack_from("<Q", blob, 0)
+    assert 8 + hlen <= len(blob)
+    header = json.loads(blob[8:8 + hlen].decode("utf-8"))
+    assert isinstance(header, dict)
+    meta = header.pop("__metadata__", None)
+    if meta is not None:
+        assert isinstance(meta, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+    assert list(header) == ["prompt_embeddings"]
+    t = header["prompt_embeddings"]
+    assert t["dtype"] == "F32"
+    assert t["shape"] == [n_tokens, dim]
+    start, end = t["data_offsets"]
+    buf = blob[8 + hlen:]
+    assert start == 0 and end == len(buf) == n_tokens * dim * 4
+    emb = np.frombuffer(buf[start:end], dtype="<f4").reshape(n_tokens, dim)
+    fwd = p.forward()
+    assert emb.view(np.uint32).tolist() == fwd.view(np.uint32).tolist()
