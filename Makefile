@@ -104,6 +104,25 @@ warnings:
 	        $(SRCS) tools/ulpt.c || exit 1; \
 	done; echo "warnings: none from gcc or clang (-Wall -Wextra -Werror)"
 
+# ---- sanitizers and valgrind: the whole suite, one binary each ------------------------
+
+SAN_BUILD = clang -std=c11 -g -O1 -fno-omit-frame-pointer -Iinclude -Ilib \
+	$(BLAS_CFLAGS) $(ZLIB_CFLAGS) $(CHECK_CFLAGS) $(SRCS) $(TEST_SRCS) \
+	$(CHECK_LIBS) $(DEP_LIBS) -pthread
+
+.PHONY: check-asan check-ubsan check-valgrind
+check-asan: deps
+	$(SAN_BUILD) -fsanitize=address -o tests/test_ulpt-asan
+	CK_FORK=no ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 ./tests/test_ulpt-asan
+
+check-ubsan: deps
+	$(SAN_BUILD) -fsanitize=undefined,float-cast-overflow -fno-sanitize-recover=all -o tests/test_ulpt-ubsan
+	CK_FORK=no ./tests/test_ulpt-ubsan
+
+check-valgrind: deps tests/test_ulpt
+	CK_FORK=no valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect \
+	    --errors-for-leak-kinds=definite,indirect --error-exitcode=1 ./tests/test_ulpt
+
 # ---- benchmark ----------------------------------------------------------------------
 
 tests/bench_step: tests/bench_step.c $(STATIC)
@@ -141,4 +160,4 @@ uninstall:
 
 clean:
 	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) \
-	    tests/test_ulpt tests/bench_step examples/quickstart tools/ulpt
+	    tests/test_ulpt tests/test_ulpt-* tests/bench_step examples/quickstart tools/ulpt
