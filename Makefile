@@ -110,7 +110,7 @@ SAN_BUILD = clang -std=c11 -g -O1 -fno-omit-frame-pointer -Iinclude -Ilib \
 	$(BLAS_CFLAGS) $(ZLIB_CFLAGS) $(CHECK_CFLAGS) $(SRCS) $(TEST_SRCS) \
 	$(CHECK_LIBS) $(DEP_LIBS) -pthread
 
-.PHONY: check-asan check-ubsan check-valgrind
+.PHONY: check-asan check-ubsan check-valgrind check-tsan fuzz
 check-asan: deps
 	$(SAN_BUILD) -fsanitize=address -o tests/test_ulpt-asan
 	CK_FORK=no ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 ./tests/test_ulpt-asan
@@ -122,6 +122,33 @@ check-ubsan: deps
 check-valgrind: deps tests/test_ulpt
 	CK_FORK=no valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect \
 	    --errors-for-leak-kinds=definite,indirect --error-exitcode=1 ./tests/test_ulpt
+
+# Threads sharing a projection and a served prompt while each trains its own.
+check-tsan: deps
+	clang -std=c11 -g -O1 -fsanitize=thread -Iinclude -Ilib $(BLAS_CFLAGS) $(ZLIB_CFLAGS) \
+	    $(SRCS) tests/threads.c $(DEP_LIBS) -pthread -o tests/test_ulpt-tsan
+	TSAN_OPTIONS=halt_on_error=1 ./tests/test_ulpt-tsan
+
+# libFuzzer targets, seeded with real files, FUZZ_SECONDS each; any crash, leak,
+# timeout or sanitizer report fails.  Crashes are left as tests/fuzz/crash-*.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := prompt checkpoint
+fuzz: deps
+	@rm -rf tests/fuzz/work && mkdir -p tests/fuzz/work/seeds
+	clang -std=c11 -O1 -Iinclude tests/fuzz/seeds.c $(SRCS) -Ilib $(BLAS_CFLAGS) $(ZLIB_CFLAGS) \
+	    $(DEP_LIBS) -pthread -o tests/fuzz/work/seeds-gen
+	tests/fuzz/work/seeds-gen tests/fuzz/work/seeds
+	@for t in $(FUZZ_TARGETS); do \
+	    clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Ilib \
+	        $(BLAS_CFLAGS) $(ZLIB_CFLAGS) $(SRCS) tests/fuzz/fuzz_$$t.c $(DEP_LIBS) -pthread \
+	        -o tests/fuzz/work/fuzz_$$t || exit 1; \
+	    mkdir -p tests/fuzz/work/corpus_$$t; \
+	    tests/fuzz/work/fuzz_$$t tests/fuzz/work/corpus_$$t tests/fuzz/work/seeds \
+	        -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	        -print_final_stats=1 -artifact_prefix=tests/fuzz/crash-$$t- \
+	        > tests/fuzz/work/$$t.log 2>&1 || { tail -40 tests/fuzz/work/$$t.log; exit 1; }; \
+	    echo "fuzz $$t: $$(sed -n 's/stat::number_of_executed_units: *//p' tests/fuzz/work/$$t.log) executions in $(FUZZ_SECONDS) s, no crash"; \
+	done
 
 # ---- benchmark ----------------------------------------------------------------------
 
@@ -159,5 +186,5 @@ uninstall:
 	    $(DESTDIR)$(BINDIR)/ulpt $(DESTDIR)$(MANDIR)/man1/ulpt.1
 
 clean:
-	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) \
+	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) tests/fuzz/work \
 	    tests/test_ulpt tests/test_ulpt-* tests/bench_step examples/quickstart tools/ulpt
