@@ -110,7 +110,7 @@ SAN_BUILD = clang -std=c11 -g -O1 -fno-omit-frame-pointer -Iinclude -Ilib \
 	$(BLAS_CFLAGS) $(ZLIB_CFLAGS) $(CHECK_CFLAGS) $(SRCS) $(TEST_SRCS) \
 	$(CHECK_LIBS) $(DEP_LIBS) -pthread
 
-.PHONY: check-asan check-ubsan check-valgrind check-tsan fuzz
+.PHONY: check-asan check-ubsan check-valgrind check-tsan fuzz coverage
 check-asan: deps
 	$(SAN_BUILD) -fsanitize=address -o tests/test_ulpt-asan
 	CK_FORK=no ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 ./tests/test_ulpt-asan
@@ -150,6 +150,19 @@ fuzz: deps
 	    echo "fuzz $$t: $$(sed -n 's/stat::number_of_executed_units: *//p' tests/fuzz/work/$$t.log) executions in $(FUZZ_SECONDS) s, no crash"; \
 	done
 
+# Line and branch coverage of lib/ by the Check suite (gcov + gcovr).
+coverage: deps
+	@rm -rf tests/cov && mkdir -p tests/cov
+	@for f in $(SRCS); do \
+	    gcc -std=c11 -O0 -g --coverage -Iinclude $(BLAS_CFLAGS) $(ZLIB_CFLAGS) -c $$f \
+	        -o tests/cov/$$(basename $$f .c).o || exit 1; \
+	done
+	gcc -std=c11 -O0 -g -Iinclude -Ilib $(CHECK_CFLAGS) $(TEST_SRCS) tests/cov/*.o --coverage \
+	    $(CHECK_LIBS) $(DEP_LIBS) -pthread -o tests/cov/test_ulpt
+	./tests/cov/test_ulpt > tests/cov/run.log 2>&1 || { tail -20 tests/cov/run.log; exit 1; }
+	gcovr --root . --filter 'lib/' --object-directory tests/cov --branches | tail -n 3
+	gcovr --root . --filter 'lib/' --object-directory tests/cov --txt - | tail -n 20
+
 # ---- benchmark ----------------------------------------------------------------------
 
 tests/bench_step: tests/bench_step.c $(STATIC)
@@ -186,5 +199,5 @@ uninstall:
 	    $(DESTDIR)$(BINDIR)/ulpt $(DESTDIR)$(MANDIR)/man1/ulpt.1
 
 clean:
-	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) tests/fuzz/work \
+	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) tests/fuzz/work tests/cov \
 	    tests/test_ulpt tests/test_ulpt-* tests/bench_step examples/quickstart tools/ulpt

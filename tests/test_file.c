@@ -723,7 +723,9 @@ START_TEST(out_of_memory_during_save_and_load_fails_cleanly)
     ulpt_prompt *p = varied_prompt(6, 2, 40, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_optimizer *o;
     ulpt_optimizer_create(&o, p, NULL);
-    const char *path = scratch("oom.ulpt");
+    char path[256], st_path[256]; /* scratch() reuses its buffer */
+    snprintf(path, sizeof path, "%s", scratch("oom.ulpt"));
+    snprintf(st_path, sizeof st_path, "%s", scratch("oom.safetensors"));
     ck_assert_int_eq(ulpt_checkpoint_save(p, o, path), ULPT_OK);
     long k;
     for (k = 0;; k++) { /* every allocation of a save, then of a load */
@@ -738,12 +740,31 @@ START_TEST(out_of_memory_during_save_and_load_fails_cleanly)
         int rc3 = ulpt_checkpoint_load(&q, &oq, path);
         ulpt_optimizer_free(oq);
         ulpt_prompt_free(q);
-        ck_assert_int_eq(test_alloc.live, 0);
+        ulpt_file_info fi;
+        int rc4 = ulpt_file_inspect(path, &fi);
+        int rc5 = ulpt_prompt_export_safetensors(p, st_path);
+        char value[32];
+        snprintf(value, sizeof value, "v%ld", k);
+        size_t count = ulpt_prompt_meta_count(p);
+        const char *old = ulpt_prompt_get_meta(p, "task");
+        char before[64];
+        snprintf(before, sizeof before, "%s", old ? old : "");
+        int rc6 = ulpt_prompt_set_meta(p, k % 2 ? "task" : "new-key", value);
+        if (rc6 == ULPT_ERR_NOMEM) { /* unchanged */
+            ck_assert_uint_eq(ulpt_prompt_meta_count(p), count);
+            ck_assert_str_eq(ulpt_prompt_get_meta(p, "task"), before);
+        }
+        ulpt_prompt_set_meta(p, "new-key", NULL);
+        long live = test_alloc.live;
         test_alloc_remove();
-        ck_assert(rc1 == ULPT_OK || rc1 == ULPT_ERR_NOMEM);
-        ck_assert(rc2 == ULPT_OK || rc2 == ULPT_ERR_NOMEM);
-        ck_assert(rc3 == ULPT_OK || rc3 == ULPT_ERR_NOMEM);
-        if (!rc1 && !rc2 && !rc3)
+        int rcs[] = { rc1, rc2, rc3, rc4, rc5, rc6 }, all_ok = 1;
+        for (int i = 0; i < 6; i++) {
+            ck_assert_msg(rcs[i] == ULPT_OK || rcs[i] == ULPT_ERR_NOMEM, "call %d: %d", i, rcs[i]);
+            all_ok &= rcs[i] == ULPT_OK;
+        }
+        /* what the prompt holds now (metadata) came from this allocator; the rest is freed */
+        ck_assert_int_le(live, 2 * (long)ulpt_prompt_meta_count(p) + 2);
+        if (all_ok)
             break;
         ulpt_prompt *check; /* whatever failed, the file is still the good one */
         ulpt_optimizer *ocheck;
@@ -752,6 +773,71 @@ START_TEST(out_of_memory_during_save_and_load_fails_cleanly)
         ulpt_prompt_free(check);
     }
     ck_assert_int_gt(k, 10);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+
+START_TEST(safetensors_export_holds_the_embeddings)
+{
+    ulpt_prompt *p = varied_prompt(5, 2, 24, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    const char *path = scratch("e.safetensors");
+    ck_assert_int_eq(ulpt_prompt_export_safetensors(p, path), ULPT_OK);
+    size_t len;
+    unsigned char *b = read_all(path, &len);
+    uint64_t hl = 0;
+    for (int i = 0; i < 8; i++)
+        hl |= (uint64_t)b[i] << (8 * i);
+    ck_assert_uint_eq(hl % 8, 0);
+    ck_assert_uint_eq(len, 8 + hl + 5 * 24 * 4);
+    char *json = strndup((char *)b + 8, hl);
+    ck_assert_ptr_nonnull(strstr(json, "\"prompt_embeddings\":{\"dtype\":\"F32\",\"shape\":[5,24],"
+                                       "\"data_offsets\":[0,480]}"));
+    float e[5 * 24];
+    ulpt_prompt_forward(p, e, 24);
+    ck_assert_mem_eq(b + 8 + hl, e, sizeof e); /* little-endian host */
+    ck_assert_int_eq(ulpt_prompt_export_safetensors(p, "/nonexistent/e.safetensors"), ULPT_ERR_IO);
+    ck_assert_int_eq(ulpt_prompt_export_safetensors(NULL, path), ULPT_ERR_INVALID);
+    free(json);
+    free(b);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+START_TEST(inspect_describes_prompts_and_checkpoints)
+{
+    ulpt_prompt *p = varied_prompt(4, 2, 16, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_optimizer *o;
+    ulpt_optimizer_create(&o, p, NULL);
+    const char *path = scratch("i.ulpt");
+    ulpt_save_options so = ULPT_SAVE_OPTIONS_INIT;
+    so.dtype = ULPT_DTYPE_BF16;
+    ck_assert_int_eq(ulpt_prompt_save(p, path, &so), ULPT_OK);
+    ulpt_file_info fi, untouched;
+    memset(&untouched, 0x5a, sizeof untouched);
+    ck_assert_int_eq(ulpt_file_inspect(path, &fi), ULPT_OK);
+    ck_assert_int_eq(fi.kind, ULPT_FILE_PROMPT);
+    ck_assert_uint_eq(fi.format_major, 1);
+    ck_assert_uint_eq(fi.format_minor, 0);
+    ck_assert_int_eq(fi.dtype, ULPT_DTYPE_BF16);
+    size_t len;
+    free(read_all(path, &len));
+    ck_assert_uint_eq(fi.file_bytes, len);
+    ck_assert_uint_lt(fi.stored_bytes, len);
+    ck_assert_int_eq(ulpt_checkpoint_save(p, o, path), ULPT_OK);
+    ck_assert_int_eq(ulpt_file_inspect(path, &fi), ULPT_OK);
+    ck_assert_int_eq(fi.kind, ULPT_FILE_CHECKPOINT);
+    ck_assert_int_eq(fi.dtype, ULPT_DTYPE_F32);
+    /* damage: an error, and *info untouched */
+    FILE *f = fopen(path, "r+b");
+    fseek(f, 30, SEEK_SET);
+    fputc(0x77, f);
+    fclose(f);
+    fi = untouched;
+    ck_assert_int_eq(ulpt_file_inspect(path, &fi), ULPT_ERR_CORRUPT);
+    ck_assert_mem_eq(&fi, &untouched, sizeof fi);
+    ck_assert_int_eq(ulpt_file_inspect(NULL, &fi), ULPT_ERR_INVALID);
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
@@ -783,6 +869,8 @@ Suite *file_suite(void)
     tcase_add_test(tc, headline_prompt_file_sizes);
     tcase_add_test(tc, file_errors_name_the_problem);
     tcase_add_test(tc, out_of_memory_during_save_and_load_fails_cleanly);
+    tcase_add_test(tc, safetensors_export_holds_the_embeddings);
+    tcase_add_test(tc, inspect_describes_prompts_and_checkpoints);
     suite_add_tcase(s, tc);
     return s;
 }
