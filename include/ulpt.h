@@ -441,11 +441,15 @@ ULPT_API int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o,
 ULPT_API int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt,
                                   const char *path);
 
-/* What a file is, for tools: filled by ulpt_file_inspect after the same checks as a load. */
+/* What a file is, for tools: filled by ulpt_file_inspect after the same checks as a load.
+ * Set version (ULPT_FILE_INFO_INIT does) so that a later library, which may append
+ * fields, fills only the ones this caller knows. */
 #define ULPT_FILE_PROMPT      1
 #define ULPT_FILE_CHECKPOINT  2
+#define ULPT_FILE_INFO_VERSION 1
 
 typedef struct ulpt_file_info {
+    unsigned version;          /* ULPT_FILE_INFO_VERSION */
     int kind;                  /* ULPT_FILE_PROMPT or ULPT_FILE_CHECKPOINT */
     unsigned format_major;     /* format version of the file */
     unsigned format_minor;
@@ -454,9 +458,11 @@ typedef struct ulpt_file_info {
     uint64_t stored_bytes;     /* bytes the parameters take in the file */
 } ulpt_file_info;
 
+#define ULPT_FILE_INFO_INIT { ULPT_FILE_INFO_VERSION, 0, 0, 0, 0, 0, 0 }
+
 /* Check a file completely (as ulpt_checkpoint_load or ulpt_prompt_load would) and
- * describe it.  *info is written only on success.
- * Errors: as ulpt_prompt_load. */
+ * describe it.  *info is written only on success (its version field is kept).
+ * Errors: as ulpt_prompt_load; ULPT_ERR_INVALID for an unknown info->version. */
 ULPT_API int ulpt_file_inspect(const char *path, ulpt_file_info *info);
 
 /* Write the materialised prompt E (n_tokens x dim) as a safetensors file with one F32

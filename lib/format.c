@@ -803,6 +803,9 @@ int ulpt_file_inspect(const char *path, ulpt_file_info *info)
 {
     if (!path || !info)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !path ? "path" : "info");
+    if (info->version < 1 || info->version > ULPT_FILE_INFO_VERSION)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown info version %u (this library knows 1..%d)",
+                         info->version, ULPT_FILE_INFO_VERSION);
     ulpt_allocator a = ulpt__allocator();
     void *data;
     size_t len;
@@ -813,7 +816,7 @@ int ulpt_file_inspect(const char *path, ulpt_file_info *info)
     int checkpoint = len >= HEADER_BYTES && get32((const unsigned char *)data + 12) == KIND_CHECKPOINT;
     ulpt_prompt *p = NULL;
     ulpt_optimizer *o = NULL;
-    ulpt_file_info tmp;
+    ulpt_file_info tmp = *info;
     rc = decode(__func__, data, len, &p, checkpoint ? &o : NULL, &tmp);
     ulpt__free(&a, data);
     ulpt_optimizer_free(o);

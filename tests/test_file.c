@@ -740,7 +740,7 @@ START_TEST(out_of_memory_during_save_and_load_fails_cleanly)
         int rc3 = ulpt_checkpoint_load(&q, &oq, path);
         ulpt_optimizer_free(oq);
         ulpt_prompt_free(q);
-        ulpt_file_info fi;
+        ulpt_file_info fi = ULPT_FILE_INFO_INIT;
         int rc4 = ulpt_file_inspect(path, &fi);
         int rc5 = ulpt_prompt_export_safetensors(p, st_path);
         char value[32];
@@ -814,8 +814,9 @@ START_TEST(inspect_describes_prompts_and_checkpoints)
     ulpt_save_options so = ULPT_SAVE_OPTIONS_INIT;
     so.dtype = ULPT_DTYPE_BF16;
     ck_assert_int_eq(ulpt_prompt_save(p, path, &so), ULPT_OK);
-    ulpt_file_info fi, untouched;
+    ulpt_file_info fi = ULPT_FILE_INFO_INIT, untouched;
     memset(&untouched, 0x5a, sizeof untouched);
+    untouched.version = ULPT_FILE_INFO_VERSION;
     ck_assert_int_eq(ulpt_file_inspect(path, &fi), ULPT_OK);
     ck_assert_int_eq(fi.kind, ULPT_FILE_PROMPT);
     ck_assert_uint_eq(fi.format_major, 1);
@@ -838,6 +839,8 @@ START_TEST(inspect_describes_prompts_and_checkpoints)
     ck_assert_int_eq(ulpt_file_inspect(path, &fi), ULPT_ERR_CORRUPT);
     ck_assert_mem_eq(&fi, &untouched, sizeof fi);
     ck_assert_int_eq(ulpt_file_inspect(NULL, &fi), ULPT_ERR_INVALID);
+    fi.version = 2;
+    ck_assert_int_eq(ulpt_file_inspect(path, &fi), ULPT_ERR_INVALID);
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }

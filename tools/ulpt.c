@@ -62,7 +62,7 @@ static int cmd_info(int argc, char **argv)
         return usage_error(INFO_USAGE);
     int status = 0;
     for (int i = 0; i < argc; i++) {
-        ulpt_file_info fi;
+        ulpt_file_info fi = ULPT_FILE_INFO_INIT;
         ulpt_prompt *p;
         if (ulpt_file_inspect(argv[i], &fi) != ULPT_OK || ulpt_prompt_load(&p, argv[i]) != ULPT_OK) {
             printf("%s\n  checksum:     FAILED (%s)\n", argv[i], ulpt_last_error());
@@ -111,7 +111,7 @@ static int cmd_verify(int argc, char **argv)
         return usage_error(VERIFY_USAGE);
     int status = 0;
     for (int i = 0; i < argc; i++) {
-        ulpt_file_info fi;
+        ulpt_file_info fi = ULPT_FILE_INFO_INIT;
         int rc = ulpt_file_inspect(argv[i], &fi);
         if (rc == ULPT_OK) {
             printf("%s: ok\n", argv[i]);

@@ -126,7 +126,8 @@ class ulpt_save_options(Structure):
 
 
 class ulpt_file_info(Structure):
-    _fields_ = [("kind", c_int), ("format_major", c_uint), ("format_minor", c_uint),
+    _fields_ = [("version", c_uint), ("kind", c_int), ("format_major", c_uint),
+                ("format_minor", c_uint),
                 ("dtype", c_int), ("file_bytes", c_uint64), ("stored_bytes", c_uint64)]
 
 
@@ -142,8 +143,9 @@ def _path(path):
 def inspect(path):
     """ulpt_file_inspect: a dict describing a checked prompt file or checkpoint."""
     info = ulpt_file_info()
+    info.version = 1
     _check(lib.ulpt_file_inspect(_path(path), ctypes.byref(info)))
-    return {name: getattr(info, name) for name, _ in ulpt_file_info._fields_}
+    return {name: getattr(info, name) for name, _ in ulpt_file_info._fields_ if name != "version"}
 
 
 class ulpt_allocator(Structure):

@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     char path[64];
     int fd = fuzz_file(data, size, path, sizeof path);
-    ulpt_file_info info;
+    ulpt_file_info info = ULPT_FILE_INFO_INIT;
     int rc2 = ulpt_file_inspect(path, &info);
     if ((rc2 == ULPT_OK) != (rc == ULPT_OK) && info.kind != ULPT_FILE_CHECKPOINT)
         abort(); /* inspect and load agree on prompt files */
