@@ -18,7 +18,7 @@ INCLUDEDIR ?= $(PREFIX)/include
 DESTDIR ?=
 
 CC ?= cc
-CFLAGS ?= -O2 -g
+CFLAGS ?= -O3 -g
 PKG_CONFIG ?= pkg-config
 PYTHON ?= /usr/bin/python3
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes

@@ -151,7 +151,8 @@ typedef struct ulpt_projection ulpt_projection;
 #define ULPT_PROJ_IDENTITY         4  /* P = I, rank == dim: vanilla prompt tuning, no product   */
 
 /* Generate P into a new projection.  The projection is immutable and reference counted:
- * prompts that use it keep it alive, so it may be freed right after handing it on.
+ * prompts made from it with ulpt_prompt_create_shared keep it alive, so the caller may
+ * free it right after handing it on, and one P can serve many prompts (in any threads).
  * For ULPT_PROJ_IDENTITY rank must equal dim and no matrix is stored.
  * Errors: ULPT_ERR_INVALID (NULL out, unknown kind, rank or dim 0, rank > dim, rank*dim
  * past addressable memory, dim > INT_MAX), ULPT_ERR_NOMEM. */
@@ -207,13 +208,23 @@ typedef struct ulpt_prompt_options {
  * addressable memory or INT_MAX, init_std negative or not finite), ULPT_ERR_NOMEM. */
 ULPT_API int ulpt_prompt_create(ulpt_prompt **out, const ulpt_prompt_options *opts);
 
+/* Create a prompt that uses existing projections instead of generating its own: one per
+ * group, projections[g] for group g, each exactly the projection the options imply (seed
+ * projection_seed + g*0x9E3779B97F4A7C15, the options' rank, dim and kind).  The prompt
+ * takes a reference to each; the caller keeps its own.  Saves memory and time when many
+ * prompts of one model share a seed.
+ * Errors: as ulpt_prompt_create; ULPT_ERR_INVALID for a NULL array or entry,
+ * ULPT_ERR_MISMATCH for a projection that is not the one the options imply. */
+ULPT_API int ulpt_prompt_create_shared(ulpt_prompt **out, const ulpt_prompt_options *opts,
+                                       ulpt_projection *const *projections);
+
 /* Free a prompt (and its reference to its projections).  NULL is a no-op. */
 ULPT_API void ulpt_prompt_free(ulpt_prompt *p);
 
 /* Forward: write E = (Z_g . P_g) (.) s + b, n_tokens rows of dim floats, row i at
  * embeddings + i*ld.  Columns past dim are not touched.  Reads the prompt only, so
  * several threads may run it on one prompt at once.
- * Errors: ULPT_ERR_INVALID (NULL argument, ld < dim). */
+ * Errors: ULPT_ERR_INVALID (NULL argument, ld < dim or ld > INT_MAX, the BLAS limit). */
 ULPT_API int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t ld);
 
 /* Backward: given G = dL/dE (n_tokens rows of dim floats, row stride ld), ADD
@@ -222,7 +233,7 @@ ULPT_API int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t
  *     dL/dZ_g = G_g . (P_g diag(s))^T
  * to the gradient buffer (so several backward calls accumulate).  G is not checked for
  * NaN or infinity here; ulpt_optimizer_step refuses non-finite gradients.
- * Errors: ULPT_ERR_INVALID (NULL argument, ld < dim). */
+ * Errors: ULPT_ERR_INVALID (NULL argument, ld < dim or ld > INT_MAX, the BLAS limit). */
 ULPT_API int ulpt_prompt_backward(ulpt_prompt *p, const float *grad, size_t ld);
 
 /* Set every gradient to 0.  NULL is a no-op. */
@@ -287,7 +298,8 @@ typedef struct ulpt_optimizer_options {
     double lr;              /* peak learning rate, default 1e-3 (> 0) */
     double beta1, beta2;    /* Adam(W) moment decay, default 0.9, 0.999 (in [0, 1)) */
     double eps;             /* Adam(W) denominator epsilon, default 1e-8 (> 0) */
-    double weight_decay;    /* default 0.01 (torch's AdamW default; >= 0) */
+    double weight_decay;    /* >= 0; default ULPT_WEIGHT_DECAY_DEFAULT: torch's default for
+                               the kind, 0.01 for AdamW and 0 for Adam and SGD */
     double momentum;        /* SGD momentum, default 0 (in [0, 1)) */
     double max_grad_norm;   /* clip the global gradient norm to this; 0 = off (default) */
     int schedule;           /* ULPT_SCHED_*, default ULPT_SCHED_CONSTANT */
@@ -295,9 +307,12 @@ typedef struct ulpt_optimizer_options {
     uint64_t total_steps;   /* end of the linear/cosine decay (> warmup_steps for those) */
 } ulpt_optimizer_options;
 
+/* weight_decay: "whatever torch.optim uses for this kind" */
+#define ULPT_WEIGHT_DECAY_DEFAULT (-1.0)
+
 #define ULPT_OPTIMIZER_OPTIONS_INIT \
-    { ULPT_OPTIMIZER_OPTIONS_VERSION, ULPT_OPT_ADAMW, 1e-3, 0.9, 0.999, 1e-8, 0.01, 0.0, \
-      0.0, ULPT_SCHED_CONSTANT, 0, 0 }
+    { ULPT_OPTIMIZER_OPTIONS_VERSION, ULPT_OPT_ADAMW, 1e-3, 0.9, 0.999, 1e-8,            \
+      ULPT_WEIGHT_DECAY_DEFAULT, 0.0, 0.0, ULPT_SCHED_CONSTANT, 0, 0 }
 
 /* Create an optimizer for `prompt` (opts NULL = defaults).  The prompt must outlive the
  * optimizer.  Allocates the moment buffers and the n_tokens x dim buffers that

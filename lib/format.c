@@ -10,6 +10,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <zlib.h>
 
@@ -590,8 +591,11 @@ static int decode(const char *func, const unsigned char *b, size_t len, ulpt_pro
 
     ulpt_prompt *p = NULL;
     ulpt_optimizer *o = NULL;
-    if ((rc = ulpt_prompt_create(&p, &po)) != ULPT_OK)
-        return rc == ULPT_ERR_NOMEM ? rc : CORRUPT("bad shape (%s)", ulpt_last_error());
+    if ((rc = ulpt_prompt_create(&p, &po)) != ULPT_OK) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", ulpt_last_error()); /* not format from itself */
+        return rc == ULPT_ERR_NOMEM ? rc : CORRUPT("bad shape (%s)", why);
+    }
     tensor tp, t1, t2;
     uint64_t declared = get64(f.shape.data + 40);
     if (declared != p->n_params)
@@ -617,8 +621,11 @@ static int decode(const char *func, const unsigned char *b, size_t len, ulpt_pro
         oo.max_grad_norm = getf64(q + 56);
         oo.warmup_steps = get64(q + 64), oo.total_steps = get64(q + 72);
         rc = ulpt_optimizer_create(&o, p, &oo);
-        if (rc && rc != ULPT_ERR_NOMEM)
-            rc = CORRUPT("bad optimizer options (%s)", ulpt_last_error());
+        if (rc && rc != ULPT_ERR_NOMEM) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", ulpt_last_error());
+            rc = CORRUPT("bad optimizer options (%s)", why);
+        }
         if (!rc)
             rc = tensor_check(func, &f.mom1, o->n, "first moments", &t1);
         if (!rc)
@@ -656,11 +663,23 @@ static int decode(const char *func, const unsigned char *b, size_t len, ulpt_pro
 /* ulpt_free finds the allocator that made a buffer in front of it. */
 #define BUFFER_PREFIX 64
 
-static int check_save_options(const char *func, const ulpt_save_options *o)
+/* The bytes each version of the caller-facing structs has (see prompt.c). */
+static const size_t save_options_size[ULPT_SAVE_OPTIONS_VERSION + 1] = {
+    0, sizeof(ulpt_save_options),
+};
+static const size_t file_info_size[ULPT_FILE_INFO_VERSION + 1] = { 0, sizeof(ulpt_file_info) };
+
+/* The caller's options, read as far as its version goes, into *o. */
+static int check_save_options(const char *func, const ulpt_save_options *in, ulpt_save_options *o)
 {
-    if (o->version < 1 || o->version > ULPT_SAVE_OPTIONS_VERSION)
+    static const ulpt_save_options defaults = ULPT_SAVE_OPTIONS_INIT;
+    *o = defaults;
+    if (!in)
+        return ULPT_OK;
+    if (in->version < 1 || in->version > ULPT_SAVE_OPTIONS_VERSION)
         return ulpt__error(ULPT_ERR_INVALID, func, "unknown save options version %u",
-                           o->version);
+                           in->version);
+    memcpy(o, in, save_options_size[in->version]);
     if (o->dtype < ULPT_DTYPE_F32 || o->dtype > ULPT_DTYPE_BF16)
         return ulpt__error(ULPT_ERR_INVALID, func, "unknown dtype %d", o->dtype);
     if (o->level < 0 || o->level > 9)
@@ -671,14 +690,14 @@ static int check_save_options(const char *func, const ulpt_save_options *o)
 int ulpt_prompt_save_buffer(const ulpt_prompt *p, void **buf, size_t *len,
                             const ulpt_save_options *opts)
 {
-    static const ulpt_save_options defaults = ULPT_SAVE_OPTIONS_INIT;
     const char *func = __func__;
     if (!p || !buf || !len)
         return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !p ? "prompt" : !buf ? "buf" : "len");
-    opts = opts ? opts : &defaults;
-    int rc = check_save_options(func, opts);
+    ulpt_save_options so;
+    int rc = check_save_options(func, opts, &so);
     if (rc)
         return rc;
+    opts = &so;
     ulpt_allocator a = ulpt__allocator();
     unsigned char *data;
     size_t n;
@@ -709,14 +728,14 @@ void ulpt_free(void *ptr)
 
 int ulpt_prompt_save(const ulpt_prompt *p, const char *path, const ulpt_save_options *opts)
 {
-    static const ulpt_save_options defaults = ULPT_SAVE_OPTIONS_INIT;
     const char *func = __func__;
     if (!p || !path)
         return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !p ? "prompt" : "path");
-    opts = opts ? opts : &defaults;
-    int rc = check_save_options(func, opts);
+    ulpt_save_options so;
+    int rc = check_save_options(func, opts, &so);
     if (rc)
         return rc;
+    opts = &so;
     ulpt_allocator a = ulpt__allocator();
     unsigned char *data;
     size_t n;
@@ -821,7 +840,7 @@ int ulpt_file_inspect(const char *path, ulpt_file_info *info)
     ulpt__free(&a, data);
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
-    if (!rc)
-        *info = tmp;
+    if (!rc) /* only the fields the caller's version has */
+        memcpy(info, &tmp, file_info_size[info->version]);
     return rc;
 }

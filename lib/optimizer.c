@@ -15,11 +15,13 @@ static int bad_range(double x, double lo, double hi) { return !(x >= lo && x < h
 /* Errors found while checking options name the public call that got them. */
 #define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, "ulpt_optimizer_create", __VA_ARGS__)
 
+/* The bytes of ulpt_optimizer_options each version has (see prompt.c). */
+static const size_t options_size[ULPT_OPTIMIZER_OPTIONS_VERSION + 1] = {
+    0, sizeof(ulpt_optimizer_options),
+};
+
 static int check_options(const ulpt_optimizer_options *o)
 {
-    if (o->version < 1 || o->version > ULPT_OPTIMIZER_OPTIONS_VERSION)
-        return BAD_OPTION("unknown options version %u (this library knows 1..%d)", o->version,
-                          ULPT_OPTIMIZER_OPTIONS_VERSION);
     if (o->kind < ULPT_OPT_SGD || o->kind > ULPT_OPT_ADAMW)
         return BAD_OPTION("unknown optimizer kind %d", o->kind);
     if (o->schedule < ULPT_SCHED_CONSTANT || o->schedule > ULPT_SCHED_COSINE)
@@ -51,7 +53,14 @@ int ulpt_optimizer_create(ulpt_optimizer **out, ulpt_prompt *prompt,
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "prompt");
     if (!opts)
         opts = &defaults;
-    int rc = check_options(opts);
+    if (opts->version < 1 || opts->version > ULPT_OPTIMIZER_OPTIONS_VERSION)
+        return BAD_OPTION("unknown options version %u (this library knows 1..%d)", opts->version,
+                          ULPT_OPTIMIZER_OPTIONS_VERSION);
+    ulpt_optimizer_options opt = defaults;
+    memcpy(&opt, opts, options_size[opts->version]);
+    if (opt.weight_decay == ULPT_WEIGHT_DECAY_DEFAULT)
+        opt.weight_decay = opt.kind == ULPT_OPT_ADAMW ? 0.01 : 0.0;
+    int rc = check_options(&opt);
     if (rc)
         return rc;
 
@@ -71,7 +80,7 @@ int ulpt_optimizer_create(ulpt_optimizer **out, ulpt_prompt *prompt,
     }
     o->al = al;
     o->prompt = prompt;
-    o->opt = *opts;
+    o->opt = opt;
     o->opt.version = ULPT_OPTIMIZER_OPTIONS_VERSION;
     o->n = n;
     o->m = buf;

@@ -23,13 +23,16 @@
 #define FORWARD_BLOCK_FLOATS 32768u
 
 /* Errors found while checking options name the public call that got them. */
-#define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, "ulpt_prompt_create", __VA_ARGS__)
+#define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, func, __VA_ARGS__)
 
-static int check_options(const ulpt_prompt_options *o)
+/* The bytes of ulpt_prompt_options each version has: a caller built against an older
+ * header passes a shorter struct, whose missing fields keep their defaults. */
+static const size_t options_size[ULPT_PROMPT_OPTIONS_VERSION + 1] = {
+    0, sizeof(ulpt_prompt_options),
+};
+
+static int check_options(const char *func, const ulpt_prompt_options *o)
 {
-    if (o->version < 1 || o->version > ULPT_PROMPT_OPTIONS_VERSION)
-        return BAD_OPTION("unknown options version %u (this library knows 1..%d)", o->version,
-                          ULPT_PROMPT_OPTIONS_VERSION);
     if (o->projection_kind < ULPT_PROJ_XAVIER_UNIFORM || o->projection_kind > ULPT_PROJ_IDENTITY)
         return BAD_OPTION("unknown projection kind %d", o->projection_kind);
     if (o->flags & ~(ULPT_NO_SCALE | ULPT_NO_SHIFT))
@@ -74,18 +77,47 @@ static int layout(const ulpt_prompt_options *o, size_t *n_params, size_t *n_scra
     return ulpt__mul(total, sizeof(float), &bytes) && ulpt__mul(nd, sizeof(float), &bytes);
 }
 
-int ulpt_prompt_create(ulpt_prompt **out, const ulpt_prompt_options *opts)
+/* The projections of a prompt: shared ones must be exactly those the options imply. */
+static int check_shared(const char *func, const ulpt_prompt_options *o,
+                        ulpt_projection *const *shared)
 {
-    if (!out || !opts)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "opts");
-    int rc = check_options(opts);
+    for (uint32_t g = 0; g < o->n_groups; g++) {
+        const ulpt_projection *pr = shared[g];
+        if (!pr)
+            return ulpt__error(ULPT_ERR_INVALID, func, "projection of group %u is NULL", g);
+        uint64_t seed = ulpt__group_seed(o->projection_seed, g);
+        if (ulpt_projection_rank(pr) != o->rank || ulpt_projection_dim(pr) != o->dim ||
+            ulpt_projection_kind(pr) != o->projection_kind || ulpt_projection_seed(pr) != seed)
+            return ulpt__error(ULPT_ERR_MISMATCH, func,
+                               "projection of group %u is (seed %llu, rank %u, dim %u, kind %d); "
+                               "the options need (seed %llu, rank %u, dim %u, kind %d)",
+                               g, (unsigned long long)ulpt_projection_seed(pr),
+                               ulpt_projection_rank(pr), ulpt_projection_dim(pr),
+                               ulpt_projection_kind(pr), (unsigned long long)seed, o->rank, o->dim,
+                               o->projection_kind);
+    }
+    return ULPT_OK;
+}
+
+static int create(const char *func, ulpt_prompt **out, const ulpt_prompt_options *in,
+                  ulpt_projection *const *shared)
+{
+    if (!out || !in)
+        return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !out ? "out" : "opts");
+    if (in->version < 1 || in->version > ULPT_PROMPT_OPTIONS_VERSION)
+        return BAD_OPTION("unknown options version %u (this library knows 1..%d)", in->version,
+                          ULPT_PROMPT_OPTIONS_VERSION);
+    ulpt_prompt_options o = ULPT_PROMPT_OPTIONS_INIT, *opts = &o;
+    memcpy(&o, in, options_size[in->version]);
+    int rc = check_options(func, opts);
+    if (!rc && shared)
+        rc = check_shared(func, opts, shared);
     if (rc)
         return rc;
     size_t n_params, n_scratch;
     if (!layout(opts, &n_params, &n_scratch))
-        return ULPT_FAIL(ULPT_ERR_INVALID,
-                         "%u tokens x dim %u x rank %u is past addressable memory", opts->n_tokens,
-                         opts->dim, opts->rank);
+        return BAD_OPTION("%u tokens x dim %u x rank %u is past addressable memory",
+                          opts->n_tokens, opts->dim, opts->rank);
 
     ulpt_allocator al = ulpt__allocator();
     ulpt_prompt *p = ulpt__calloc(&al, 1, sizeof *p);
@@ -104,13 +136,16 @@ int ulpt_prompt_create(ulpt_prompt **out, const ulpt_prompt_options *opts)
     p->params = ulpt__calloc(&al, 2 * n_params + n_scratch, sizeof(float));
     if (!p->proj || !p->params) {
         ulpt_prompt_free(p);
-        return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for a prompt of %zu parameters", n_params);
+        return ulpt__error(ULPT_ERR_NOMEM, func, "no memory for a prompt of %zu parameters",
+                           n_params);
     }
     for (uint32_t g = 0; g < p->groups; g++) {
-        if (ulpt_projection_create(&p->proj[g], ulpt__group_seed(opts->projection_seed, g), p->r,
-                                   p->d, p->kind)) {
+        if (shared) {
+            p->proj[g] = ulpt__projection_ref(shared[g]);
+        } else if (ulpt_projection_create(&p->proj[g], ulpt__group_seed(opts->projection_seed, g),
+                                          p->r, p->d, p->kind)) {
             ulpt_prompt_free(p);
-            return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for projection group %u", g);
+            return ulpt__error(ULPT_ERR_NOMEM, func, "no memory for projection group %u", g);
         }
     }
 
@@ -135,6 +170,19 @@ int ulpt_prompt_create(ulpt_prompt **out, const ulpt_prompt_options *opts)
     ulpt__normal_fill(p->z, nz, opts->init_seed, p->r, 0, opts->init_std);
     *out = p;
     return ULPT_OK;
+}
+
+int ulpt_prompt_create(ulpt_prompt **out, const ulpt_prompt_options *opts)
+{
+    return create(__func__, out, opts, NULL);
+}
+
+int ulpt_prompt_create_shared(ulpt_prompt **out, const ulpt_prompt_options *opts,
+                              ulpt_projection *const *projections)
+{
+    if (!projections)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "projections is NULL");
+    return create(__func__, out, opts, projections);
 }
 
 void ulpt_prompt_free(ulpt_prompt *p)

@@ -48,9 +48,9 @@ int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn, voi
     ulpt_prompt_zero_grad(p);
     ulpt_prompt_backward(p, g, d);
     rc = ulpt_optimizer_step(o);
-    if (rc != 0) {
+    if (rc != 0) { /* finite G, but backward overflowed */
         memcpy(grads, saved, np * sizeof(float));
-        return rc;
+        return ULPT_FAIL(rc, "the gradient overflowed in backward; nothing was changed");
     }
     if (loss)
         *loss = value;

@@ -3,6 +3,7 @@
 #include "test.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 
 START_TEST(version_of_the_loaded_library_matches_the_header)
@@ -138,6 +139,36 @@ START_TEST(null_and_short_stride_arguments_are_refused)
     po.n_tokens = 2, po.dim = 8;
     ulpt_projection *pr;
 
+/* each refused call sets a fresh, non-empty message naming the call */
+#define REFUSED(call, name)                                                                \
+    do {                                                                                   \
+        ulpt_set_num_threads(-1); /* leave a different message behind first */           \
+        ck_assert_int_eq((call), ULPT_ERR_INVALID);                                        \
+        ck_assert_msg(strstr(ulpt_last_error(), name), "%s: \"%s\"", #call, ulpt_last_error()); \
+    } while (0)
+    REFUSED(ulpt_prompt_create(NULL, &po), "ulpt_prompt_create");
+    REFUSED(ulpt_prompt_forward(p, NULL, 8), "ulpt_prompt_forward");
+    REFUSED(ulpt_prompt_backward(p, buf, 7), "ulpt_prompt_backward");
+    REFUSED(ulpt_optimizer_create(&o, NULL, NULL), "ulpt_optimizer_create");
+    REFUSED(ulpt_optimizer_step(NULL), "ulpt_optimizer_step");
+    REFUSED(ulpt_train_step(p, NULL, NULL, NULL, NULL), "ulpt_train_step");
+    REFUSED(ulpt_projection_create(&pr, 1, 9, 8, 0), "ulpt_projection_create");
+    REFUSED(ulpt_prompt_create_shared(NULL, &po, NULL), "ulpt_prompt_create_shared");
+    REFUSED(ulpt_prompt_set_meta(p, "", "x"), "ulpt_prompt_set_meta");
+    REFUSED(ulpt_prompt_meta_at(p, 5, NULL, NULL), "ulpt_prompt_meta_at");
+    REFUSED(ulpt_prompt_save(p, NULL, NULL), "ulpt_prompt_save");
+    REFUSED(ulpt_prompt_save_buffer(p, NULL, NULL, NULL), "ulpt_prompt_save_buffer");
+    REFUSED(ulpt_prompt_load(NULL, "x"), "ulpt_prompt_load");
+    REFUSED(ulpt_prompt_load_buffer(NULL, "x", 1), "ulpt_prompt_load_buffer");
+    REFUSED(ulpt_prompt_load_for_model(NULL, "x", "m"), "ulpt_prompt_load_for_model");
+    REFUSED(ulpt_checkpoint_save(p, NULL, "x"), "ulpt_checkpoint_save");
+    REFUSED(ulpt_checkpoint_load(NULL, NULL, "x"), "ulpt_checkpoint_load");
+    REFUSED(ulpt_prompt_export_safetensors(p, NULL), "ulpt_prompt_export_safetensors");
+    REFUSED(ulpt_file_inspect(NULL, NULL), "ulpt_file_inspect");
+    ck_assert_int_eq(ulpt_set_allocator(&(ulpt_allocator){ 0 }), ULPT_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "ulpt_set_allocator"));
+#undef REFUSED
+
     ck_assert_int_eq(ulpt_prompt_create(NULL, &po), ULPT_ERR_INVALID);
     ck_assert_int_eq(ulpt_prompt_create((ulpt_prompt **)&pr, NULL), ULPT_ERR_INVALID);
     ck_assert_int_eq(ulpt_prompt_forward(NULL, buf, 8), ULPT_ERR_INVALID);
@@ -179,11 +210,27 @@ START_TEST(null_and_short_stride_arguments_are_refused)
 }
 END_TEST
 
+static void *fail_in_thread(void *arg)
+{
+    (void)arg;
+    static char seen[256];
+    snprintf(seen, sizeof seen, "%s", ulpt_last_error()); /* fresh thread: empty */
+    if (seen[0] != '\0' || ulpt_set_num_threads(-5) != ULPT_ERR_INVALID)
+        return NULL;
+    snprintf(seen, sizeof seen, "%s", ulpt_last_error());
+    return seen;
+}
+
 START_TEST(errors_are_per_thread)
 {
-    /* a failure here does not show through another thread's message: the storage is
-       thread-local (a fresh thread starts with an empty message) */
     ck_assert_int_eq(ulpt_set_num_threads(0), ULPT_ERR_INVALID);
+    pthread_t t;
+    void *other;
+    pthread_create(&t, NULL, fail_in_thread, NULL);
+    pthread_join(t, &other);
+    ck_assert_ptr_nonnull(other);
+    ck_assert_ptr_nonnull(strstr(other, "thread count -5"));
+    /* the other thread's failure did not touch this thread's message */
     ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "thread count 0"));
 }
 END_TEST
@@ -198,6 +245,12 @@ static int create_all(ulpt_projection **pr, ulpt_prompt **p, ulpt_optimizer **o)
     ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
     po.n_tokens = 6, po.dim = 40, po.n_groups = 3;
     rc = ulpt_prompt_create(p, &po);
+    if (rc)
+        return rc;
+    ulpt_prompt *shared = NULL;
+    po.n_groups = 1, po.rank = 3, po.projection_seed = 9, po.projection_kind = ULPT_PROJ_GAUSSIAN;
+    rc = ulpt_prompt_create_shared(&shared, &po, pr);
+    ulpt_prompt_free(shared);
     if (rc)
         return rc;
     return ulpt_optimizer_create(o, *p, NULL);
@@ -295,6 +348,82 @@ START_TEST(options_of_version_one_are_accepted)
 }
 END_TEST
 
+START_TEST(shared_projection_serves_many_prompts_and_outlives_its_creator)
+{
+    ulpt_projection *pr[2];
+    ck_assert_int_eq(ulpt_projection_create(&pr[0], 1234, 2, 32, ULPT_PROJ_XAVIER_UNIFORM), ULPT_OK);
+    ck_assert_int_eq(ulpt_projection_create(&pr[1], 1234 + 0x9E3779B97F4A7C15u, 2, 32,
+                                            ULPT_PROJ_XAVIER_UNIFORM), ULPT_OK);
+    ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
+    po.n_tokens = 6, po.dim = 32, po.n_groups = 2, po.projection_seed = 1234, po.init_seed = 99;
+    ulpt_prompt *a, *b, *own;
+    ck_assert_int_eq(ulpt_prompt_create_shared(&a, &po, pr), ULPT_OK);
+    ck_assert_int_eq(ulpt_prompt_create_shared(&b, &po, pr), ULPT_OK);
+    ck_assert_int_eq(ulpt_prompt_create(&own, &po), ULPT_OK);
+    ck_assert_ptr_eq(ulpt_prompt_projection(a, 1), pr[1]); /* the same matrix, not a copy */
+    ck_assert_ptr_eq(ulpt_prompt_projection(b, 0), pr[0]);
+    const float *data = ulpt_projection_data(pr[0]);
+    ulpt_projection_free(pr[0]); /* the caller lets go; the prompts keep it */
+    ulpt_projection_free(pr[1]);
+    ulpt_prompt_free(a);
+    float e1[6 * 32], e2[6 * 32];
+    ck_assert_int_eq(ulpt_prompt_forward(b, e1, 32), ULPT_OK);
+    ck_assert_int_eq(ulpt_prompt_forward(own, e2, 32), ULPT_OK);
+    ck_assert_mem_eq(e1, e2, sizeof e1);
+    ck_assert_ptr_eq(ulpt_projection_data(ulpt_prompt_projection(b, 0)), data);
+    ulpt_prompt_free(b);
+    ulpt_prompt_free(own);
+}
+END_TEST
+
+START_TEST(shared_projection_must_be_the_one_the_options_imply)
+{
+    ulpt_projection *pr;
+    ck_assert_int_eq(ulpt_projection_create(&pr, 5, 2, 32, ULPT_PROJ_XAVIER_UNIFORM), ULPT_OK);
+    ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
+    po.n_tokens = 4, po.dim = 32, po.projection_seed = 6;
+    ulpt_prompt *p = NULL;
+    ck_assert_int_eq(ulpt_prompt_create_shared(&p, &po, &pr), ULPT_ERR_MISMATCH);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "seed 5"));
+    po.projection_seed = 5, po.dim = 33;
+    ck_assert_int_eq(ulpt_prompt_create_shared(&p, &po, &pr), ULPT_ERR_MISMATCH);
+    po.dim = 32, po.projection_kind = ULPT_PROJ_GAUSSIAN;
+    ck_assert_int_eq(ulpt_prompt_create_shared(&p, &po, &pr), ULPT_ERR_MISMATCH);
+    ulpt_projection *none[1] = { NULL };
+    po.projection_kind = ULPT_PROJ_XAVIER_UNIFORM;
+    ck_assert_int_eq(ulpt_prompt_create_shared(&p, &po, none), ULPT_ERR_INVALID);
+    ck_assert_ptr_null(p);
+    ulpt_projection_free(pr);
+}
+END_TEST
+
+static int overflowing(void *user, const float *e, uint32_t n, uint32_t d, float *grad, double *loss)
+{
+    (void)user, (void)e;
+    for (size_t k = 0; k < (size_t)n * d; k++)
+        grad[k] = 3e38f; /* finite, but its sums are not */
+    *loss = 1;
+    return 0;
+}
+
+START_TEST(overflow_in_backward_is_reported_by_train_step_and_changes_nothing)
+{
+    ulpt_prompt *p = test_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_optimizer *o;
+    ulpt_optimizer_create(&o, p, NULL);
+    float params[4 * 2 + 16];
+    memcpy(params, ulpt_prompt_params(p), sizeof params);
+    ck_assert_int_eq(ulpt_train_step(p, o, overflowing, NULL, NULL), ULPT_ERR_NONFINITE);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "ulpt_train_step"));
+    ck_assert_mem_eq(ulpt_prompt_params(p), params, sizeof params);
+    for (size_t i = 0; i < ulpt_prompt_num_params(p); i++)
+        ck_assert_float_eq(ulpt_prompt_grads(p)[i], 0.0f);
+    ck_assert_uint_eq(ulpt_optimizer_step_count(o), 0);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
 Suite *api_suite(void)
 {
     Suite *s = suite_create("api");
@@ -310,6 +439,9 @@ Suite *api_suite(void)
     tcase_add_test(tc, objects_are_freed_with_the_allocator_that_made_them);
     tcase_add_loop_test(tc, hot_path_does_not_allocate, 0, 2);
     tcase_add_test(tc, options_of_version_one_are_accepted);
+    tcase_add_test(tc, shared_projection_serves_many_prompts_and_outlives_its_creator);
+    tcase_add_test(tc, shared_projection_must_be_the_one_the_options_imply);
+    tcase_add_test(tc, overflow_in_backward_is_reported_by_train_step_and_changes_nothing);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -282,7 +282,7 @@ START_TEST(defaults_are_torch_adamw)
     ck_assert_double_eq(d.beta1, 0.9);
     ck_assert_double_eq(d.beta2, 0.999);
     ck_assert_double_eq(d.eps, 1e-8);
-    ck_assert_double_eq(d.weight_decay, 1e-2);
+    ck_assert_double_eq(d.weight_decay, ULPT_WEIGHT_DECAY_DEFAULT);
     ck_assert_double_eq(d.max_grad_norm, 0);
     ck_assert_int_eq(d.schedule, ULPT_SCHED_CONSTANT);
     /* NULL options give the same optimizer as the defaults */
@@ -303,6 +303,34 @@ START_TEST(defaults_are_torch_adamw)
 }
 END_TEST
 
+/* torch's weight-decay default depends on the optimizer: AdamW 0.01, Adam and SGD 0. */
+START_TEST(default_weight_decay_is_torchs_for_each_kind)
+{
+    static const double torch_wd[] = { 0.0, 0.0, 0.01 }; /* SGD, Adam, AdamW */
+    const int kind = _i;
+    ulpt_prompt *p = flat_prompt(1.0f), *q = flat_prompt(1.0f);
+    ulpt_optimizer_options d = ULPT_OPTIMIZER_OPTIONS_INIT, e;
+    d.kind = kind;
+    d.lr = 0.1;
+    e = d;
+    e.weight_decay = torch_wd[kind];
+    ulpt_optimizer *a, *b;
+    ck_assert_int_eq(ulpt_optimizer_create(&a, p, &d), ULPT_OK);
+    ck_assert_int_eq(ulpt_optimizer_create(&b, q, &e), ULPT_OK);
+    for (int t = 0; t < 3; t++) {
+        set_grads(p, 0.3f);
+        set_grads(q, 0.3f);
+        ulpt_optimizer_step(a);
+        ulpt_optimizer_step(b);
+    }
+    ck_assert_mem_eq(ulpt_prompt_params(p), ulpt_prompt_params(q), 10 * sizeof(float));
+    ulpt_optimizer_free(a);
+    ulpt_optimizer_free(b);
+    ulpt_prompt_free(p);
+    ulpt_prompt_free(q);
+}
+END_TEST
+
 Suite *optimizer_suite(void)
 {
     Suite *s = suite_create("optimizer");
@@ -315,6 +343,8 @@ Suite *optimizer_suite(void)
                         (int)(sizeof traj / sizeof traj[0]));
     tcase_add_loop_test(tc, step_refuses_nonfinite_gradients_and_changes_nothing, 0, 2);
     tcase_add_test(tc, defaults_are_torch_adamw);
+    tcase_add_loop_test(tc, default_weight_decay_is_torchs_for_each_kind, ULPT_OPT_SGD,
+                        ULPT_OPT_ADAMW + 1);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -114,6 +114,7 @@ REALLOC_FN = CFUNCTYPE(c_void_p, c_void_p, c_void_p, c_size_t)
 FREE_FN = CFUNCTYPE(None, c_void_p, c_void_p)
 
 
+WEIGHT_DECAY_DEFAULT = -1.0  # torch's default for the kind: AdamW 0.01, Adam/SGD 0
 DTYPE_F32 = 0
 DTYPE_F16 = 1
 DTYPE_BF16 = 2
@@ -175,7 +176,8 @@ def prompt_options(**kwargs):
 def optimizer_options(**kwargs):
     """A ulpt_optimizer_options with ULPT_OPTIMIZER_OPTIONS_INIT's defaults, then `kwargs`."""
     return _fill(ulpt_optimizer_options(OPTIMIZER_OPTIONS_VERSION, OPT_ADAMW, 1e-3, 0.9,
-                                        0.999, 1e-8, 0.01, 0.0, 0.0, SCHED_CONSTANT, 0, 0),
+                                        0.999, 1e-8, WEIGHT_DECAY_DEFAULT, 0.0, 0.0,
+                                        SCHED_CONSTANT, 0, 0),
                  kwargs)
 
 

@@ -341,6 +341,27 @@ def test_optimizer_default_options_are_adamw_lr1e3_wd001_like_torch():
                                        rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
+def test_optimizer_defaults_match_torch_for_each_kind(kind):
+    # weight decay defaults to torch's for the kind: 0 for SGD and Adam, 0.01 for AdamW
+    ukind = {"sgd": ulpt.OPT_SGD, "adam": ulpt.OPT_ADAM, "adamw": ulpt.OPT_ADAMW}[kind]
+    with ulpt.Prompt(n_tokens=3, rank=2, dim=5, init_seed=2) as prompt, \
+            ulpt.Optimizer(prompt, kind=ukind) as opt:
+        param = torch.nn.Parameter(torch.tensor(prompt.params.copy()))
+        make = {"sgd": lambda: torch.optim.SGD([param], lr=1e-3, foreach=False),
+                "adam": lambda: torch.optim.Adam([param], foreach=False),
+                "adamw": lambda: torch.optim.AdamW([param], foreach=False)}[kind]
+        topt = make()
+        rng = np.random.default_rng(5)
+        for t in range(25):
+            g = rng.standard_normal(prompt.num_params).astype(np.float32)
+            prompt.grads[:] = g
+            param.grad = torch.tensor(g)
+            opt.step()
+            topt.step()
+        np.testing.assert_allclose(prompt.params, param.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_option_helpers_return_header_defaults():
     p = ulpt.prompt_options()
     assert (p.version, p.n_tokens, p.rank, p.dim, p.n_groups, p.projection_seed,
@@ -349,7 +370,8 @@ def test_option_helpers_return_header_defaults():
     o = ulpt.optimizer_options(lr=0.5)
     assert (o.version, o.kind, o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.momentum,
             o.max_grad_norm, o.schedule, o.warmup_steps, o.total_steps) == \
-        (1, ulpt.OPT_ADAMW, 0.5, 0.9, 0.999, 1e-8, 0.01, 0.0, 0.0, ulpt.SCHED_CONSTANT, 0, 0)
+        (1, ulpt.OPT_ADAMW, 0.5, 0.9, 0.999, 1e-8, ulpt.WEIGHT_DECAY_DEFAULT, 0.0, 0.0,
+         ulpt.SCHED_CONSTANT, 0, 0)
     with pytest.raises(TypeError):
         ulpt.optimizer_options(learning_rate=1.0)
 
