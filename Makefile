@@ -93,6 +93,7 @@ check: deps
 
 check-run: all tests/test_ulpt examples/quickstart warnings
 	./tests/test_ulpt
+	@$(MAKE) --no-print-directory check-abi
 	sh tests/check-exports.sh
 	sh tests/check-install.sh
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/python
@@ -110,7 +111,7 @@ SAN_BUILD = clang -std=c11 -g -O1 -fno-omit-frame-pointer -Iinclude -Ilib \
 	$(BLAS_CFLAGS) $(ZLIB_CFLAGS) $(CHECK_CFLAGS) $(SRCS) $(TEST_SRCS) \
 	$(CHECK_LIBS) $(DEP_LIBS) -pthread
 
-.PHONY: check-asan check-ubsan check-valgrind check-tsan fuzz coverage
+.PHONY: check-asan check-ubsan check-valgrind check-tsan fuzz coverage check-abi abi-baseline
 check-asan: deps
 	$(SAN_BUILD) -fsanitize=address -o tests/test_ulpt-asan
 	CK_FORK=no ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 ./tests/test_ulpt-asan
@@ -162,6 +163,23 @@ coverage: deps
 	./tests/cov/test_ulpt > tests/cov/run.log 2>&1 || { tail -20 tests/cov/run.log; exit 1; }
 	gcovr --root . --filter 'lib/' --object-directory tests/cov --branches | tail -n 3
 	gcovr --root . --filter 'lib/' --object-directory tests/cov --txt - | tail -n 20
+
+# ABI guard: the exported functions and types against the committed baseline
+# (abidw), and the public structs' layout frozen at compile time.  New functions are
+# fine; anything else that changes is an incompatible change.
+ABI_BASELINE := tests/abi/libulpt.so.1.abi
+check-abi: all
+	@$(CC) -std=c11 -Iinclude tests/abi/layout.c -o tests/abi/layout || { \
+	    echo "check-abi: a public struct changed layout; bump the soname deliberately"; exit 1; }
+	@abidiff --no-added-syms $(ABI_BASELINE) lib/libulpt.so.1 > tests/abi/abidiff.txt; rc=$$?; \
+	if [ $$rc -ne 0 ]; then cat tests/abi/abidiff.txt; \
+	    echo "check-abi: libulpt.so.1 is not ABI-compatible with $(ABI_BASELINE) (abidiff $$rc)."; \
+	    echo "Restore the ABI, or bump ULPT_VERSION_MAJOR and the soname deliberately and"; \
+	    echo "run 'make abi-baseline'."; exit 1; fi
+	@echo "check-abi: libulpt.so.1 is compatible with $(ABI_BASELINE); struct layouts unchanged"
+
+abi-baseline: all
+	abidw --no-corpus-path lib/libulpt.so.1 > $(ABI_BASELINE)
 
 # ---- benchmark ----------------------------------------------------------------------
 
