@@ -1,9 +1,12 @@
 /* test_api.c -- the calling conventions: versions, every error path with its code and
  * message, out-of-memory at every allocation, and no allocation on the hot path. */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include "test.h"
 
 #include <limits.h>
 #include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdio.h>
 
 START_TEST(version_of_the_loaded_library_matches_the_header)
@@ -424,6 +427,51 @@ START_TEST(overflow_in_backward_is_reported_by_train_step_and_changes_nothing)
 }
 END_TEST
 
+/* A caller built against version 1 of a struct passes exactly version 1's bytes.  Put
+ * each struct so that its last byte is the last readable one before a PROT_NONE page: a
+ * library that read (or wrote) past the caller's version would fault. */
+static void *at_page_end(size_t size, void **map, long *page)
+{
+    *page = sysconf(_SC_PAGESIZE);
+    unsigned char *mem = mmap(NULL, 2 * (size_t)*page, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ck_assert_ptr_ne(mem, MAP_FAILED);
+    ck_assert_int_eq(mprotect(mem + *page, (size_t)*page, PROT_NONE), 0);
+    *map = mem;
+    return mem + *page - size;
+}
+
+START_TEST(structs_are_accessed_only_as_far_as_their_version)
+{
+    void *m1, *m2, *m3, *m4;
+    long page;
+    ulpt_prompt_options *po = at_page_end(sizeof *po, &m1, &page);
+    *po = (ulpt_prompt_options)ULPT_PROMPT_OPTIONS_INIT;
+    po->n_tokens = 4, po->dim = 8;
+    ulpt_optimizer_options *oo = at_page_end(sizeof *oo, &m2, &page);
+    *oo = (ulpt_optimizer_options)ULPT_OPTIMIZER_OPTIONS_INIT;
+    ulpt_save_options *so = at_page_end(sizeof *so, &m3, &page);
+    *so = (ulpt_save_options)ULPT_SAVE_OPTIONS_INIT;
+    ulpt_file_info *fi = at_page_end(sizeof *fi, &m4, &page);
+    *fi = (ulpt_file_info)ULPT_FILE_INFO_INIT;
+
+    ulpt_prompt *p;
+    ulpt_optimizer *o;
+    ck_assert_int_eq(ulpt_prompt_create(&p, po), ULPT_OK);
+    ck_assert_int_eq(ulpt_optimizer_create(&o, p, oo), ULPT_OK);
+    char path[200];
+    snprintf(path, sizeof path, "%s/v1-%ld.ulpt", test_dir(), (long)getpid());
+    ck_assert_int_eq(ulpt_prompt_save(p, path, so), ULPT_OK);
+    ck_assert_int_eq(ulpt_file_inspect(path, fi), ULPT_OK);
+    ck_assert_int_eq(fi->kind, ULPT_FILE_PROMPT);
+    unlink(path);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+    munmap(m1, 2 * (size_t)page), munmap(m2, 2 * (size_t)page);
+    munmap(m3, 2 * (size_t)page), munmap(m4, 2 * (size_t)page);
+}
+END_TEST
+
 Suite *api_suite(void)
 {
     Suite *s = suite_create("api");
@@ -439,6 +487,7 @@ Suite *api_suite(void)
     tcase_add_test(tc, objects_are_freed_with_the_allocator_that_made_them);
     tcase_add_loop_test(tc, hot_path_does_not_allocate, 0, 2);
     tcase_add_test(tc, options_of_version_one_are_accepted);
+    tcase_add_test(tc, structs_are_accessed_only_as_far_as_their_version);
     tcase_add_test(tc, shared_projection_serves_many_prompts_and_outlives_its_creator);
     tcase_add_test(tc, shared_projection_must_be_the_one_the_options_imply);
     tcase_add_test(tc, overflow_in_backward_is_reported_by_train_step_and_changes_nothing);
