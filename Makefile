@@ -121,7 +121,7 @@ check-ubsan: deps
 	CK_FORK=no ./tests/test_ulpt-ubsan
 
 check-valgrind: deps tests/test_ulpt
-	CK_FORK=no valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect \
+	ULPT_TEST_QUICK=1 CK_FORK=no valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect \
 	    --errors-for-leak-kinds=definite,indirect --error-exitcode=1 ./tests/test_ulpt
 
 # Threads sharing a projection and a served prompt while each trains its own.

@@ -25,6 +25,14 @@ static inline double test_uniform(uint64_t *state)
     return (double)(*state >> 11) * 0x1p-52 - 1.0;
 }
 
+/* Loop counts for the slowest exhaustive tests: full normally, a tenth (at least 4) under
+ * valgrind, where `make check-valgrind` sets ULPT_TEST_QUICK. */
+static inline int test_reps(int full)
+{
+    int quick = getenv("ULPT_TEST_QUICK") != NULL;
+    return quick ? (full / 10 > 4 ? full / 10 : 4) : full;
+}
+
 static inline ulpt_prompt *test_prompt(uint32_t n, uint32_t r, uint32_t d, uint32_t groups,
                                        int kind, unsigned flags)
 {

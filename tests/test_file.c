@@ -167,7 +167,7 @@ START_TEST(f16_conversion_matches_a_reference_on_every_half_and_many_floats)
         ck_assert_uint_eq(ulpt__f32_to_f16(f), h);
     }
     uint64_t st = 1;
-    for (int k = 0; k < 2000000; k++) { /* random bit patterns: every exponent */
+    for (int k = 0; k < test_reps(2000000); k++) { /* random bit patterns: every exponent */
         st = st * 6364136223846793005u + 1442695040888963407u;
         uint32_t u = (uint32_t)(st >> 32);
         float f;
@@ -186,7 +186,7 @@ END_TEST
 START_TEST(bf16_conversion_rounds_to_nearest_even)
 {
     uint64_t st = 2;
-    for (int k = 0; k < 2000000; k++) {
+    for (int k = 0; k < test_reps(2000000); k++) {
         st = st * 6364136223846793005u + 1442695040888963407u;
         uint32_t u = (uint32_t)(st >> 32);
         float f;
@@ -584,8 +584,8 @@ START_TEST(save_killed_part_way_leaves_a_loadable_file)
     ulpt_save_options raw = ULPT_SAVE_OPTIONS_INIT;
     raw.level = 0;
     ck_assert_int_eq(ulpt_prompt_save(p, path, &raw), ULPT_OK);
-    int interrupted = 0;
-    for (int round = 0; round < 40; round++) {
+    int interrupted = 0, rounds = test_reps(40);
+    for (int round = 0; round < rounds; round++) {
         pid_t child = fork();
         if (child == 0) {
             for (int k = 1;; k++) { /* keep rewriting with new values */
@@ -604,7 +604,7 @@ START_TEST(save_killed_part_way_leaves_a_loadable_file)
                       ulpt_last_error());
         ulpt_prompt_free(q);
     }
-    ck_assert_int_eq(interrupted, 40);
+    ck_assert_int_eq(interrupted, rounds);
     ulpt_prompt_free(p);
 }
 END_TEST
