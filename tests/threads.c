@@ -1,8 +1,9 @@
 /* threads.c -- the sharing rules of docs/DESIGN.md under ThreadSanitizer (make check-tsan).
  *
- * Several threads share one projection and one served prompt, reading them (forward,
- * save to memory and to a file, safetensors export, metadata) while each trains its own
- * prompt, checkpoints it and reloads it.  Exit status 0 only if every thread saw the
+ * Several threads share one projection (each trains a prompt made on it with
+ * ulpt_prompt_create_shared, so its reference count moves concurrently) and read one
+ * served prompt (forward, save to memory and to a file, safetensors export, metadata),
+ * while each trains its own prompt, checkpoints it and reloads it.  Exit status 0 only if every thread saw the
  * values a single thread computes. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
@@ -16,7 +17,7 @@
 
 enum { THREADS = 4, STEPS = 30, N = 16, R = 2, D = 256 };
 
-static const ulpt_projection *shared_proj;
+static ulpt_projection *shared_proj;
 static const ulpt_prompt *served;
 static float served_e[N * D], proj_copy[R * D];
 static char dir[64];
@@ -39,9 +40,11 @@ static void *worker(void *arg)
     float e[N * D];
     ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
     po.n_tokens = N, po.rank = R, po.dim = D, po.init_seed = (uint64_t)id;
+    po.projection_seed = 7; /* the shared projection's */
     ulpt_prompt *mine;
     ulpt_optimizer *opt;
-    if (ulpt_prompt_create(&mine, &po) || ulpt_optimizer_create(&opt, mine, NULL))
+    if (ulpt_prompt_create_shared(&mine, &po, &shared_proj) ||
+        ulpt_optimizer_create(&opt, mine, NULL))
         return "create failed";
     for (int step = 0; step < STEPS; step++) {
         /* readers of the shared objects */
