@@ -30,7 +30,7 @@ ZLIB_LIBS = $(shell $(PKG_CONFIG) --libs zlib)
 DEP_LIBS = $(BLAS_LIBS) $(ZLIB_LIBS) -lm
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check)
-LIB_CFLAGS = -std=c11 $(WARN) -fPIC -fvisibility=hidden -Iinclude $(BLAS_CFLAGS) $(ZLIB_CFLAGS)
+LIB_CFLAGS = -std=c11 -g $(WARN) -fPIC -fvisibility=hidden -Iinclude $(BLAS_CFLAGS) $(ZLIB_CFLAGS)
 
 SONAME := libulpt.so.$(VERSION_MAJOR)
 SHARED := lib/libulpt.so.$(VERSION)
@@ -164,7 +164,8 @@ coverage: deps
 	gcovr --root . --filter 'lib/' --object-directory tests/cov --branches | tail -n 3
 	gcovr --root . --filter 'lib/' --object-directory tests/cov --txt - | tail -n 20
 
-# ABI guard: the exported functions and types against the committed baseline
+# ABI guard (the library is always built with -g, which abidiff needs): the exported
+# functions and types against the committed baseline
 # (abidw), and the public structs' layout frozen at compile time.  New functions are
 # fine; anything else that changes is an incompatible change.
 ABI_BASELINE := tests/abi/libulpt.so.1.abi
