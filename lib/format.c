@@ -289,10 +289,11 @@ static size_t meta_bytes(const ulpt_meta *m)
     return n;
 }
 
-/* The whole file in a new buffer from a (o NULL: a prompt file). */
+/* The whole file in a new buffer from a (o NULL: a prompt file), starting `prefix`
+ * bytes into the allocation *out; *out_len is the file's length. */
 static int encode(const char *func, ulpt_allocator *a, const ulpt_prompt *p,
-                  const ulpt_optimizer *o, int dtype, int level, unsigned char **out,
-                  size_t *out_len)
+                  const ulpt_optimizer *o, int dtype, int level, size_t prefix,
+                  unsigned char **out, size_t *out_len)
 {
     tensor t[3] = { 0 };
     int nt = o ? 3 : 1, rc = ULPT_OK;
@@ -306,8 +307,9 @@ static int encode(const char *func, ulpt_allocator *a, const ulpt_prompt *p,
         total += SECTION_BYTES + tensor_bytes(&t[i]);
     if (o)
         total += SECTION_BYTES + OPTIM_BYTES;
-    unsigned char *buf = rc ? NULL : ulpt__alloc(a, total);
-    if (!rc && !buf)
+    unsigned char *base = rc ? NULL : ulpt__alloc(a, prefix + total);
+    unsigned char *buf = base ? base + prefix : NULL;
+    if (!rc && !base)
         rc = ulpt__error(ULPT_ERR_NOMEM, func, "no memory for a %zu-byte file", total);
     if (rc) {
         for (int i = 0; i < nt; i++)
@@ -358,7 +360,7 @@ static int encode(const char *func, ulpt_allocator *a, const ulpt_prompt *p,
     put32(w, crc_of(buf, total - 4));
     for (int i = 0; i < nt; i++)
         ulpt__free(a, t[i].data);
-    *out = buf;
+    *out = base;
     *out_len = total;
     return ULPT_OK;
 }
@@ -687,32 +689,30 @@ static int check_save_options(const char *func, const ulpt_save_options *in, ulp
     return ULPT_OK;
 }
 
-int ulpt_prompt_save_buffer(const ulpt_prompt *p, void **buf, size_t *len,
-                            const ulpt_save_options *opts)
+/* A prompt file in a new allocation from *a, `prefix` bytes in. */
+static int encode_prompt(const char *func, const ulpt_prompt *p, const ulpt_save_options *opts,
+                         size_t prefix, ulpt_allocator *a, unsigned char **base, size_t *len)
 {
-    const char *func = __func__;
-    if (!p || !buf || !len)
-        return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !p ? "prompt" : !buf ? "buf" : "len");
     ulpt_save_options so;
     int rc = check_save_options(func, opts, &so);
     if (rc)
         return rc;
-    opts = &so;
-    ulpt_allocator a = ulpt__allocator();
-    unsigned char *data;
-    size_t n;
-    if ((rc = encode(func, &a, p, NULL, opts->dtype, opts->level, &data, &n)) != ULPT_OK)
+    *a = ulpt__allocator();
+    return encode(func, a, p, NULL, so.dtype, so.level, prefix, base, len);
+}
+
+int ulpt_prompt_save_buffer(const ulpt_prompt *p, void **buf, size_t *len,
+                            const ulpt_save_options *opts)
+{
+    if (!p || !buf || !len)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : !buf ? "buf" : "len");
+    ulpt_allocator a;
+    unsigned char *base;
+    int rc = encode_prompt(__func__, p, opts, BUFFER_PREFIX, &a, &base, len);
+    if (rc)
         return rc;
-    unsigned char *out = n <= SIZE_MAX - BUFFER_PREFIX ? ulpt__alloc(&a, n + BUFFER_PREFIX) : NULL;
-    if (!out) {
-        ulpt__free(&a, data);
-        return ulpt__error(ULPT_ERR_NOMEM, func, "no memory for a %zu-byte buffer", n);
-    }
-    memcpy(out, &a, sizeof a);
-    memcpy(out + BUFFER_PREFIX, data, n);
-    ulpt__free(&a, data);
-    *buf = out + BUFFER_PREFIX;
-    *len = n;
+    memcpy(base, &a, sizeof a); /* for ulpt_free */
+    *buf = base + BUFFER_PREFIX;
     return ULPT_OK;
 }
 
@@ -728,20 +728,15 @@ void ulpt_free(void *ptr)
 
 int ulpt_prompt_save(const ulpt_prompt *p, const char *path, const ulpt_save_options *opts)
 {
-    const char *func = __func__;
     if (!p || !path)
-        return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !p ? "prompt" : "path");
-    ulpt_save_options so;
-    int rc = check_save_options(func, opts, &so);
-    if (rc)
-        return rc;
-    opts = &so;
-    ulpt_allocator a = ulpt__allocator();
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : "path");
+    ulpt_allocator a;
     unsigned char *data;
     size_t n;
-    if ((rc = encode(func, &a, p, NULL, opts->dtype, opts->level, &data, &n)) != ULPT_OK)
+    int rc = encode_prompt(__func__, p, opts, 0, &a, &data, &n);
+    if (rc)
         return rc;
-    rc = ulpt__write_atomic(func, path, data, n);
+    rc = ulpt__write_atomic(__func__, path, data, n);
     ulpt__free(&a, data);
     return rc;
 }
@@ -803,7 +798,7 @@ int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o, const ch
     ulpt_allocator a = ulpt__allocator();
     unsigned char *data;
     size_t n;
-    int rc = encode(func, &a, p, o, ULPT_DTYPE_F32, 6, &data, &n);
+    int rc = encode(func, &a, p, o, ULPT_DTYPE_F32, 6, 0, &data, &n);
     if (rc)
         return rc;
     rc = ulpt__write_atomic(func, path, data, n);
