@@ -231,6 +231,19 @@ START_TEST(buffer_and_file_agree_byte_for_byte)
 }
 END_TEST
 
+/* The saved bytes of a small varied prompt, in a malloc'd copy of `extra` more bytes
+ * that the test may edit; *p gets the prompt. */
+static unsigned char *small_file(ulpt_prompt **p, size_t *len, size_t extra)
+{
+    *p = varied_prompt(4, 2, 8, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    void *buf;
+    ck_assert_int_eq(ulpt_prompt_save_buffer(*p, &buf, len, NULL), ULPT_OK);
+    unsigned char *b = malloc(*len + extra);
+    memcpy(b, buf, *len);
+    ulpt_free(buf);
+    return b;
+}
+
 static int refused(int rc)
 {
     return rc == ULPT_ERR_CORRUPT || rc == ULPT_ERR_FORMAT || rc == ULPT_ERR_MISMATCH;
@@ -238,11 +251,9 @@ static int refused(int rc)
 
 START_TEST(every_single_byte_corruption_is_refused)
 {
-    ulpt_prompt *p = varied_prompt(4, 2, 8, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
-    void *buf;
+    ulpt_prompt *p;
     size_t len;
-    ck_assert_int_eq(ulpt_prompt_save_buffer(p, &buf, &len, NULL), ULPT_OK);
-    unsigned char *bad = malloc(len);
+    unsigned char *buf = small_file(&p, &len, 0), *bad = malloc(len);
     static const unsigned char flips[] = { 0x01, 0x80, 0xff };
     for (size_t i = 0; i < len; i++)
         for (size_t f = 0; f < sizeof flips; f++) {
@@ -255,17 +266,16 @@ START_TEST(every_single_byte_corruption_is_refused)
             ck_assert_str_ne(ulpt_last_error(), "");
         }
     free(bad);
-    ulpt_free(buf);
+    free(buf);
     ulpt_prompt_free(p);
 }
 END_TEST
 
 START_TEST(every_truncation_is_refused)
 {
-    ulpt_prompt *p = varied_prompt(4, 2, 8, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
-    void *buf;
+    ulpt_prompt *p;
     size_t len;
-    ck_assert_int_eq(ulpt_prompt_save_buffer(p, &buf, &len, NULL), ULPT_OK);
+    unsigned char *buf = small_file(&p, &len, 0);
     for (size_t n = 0; n < len; n++) {
         unsigned char *cut = malloc(n ? n : 1); /* exact size: ASan sees any overread */
         memcpy(cut, buf, n);
@@ -274,7 +284,7 @@ START_TEST(every_truncation_is_refused)
         ck_assert_msg(refused(rc), "truncated to %zu of %zu: rc %d", n, len, rc);
         free(cut);
     }
-    ulpt_free(buf);
+    free(buf);
     ulpt_prompt_free(p);
 }
 END_TEST
@@ -308,12 +318,9 @@ static void big_free(void *u, void *p) { (void)u, free(p); }
 
 START_TEST(header_claiming_a_trillion_elements_is_refused_without_allocating)
 {
-    ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
-    void *buf;
+    ulpt_prompt *p;
     size_t len;
-    ck_assert_int_eq(ulpt_prompt_save_buffer(p, &buf, &len, NULL), ULPT_OK);
-    unsigned char *b = malloc(len);
-    memcpy(b, buf, len);
+    unsigned char *b = small_file(&p, &len, 0);
     put32le(b + SHAPE_AT, 1000000);     /* n_tokens */
     put32le(b + SHAPE_AT + 8, 1000000); /* dim: 10^12 embedding values */
     reseal(b, len);
@@ -326,19 +333,15 @@ START_TEST(header_claiming_a_trillion_elements_is_refused_without_allocating)
     ck_assert_int_le(largest_alloc, 0); /* nothing at all was allocated */
     ulpt_set_allocator(NULL);
     free(b);
-    ulpt_free(buf);
     ulpt_prompt_free(p);
 }
 END_TEST
 
 START_TEST(newer_major_version_is_refused_naming_it)
 {
-    ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
-    void *buf;
+    ulpt_prompt *p;
     size_t len;
-    ulpt_prompt_save_buffer(p, &buf, &len, NULL);
-    unsigned char *b = malloc(len);
-    memcpy(b, buf, len);
+    unsigned char *b = small_file(&p, &len, 0);
     b[8] = 2, b[10] = 3; /* format 2.3 */
     reseal(b, len);
     ulpt_prompt *q = NULL;
@@ -348,7 +351,6 @@ START_TEST(newer_major_version_is_refused_naming_it)
     ck_assert_int_eq(ulpt_prompt_load_buffer(&q, b, len), ULPT_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "magic"));
     free(b);
-    ulpt_free(buf);
     ulpt_prompt_free(p);
 }
 END_TEST
@@ -357,13 +359,11 @@ END_TEST
  * refused.  Build such a file by splicing a section in before the trailer. */
 START_TEST(newer_minor_sections_are_skipped_when_optional)
 {
-    ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
-    void *buf;
+    ulpt_prompt *p;
     size_t len;
-    ulpt_prompt_save_buffer(p, &buf, &len, NULL);
-    const size_t extra = 16 + 5, n = len + extra;
-    unsigned char *b = malloc(n);
-    memcpy(b, buf, len - 4);
+    const size_t extra = 16 + 5;
+    unsigned char *b = small_file(&p, &len, extra);
+    const size_t n = len + extra;
     unsigned char *s = b + len - 4;
     memcpy(s, "XTRA", 4);
     put32le(s + 4, (uint32_t)_i); /* flags: 0 optional, 1 required */
@@ -384,26 +384,21 @@ START_TEST(newer_minor_sections_are_skipped_when_optional)
         ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "XTRA"));
     }
     free(b);
-    ulpt_free(buf);
     ulpt_prompt_free(p);
 }
 END_TEST
 
 START_TEST(changed_projection_is_a_mismatch)
 {
-    ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
-    void *buf;
+    ulpt_prompt *p;
     size_t len;
-    ulpt_prompt_save_buffer(p, &buf, &len, NULL);
-    unsigned char *b = malloc(len);
-    memcpy(b, buf, len);
+    unsigned char *b = small_file(&p, &len, 0);
     b[SHAPE_AT + 16] ^= 1; /* another seed: P regenerates differently */
     reseal(b, len);
     ulpt_prompt *q = NULL;
     ck_assert_int_eq(ulpt_prompt_load_buffer(&q, b, len), ULPT_ERR_MISMATCH);
     ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "projection"));
     free(b);
-    ulpt_free(buf);
     ulpt_prompt_free(p);
 }
 END_TEST
