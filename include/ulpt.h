@@ -224,7 +224,9 @@ ULPT_API void ulpt_prompt_free(ulpt_prompt *p);
 /* Forward: write E = (Z_g . P_g) (.) s + b, n_tokens rows of dim floats, row i at
  * embeddings + i*ld.  Columns past dim are not touched.  Reads the prompt only, so
  * several threads may run it on one prompt at once.
- * Errors: ULPT_ERR_INVALID (NULL argument, ld < dim or ld > INT_MAX, the BLAS limit). */
+ * Errors: ULPT_ERR_INVALID (NULL argument, ld < dim or ld > INT_MAX, the BLAS limit),
+ * ULPT_ERR_NONFINITE (a parameter is NaN or infinite, e.g. written through
+ * ulpt_prompt_params; the message names it, "scale[7]"). */
 ULPT_API int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t ld);
 
 /* Backward: given G = dL/dE (n_tokens rows of dim floats, row stride ld), ADD
@@ -418,6 +420,8 @@ typedef struct ulpt_save_options {
 
 /* Save a prompt (parameters and metadata, not gradients) to path, atomically; opts NULL
  * = defaults.  Errors: ULPT_ERR_INVALID (NULL argument, bad options), ULPT_ERR_NOMEM,
+ * ULPT_ERR_NONFINITE (a parameter is NaN or infinite, or too large for f16: nothing is
+ * written rather than a value lost),
  * ULPT_ERR_IO (the message names the path and the system error; the previous file, if
  * any, is intact and no temporary file is left behind). */
 ULPT_API int ulpt_prompt_save(const ulpt_prompt *p, const char *path,

@@ -297,6 +297,21 @@ static int encode(const char *func, ulpt_allocator *a, const ulpt_prompt *p,
 {
     tensor t[3] = { 0 };
     int nt = o ? 3 : 1, rc = ULPT_OK;
+    /* a file never holds what a load would refuse, and nothing is lost silently */
+    char name[48];
+    size_t bad = ulpt__first_nonfinite(p);
+    if (bad < p->n_params) {
+        ulpt__param_name(p, bad, name, sizeof name);
+        return ulpt__error(ULPT_ERR_NONFINITE, func, "parameter %s is %g", name,
+                           (double)p->params[bad]);
+    }
+    for (size_t i = 0; dtype == ULPT_DTYPE_F16 && i < p->n_params; i++)
+        if (fabsf(p->params[i]) >= 65520.0f) {
+            ulpt__param_name(p, i, name, sizeof name);
+            return ulpt__error(ULPT_ERR_NONFINITE, func,
+                               "parameter %s = %g overflows f16 (largest 65504); save as f32 "
+                               "or bf16", name, (double)p->params[i]);
+        }
     rc = tensor_encode(a, func, p->params, p->n_params, dtype, level, &t[0]);
     if (!rc && o)
         rc = tensor_encode(a, func, o->m, o->n, ULPT_DTYPE_F32, level, &t[1]);
@@ -612,6 +627,11 @@ static int decode(const char *func, const unsigned char *b, size_t len, ulpt_pro
         rc = tensor_check(func, &f.params, p->n_params, "parameters", &tp);
     if (!rc)
         rc = tensor_decode(func, &p->al, &tp, p->params);
+    if (!rc && ulpt__first_nonfinite(p) < p->n_params) {
+        char name[48];
+        ulpt__param_name(p, ulpt__first_nonfinite(p), name, sizeof name);
+        rc = CORRUPT("parameter %s is not finite; libulpt never writes such a file", name);
+    }
     if (!rc)
         rc = meta_load(func, p, &f.meta);
     if (!rc && opt_out) {
@@ -638,6 +658,9 @@ static int decode(const char *func, const unsigned char *b, size_t len, ulpt_pro
             rc = tensor_decode(func, &p->al, &t1, o->m);
         if (!rc)
             rc = tensor_decode(func, &p->al, &t2, o->v);
+        for (size_t i = 0; !rc && i < o->n; i++)
+            if (!isfinite(o->m[i]) || !isfinite(o->v[i]) || o->v[i] < 0)
+                rc = CORRUPT("optimizer moment %zu is not finite (or negative)", i);
         if (!rc)
             o->steps = get64(q + 80);
     }

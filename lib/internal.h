@@ -112,6 +112,14 @@ struct ulpt_optimizer {
     float *e, *g, *saved_grads;
 };
 
+/* ---- prompt internals (prompt.c) ----------------------------------------------------- */
+
+/* The index of the first parameter that is NaN or infinite, or num_params if none. */
+size_t ulpt__first_nonfinite(const ulpt_prompt *p);
+
+/* The name of parameter i in the flat layout: "Z[3][1]", "scale[7]", "shift[0]". */
+void ulpt__param_name(const ulpt_prompt *p, size_t i, char *buf, size_t size);
+
 /* ---- optimizer internals (optimizer.c) ------------------------------------------ */
 
 /* ulpt_train_step's preallocated E and G (n_tokens x dim) and gradient backup. */

@@ -15,6 +15,7 @@
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 
@@ -218,6 +219,25 @@ static void scale_shift_rows(float *restrict e, size_t rows, size_t d, size_t ld
     }
 }
 
+size_t ulpt__first_nonfinite(const ulpt_prompt *p)
+{
+    for (size_t i = 0; i < p->n_params; i++)
+        if (!isfinite(p->params[i]))
+            return i;
+    return p->n_params;
+}
+
+void ulpt__param_name(const ulpt_prompt *p, size_t i, char *buf, size_t size)
+{
+    size_t nz = (size_t)p->n * p->r;
+    if (i < nz)
+        snprintf(buf, size, "Z[%zu][%zu]", i / p->r, i % p->r);
+    else if (p->s && i < nz + p->d)
+        snprintf(buf, size, "scale[%zu]", i - nz);
+    else
+        snprintf(buf, size, "shift[%zu]", i - nz - (p->s ? p->d : 0));
+}
+
 int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t ld)
 {
     if (!p || !embeddings)
@@ -225,6 +245,12 @@ int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t ld)
     if (ld < p->d || ld > INT_MAX)
         return ULPT_FAIL(ULPT_ERR_INVALID, "row stride %zu is outside [dim %u, %d]", ld, p->d,
                          INT_MAX);
+    size_t bad = ulpt__first_nonfinite(p); /* a few thousand floats: cheap next to E */
+    if (bad < p->n_params) {
+        char name[48];
+        ulpt__param_name(p, bad, name, sizeof name);
+        return ULPT_FAIL(ULPT_ERR_NONFINITE, "parameter %s is %g", name, (double)p->params[bad]);
+    }
     const size_t n = p->n, r = p->r, d = p->d, ng = n / p->groups;
     if (p->kind == ULPT_PROJ_IDENTITY) {
         for (size_t i = 0; i < n; i++)
