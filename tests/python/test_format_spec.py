@@ -135,12 +135,14 @@ class Prompt:
         rc = self.lib.ulpt_prompt_set_meta(self.h, key.encode("utf-8"), value.encode("utf-8"))
         assert rc == 0, f"ulpt_prompt_set_meta({key!r}) failed ({rc})"
 
-    def save(self, path, dtype=None, level=None):
+    def save_rc(self, path, dtype=None, level=None):
         if dtype is None and level is None:
-            rc = self.lib.ulpt_prompt_save(self.h, str(path).encode(), None)
-        else:
-            so = SaveOptions(1, dtype, level)
-            rc = self.lib.ulpt_prompt_save(self.h, str(path).encode(), ctypes.byref(so))
+            return self.lib.ulpt_prompt_save(self.h, str(path).encode(), None)
+        so = SaveOptions(1, dtype, level)
+        return self.lib.ulpt_prompt_save(self.h, str(path).encode(), ctypes.byref(so))
+
+    def save(self, path, dtype=None, level=None):
+        rc = self.save_rc(path, dtype, level)
         assert rc == 0, f"ulpt_prompt_save failed ({rc})"
         return Path(path).read_bytes()
 
@@ -719,19 +721,21 @@ def test_compressible_parameters_use_zlib_byte_planes(make_prompt, tmp_path):
 
 @pytest.mark.parametrize("dtype", [1, 2], ids=["f16", "bf16"])
 def test_half_precision_rounding_of_edge_values(make_prompt, tmp_path, dtype):
-    # ties, subnormals, overflow, signed zero: the library's f16/bf16 must equal
-    # numpy's float16 conversion / round-to-nearest-even bfloat16
-    edge = np.array([
+    # ties, subnormals, signed zero, the largest values each dtype holds: the library's
+    # f16/bf16 must equal numpy's float16 conversion / round-to-nearest-even bfloat16
+    edge = [
         0.0, -0.0, 1.0, -1.0,
         1.0 + 2.0 ** -11, 1.0 + 3 * 2.0 ** -11,            # f16 ties (to even: down, up)
         1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8,              # bf16 ties
         1.0 + 2.0 ** -8 + 2.0 ** -20,                      # just above a bf16 tie
         6.0e-8, 3.0e-5, 2.0 ** -24, 2.0 ** -25, 1.5 * 2.0 ** -25,  # f16 subnormal range
-        65504.0, 65519.0, 65520.0, 1e5, -1e6,              # f16 max, tie to inf, overflow
-        3.0e38, -3.3e38, 1e-40, -1e-42,                    # near f32 max, f32 subnormals
-        np.float32(np.pi), np.float32(-np.e),
-        np.inf, -np.inf, np.nan,
-    ], dtype=np.float32)
+        65504.0, 65519.0, -65519.99,                       # f16 max and what rounds to it
+        1e-40, -1e-42,                                     # f32 subnormals
+        float(np.float32(np.pi)), float(np.float32(-np.e)),
+    ]
+    if dtype == 2:
+        edge += [65520.0, 1e5, -1e6, 3.0e38, -3.3e38]      # beyond f16, within bf16
+    edge = np.array(edge, dtype=np.float32)
     n_tokens, rank, dim = 4, 8, 8  # 4*8 + 16 = 48 params
     p = make_prompt(n_tokens, rank, dim, 1, 0, KIND_XAVIER, 0)
     params = p.params()
@@ -742,12 +746,25 @@ def test_half_precision_rounding_of_edge_values(make_prompt, tmp_path, dtype):
         bits, _ = _expected_encoding(snapshot, dtype)
     f = decode_file(p.save(tmp_path / "e.ulpt", dtype, 0))
     got = f["parm"]["bits"]
-    nan = np.isnan(snapshot)
-    # NaN: any NaN pattern (FORMAT.md says nothing about payloads or sign)
-    assert np.all(np.isnan(f["parm"]["values"][nan]))
     bad = [(float(snapshot[i]), hex(int(got[i])), hex(int(bits[i])))
-           for i in range(snapshot.size) if not nan[i] and got[i] != bits[i]]
+           for i in range(snapshot.size) if got[i] != bits[i]]
     assert not bad, f"(value, library bits, expected bits): {bad}"
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan, 65520.0, -1e6])
+def test_values_a_file_cannot_hold_are_refused_not_stored(make_prompt, tmp_path, value):
+    # NaN and infinity in any dtype, and f16 overflow, make the save fail (-7) and
+    # leave no file behind
+    p = make_prompt(4, 2, 8, 1, 0, KIND_XAVIER, 0)
+    p.params()[3] = value
+    finite = np.isfinite(value)
+    for dtype in (0, 1, 2):
+        path = tmp_path / ("v%d.ulpt" % dtype)
+        rc = p.save_rc(path, dtype, 6)
+        if finite and dtype != 1:
+            assert rc == 0  # only f16 cannot hold it
+        else:
+            assert rc == -7 and not path.exists()
 
 
 def test_default_save_options_give_a_decodable_file(make_prompt, tmp_path):
