@@ -400,7 +400,7 @@ ULPT_API int ulpt_prompt_meta_at(const ulpt_prompt *p, size_t i, const char **ke
  * directory, which is flushed, synced and renamed over the target, so a failed or
  * interrupted save leaves the previous file intact (after the rename the directory is
  * synced too, best effort).  Loading checks everything before
- * allocating anything large: it never allocates more than max(16 MiB, 1032 x the file's
+ * allocating anything large: it never holds more than max(64 MiB, 1032 x the file's
  * size), and refuses damage with ULPT_ERR_CORRUPT, ULPT_ERR_FORMAT or ULPT_ERR_MISMATCH.
  * ------------------------------------------------------------------------------- */
 

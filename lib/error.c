@@ -43,7 +43,7 @@ const char *ulpt_strerror(int code)
 }
 
 /* One message per thread, so concurrent failures never mix. */
-static _Thread_local char last_error[256];
+static _Thread_local char last_error[1024]; /* room for a long path */
 
 const char *ulpt_last_error(void) { return last_error; }
 

@@ -4,9 +4,10 @@
  *     sections u32 tag u32 flags u64 length, then `length` bytes of payload   repeated
  *     trailer  u32 CRC-32 (zlib's) of every byte before it
  *
- * All integers little-endian.  Loading checks the whole file -- magic, version, length,
- * checksum, every section's bounds and every size against the shape -- before it
- * allocates the prompt, and bounds that allocation by the file's size. */
+ * All integers little-endian.  Loading checks magic, version, length, checksum, every
+ * section's bounds and the memory the shape implies before it allocates anything; then
+ * it builds the prompt and checks the tensors, the fingerprint and the values against
+ * it, freeing everything if one of them is wrong. */
 #include "internal.h"
 
 #include <math.h>
@@ -28,7 +29,7 @@ static const unsigned char MAGIC[8] = { 0x89, 'U', 'L', 'P', 'T', '\r', '\n', 0x
 #define CODEC_STORED 0
 #define CODEC_ZLIB 1     /* zlib stream of the byte planes */
 #define MAX_INFLATE 1032 /* zlib's largest expansion ratio */
-#define ALLOC_FLOOR (16.0 * 1024 * 1024)
+#define ALLOC_FLOOR (64.0 * 1024 * 1024)
 
 #define TAG(a, b, c, d) ((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
 enum {
@@ -305,12 +306,12 @@ static int encode(const char *func, ulpt_allocator *a, const ulpt_prompt *p,
         return ulpt__error(ULPT_ERR_NONFINITE, func, "parameter %s is %g", name,
                            (double)p->params[bad]);
     }
-    for (size_t i = 0; dtype == ULPT_DTYPE_F16 && i < p->n_params; i++)
-        if (fabsf(p->params[i]) >= 65520.0f) {
+    for (size_t i = 0; dtype != ULPT_DTYPE_F32 && i < p->n_params; i++)
+        if (isinf(decode_elem(encode_elem(p->params[i], dtype), dtype))) {
             ulpt__param_name(p, i, name, sizeof name);
             return ulpt__error(ULPT_ERR_NONFINITE, func,
-                               "parameter %s = %g overflows f16 (largest 65504); save as f32 "
-                               "or bf16", name, (double)p->params[i]);
+                               "parameter %s = %g overflows %s; save as f32", name,
+                               (double)p->params[i], dtype == ULPT_DTYPE_F16 ? "f16" : "bf16");
         }
     rc = tensor_encode(a, func, p->params, p->n_params, dtype, level, &t[0]);
     if (!rc && o)
@@ -394,6 +395,21 @@ typedef struct {
 
 #define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
 
+/* A tag for messages: 'SHAP' when printable, else its hex value. */
+static void tag_name(uint32_t tag, char out[12])
+{
+    int printable = 1;
+    for (int i = 0; i < 4; i++) {
+        unsigned c = (tag >> (8 * i)) & 0xff;
+        printable &= c >= 0x20 && c < 0x7f;
+    }
+    if (printable)
+        snprintf(out, 12, "'%c%c%c%c'", (char)tag, (char)(tag >> 8), (char)(tag >> 16),
+                 (char)(tag >> 24));
+    else
+        snprintf(out, 12, "0x%08x", (unsigned)tag);
+}
+
 /* Header, length, checksum and section table: nothing is allocated. */
 static int parse(const char *func, const unsigned char *b, size_t len, parsed *f)
 {
@@ -439,18 +455,21 @@ static int parse(const char *func, const unsigned char *b, size_t len, parsed *f
         case TAG_MOM1: slot = &f->mom1; break;
         case TAG_MOM2: slot = &f->mom2; break;
         default:
-            if (flags & SECTION_REQUIRED)
+            if (flags & SECTION_REQUIRED) {
+                char name[12];
+                tag_name(tag, name);
                 return ulpt__error(ULPT_ERR_FORMAT, func,
-                                   "requires section '%c%c%c%c' that format %d.%d readers "
-                                   "do not know (file is %u.%u)",
-                                   (char)tag, (char)(tag >> 8), (char)(tag >> 16),
-                                   (char)(tag >> 24), FORMAT_MAJOR, FORMAT_MINOR, major, minor);
+                                   "requires section %s that format %d.%d readers do not know "
+                                   "(file is %u.%u)",
+                                   name, FORMAT_MAJOR, FORMAT_MINOR, major, minor);
+            }
             break; /* optional: a later minor version's addition, skipped */
         }
         if (slot) {
+            char name[12];
+            tag_name(tag, name);
             if (slot->data)
-                return CORRUPT("section '%c%c%c%c' appears twice", (char)tag, (char)(tag >> 8),
-                               (char)(tag >> 16), (char)(tag >> 24));
+                return CORRUPT("section %s appears twice", name);
             *slot = s;
         }
         pos += (size_t)slen;
@@ -462,6 +481,10 @@ static int parse(const char *func, const unsigned char *b, size_t len, parsed *f
     if (f->kind == KIND_CHECKPOINT &&
         (!f->optim.data || !f->mom1.data || !f->mom2.data || f->optim.len < OPTIM_BYTES))
         return CORRUPT("checkpoint without complete optimizer sections");
+    if (f->kind == KIND_PROMPT && (f->optim.data || f->mom1.data || f->mom2.data))
+        return CORRUPT("a prompt file with optimizer sections");
+    if (get32(f->shape.data + 36) != 0)
+        return CORRUPT("the shape's reserved field is not 0");
     return ULPT_OK;
 }
 
@@ -476,17 +499,19 @@ static void shape_options(const section *s, ulpt_prompt_options *o)
     o->flags = get32(p + 28);
 }
 
-/* An upper bound, in bytes, of what the prompt (and optimizer) of this shape take. */
-static double memory_needed(const ulpt_prompt_options *o, int checkpoint)
+/* An upper bound, in bytes, of everything a load of this shape holds at once: the file,
+ * the prompt (parameters, gradients, scratch, projections), the optimizer of a
+ * checkpoint, and one tensor's inflate buffer. */
+static double memory_needed(const ulpt_prompt_options *o, int checkpoint, size_t file_len)
 {
     double n = o->n_tokens, r = o->rank, d = o->dim, g = o->n_groups ? o->n_groups : 1;
     double params = n * r + 2 * d;
-    double floats = 2 * params + (n / g + 1) * (r + 1) + (2 * r + 1) * d;
+    double floats = 3 * params + (n / g + 1) * (r + 1) + (2 * r + 1) * d;
     if (o->projection_kind != ULPT_PROJ_IDENTITY)
         floats += g * r * d;
     if (checkpoint)
         floats += 3 * params + 2 * n * d;
-    return 4 * floats + 4096 * g;
+    return 4 * floats + 4096 * g + (double)file_len;
 }
 
 /* Check a tensor section against its expected element count before any allocation. */
@@ -556,7 +581,23 @@ static int meta_check(const char *func, const section *s)
             return CORRUPT("metadata pair %zu has a bad %s", i / 2, i % 2 ? "value" : "key");
         pos += l;
     }
-    return pos == s->len ? ULPT_OK : CORRUPT("metadata section has %zu stray bytes", s->len - pos);
+    if (pos != s->len)
+        return CORRUPT("metadata section has %zu stray bytes", s->len - pos);
+    /* keys are unique: compare each with the ones before it (at most 1024) */
+    size_t ka = 4;
+    for (size_t i = 0; i < count; i++) {
+        size_t kl = get32(s->data + ka), next = ka + 4 + kl;
+        next += 4 + get32(s->data + next);
+        for (size_t kb = 4; kb < ka;) {
+            size_t ml = get32(s->data + kb);
+            if (ml == kl && memcmp(s->data + kb + 4, s->data + ka + 4, kl) == 0)
+                return CORRUPT("metadata key %zu appears twice", i);
+            kb += 4 + ml;
+            kb += 4 + get32(s->data + kb);
+        }
+        ka = next;
+    }
+    return ULPT_OK;
 }
 
 static int meta_load(const char *func, ulpt_prompt *p, const section *s)
@@ -577,11 +618,10 @@ static int meta_load(const char *func, ulpt_prompt *p, const section *s)
         memcpy(value, s->data + pos + 4, vl);
         value[vl] = '\0';
         pos += 4 + vl;
-        int rc = ulpt_prompt_set_meta(p, key, value);
+        int rc = ulpt_prompt_set_meta(p, key, value); /* keys were checked unique */
         ulpt__free(&p->al, value);
         if (rc)
-            return rc == ULPT_ERR_NOMEM ? ulpt__error(rc, func, "no memory for metadata")
-                                        : CORRUPT("metadata key \"%s\" appears twice", key);
+            return ulpt__error(rc, func, "no memory for metadata");
     }
     return ULPT_OK;
 }
@@ -599,7 +639,20 @@ static int decode(const char *func, const unsigned char *b, size_t len, ulpt_pro
         return ulpt__error(ULPT_ERR_FORMAT, func, "a prompt file, not a checkpoint");
     ulpt_prompt_options po;
     shape_options(&f.shape, &po);
-    double need = memory_needed(&po, opt_out != NULL), allowed = (double)len * MAX_INFLATE;
+    /* the parameter count the shape implies, and the tensor that must hold it, before
+       anything is allocated: a forged shape cannot outgrow the bytes behind it */
+    double count = (double)po.n_tokens * po.rank + (double)po.dim * (!(po.flags & ULPT_NO_SCALE)) +
+                   (double)po.dim * (!(po.flags & ULPT_NO_SHIFT));
+    uint64_t declared = get64(f.shape.data + 40);
+    if ((double)declared != count)
+        return CORRUPT("shape declares %llu parameters, its fields give %.0f",
+                       (unsigned long long)declared, count);
+    tensor tp, t1, t2;
+    if (count > (double)len * MAX_INFLATE) /* also keeps count within size_t */
+        return CORRUPT("%.0f parameters cannot come from a %zu-byte file", count, len);
+    if ((rc = tensor_check(func, &f.params, (size_t)count, "parameters", &tp)) != ULPT_OK)
+        return rc;
+    double need = memory_needed(&po, opt_out != NULL, len), allowed = (double)len * MAX_INFLATE;
     if (need > (allowed > ALLOC_FLOOR ? allowed : ALLOC_FLOOR))
         return CORRUPT("shape %u x %u x %u needs %.0f bytes, impossible for a %zu-byte file",
                        po.n_tokens, po.rank, po.dim, need, len);
@@ -613,18 +666,11 @@ static int decode(const char *func, const unsigned char *b, size_t len, ulpt_pro
         snprintf(why, sizeof why, "%s", ulpt_last_error()); /* not format from itself */
         return rc == ULPT_ERR_NOMEM ? rc : CORRUPT("bad shape (%s)", why);
     }
-    tensor tp, t1, t2;
-    uint64_t declared = get64(f.shape.data + 40);
-    if (declared != p->n_params)
-        rc = CORRUPT("shape declares %llu parameters, its fields give %zu",
-                     (unsigned long long)declared, p->n_params);
-    else if (get32(f.shape.data + 32) != fingerprint(p))
+    if (get32(f.shape.data + 32) != fingerprint(p))
         rc = ulpt__error(ULPT_ERR_MISMATCH, func,
                          "the regenerated projection differs from the one this prompt was "
                          "trained with (fingerprint %08x, stored %08x)",
                          (unsigned)fingerprint(p), (unsigned)get32(f.shape.data + 32));
-    if (!rc)
-        rc = tensor_check(func, &f.params, p->n_params, "parameters", &tp);
     if (!rc)
         rc = tensor_decode(func, &p->al, &tp, p->params);
     if (!rc && ulpt__first_nonfinite(p) < p->n_params) {
@@ -642,8 +688,12 @@ static int decode(const char *func, const unsigned char *b, size_t len, ulpt_pro
         oo.eps = getf64(q + 32), oo.weight_decay = getf64(q + 40), oo.momentum = getf64(q + 48);
         oo.max_grad_norm = getf64(q + 56);
         oo.warmup_steps = get64(q + 64), oo.total_steps = get64(q + 72);
-        rc = ulpt_optimizer_create(&o, p, &oo);
-        if (rc && rc != ULPT_ERR_NOMEM) {
+        if (!(oo.weight_decay >= 0)) /* the file holds the resolved value, never the default */
+            rc = CORRUPT("optimizer weight decay %g is negative", oo.weight_decay);
+        else if (get64(q + 80) > ((uint64_t)1 << 53)) /* past exact double counts: forged */
+            rc = CORRUPT("optimizer step count %llu is implausible",
+                         (unsigned long long)get64(q + 80));
+        else if ((rc = ulpt_optimizer_create(&o, p, &oo)) != ULPT_OK && rc != ULPT_ERR_NOMEM) {
             char why[256];
             snprintf(why, sizeof why, "%s", ulpt_last_error());
             rc = CORRUPT("bad optimizer options (%s)", why);

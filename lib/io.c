@@ -4,11 +4,13 @@
  * target and syncs the directory: at every instant the target is the old file or the new
  * one, never a mix.  The system calls go through ulpt__io so that tests can make each
  * one fail. */
-#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* realpath, PATH_MAX, fchmod */
 #include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -45,10 +47,20 @@ int ulpt__write_atomic(const char *func, const char *path, const void *data, siz
     size_t plen = strlen(path);
     if (plen == 0 || plen > 4000)
         return ulpt__error(ULPT_ERR_INVALID, func, "path length %zu is outside 1..4000", plen);
-    char tmp[4096 + 64], dir[4096 + 1];
+    /* A symlink is followed, so the file it names is replaced, not the link; an existing
+       file's permission bits carry over to its replacement. */
+    char resolved[PATH_MAX], tmp[PATH_MAX + 64], dir[PATH_MAX + 1];
+    struct stat st;
+    mode_t mode = 0;
+    if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode) && realpath(path, resolved))
+        path = resolved;
+    if (stat(path, &st) == 0)
+        mode = st.st_mode & 07777;
+    dir_of(path, dir, sizeof dir);
     int fd = -1;
     for (int attempt = 0; fd < 0 && attempt < 100; attempt++) {
-        snprintf(tmp, sizeof tmp, "%s.tmp-%ld-%u", path, (long)getpid(),
+        /* short and hidden, so that a long target name still leaves room */
+        snprintf(tmp, sizeof tmp, "%s/.ulpt-tmp-%ld-%u", dir, (long)getpid(),
                  atomic_fetch_add(&counter, 1) ^ (unsigned)time(NULL));
         fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
         if (fd < 0 && errno != EEXIST)
@@ -56,6 +68,8 @@ int ulpt__write_atomic(const char *func, const char *path, const void *data, siz
     }
     if (fd < 0)
         return io_error(func, "cannot create a temporary file beside", path);
+    if (mode && fchmod(fd, mode) != 0)
+        goto fail;
 
     const char *p = data;
     size_t left = len;
@@ -82,7 +96,6 @@ int ulpt__write_atomic(const char *func, const char *path, const void *data, siz
         goto fail;
     /* Make the rename durable.  Best effort: the new file is complete and in place
        already, and reporting a failure now would claim the old one survived. */
-    dir_of(path, dir, sizeof dir);
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
         ulpt__io.fsync(dfd);
@@ -102,7 +115,8 @@ fail:;
 int ulpt__read_file(const char *func, const ulpt_allocator *a, const char *path, void **buf,
                     size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* non-blocking, so that a FIFO or device is refused below instead of waited on */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return io_error(func, "cannot open", path);
     struct stat st;
@@ -115,6 +129,7 @@ int ulpt__read_file(const char *func, const ulpt_allocator *a, const char *path,
         close(fd);
         return rc;
     }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     size_t size = (size_t)st.st_size;
     char *data = ulpt__alloc(a, size);
     if (!data) {

@@ -221,6 +221,8 @@ static void scale_shift_rows(float *restrict e, size_t rows, size_t d, size_t ld
 
 size_t ulpt__first_nonfinite(const ulpt_prompt *p)
 {
+    if (ulpt__all_finite(p->params, p->n_params)) /* the common case, at memory speed */
+        return p->n_params;
     for (size_t i = 0; i < p->n_params; i++)
         if (!isfinite(p->params[i]))
             return i;

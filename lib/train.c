@@ -8,14 +8,6 @@
 #include <math.h>
 #include <string.h>
 
-static int all_finite(const float *x, size_t count)
-{
-    float acc = 0.0f;
-    for (size_t i = 0; i < count; i++)
-        acc += x[i] * 0.0f; /* NaN for any NaN or infinity; vectorises, no branch */
-    return acc == 0.0f;
-}
-
 int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn, void *user,
                     double *loss)
 {
@@ -39,7 +31,7 @@ int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn, voi
         return ULPT_FAIL(ULPT_ERR_CALLBACK, "the loss callback returned %d", rc);
     if (!isfinite(value))
         return ULPT_FAIL(ULPT_ERR_NONFINITE, "the loss callback returned a loss of %g", value);
-    if (!all_finite(g, nd))
+    if (!ulpt__all_finite(g, nd))
         return ULPT_FAIL(ULPT_ERR_NONFINITE,
                          "the loss callback returned a NaN or infinite gradient");
 

@@ -65,7 +65,7 @@ static int cmd_info(int argc, char **argv)
         ulpt_file_info fi = ULPT_FILE_INFO_INIT;
         ulpt_prompt *p;
         if (ulpt_file_inspect(argv[i], &fi) != ULPT_OK || ulpt_prompt_load(&p, argv[i]) != ULPT_OK) {
-            printf("%s\n  checksum:     FAILED (%s)\n", argv[i], ulpt_last_error());
+            fprintf(stderr, "ulpt info: %s\n", ulpt_last_error());
             status = 1;
             continue;
         }
@@ -102,8 +102,9 @@ static int cmd_info(int argc, char **argv)
 
 static const char VERIFY_USAGE[] = "ulpt verify FILE...";
 static const char VERIFY_HELP[] =
-    "Check each file completely (checksum, sizes, projection fingerprint) and print\n"
-    "'FILE: ok' or the reason it is refused.  Exit status 0 only if every file is good.\n";
+    "Check each file completely (checksum, sizes, projection fingerprint); print 'FILE: ok'\n"
+    "on stdout, or the reason it is refused on stderr.  Exit status 0 only if every file\n"
+    "is good.\n";
 
 static int cmd_verify(int argc, char **argv)
 {
@@ -116,7 +117,7 @@ static int cmd_verify(int argc, char **argv)
         if (rc == ULPT_OK) {
             printf("%s: ok\n", argv[i]);
         } else {
-            printf("%s: %s (%s)\n", argv[i], ulpt_strerror(rc), ulpt_last_error());
+            fprintf(stderr, "%s: %s (%s)\n", argv[i], ulpt_strerror(rc), ulpt_last_error());
             status = 1;
         }
     }
@@ -128,7 +129,9 @@ static int cmd_verify(int argc, char **argv)
 static const char CONVERT_USAGE[] = "ulpt convert --dtype f16|bf16|f32 [--level 0-9] IN OUT";
 static const char CONVERT_HELP[] =
     "Rewrite a prompt file with another storage type (f32 is exact; f16 and bf16 halve the\n"
-    "size) and zlib level (default 6).  OUT is replaced atomically; it may equal IN.\n";
+    "size) and zlib level (default 6).  OUT is replaced atomically; it may equal IN.  From\n"
+    "a checkpoint, OUT gets the prompt only (the optimizer state stays behind), so OUT may\n"
+    "not be the checkpoint itself.\n";
 
 static int cmd_convert(int argc, char **argv)
 {
@@ -158,6 +161,20 @@ static int cmd_convert(int argc, char **argv)
     }
     if (!have_dtype || argc - i != 2)
         return usage_error(CONVERT_USAGE);
+    ulpt_file_info fi = ULPT_FILE_INFO_INIT;
+    if (ulpt_file_inspect(argv[i], &fi) != ULPT_OK)
+        return fail(argv[i]);
+    if (fi.kind == ULPT_FILE_CHECKPOINT) {
+        struct stat a, b;
+        if (stat(argv[i], &a) == 0 && stat(argv[i + 1], &b) == 0 && a.st_dev == b.st_dev &&
+            a.st_ino == b.st_ino) {
+            fprintf(stderr, "ulpt convert: %s is a checkpoint; writing its prompt over it would "
+                            "lose the optimizer state\n", argv[i]);
+            return 1;
+        }
+        fprintf(stderr, "ulpt convert: note: %s is a checkpoint; %s gets its prompt only\n",
+                argv[i], argv[i + 1]);
+    }
     ulpt_prompt *p;
     if (ulpt_prompt_load(&p, argv[i]) != ULPT_OK)
         return fail(argv[i]);
@@ -175,18 +192,39 @@ static const char PEFT_HELP[] =
     "of a Hugging Face PEFT prompt-tuning adapter.  The base model comes from the file's\n"
     "'model' metadata.  DIR is created if needed.\n";
 
-/* s as a JSON string body (quotes, backslashes and control characters escaped). */
-static void json_string(FILE *f, const char *s)
+/* The length of the well-formed UTF-8 sequence at s (RFC 3629), or 0. */
+static int utf8_length(const unsigned char *s)
 {
+    int n = s[0] < 0x80 ? 1 : s[0] >= 0xc2 && s[0] <= 0xdf ? 2 : s[0] >= 0xe0 && s[0] <= 0xef ? 3
+          : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : 0;
+    for (int i = 1; i < n; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    if ((n == 3 && ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] > 0x9f))) ||
+        (n == 4 && ((s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] > 0x8f))))
+        return 0; /* overlong, surrogate or past U+10FFFF */
+    return n;
+}
+
+/* s as a JSON string: quotes, backslashes and control characters escaped, and any byte
+ * that is not well-formed UTF-8 replaced by U+FFFD, so the file always parses. */
+static void json_string(FILE *f, const char *str)
+{
+    const unsigned char *s = (const unsigned char *)str;
     fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
+    while (*s) {
+        int n = utf8_length(s);
+        if (n == 0) {
+            fputs("\\ufffd", f);
+            s++;
+        } else if (*s == '"' || *s == '\\') {
+            fprintf(f, "\\%c", *s++);
+        } else if (*s < 0x20) {
+            fprintf(f, "\\u%04x", *s++);
+        } else {
+            fwrite(s, 1, (size_t)n, f);
+            s += n;
+        }
     }
     fputc('"', f);
 }
@@ -277,13 +315,26 @@ static int cmd_materialize(int argc, char **argv)
     unsigned char pre[10] = { 0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(total - 10),
                               (unsigned char)((total - 10) >> 8) };
     int status = 0;
-    FILE *f = fopen(argv[1], "wb");
-    if (!f || fwrite(pre, 1, 10, f) != 10 ||
-        fwrite(header, 1, (size_t)(total - 10), f) != (size_t)(total - 10) ||
-        fwrite(e, sizeof *e, (size_t)n * d, f) != (size_t)n * d || fclose(f) != 0) {
+    size_t tlen = strlen(argv[1]) + 8;
+    char *tmp = malloc(tlen);
+    if (!tmp) {
+        free(e);
+        ulpt_prompt_free(p);
+        return 1;
+    }
+    snprintf(tmp, tlen, "%s.tmp", argv[1]); /* written whole, then renamed into place */
+    FILE *f = fopen(tmp, "wb");
+    int ok = f && fwrite(pre, 1, 10, f) == 10 &&
+             fwrite(header, 1, (size_t)(total - 10), f) == (size_t)(total - 10) &&
+             fwrite(e, sizeof *e, (size_t)n * d, f) == (size_t)n * d;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    if (!ok || rename(tmp, argv[1]) != 0) {
         fprintf(stderr, "ulpt materialize: cannot write %s: %s\n", argv[1], strerror(errno));
+        unlink(tmp);
         status = 1;
     }
+    free(tmp);
     free(e);
     ulpt_prompt_free(p);
     return status;

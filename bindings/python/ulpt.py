@@ -289,12 +289,15 @@ def set_num_threads(n):
     _check(lib.ulpt_set_num_threads(n))
 
 
-def _float_array(ptr, count, shape=None):
-    """A view of `count` floats at `ptr`: numpy (reshaped to `shape`) or a ctypes array."""
+def _float_array(ptr, count, shape=None, owner=None):
+    """A view of `count` floats at `ptr`: numpy (reshaped to `shape`) or a ctypes array.
+    The view keeps `owner` (the object whose memory it shows) alive."""
+    buf = ctypes.cast(ptr, POINTER(c_float * count)).contents
+    buf._ulpt_owner = owner
     if np is not None:
-        arr = np.ctypeslib.as_array(ptr, shape=(count,))
+        arr = np.ctypeslib.as_array(buf)  # its base is buf, which holds owner
         return arr.reshape(shape) if shape is not None else arr
-    return ctypes.cast(ptr, POINTER(c_float * count)).contents
+    return buf
 
 
 def _as_float_buffer(values, count):
@@ -392,12 +395,12 @@ class Prompt(_Handle):
     @property
     def params(self):
         """Flat view [Z | s | b] of the parameters (writable; valid while the prompt lives)."""
-        return _float_array(lib.ulpt_prompt_params(self.handle), self.num_params)
+        return _float_array(lib.ulpt_prompt_params(self.handle), self.num_params, owner=self)
 
     @property
     def grads(self):
         """Flat view of the gradients, same layout as `params`."""
-        return _float_array(lib.ulpt_prompt_grads(self.handle), self.num_params)
+        return _float_array(lib.ulpt_prompt_grads(self.handle), self.num_params, owner=self)
 
     def projection(self, group=0):
         """A copy of group `group`'s P (rank x dim; a flat list without numpy), or None for

@@ -59,7 +59,7 @@ def test_verify_exit_status_tells_good_from_damaged(prompt_file, tmp_path):
     bad.write_bytes(bytes(data))
     r = run("verify", path, bad)
     assert r.returncode == 1
-    assert "p.ulpt: ok" in r.stdout and "bad.ulpt: corrupt data" in r.stdout
+    assert "p.ulpt: ok" in r.stdout and "bad.ulpt: corrupt data" in r.stderr
 
 
 def test_convert_to_f16_halves_and_keeps_values(prompt_file, tmp_path):
@@ -72,6 +72,42 @@ def test_convert_to_f16_halves_and_keeps_values(prompt_file, tmp_path):
     assert q.meta == p.meta
     r = run("convert", "--dtype", "f8", path, out)
     assert r.returncode == 2 and "unknown dtype" in r.stderr
+
+
+def test_convert_takes_the_prompt_out_of_a_checkpoint_but_never_over_it(prompt_file, tmp_path):
+    path, p = prompt_file
+    opt = ulpt.Optimizer(p, lr=0.1)
+    p.grads[:] = 0.5
+    opt.step()
+    ckpt = tmp_path / "c.ulpt"
+    opt.save_checkpoint(ckpt)
+    before = ckpt.read_bytes()
+    r = run("convert", "--dtype", "f32", ckpt, ckpt)
+    assert r.returncode == 1 and "optimizer state" in r.stderr
+    assert ckpt.read_bytes() == before
+    out = tmp_path / "prompt-only.ulpt"
+    r = run("convert", "--dtype", "f32", ckpt, out)
+    assert r.returncode == 0 and "prompt only" in r.stderr
+    assert ulpt.inspect(out)["kind"] == ulpt.FILE_PROMPT
+    np.testing.assert_array_equal(ulpt.Prompt.load(out).params, p.params)
+
+
+def test_export_peft_config_is_valid_json_for_any_model_name(tmp_path):
+    p = ulpt.Prompt(n_tokens=2, dim=8)
+    p.set_meta("model", "caf\u00e9 \t \"x\" \u2028 end")
+    path = tmp_path / "m.ulpt"
+    p.save(path)
+    data = bytearray(path.read_bytes())
+    assert run("export-peft", path, tmp_path / "a").returncode == 0
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text(encoding="utf-8"))
+    assert cfg["base_model_name_or_path"] == "caf\u00e9 \t \"x\" \u2028 end"
+    # a name that is not UTF-8 (set through the C API with raw bytes) still gives valid JSON
+    ulpt.lib.ulpt_prompt_set_meta(p.handle, b"model", b"bad \xff\xfe and cut \xe2\x80")
+    p.save(path)
+    assert run("export-peft", path, tmp_path / "b").returncode == 0
+    cfg = json.loads((tmp_path / "b" / "adapter_config.json").read_bytes().decode("utf-8"))
+    assert cfg["base_model_name_or_path"] == "bad \ufffd\ufffd and cut \ufffd\ufffd"
+    del data
 
 
 def test_export_peft_writes_adapter_files(prompt_file, tmp_path):
@@ -117,7 +153,8 @@ def test_diff_exit_status_and_report(prompt_file, tmp_path):
 
 def test_errors_are_one_line_on_stderr(tmp_path):
     r = run("info", tmp_path / "nope.ulpt")
-    assert r.returncode == 1
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "nope.ulpt" in r.stderr
     r = run("materialize", tmp_path / "nope.ulpt", tmp_path / "x.npy")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "nope.ulpt" in r.stderr
     assert run("convert", "a").returncode == 2
