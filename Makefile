@@ -88,11 +88,23 @@ tests/obj/%.o: tests/%.c tests/test.h include/ulpt.h lib/internal.h
 tests/test_ulpt: $(TEST_OBJS) $(STATIC)
 	$(CC) $(CFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(CHECK_LIBS) $(DEP_LIBS) -pthread
 
+# tinylm, the example host model (docs/TINYLM.md): its command line and its Check suite.
+TLM_CFLAGS = -std=c11 $(WARN) -Iexamples/tinylm $(BLAS_CFLAGS) $(ZLIB_CFLAGS)
+TLM_DEPS := examples/tinylm/tinylm.c examples/tinylm/tinylm.h
+
+examples/tinylm/tlm: examples/tinylm/tlm.c $(TLM_DEPS)
+	$(CC) $(CFLAGS) $(TLM_CFLAGS) -o $@ $< examples/tinylm/tinylm.c $(DEP_LIBS) -pthread
+
+tests/tinylm/test_tinylm: tests/tinylm/test_tinylm.c $(TLM_DEPS)
+	$(CC) $(CFLAGS) $(TLM_CFLAGS) -Wno-missing-prototypes $(CHECK_CFLAGS) -o $@ $< \
+	    examples/tinylm/tinylm.c $(CHECK_LIBS) $(DEP_LIBS) -pthread
+
 check: deps
 	@$(MAKE) --no-print-directory check-run
 
-check-run: all tests/test_ulpt examples/quickstart warnings
+check-run: all tests/test_ulpt tests/tinylm/test_tinylm examples/tinylm/tlm examples/quickstart warnings
 	./tests/test_ulpt
+	./tests/tinylm/test_tinylm
 	@$(MAKE) --no-print-directory check-abi
 	sh tests/check-exports.sh
 	sh tests/check-install.sh
@@ -219,4 +231,5 @@ uninstall:
 
 clean:
 	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) tests/fuzz/work tests/cov \
-	    tests/test_ulpt tests/test_ulpt-* tests/bench_step examples/quickstart tools/ulpt
+	    tests/test_ulpt tests/test_ulpt-* tests/bench_step examples/quickstart tools/ulpt \
+	    examples/tinylm/tlm tests/tinylm/test_tinylm
