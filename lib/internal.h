@@ -138,9 +138,4 @@ size_t ulpt__first_nonfinite(const ulpt_prompt *p);
 /* The name of parameter i in the flat layout: "Z[3][1]", "scale[7]", "shift[0]". */
 void ulpt__param_name(const ulpt_prompt *p, size_t i, char *buf, size_t size);
 
-/* ---- optimizer internals (optimizer.c) ------------------------------------------ */
-
-/* ulpt_train_step's preallocated E and G (n_tokens x dim) and gradient backup. */
-void ulpt__optimizer_buffers(ulpt_optimizer *o, float **e, float **g, float **saved_grads);
-
 #endif /* ULPT_INTERNAL_H */

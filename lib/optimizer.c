@@ -185,13 +185,6 @@ int ulpt_optimizer_step(ulpt_optimizer *o)
     return ULPT_OK;
 }
 
-void ulpt__optimizer_buffers(ulpt_optimizer *o, float **e, float **g, float **saved_grads)
-{
-    *e = o->e;
-    *g = o->g;
-    *saved_grads = o->saved_grads;
-}
-
 uint64_t ulpt_optimizer_step_count(const ulpt_optimizer *o) { return o ? o->steps : 0; }
 float ulpt_optimizer_lr(const ulpt_optimizer *o) { return o ? (float)current_lr(o) : 0.0f; }
 ulpt_prompt *ulpt_optimizer_prompt(const ulpt_optimizer *o) { return o ? o->prompt : NULL; }

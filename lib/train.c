@@ -16,10 +16,9 @@ int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn, voi
                          !p   ? "prompt"
                          : !o ? "optimizer"
                               : "loss_fn");
-    if (ulpt_optimizer_prompt(o) != p)
+    if (o->prompt != p)
         return ULPT_FAIL(ULPT_ERR_INVALID, "the optimizer was created for another prompt");
-    float *e, *g, *saved;
-    ulpt__optimizer_buffers(o, &e, &g, &saved);
+    float *e = o->e, *g = o->g, *saved = o->saved_grads; /* taken at creation */
     const uint32_t n = ulpt_prompt_n_tokens(p), d = ulpt_prompt_dim(p);
     const size_t nd = (size_t)n * d, np = ulpt_prompt_num_params(p);
 
