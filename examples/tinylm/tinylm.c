@@ -732,8 +732,8 @@ int tlm_save(const tlm_model *m, const char *path, uint64_t seed, uint64_t steps
 }
 
 /* Fields of a header, checked in the order TINYLM.md lists the refusals. */
-static int header_check(const char *path, const unsigned char *h, long file_size, tlm_config *cfg,
-                        uint64_t *z_len)
+static int header_check(const char *path, const unsigned char *h, uint64_t file_size,
+                        tlm_config *cfg, uint64_t *z_len)
 {
     static const char func[] = "tlm_load";
     if (memcmp(h, tlm_magic, 8) != 0)
@@ -754,7 +754,7 @@ static int header_check(const char *path, const unsigned char *h, long file_size
         return fail(func, "%s: parameter count %llu, the configuration implies %llu", path,
                     (unsigned long long)p, (unsigned long long)want);
     *z_len = get_u64(h + 128);
-    uint64_t size = (uint64_t)file_size, expect = sat_add(*z_len, HEADER_SIZE + 4);
+    uint64_t size = file_size, expect = sat_add(*z_len, HEADER_SIZE + 4);
     if (size < expect)
         return fail(func, "%s: truncated (%llu bytes, the header says %llu)", path,
                     (unsigned long long)size, (unsigned long long)expect);
@@ -806,6 +806,33 @@ static int read_exact(const char *path, FILE *f, unsigned char *buf, size_t size
     return 0;
 }
 
+/* The CRC, the model and its weights from a checked header h and the z_len + 4 bytes
+ * after it (zlib data, CRC-32). */
+static int load_rest(tlm_model **out, const char *name, const unsigned char *h,
+                     const tlm_config *cfg, const unsigned char *z, uint64_t z_len)
+{
+    static const char func[] = "tlm_load";
+    uint32_t crc = (uint32_t)crc32_z(crc32_z(0, h, HEADER_SIZE), z, (size_t)z_len);
+    if (crc != get_u32(z + z_len))
+        return fail(func, "%s: bad CRC-32 (computed %08x, stored %08x)", name, crc,
+                    get_u32(z + z_len));
+    tlm_model *m;
+    if (model_alloc(func, &m, cfg))
+        return -1;
+    const size_t bytes = m->n_params * sizeof(float);
+    if (!inflate_exact((unsigned char *)m->params, bytes, z, (size_t)z_len)) {
+        tlm_free(m);
+        return fail(func, "%s: zlib data does not inflate to exactly %zu bytes", name, bytes);
+    }
+    if (!host_is_little_endian())
+        swap_floats(m->params, m->n_params);
+    m->meta.seed = get_u64(h + 48);
+    m->meta.steps = get_u64(h + 56);
+    memcpy(m->meta.corpus, h + 64, TLM_CORPUS_MAX); /* the byte after stays 0 */
+    *out = m;
+    return 0;
+}
+
 int tlm_load(tlm_model **out, const char *path)
 {
     static const char func[] = "tlm_load";
@@ -829,38 +856,32 @@ int tlm_load(tlm_model **out, const char *path)
     tlm_config cfg;
     uint64_t z_len = 0;
     unsigned char *z = NULL;
-    tlm_model *m = NULL;
     int rc = read_exact(path, f, h, HEADER_SIZE);
     if (!rc)
-        rc = header_check(path, h, size, &cfg, &z_len);
+        rc = header_check(path, h, (uint64_t)size, &cfg, &z_len);
     /* The compressed data and the CRC: no more than the file holds. */
     if (!rc && !(z = malloc((size_t)z_len + 4)))
         rc = fail(func, "out of memory");
     if (!rc)
         rc = read_exact(path, f, z, (size_t)z_len + 4);
     fclose(f);
-    if (!rc) {
-        uint32_t crc = (uint32_t)crc32_z(crc32_z(0, h, HEADER_SIZE), z, (size_t)z_len);
-        if (crc != get_u32(z + z_len))
-            rc = fail(func, "%s: bad CRC-32 (computed %08x, stored %08x)", path, crc,
-                      get_u32(z + z_len));
-    }
     if (!rc)
-        rc = model_alloc(func, &m, &cfg);
-    if (!rc &&
-        !inflate_exact((unsigned char *)m->params, m->n_params * sizeof(float), z, (size_t)z_len))
-        rc = fail(func, "%s: zlib data does not inflate to exactly %zu bytes", path,
-                  m->n_params * sizeof(float));
+        rc = load_rest(out, path, h, &cfg, z, z_len);
     free(z);
-    if (rc) {
-        tlm_free(m);
-        return rc;
-    }
-    if (!host_is_little_endian())
-        swap_floats(m->params, m->n_params);
-    m->meta.seed = get_u64(h + 48);
-    m->meta.steps = get_u64(h + 56);
-    memcpy(m->meta.corpus, h + 64, TLM_CORPUS_MAX); /* the byte after stays 0 */
-    *out = m;
-    return 0;
+    return rc;
+}
+
+int tlm_load_buffer(tlm_model **out, const void *buf, size_t len)
+{
+    static const char func[] = "tlm_load";
+    if (!out || !buf)
+        return fail(func, "%s is NULL", !out ? "out" : "buf");
+    if (len < HEADER_SIZE)
+        return fail(func, "buffer: truncated (%zu bytes, the header is %d)", len, HEADER_SIZE);
+    tlm_config cfg;
+    uint64_t z_len = 0;
+    const unsigned char *h = buf;
+    if (header_check("buffer", h, (uint64_t)len, &cfg, &z_len))
+        return -1;
+    return load_rest(out, "buffer", h, &cfg, h + HEADER_SIZE, z_len);
 }

@@ -66,6 +66,9 @@ int tlm_create_random(tlm_model **out, const tlm_config *cfg, uint64_t seed);
  * allocated.  On failure *out is untouched. */
 int tlm_load(tlm_model **out, const char *path);
 
+/* The same from the len bytes of a .tlm file in memory; messages name "buffer". */
+int tlm_load_buffer(tlm_model **out, const void *buf, size_t len);
+
 /* Writes the model as a .tlm file with the given training record; `corpus` (may be NULL)
  * is at most TLM_CORPUS_MAX bytes.  A failed save removes the partial file. */
 int tlm_save(const tlm_model *m, const char *path, uint64_t seed, uint64_t steps,
