@@ -1,7 +1,9 @@
 # libulpt -- plain GNU make.
 #
 #   make              lib/libulpt.so.1.MINOR.PATCH (soname libulpt.so.1) and lib/libulpt.a
-#   make demo         build and run examples/quickstart (installs missing packages as root)
+#   make demo         tune a rank-2 prompt for the shipped tinylm on real data (the main job;
+#                     installs missing packages as root, fetches the data)
+#   make results      ULPT against vanilla prompt tuning on three tasks: docs/RESULTS.md
 #   make check        build and run the test suite (likewise)
 #   make bench        time forward, backward and a training step against a memory stream
 #   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc, ulpt(1)
@@ -41,7 +43,7 @@ OBJS := $(patsubst lib/%.c,lib/obj/%.o,$(SRCS))
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_OBJS := $(patsubst tests/%.c,tests/obj/%.o,$(TEST_SRCS))
 
-.PHONY: all deps demo check check-run warnings bench bench-run install uninstall clean
+.PHONY: all deps demo quickstart results check check-run warnings bench bench-run install uninstall clean
 
 all: $(SHARED) $(STATIC) tools/ulpt
 
@@ -74,9 +76,18 @@ deps:
 examples/quickstart: examples/quickstart.c $(SHARED) include/ulpt.h
 	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< -Llib -lulpt -Wl,-rpath,'$$ORIGIN/../lib' -lm
 
+# The main job: the shipped tinylm (examples/tinylm), a rank-2 ULPT prompt tuned on the
+# names task, saved, and loaded back by a second process.
+DEMO_PROMPT := examples/tinylm/cache/names-rank2.ulpt
 demo:
-	@sh .ci/install-deps build
-	@$(MAKE) --no-print-directory examples/quickstart
+	@sh .ci/install-deps demo
+	@$(MAKE) --no-print-directory data examples/tinylm/tune
+	./examples/tinylm/tune examples/tinylm/cache/tasks/names --steps 400 --lr 0.05 \
+	    --save $(DEMO_PROMPT)
+	./examples/tinylm/tune examples/tinylm/cache/tasks/names --load $(DEMO_PROMPT)
+
+# The smallest complete program: a prompt tuned against a toy host in 150 lines.
+quickstart: all examples/quickstart
 	./examples/quickstart
 
 # ---- tests --------------------------------------------------------------------------
@@ -95,6 +106,11 @@ TLM_DEPS := examples/tinylm/tinylm.c examples/tinylm/tinylm.h
 examples/tinylm/tlm: examples/tinylm/tlm.c $(TLM_DEPS)
 	$(CC) $(CFLAGS) $(TLM_CFLAGS) -o $@ $< examples/tinylm/tinylm.c $(DEP_LIBS) -pthread
 
+# The example host: tunes a prompt for tinylm on a task through libulpt.
+examples/tinylm/tune: examples/tinylm/tune.c $(TLM_DEPS) $(SHARED) include/ulpt.h
+	$(CC) $(CFLAGS) $(TLM_CFLAGS) -Iinclude -o $@ $< examples/tinylm/tinylm.c \
+	    -Llib -lulpt -Wl,-rpath,'$$ORIGIN/../../lib' $(DEP_LIBS) -pthread
+
 tests/tinylm/test_tinylm: tests/tinylm/test_tinylm.c $(TLM_DEPS)
 	$(CC) $(CFLAGS) $(TLM_CFLAGS) -Wno-missing-prototypes $(CHECK_CFLAGS) -o $@ $< \
 	    examples/tinylm/tinylm.c $(CHECK_LIBS) $(DEP_LIBS) -pthread
@@ -103,7 +119,16 @@ tests/tinylm/test_tinylm: tests/tinylm/test_tinylm.c $(TLM_DEPS)
 # examples/tinylm/cache, checksummed), and its pretraining on Moby-Dick (PyTorch).
 .PHONY: data pretrain
 data:
-	@sh examples/tinylm/fetch-data.sh
+	@$(PYTHON) examples/tinylm/fetch_data.py
+	@$(PYTHON) examples/tinylm/tasks.py
+
+# docs/RESULTS.md, its plot and docs/results/runs.jsonl (under an hour on two cores;
+# interrupted runs resume; RESULTS_FLAGS=--fresh starts over).
+RESULTS_FLAGS ?=
+results:
+	@sh .ci/install-deps results
+	@$(MAKE) --no-print-directory data examples/tinylm/tune
+	$(PYTHON) examples/tinylm/results.py $(RESULTS_FLAGS)
 
 PRETRAIN_FLAGS ?= --steps 1500 --batch 16 --seed 1
 pretrain: deps data
@@ -112,7 +137,8 @@ pretrain: deps data
 check: deps
 	@$(MAKE) --no-print-directory check-run
 
-check-run: all tests/test_ulpt tests/tinylm/test_tinylm examples/tinylm/tlm examples/quickstart warnings
+check-run: all tests/test_ulpt tests/tinylm/test_tinylm examples/tinylm/tlm examples/tinylm/tune \
+    examples/quickstart warnings
 	./tests/test_ulpt
 	./tests/tinylm/test_tinylm
 	@$(MAKE) --no-print-directory check-abi
@@ -154,20 +180,32 @@ check-tsan: deps
 
 # libFuzzer targets, seeded with real files, FUZZ_SECONDS each; any crash, leak,
 # timeout or sanitizer report fails.  Crashes are left as tests/fuzz/crash-*.
+#   prompt, checkpoint   libulpt's loaders (seeds: tests/fuzz/seeds.c)
+#   tlm                  the example host's .tlm weights loader (seeds: seeds_tlm.c); a
+#                        forged header may ask for up to TLM_MAX_BYTES, hence its limit
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := prompt checkpoint
+FUZZ_TARGETS := prompt checkpoint tlm
+FUZZ_CC = clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined
 fuzz: deps
-	@rm -rf tests/fuzz/work && mkdir -p tests/fuzz/work/seeds
+	@rm -rf tests/fuzz/work && mkdir -p tests/fuzz/work/seeds tests/fuzz/work/seeds-tlm
 	clang -std=c11 -O1 -Iinclude tests/fuzz/seeds.c $(SRCS) -Ilib $(BLAS_CFLAGS) $(ZLIB_CFLAGS) \
 	    $(DEP_LIBS) -pthread -o tests/fuzz/work/seeds-gen
 	tests/fuzz/work/seeds-gen tests/fuzz/work/seeds
+	clang -std=c11 -O1 -Iexamples/tinylm tests/fuzz/seeds_tlm.c examples/tinylm/tinylm.c \
+	    $(BLAS_CFLAGS) $(ZLIB_CFLAGS) $(DEP_LIBS) -pthread -o tests/fuzz/work/seeds-tlm-gen
+	tests/fuzz/work/seeds-tlm-gen tests/fuzz/work/seeds-tlm
+	$(FUZZ_CC) -Iinclude -Ilib $(BLAS_CFLAGS) $(ZLIB_CFLAGS) $(SRCS) tests/fuzz/fuzz_prompt.c \
+	    $(DEP_LIBS) -pthread -o tests/fuzz/work/fuzz_prompt
+	$(FUZZ_CC) -Iinclude -Ilib $(BLAS_CFLAGS) $(ZLIB_CFLAGS) $(SRCS) tests/fuzz/fuzz_checkpoint.c \
+	    $(DEP_LIBS) -pthread -o tests/fuzz/work/fuzz_checkpoint
+	$(FUZZ_CC) -Iexamples/tinylm $(BLAS_CFLAGS) $(ZLIB_CFLAGS) examples/tinylm/tinylm.c \
+	    tests/fuzz/fuzz_tlm.c $(DEP_LIBS) -pthread -o tests/fuzz/work/fuzz_tlm
 	@for t in $(FUZZ_TARGETS); do \
-	    clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Ilib \
-	        $(BLAS_CFLAGS) $(ZLIB_CFLAGS) $(SRCS) tests/fuzz/fuzz_$$t.c $(DEP_LIBS) -pthread \
-	        -o tests/fuzz/work/fuzz_$$t || exit 1; \
+	    case $$t in tlm) seeds=seeds-tlm limits="-malloc_limit_mb=4200 -rss_limit_mb=2048" ;; \
+	                *) seeds=seeds limits="-rss_limit_mb=2048" ;; esac; \
 	    mkdir -p tests/fuzz/work/corpus_$$t; \
-	    tests/fuzz/work/fuzz_$$t tests/fuzz/work/corpus_$$t tests/fuzz/work/seeds \
-	        -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    tests/fuzz/work/fuzz_$$t tests/fuzz/work/corpus_$$t tests/fuzz/work/$$seeds \
+	        -max_total_time=$(FUZZ_SECONDS) -timeout=10 $$limits \
 	        -print_final_stats=1 -artifact_prefix=tests/fuzz/crash-$$t- \
 	        > tests/fuzz/work/$$t.log 2>&1 || { tail -40 tests/fuzz/work/$$t.log; exit 1; }; \
 	    echo "fuzz $$t: $$(sed -n 's/stat::number_of_executed_units: *//p' tests/fuzz/work/$$t.log) executions in $(FUZZ_SECONDS) s, no crash"; \
@@ -241,5 +279,5 @@ uninstall:
 
 clean:
 	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) tests/fuzz/work tests/cov \
-	    tests/test_ulpt tests/test_ulpt-* tests/bench_step examples/quickstart tools/ulpt \
+	    tests/test_ulpt tests/test_ulpt-* tests/bench_step examples/quickstart examples/tinylm/tune tools/ulpt \
 	    examples/tinylm/tlm tests/tinylm/test_tinylm

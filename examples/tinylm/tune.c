@@ -1,0 +1,680 @@
+/* tune.c -- tune a soft prompt for the frozen tinylm on a classification task, through
+ * libulpt.  This is the example host: libulpt writes the prompt rows E, the host embeds
+ * the text behind them, runs tinylm forward and backward and hands back the loss and
+ * dL/dE (host_loss below); libulpt back-propagates into its parameters and steps AdamW.
+ *
+ *     tune [options] TASKDIR      TASKDIR holds train.tsv, test.tsv and (for --select)
+ *                                 valid.tsv, as examples/tinylm/tasks.py writes them
+ *
+ * An example is [E ; wte[text bytes] ; wte['\n']] and its label is the byte tinylm
+ * predicts next, restricted to the two verbalizer bytes (the labels' first letters).
+ * docs/TINYLM.md describes the tasks and the method; run `tune --help` for the options.
+ * Errors: one line on stderr, exit status 1 (2 for usage). */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tinylm.h"
+#include "ulpt.h"
+
+#define MAX_THREADS 16
+#define SEPARATOR '\n'
+
+static const char usage_text[] =
+    "usage: tune [options] TASKDIR\n"
+    "  --model PATH      frozen host model (default examples/tinylm/tinylm.tlm)\n"
+    "  --method M        ulpt (default), vanilla (n x d trainable) or none (no prompt)\n"
+    "  --tokens N        soft tokens (default 16)\n"
+    "  --rank R          ULPT rank (default 2)\n"
+    "  --no-scale-shift  ULPT without the learned scale and shift (the paper's ablation)\n"
+    "  --steps S         training steps (default 200); --batch B (default 16)\n"
+    "  --lr LR           AdamW peak learning rate (default 0.03); 10% warmup, linear decay\n"
+    "  --seed K          seeds the prompt's initialization, projection and data order (1)\n"
+    "  --threads T       worker threads, each with its own copy of the model (default 2)\n"
+    "  --save PATH       write the tuned prompt there (f32 prompt file)\n"
+    "  --load PATH       evaluate a saved prompt instead of tuning one\n"
+    "  --valid           also report accuracy on valid.tsv (for learning-rate selection)\n"
+    "  --json            print one JSON line of results instead of the report\n"
+    "  --skip-baseline   do not measure the no-prompt accuracy (reported as -1)\n"
+    "  --quiet           no progress bar\n";
+
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("tune: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- the task files ------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *text;
+    uint32_t len;
+    int label;
+} example;
+
+typedef struct {
+    char *blob;          /* the whole file; texts point into it */
+    example *ex;
+    size_t n;
+    char names[2][64];   /* label names; their first bytes are the verbalizer */
+} split;
+
+static void split_free(split *s)
+{
+    free(s->blob);
+    free(s->ex);
+    memset(s, 0, sizeof *s);
+}
+
+/* Reads TASKDIR/NAME.tsv: a "#<TAB>name0<TAB>name1" line, then "label<TAB>text" lines with
+ * label 0 or 1 and a text of 1..max_text bytes.  Fails with a message naming the line. */
+static int split_load(split *s, const char *dir, const char *name, uint32_t max_text)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.tsv", dir, name);
+    memset(s, 0, sizeof *s);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fail("%s: %s", path, strerror(errno));
+    size_t cap = 1 << 16, len = 0;
+    char *blob = malloc(cap);
+    for (size_t got; blob && (got = fread(blob + len, 1, cap - len - 1, f)) > 0;) {
+        len += got;
+        if (len + 1 == cap) {
+            char *more = realloc(blob, cap *= 2);
+            if (!more)
+                free(blob);
+            blob = more;
+        }
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (!blob)
+        return fail("%s: out of memory", path);
+    if (err) {
+        free(blob);
+        return fail("%s: read error", path);
+    }
+    blob[len] = '\0';
+    size_t lines = 0;
+    for (size_t i = 0; i < len; i++)
+        lines += blob[i] == '\n';
+    s->blob = blob;
+    s->ex = calloc(lines + 1, sizeof *s->ex);
+    if (!s->ex) {
+        split_free(s);
+        return fail("%s: out of memory", path);
+    }
+    char *line = blob, *end = blob + len;
+    for (size_t no = 1; line < end; no++) {
+        char *nl = memchr(line, '\n', (size_t)(end - line));
+        if (!nl) {
+            split_free(s);
+            return fail("%s:%zu: the last line has no newline", path, no);
+        }
+        *nl = '\0';
+        if (no == 1) {
+            char *a = line[0] == '#' && line[1] == '\t' ? line + 2 : NULL;
+            char *b = a ? strchr(a, '\t') : NULL;
+            if (!b || b == a || !b[1] || strchr(b + 1, '\t') || (size_t)(b - a) >= 64 ||
+                strlen(b + 1) >= 64 || a[0] == b[1]) {
+                split_free(s);
+                return fail("%s:1: expected \"#<TAB>label0<TAB>label1\" with different "
+                            "first letters", path);
+            }
+            memcpy(s->names[0], a, (size_t)(b - a));
+            strcpy(s->names[1], b + 1);
+        } else {
+            uint32_t tlen = (uint32_t)(nl - line) - 2;
+            if ((line[0] != '0' && line[0] != '1') || line[1] != '\t' || nl - line < 3 ||
+                tlen > max_text) {
+                split_free(s);
+                return fail("%s:%zu: expected \"0|1<TAB>text\" with 1..%" PRIu32
+                            " bytes of text", path, no, max_text);
+            }
+            s->ex[s->n++] = (example){ (const uint8_t *)line + 2, tlen, line[0] - '0' };
+        }
+        line = nl + 1;
+    }
+    if (s->n == 0) {
+        split_free(s);
+        return fail("%s: no examples", path);
+    }
+    return 0;
+}
+
+static double majority(const split *s)
+{
+    size_t ones = 0;
+    for (size_t i = 0; i < s->n; i++)
+        ones += (size_t)s->ex[i].label;
+    return (double)(ones > s->n - ones ? ones : s->n - ones) / (double)s->n;
+}
+
+/* ---- the host: tinylm on a batch, split over worker threads --------------------- */
+
+typedef struct host host;
+
+typedef struct {
+    host *h;
+    int id;
+    tlm_model *model;
+    float *rows, *drows, *grad; /* T x C input rows, their gradient, this worker's dL/dE */
+    double loss;
+    int correct, failed;
+} worker;
+
+struct host {
+    worker w[MAX_THREADS];
+    int n_threads;
+    uint32_t n_tokens, C;
+    uint8_t verbalizer[2];
+    const example *const *batch; /* the examples of this call */
+    size_t batch_n;
+    const float *e;              /* prompt rows (n_tokens x C), NULL when n_tokens == 0 */
+    int want_grad;
+    double callback_seconds;     /* time spent in host_loss, for the libulpt share */
+};
+
+/* Loss and (if wanted) dL/dE of this worker's share of the batch: examples id, id+T, ... */
+static void *work(void *arg)
+{
+    worker *w = arg;
+    host *h = w->h;
+    const size_t C = h->C, n = h->e ? h->n_tokens : 0; /* no prompt rows: evaluation */
+    w->loss = 0;
+    w->correct = 0;
+    w->failed = 0;
+    if (h->want_grad)
+        memset(w->grad, 0, sizeof(float) * n * C);
+    for (size_t i = (size_t)w->id; i < h->batch_n; i += (size_t)h->n_threads) {
+        const example *x = h->batch[i];
+        uint32_t len = (uint32_t)n + x->len + 1;
+        if (n)
+            memcpy(w->rows, h->e, sizeof(float) * n * C);
+        for (uint32_t t = 0; t <= x->len; t++)
+            memcpy(w->rows + (n + t) * C,
+                   tlm_token_embedding(w->model, t < x->len ? x->text[t] : SEPARATOR),
+                   sizeof(float) * C);
+        int pred;
+        double l = tlm_class_loss(w->model, w->rows, len, h->verbalizer, 2, x->label,
+                                  h->want_grad ? w->drows : NULL, &pred);
+        if (!isfinite(l)) {
+            w->failed = 1;
+            return NULL;
+        }
+        w->loss += l;
+        w->correct += pred == x->label;
+        if (h->want_grad)
+            for (size_t k = 0; k < n * C; k++)
+                w->grad[k] += w->drows[k];
+    }
+    return NULL;
+}
+
+/* Runs the batch on all workers; sums loss, correct count and (if grad) dL/dE. */
+static int run_batch(host *h, double *loss, int *correct, float *grad)
+{
+    pthread_t tid[MAX_THREADS];
+    int started[MAX_THREADS] = { 0 };
+    for (int t = 1; t < h->n_threads; t++)
+        started[t] = pthread_create(&tid[t], NULL, work, &h->w[t]) == 0;
+    work(&h->w[0]);
+    for (int t = 1; t < h->n_threads; t++) {
+        if (started[t])
+            pthread_join(tid[t], NULL);
+        else
+            work(&h->w[t]); /* no thread: do its share here */
+    }
+    double total = 0;
+    int right = 0;
+    const size_t nc = (size_t)h->n_tokens * h->C;
+    for (int t = 0; t < h->n_threads; t++) {
+        if (h->w[t].failed)
+            return -1;
+        total += h->w[t].loss;
+        right += h->w[t].correct;
+        if (grad)
+            for (size_t k = 0; k < nc; k++)
+                grad[k] += h->w[t].grad[k] / (float)h->batch_n;
+    }
+    *loss = total / (double)h->batch_n;
+    *correct = right;
+    return 0;
+}
+
+/* libulpt's callback: the mean cross-entropy of the batch and dL/dE. */
+static int host_loss(void *user, const float *e, uint32_t n, uint32_t d, float *grad,
+                     double *loss)
+{
+    host *h = user;
+    double t0 = now();
+    if (n != h->n_tokens || d != h->C)
+        return -1;
+    h->e = e;
+    h->want_grad = 1;
+    int correct, rc = run_batch(h, loss, &correct, grad);
+    h->callback_seconds += now() - t0;
+    return rc;
+}
+
+/* Accuracy on a split with prompt rows e (NULL: no prompt). */
+static int evaluate(host *h, const split *s, const float *e, double *acc)
+{
+    const example **all = malloc(sizeof *all * s->n);
+    if (!all)
+        return fail("out of memory");
+    for (size_t i = 0; i < s->n; i++)
+        all[i] = &s->ex[i];
+    h->batch = all;
+    h->batch_n = s->n;
+    h->e = e;
+    h->want_grad = 0;
+    double loss;
+    int correct, rc = run_batch(h, &loss, &correct, NULL);
+    free(all);
+    if (rc)
+        return fail("evaluation: %s", tlm_last_error());
+    *acc = (double)correct / (double)s->n;
+    return 0;
+}
+
+static void host_free(host *h)
+{
+    for (int t = 0; t < h->n_threads; t++) {
+        tlm_free(h->w[t].model);
+        free(h->w[t].rows);
+        free(h->w[t].drows);
+        free(h->w[t].grad);
+    }
+}
+
+static int host_init(host *h, const char *model_path, int threads, uint32_t n_tokens)
+{
+    memset(h, 0, sizeof *h);
+    for (int t = 0; t < threads; t++) {
+        worker *w = &h->w[t];
+        *w = (worker){ .h = h, .id = t };
+        h->n_threads = t + 1;
+        if (tlm_load(&w->model, model_path)) {
+            host_free(h);
+            return fail("%s", tlm_last_error());
+        }
+        const tlm_config *c = tlm_config_of(w->model);
+        h->C = c->width;
+        w->rows = malloc(sizeof(float) * c->max_len * c->width);
+        w->drows = malloc(sizeof(float) * c->max_len * c->width);
+        w->grad = malloc(sizeof(float) * (n_tokens ? n_tokens : 1) * c->width);
+        if (!w->rows || !w->drows || !w->grad) {
+            host_free(h);
+            return fail("out of memory");
+        }
+    }
+    h->n_tokens = n_tokens;
+    return 0;
+}
+
+/* ---- the command ---------------------------------------------------------------- */
+
+typedef struct {
+    const char *model, *taskdir, *method, *save, *load;
+    uint32_t tokens, rank, steps, batch;
+    int no_scale_shift, threads, valid, json, quiet, skip_baseline;
+    double lr;
+    uint64_t seed;
+} options;
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15u);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
+    return z ^ (z >> 31);
+}
+
+static void shuffle(size_t *idx, size_t n, uint64_t *state)
+{
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)(splitmix(state) % i);
+        size_t t = idx[i - 1];
+        idx[i - 1] = idx[j];
+        idx[j] = t;
+    }
+}
+
+static void progress(const options *o, uint32_t step, double loss, float lr, double elapsed)
+{
+    static int tty = -1;
+    if (tty < 0)
+        tty = isatty(fileno(stdout));
+    if (o->quiet || o->json || (!tty && step % 25 && step != o->steps))
+        return;
+    char bar[31];
+    int filled = (int)(30 * (uint64_t)step / o->steps);
+    memset(bar, '#', (size_t)filled);
+    memset(bar + filled, '.', (size_t)(30 - filled));
+    bar[30] = '\0';
+    printf("%s[%s] step %3" PRIu32 "/%" PRIu32 "  loss %.4f  lr %.5f  %6.1fs%s",
+           tty ? "\r" : "", bar, step, o->steps, loss, lr, elapsed,
+           tty && step < o->steps ? "" : "\n");
+    fflush(stdout);
+}
+
+static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, const char *what)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
+        return fail("%s must be an integer in [%" PRIu32 ", %" PRIu32 "], not \"%s\"", what,
+                    lo, hi, s);
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, options *o)
+{
+    *o = (options){ .model = "examples/tinylm/tinylm.tlm", .method = "ulpt", .tokens = 16,
+                    .rank = 2, .steps = 200, .batch = 16, .threads = 2, .lr = 0.03,
+                    .seed = 1 };
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        uint32_t u;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage_text, stdout);
+            exit(0);
+        } else if (!strcmp(a, "--no-scale-shift")) {
+            o->no_scale_shift = 1;
+        } else if (!strcmp(a, "--valid")) {
+            o->valid = 1;
+        } else if (!strcmp(a, "--json")) {
+            o->json = 1;
+        } else if (!strcmp(a, "--skip-baseline")) {
+            o->skip_baseline = 1;
+        } else if (!strcmp(a, "--quiet")) {
+            o->quiet = 1;
+        } else if (a[0] == '-' && a[1] == '-') {
+            if (!v)
+                return fail("%s needs a value", a);
+            i++;
+            if (!strcmp(a, "--model")) {
+                o->model = v;
+            } else if (!strcmp(a, "--method")) {
+                if (strcmp(v, "ulpt") && strcmp(v, "vanilla") && strcmp(v, "none"))
+                    return fail("--method must be ulpt, vanilla or none, not \"%s\"", v);
+                o->method = v;
+            } else if (!strcmp(a, "--tokens")) {
+                if (parse_u32(v, 1, 128, &o->tokens, "--tokens"))
+                    return 1;
+            } else if (!strcmp(a, "--rank")) {
+                if (parse_u32(v, 1, 4096, &o->rank, "--rank"))
+                    return 1;
+            } else if (!strcmp(a, "--steps")) {
+                if (parse_u32(v, 1, 1000000, &o->steps, "--steps"))
+                    return 1;
+            } else if (!strcmp(a, "--batch")) {
+                if (parse_u32(v, 1, 4096, &o->batch, "--batch"))
+                    return 1;
+            } else if (!strcmp(a, "--threads")) {
+                if (parse_u32(v, 1, MAX_THREADS, &u, "--threads"))
+                    return 1;
+                o->threads = (int)u;
+            } else if (!strcmp(a, "--seed")) {
+                if (parse_u32(v, 0, UINT32_MAX, &u, "--seed"))
+                    return 1;
+                o->seed = u;
+            } else if (!strcmp(a, "--lr")) {
+                char *end;
+                o->lr = strtod(v, &end);
+                if (end == v || *end || !(o->lr > 0) || !isfinite(o->lr))
+                    return fail("--lr must be a positive number, not \"%s\"", v);
+            } else if (!strcmp(a, "--save")) {
+                o->save = v;
+            } else if (!strcmp(a, "--load")) {
+                o->load = v;
+            } else {
+                return fail("unknown option %s (see --help)", a);
+            }
+        } else if (!o->taskdir) {
+            o->taskdir = a;
+        } else {
+            return fail("one TASKDIR only (see --help)");
+        }
+    }
+    if (!o->taskdir) {
+        fputs(usage_text, stderr);
+        exit(2);
+    }
+    return 0;
+}
+
+#define ULPT_TRY(call)                                                                     \
+    do {                                                                                   \
+        if ((call) != ULPT_OK) {                                                           \
+            rc = fail("%s", ulpt_last_error());                                            \
+            goto out;                                                                      \
+        }                                                                                  \
+    } while (0)
+
+int main(int argc, char **argv)
+{
+    options o;
+    if (parse_args(argc, argv, &o))
+        return 2;
+    const int none = !strcmp(o.method, "none") && !o.load;
+    const int vanilla = !strcmp(o.method, "vanilla");
+
+    split train = { 0 }, valid = { 0 }, test = { 0 };
+    host h;
+    ulpt_prompt *prompt = NULL;
+    ulpt_optimizer *opt = NULL;
+    float *e = NULL;
+    size_t *order = NULL;
+    int rc = 0;
+
+    if (o.load) { /* the prompt decides the shape */
+        if (ulpt_prompt_load(&prompt, o.load) != ULPT_OK)
+            return fail("%s", ulpt_last_error());
+        o.tokens = ulpt_prompt_n_tokens(prompt);
+    }
+    const uint32_t n_tokens = none ? 0 : o.tokens;
+    if (host_init(&h, o.model, o.threads, n_tokens)) {
+        ulpt_prompt_free(prompt);
+        return 1;
+    }
+    const tlm_config *cfg = tlm_config_of(h.w[0].model);
+    if (n_tokens + 2 > cfg->max_len) {
+        rc = fail("--tokens %" PRIu32 " leaves no room for text in a context of %" PRIu32,
+                  n_tokens, cfg->max_len);
+        goto out;
+    }
+    if (prompt && ulpt_prompt_dim(prompt) != cfg->width) {
+        rc = fail("%s: the prompt's dim %" PRIu32 " is not the model's width %" PRIu32,
+                  o.load, ulpt_prompt_dim(prompt), cfg->width);
+        goto out;
+    }
+    const uint32_t max_text = cfg->max_len - n_tokens - 1;
+    if (split_load(&test, o.taskdir, "test", max_text) ||
+        (!o.load && !none && split_load(&train, o.taskdir, "train", max_text)) ||
+        (o.valid && split_load(&valid, o.taskdir, "valid", max_text))) {
+        rc = 1;
+        goto out;
+    }
+    h.verbalizer[0] = (uint8_t)test.names[0][0];
+    h.verbalizer[1] = (uint8_t)test.names[1][0];
+    ulpt_set_num_threads(1); /* parallelism comes from the workers */
+
+    double acc_before = -1, acc_after = 0, acc_valid = 0, train_seconds = 0, loss = 0, first = 0;
+    if ((!o.skip_baseline || none) && evaluate(&h, &test, NULL, &acc_before)) {
+        rc = 1;
+        goto out;
+    }
+    const char *task = strrchr(o.taskdir, '/') && strrchr(o.taskdir, '/')[1]
+                           ? strrchr(o.taskdir, '/') + 1 : o.taskdir;
+    if (!o.json) {
+        printf("task %s: %zu training, %zu test examples; labels \"%s\" and \"%s\"\n", task,
+               train.n, test.n, test.names[0], test.names[1]);
+        printf("majority class: %.1f%% of the test set\n", 100 * majority(&test));
+        printf("frozen tinylm (%zu parameters), no prompt: test accuracy %.1f%%\n",
+               tlm_num_params(h.w[0].model), 100 * acc_before);
+    }
+
+    if (!none && !o.load) {
+        ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
+        po.n_tokens = o.tokens;
+        po.dim = cfg->width;
+        po.projection_seed = o.seed;
+        po.init_seed = o.seed;
+        if (vanilla) { /* P = I, no scale or shift: E = Z, n x d trainable */
+            po.rank = cfg->width;
+            po.projection_kind = ULPT_PROJ_IDENTITY;
+            po.flags = ULPT_NO_SCALE | ULPT_NO_SHIFT;
+            /* start at the scale of the model's own token embeddings */
+            const float *wte = tlm_token_embedding(h.w[0].model, 0);
+            double ss = 0;
+            for (size_t k = 0; k < (size_t)cfg->vocab * cfg->width; k++)
+                ss += (double)wte[k] * wte[k];
+            po.init_std = (float)sqrt(ss / ((double)cfg->vocab * cfg->width));
+        } else {
+            po.rank = o.rank;
+            po.flags = o.no_scale_shift ? ULPT_NO_SCALE | ULPT_NO_SHIFT : 0;
+        }
+        ULPT_TRY(ulpt_prompt_create(&prompt, &po));
+        ulpt_optimizer_options oo = ULPT_OPTIMIZER_OPTIONS_INIT; /* AdamW */
+        oo.lr = o.lr;
+        oo.weight_decay = 1e-5;
+        oo.max_grad_norm = 1.0;
+        oo.schedule = ULPT_SCHED_LINEAR;
+        oo.warmup_steps = o.steps / 10;
+        oo.total_steps = o.steps;
+        ULPT_TRY(ulpt_optimizer_create(&opt, prompt, &oo));
+
+        if (!o.json)
+            printf("tuning %s: %" PRIu32 " soft tokens, %zu trainable parameters "
+                   "(vanilla prompt tuning: %" PRIu32 ")\n",
+                   vanilla ? "a vanilla prompt" : "a ULPT prompt", o.tokens,
+                   ulpt_prompt_num_params(prompt), o.tokens * cfg->width);
+        order = malloc(sizeof *order * train.n);
+        const example **batch = malloc(sizeof *batch * o.batch);
+        if (!order || !batch) {
+            free(batch);
+            rc = fail("out of memory");
+            goto out;
+        }
+        for (size_t i = 0; i < train.n; i++)
+            order[i] = i;
+        uint64_t state = o.seed;
+        size_t next = train.n;
+        h.batch = batch;
+        h.batch_n = o.batch;
+        double start = now();
+        for (uint32_t step = 1; step <= o.steps; step++) {
+            for (uint32_t b = 0; b < o.batch; b++) { /* epochs of a fresh permutation */
+                if (next == train.n) {
+                    shuffle(order, train.n, &state);
+                    next = 0;
+                }
+                batch[b] = &train.ex[order[next++]];
+            }
+            float lr = ulpt_optimizer_lr(opt);
+            if (ulpt_train_step(prompt, opt, host_loss, &h, &loss) != ULPT_OK) {
+                free(batch);
+                rc = fail("step %" PRIu32 ": %s (%s)", step, ulpt_last_error(),
+                          tlm_last_error());
+                goto out;
+            }
+            if (step == 1)
+                first = loss;
+            progress(&o, step, loss, lr, now() - start);
+        }
+        train_seconds = now() - start;
+        free(batch);
+        ulpt_prompt_set_meta(prompt, "model", tlm_meta_of(h.w[0].model)->corpus[0]
+                                                  ? "tinylm" : "tinylm-random");
+        ulpt_prompt_set_meta(prompt, "task", task);
+    }
+
+    if (prompt) {
+        e = malloc(sizeof(float) * n_tokens * cfg->width);
+        if (!e) {
+            rc = fail("out of memory");
+            goto out;
+        }
+        ULPT_TRY(ulpt_prompt_forward(prompt, e, cfg->width));
+    }
+    if (evaluate(&h, &test, e, &acc_after) || (o.valid && evaluate(&h, &valid, e, &acc_valid))) {
+        rc = 1;
+        goto out;
+    }
+    long long file_bytes = 0;
+    if (o.save && prompt) {
+        ULPT_TRY(ulpt_prompt_save(prompt, o.save, NULL));
+        struct stat st;
+        if (stat(o.save, &st) == 0)
+            file_bytes = (long long)st.st_size;
+    }
+    const size_t params = prompt && !o.load ? ulpt_prompt_num_params(prompt) : 0;
+    /* what a host spends outside libulpt: the callback; the rest of a step is libulpt's */
+    const double ulpt_seconds = train_seconds - h.callback_seconds;
+    if (o.json) {
+        printf("{\"task\": \"%s\", \"method\": \"%s\", \"tokens\": %" PRIu32
+               ", \"rank\": %" PRIu32 ", \"scale_shift\": %s, \"seed\": %" PRIu64
+               ", \"lr\": %g, \"steps\": %" PRIu32 ", \"batch\": %" PRIu32
+               ", \"params\": %zu, \"file_bytes\": %lld, \"majority\": %.6f"
+               ", \"acc_no_prompt\": %.6f, \"acc_test\": %.6f, \"acc_valid\": %.6f"
+               ", \"loss_first\": %.6f, \"loss_last\": %.6f, \"train_seconds\": %.3f"
+               ", \"ulpt_seconds\": %.4f}\n",
+               task, o.load ? "loaded" : o.method, n_tokens,
+               vanilla ? cfg->width : none ? 0 : o.rank,
+               vanilla || o.no_scale_shift || none ? "false" : "true", o.seed, o.lr,
+               none ? 0 : o.steps, o.batch, params, file_bytes, majority(&test), acc_before,
+               acc_after, acc_valid, first, loss, train_seconds, ulpt_seconds);
+    } else if (prompt) {
+        if (!o.load)
+            printf("tuned in %.1f s (%.3f%% of it inside libulpt); loss %.4f -> %.4f\n",
+                   train_seconds, 100 * ulpt_seconds / train_seconds, first, loss);
+        printf("%s prompt: test accuracy %.1f%%  (no prompt %.1f%%, majority %.1f%%)\n",
+               o.load ? "loaded" : "tuned", 100 * acc_after, 100 * acc_before,
+               100 * majority(&test));
+        if (o.valid)
+            printf("validation accuracy %.1f%%\n", 100 * acc_valid);
+        if (o.save)
+            printf("saved %s: %lld bytes (a vanilla soft prompt of %" PRIu32 " x %" PRIu32
+                   " floats: %zu bytes)\n", o.save, file_bytes, n_tokens, cfg->width,
+                   sizeof(float) * n_tokens * cfg->width);
+    }
+out:
+    free(order);
+    free(e);
+    ulpt_optimizer_free(opt);
+    ulpt_prompt_free(prompt);
+    host_free(&h);
+    split_free(&train);
+    split_free(&valid);
+    split_free(&test);
+    return rc;
+}
