@@ -476,6 +476,38 @@ START_TEST(every_truncation_is_refused)
 }
 END_TEST
 
+/* The loader from memory agrees with the one from a file: the same model from the whole
+ * file, a refusal (one line, *out untouched) from every prefix and from a flipped byte. */
+START_TEST(load_buffer_agrees_with_load)
+{
+    size_t size;
+    unsigned char *buf = tiny_file(&size);
+    tlm_model *a = NULL, *b = NULL;
+    ck_assert_int_eq(tlm_load(&a, path_of("tiny.tlm")), 0);
+    ck_assert_msg(tlm_load_buffer(&b, buf, size) == 0, "%s", tlm_last_error());
+    ck_assert_uint_eq(tlm_num_params(a), tlm_num_params(b));
+    ck_assert(memcmp(tlm_params(a), tlm_params(b), tlm_num_params(a) * sizeof(float)) == 0);
+    ck_assert_str_eq(tlm_meta_of(b)->corpus, "x");
+    tlm_free(b);
+    for (size_t len = 0; len < size; len++) {
+        b = (tlm_model *)&b;
+        ck_assert_int_ne(tlm_load_buffer(&b, buf, len), 0);
+        ck_assert_ptr_eq(b, (tlm_model *)&b);
+        ck_assert(tlm_last_error()[0] && !strchr(tlm_last_error(), '\n'));
+    }
+    buf[size / 2] ^= 0x10;
+    b = NULL;
+    ck_assert_int_ne(tlm_load_buffer(&b, buf, size), 0);
+    ck_assert_ptr_nonnull(strstr(tlm_last_error(), "buffer: bad CRC-32"));
+    ck_assert_int_ne(tlm_load_buffer(&b, NULL, size), 0);
+    ck_assert_int_ne(tlm_load_buffer(NULL, buf, size), 0);
+    ck_assert_ptr_null(b);
+    tlm_free(a);
+    free(buf);
+    unlink(path_of("tiny.tlm"));
+}
+END_TEST
+
 START_TEST(every_flipped_byte_is_refused)
 {
     size_t size;
@@ -702,6 +734,7 @@ static Suite *tinylm_suite(void)
     tcase_add_test(file, save_refuses_a_long_corpus_name);
     tcase_add_test(file, every_truncation_is_refused);
     tcase_add_test(file, every_flipped_byte_is_refused);
+    tcase_add_test(file, load_buffer_agrees_with_load);
     tcase_add_test(file, each_header_check_refuses_behind_a_good_crc);
     tcase_add_test(file, zlib_data_must_inflate_to_exactly_4p_bytes);
     tcase_add_test(file, a_huge_parameter_count_is_refused_without_a_huge_allocation);
