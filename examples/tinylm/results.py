@@ -92,10 +92,12 @@ class Runner:
         self.runs = load_runs()
         self.pool = ThreadPoolExecutor(max_workers=jobs)
         self.start = time.time()
+        self.ran = 0
 
     def batch(self, specs):
         """Run the (task, method, lr, seed) specs not yet done; record each as it ends."""
         todo = [s for s in specs if key(*s) not in self.runs]
+        self.ran += len(todo)
         for r in self.pool.map(lambda s: run_one(*s), todo):
             self.runs[r["key"]] = r
             with open(RUNS, "a") as f:
@@ -142,6 +144,10 @@ def main():
     chosen = {(t, m): choose_lr(runner, t, m) for t in TASKS for m in trained}
     runner.batch([(t, m, chosen[t, m], s) for t in TASKS for m in trained for s in SEEDS[1:]])
     elapsed = time.time() - wall
+    summary = os.path.join(OUT, "summary.json")
+    if runner.ran == 0 and os.path.exists(summary):
+        with open(summary) as f:  # nothing new was run: keep the time of the run that did
+            elapsed = json.load(f)["seconds"]
 
     # rows[task][method] = dict of figures over the three seeds
     rows = {}
@@ -180,7 +186,10 @@ def main():
         json.dump({"rows": rows, "chosen_lr": {"%s/%s" % k: v for k, v in chosen.items()},
                    "seconds": elapsed}, f, indent=1, sort_keys=True)
     plot(rows)
-    write_report(rows, chosen, elapsed)
+    used = [runner.get(t, m, lr, SEEDS[0]) for t in TASKS for m in trained for lr in LRS]
+    used += [runner.get(t, m, chosen[t, m], s) for t in TASKS for m in trained
+             for s in SEEDS[1:]]
+    write_report(rows, chosen, elapsed, used)
     print("results: wrote %s, %s and %s in %.0f s" % (os.path.relpath(REPORT, ROOT),
           os.path.relpath(PLOT, ROOT), os.path.relpath(RUNS, ROOT), elapsed))
 
@@ -232,10 +241,12 @@ plot '%s' index 0 using 1:2:3 with yerrorlines lw 2 pt 7 title "average of 3 tas
         raise SystemExit("results: gnuplot failed: %s" % p.stderr.strip())
 
 
-def write_report(rows, chosen, elapsed):
+def write_report(rows, chosen, elapsed, runs):
     # filled in by the template below; the prose around the numbers lives in the template
     with open(os.path.join(HERE, "results_template.md")) as f:
         template = f.read()
+    with open(os.path.join(HERE, "results_prose.md")) as f:
+        prose = f.read().strip()
     tables = []
     for t in ["average"] + TASKS:
         lines = ["| method | trainable parameters | file bytes | test accuracy, % | "
@@ -263,6 +274,8 @@ def write_report(rows, chosen, elapsed):
                             "|---|---:|---:|---:|"] + share),
         "MINUTES": "%.0f" % (elapsed / 60),
         "LRS": ", ".join("%g" % x for x in LRS),
+        "RUNS": str(sum(1 for r in runs if r["method"] != "none")),
+        "PROSE": prose,
     }
     for k, v in figures.items():
         template = template.replace("{{%s}}" % k, v)
