@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
@@ -61,6 +61,10 @@ def load_runs():
             for line in f:
                 if line.strip():
                     r = json.loads(line)
+                    if r["method"] != "none" and (r["steps"], r["tokens"], r["batch"]) != \
+                            (STEPS, TOKENS, BATCH):
+                        raise SystemExit("results: %s in %s was run with other settings; "
+                                         "start over with --fresh" % (r["key"], RUNS))
                     runs[r["key"]] = r
     return runs
 
@@ -79,7 +83,8 @@ def run_one(task, method, lr, seed):
     if os.path.exists(prompt):
         os.remove(prompt)
     if p.returncode != 0:
-        raise SystemExit("results: %s failed: %s" % (" ".join(cmd), p.stderr.strip()))
+        raise SystemExit("results: %s failed (exit status %d): %s"
+                         % (" ".join(cmd), p.returncode, p.stderr.strip()))
     r = json.loads(p.stdout)
     r["key"] = key(task, method, lr, seed)
     r["method"] = method
@@ -98,7 +103,9 @@ class Runner:
         """Run the (task, method, lr, seed) specs not yet done; record each as it ends."""
         todo = [s for s in specs if key(*s) not in self.runs]
         self.ran += len(todo)
-        for r in self.pool.map(lambda s: run_one(*s), todo):
+        futures = [self.pool.submit(run_one, *s) for s in todo]
+        for fut in as_completed(futures):  # record each as soon as it ends
+            r = fut.result()
             self.runs[r["key"]] = r
             with open(RUNS, "a") as f:
                 f.write(json.dumps(r, sort_keys=True) + "\n")
@@ -210,7 +217,7 @@ def plot(rows):
 set terminal pngcairo size 1100,700 font "sans,11"
 set output '%s'
 set logscale x 2
-set xrange [128:4096]
+set xrange [16:4096]
 set xlabel "trainable parameters (log scale)"
 set ylabel "test accuracy, %% (mean ± std over 3 seeds)"
 set title "tinylm (0.85 M parameters, d = 128), 16 soft tokens: accuracy against trainable parameters"
@@ -270,7 +277,7 @@ def write_report(rows, chosen, elapsed, runs):
                                                     100 * r["ulpt"] / r["time"]))
     figures = {
         "TABLES": "\n".join(tables),
-        "SHARE": "\n".join(["| method | step time total, s | inside libulpt, s | share |",
+        "SHARE": "\n".join(["| method | 300 steps, s | outside the host's callback, s | share |",
                             "|---|---:|---:|---:|"] + share),
         "MINUTES": "%.0f" % (elapsed / 60),
         "LRS": ", ".join("%g" % x for x in LRS),

@@ -10,7 +10,7 @@
  * predicts next, restricted to the two verbalizer bytes (the labels' first letters).
  * docs/TINYLM.md describes the tasks and the method; run `tune --help` for the options.
  * Errors: one line on stderr, exit status 1 (2 for usage). */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* memrchr */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -31,7 +31,7 @@
 
 static const char usage_text[] =
     "usage: tune [options] TASKDIR\n"
-    "  --model PATH      frozen host model (default examples/tinylm/tinylm.tlm)\n"
+    "  --model PATH      frozen host model (default: tinylm.tlm beside this program)\n"
     "  --method M        ulpt (default), vanilla (n x d trainable) or none (no prompt)\n"
     "  --tokens N        soft tokens (default 16)\n"
     "  --rank R          ULPT rank (default 2)\n"
@@ -76,6 +76,7 @@ typedef struct {
 } example;
 
 typedef struct {
+    char path[4096];
     char *blob;          /* the whole file; texts point into it */
     example *ex;
     size_t n;
@@ -86,16 +87,20 @@ static void split_free(split *s)
 {
     free(s->blob);
     free(s->ex);
-    memset(s, 0, sizeof *s);
+    s->blob = NULL;
+    s->ex = NULL;
+    s->n = 0;
 }
 
 /* Reads TASKDIR/NAME.tsv: a "#<TAB>name0<TAB>name1" line, then "label<TAB>text" lines with
  * label 0 or 1 and a text of 1..max_text bytes.  Fails with a message naming the line. */
-static int split_load(split *s, const char *dir, const char *name, uint32_t max_text)
+static int split_load(split *s, const char *dir, const char *name, uint32_t max_text,
+                      uint32_t vocab)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s.tsv", dir, name);
     memset(s, 0, sizeof *s);
+    memcpy(s->path, path, sizeof path);
     FILE *f = fopen(path, "rb");
     if (!f)
         return fail("%s: %s", path, strerror(errno));
@@ -155,6 +160,13 @@ static int split_load(split *s, const char *dir, const char *name, uint32_t max_
                 return fail("%s:%zu: expected \"0|1<TAB>text\" with 1..%" PRIu32
                             " bytes of text", path, no, max_text);
             }
+            for (uint32_t k = 0; k < tlen; k++) {
+                if ((uint8_t)line[2 + k] >= vocab) {
+                    split_free(s);
+                    return fail("%s:%zu: byte 0x%02x is past the model's vocabulary of %" PRIu32,
+                                path, no, (uint8_t)line[2 + k], vocab);
+                }
+            }
             s->ex[s->n++] = (example){ (const uint8_t *)line + 2, tlen, line[0] - '0' };
         }
         line = nl + 1;
@@ -185,6 +197,7 @@ typedef struct {
     float *rows, *drows, *grad; /* T x C input rows, their gradient, this worker's dL/dE */
     double loss;
     int correct, failed;
+    char error[4608];           /* why this worker failed (tlm's messages are per thread) */
 } worker;
 
 struct host {
@@ -193,10 +206,12 @@ struct host {
     uint32_t n_tokens, C;
     uint8_t verbalizer[2];
     const example *const *batch; /* the examples of this call */
+    const split *source;         /* the split they come from, for messages */
     size_t batch_n;
     const float *e;              /* prompt rows (n_tokens x C), NULL when n_tokens == 0 */
     int want_grad;
     double callback_seconds;     /* time spent in host_loss, for the libulpt share */
+    char error[4608];            /* why the last run_batch failed */
 };
 
 /* Loss and (if wanted) dL/dE of this worker's share of the batch: examples id, id+T, ... */
@@ -223,6 +238,10 @@ static void *work(void *arg)
         double l = tlm_class_loss(w->model, w->rows, len, h->verbalizer, 2, x->label,
                                   h->want_grad ? w->drows : NULL, &pred);
         if (!isfinite(l)) {
+            const char *why = tlm_last_error();
+            snprintf(w->error, sizeof w->error, "example on line %zu of %s: %s",
+                     (size_t)(x - h->source->ex) + 2, h->source->path,
+                     why[0] ? why : "the loss is not finite");
             w->failed = 1;
             return NULL;
         }
@@ -235,7 +254,8 @@ static void *work(void *arg)
     return NULL;
 }
 
-/* Runs the batch on all workers; sums loss, correct count and (if grad) dL/dE. */
+/* Runs the batch on all workers; sums loss, correct count and (if grad) dL/dE.  On
+ * failure h->error says why. */
 static int run_batch(host *h, double *loss, int *correct, float *grad)
 {
     pthread_t tid[MAX_THREADS];
@@ -253,8 +273,10 @@ static int run_batch(host *h, double *loss, int *correct, float *grad)
     int right = 0;
     const size_t nc = (size_t)h->n_tokens * h->C;
     for (int t = 0; t < h->n_threads; t++) {
-        if (h->w[t].failed)
+        if (h->w[t].failed) {
+            memcpy(h->error, h->w[t].error, sizeof h->error);
             return -1;
+        }
         total += h->w[t].loss;
         right += h->w[t].correct;
         if (grad)
@@ -291,13 +313,14 @@ static int evaluate(host *h, const split *s, const float *e, double *acc)
         all[i] = &s->ex[i];
     h->batch = all;
     h->batch_n = s->n;
+    h->source = s;
     h->e = e;
     h->want_grad = 0;
     double loss;
     int correct, rc = run_batch(h, &loss, &correct, NULL);
     free(all);
     if (rc)
-        return fail("evaluation: %s", tlm_last_error());
+        return fail("evaluation: %s", h->error);
     *acc = (double)correct / (double)s->n;
     return 0;
 }
@@ -346,6 +369,22 @@ typedef struct {
     double lr;
     uint64_t seed;
 } options;
+
+/* The last component of dir ("names" of "x/names/"), with characters that JSON or a
+ * terminal would need escaped replaced by '_'. */
+static void task_name(const char *dir, char *out, size_t size)
+{
+    size_t end = strlen(dir);
+    while (end > 1 && dir[end - 1] == '/')
+        end--;
+    size_t start = end;
+    while (start > 0 && dir[start - 1] != '/')
+        start--;
+    size_t n = 0;
+    for (size_t i = start; i < end && n + 1 < size; i++)
+        out[n++] = dir[i] == '"' || dir[i] == '\\' || (unsigned char)dir[i] < 0x20 ? '_' : dir[i];
+    out[n] = '\0';
+}
 
 static uint64_t splitmix(uint64_t *s)
 {
@@ -397,7 +436,7 @@ static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, con
 
 static int parse_args(int argc, char **argv, options *o)
 {
-    *o = (options){ .model = "examples/tinylm/tinylm.tlm", .method = "ulpt", .tokens = 16,
+    *o = (options){ .model = NULL, .method = "ulpt", .tokens = 16,
                     .rank = 2, .steps = 200, .batch = 16, .threads = 2, .lr = 0.03,
                     .seed = 1 };
     for (int i = 1; i < argc; i++) {
@@ -469,6 +508,14 @@ static int parse_args(int argc, char **argv, options *o)
         fputs(usage_text, stderr);
         exit(2);
     }
+    if (!o->model) { /* the weights shipped beside the program, wherever it is run from */
+        static char path[4096];
+        ssize_t n = readlink("/proc/self/exe", path, sizeof path - 16);
+        char *slash = n > 0 ? memrchr(path, '/', (size_t)n) : NULL;
+        if (slash)
+            strcpy(slash + 1, "tinylm.tlm");
+        o->model = slash ? path : "examples/tinylm/tinylm.tlm";
+    }
     return 0;
 }
 
@@ -518,14 +565,30 @@ int main(int argc, char **argv)
         goto out;
     }
     const uint32_t max_text = cfg->max_len - n_tokens - 1;
-    if (split_load(&test, o.taskdir, "test", max_text) ||
-        (!o.load && !none && split_load(&train, o.taskdir, "train", max_text)) ||
-        (o.valid && split_load(&valid, o.taskdir, "valid", max_text))) {
+    if (split_load(&test, o.taskdir, "test", max_text, cfg->vocab) ||
+        (!o.load && !none && split_load(&train, o.taskdir, "train", max_text, cfg->vocab)) ||
+        (o.valid && split_load(&valid, o.taskdir, "valid", max_text, cfg->vocab))) {
         rc = 1;
         goto out;
     }
+    const split *others[2] = { &train, &valid };
+    for (int k = 0; k < 2; k++) {
+        if (others[k]->n && (strcmp(others[k]->names[0], test.names[0]) ||
+                             strcmp(others[k]->names[1], test.names[1]))) {
+            rc = fail("%s: labels \"%s\", \"%s\" differ from test.tsv's \"%s\", \"%s\"",
+                      others[k]->path, others[k]->names[0], others[k]->names[1],
+                      test.names[0], test.names[1]);
+            goto out;
+        }
+    }
     h.verbalizer[0] = (uint8_t)test.names[0][0];
     h.verbalizer[1] = (uint8_t)test.names[1][0];
+    if (h.verbalizer[0] >= cfg->vocab || h.verbalizer[1] >= cfg->vocab ||
+        SEPARATOR >= cfg->vocab) {
+        rc = fail("%s: a label's first byte or the separator is past the model's vocabulary "
+                  "of %" PRIu32, test.path, cfg->vocab);
+        goto out;
+    }
     ulpt_set_num_threads(1); /* parallelism comes from the workers */
 
     double acc_before = -1, acc_after = 0, acc_valid = 0, train_seconds = 0, loss = 0, first = 0;
@@ -533,14 +596,15 @@ int main(int argc, char **argv)
         rc = 1;
         goto out;
     }
-    const char *task = strrchr(o.taskdir, '/') && strrchr(o.taskdir, '/')[1]
-                           ? strrchr(o.taskdir, '/') + 1 : o.taskdir;
+    char task[256];
+    task_name(o.taskdir, task, sizeof task);
     if (!o.json) {
         printf("task %s: %zu training, %zu test examples; labels \"%s\" and \"%s\"\n", task,
                train.n, test.n, test.names[0], test.names[1]);
         printf("majority class: %.1f%% of the test set\n", 100 * majority(&test));
-        printf("frozen tinylm (%zu parameters), no prompt: test accuracy %.1f%%\n",
-               tlm_num_params(h.w[0].model), 100 * acc_before);
+        if (acc_before >= 0)
+            printf("frozen tinylm (%zu parameters), no prompt: test accuracy %.1f%%\n",
+                   tlm_num_params(h.w[0].model), 100 * acc_before);
     }
 
     if (!none && !o.load) {
@@ -591,6 +655,7 @@ int main(int argc, char **argv)
         size_t next = train.n;
         h.batch = batch;
         h.batch_n = o.batch;
+        h.source = &train;
         double start = now();
         for (uint32_t step = 1; step <= o.steps; step++) {
             for (uint32_t b = 0; b < o.batch; b++) { /* epochs of a fresh permutation */
@@ -603,8 +668,8 @@ int main(int argc, char **argv)
             float lr = ulpt_optimizer_lr(opt);
             if (ulpt_train_step(prompt, opt, host_loss, &h, &loss) != ULPT_OK) {
                 free(batch);
-                rc = fail("step %" PRIu32 ": %s (%s)", step, ulpt_last_error(),
-                          tlm_last_error());
+                rc = fail("step %" PRIu32 ": %s%s%s", step, ulpt_last_error(),
+                          h.error[0] ? ": " : "", h.error);
                 goto out;
             }
             if (step == 1)
@@ -638,7 +703,8 @@ int main(int argc, char **argv)
             file_bytes = (long long)st.st_size;
     }
     const size_t params = prompt && !o.load ? ulpt_prompt_num_params(prompt) : 0;
-    /* what a host spends outside libulpt: the callback; the rest of a step is libulpt's */
+    /* The training loop's time outside the host's callback: libulpt's work (forward,
+     * backward, checks, AdamW) plus picking each batch's examples, so at most libulpt's. */
     const double ulpt_seconds = train_seconds - h.callback_seconds;
     if (o.json) {
         printf("{\"task\": \"%s\", \"method\": \"%s\", \"tokens\": %" PRIu32
@@ -648,18 +714,20 @@ int main(int argc, char **argv)
                ", \"acc_no_prompt\": %.6f, \"acc_test\": %.6f, \"acc_valid\": %.6f"
                ", \"loss_first\": %.6f, \"loss_last\": %.6f, \"train_seconds\": %.3f"
                ", \"ulpt_seconds\": %.4f}\n",
-               task, o.load ? "loaded" : o.method, n_tokens,
-               vanilla ? cfg->width : none ? 0 : o.rank,
-               vanilla || o.no_scale_shift || none ? "false" : "true", o.seed, o.lr,
-               none ? 0 : o.steps, o.batch, params, file_bytes, majority(&test), acc_before,
+               task, o.load ? "loaded" : o.method, n_tokens, prompt ? ulpt_prompt_rank(prompt) : 0,
+               prompt && !(ulpt_prompt_flags(prompt) & (ULPT_NO_SCALE | ULPT_NO_SHIFT))
+                   ? "true" : "false",
+               o.seed, o.lr, none || o.load ? 0 : o.steps, o.batch, params, file_bytes, majority(&test), acc_before,
                acc_after, acc_valid, first, loss, train_seconds, ulpt_seconds);
     } else if (prompt) {
         if (!o.load)
-            printf("tuned in %.1f s (%.3f%% of it inside libulpt); loss %.4f -> %.4f\n",
+            printf("tuned in %.1f s (at most %.3f%% of it inside libulpt); loss %.4f -> %.4f\n",
                    train_seconds, 100 * ulpt_seconds / train_seconds, first, loss);
-        printf("%s prompt: test accuracy %.1f%%  (no prompt %.1f%%, majority %.1f%%)\n",
-               o.load ? "loaded" : "tuned", 100 * acc_after, 100 * acc_before,
-               100 * majority(&test));
+        printf("%s prompt: test accuracy %.1f%%  (", o.load ? "loaded" : "tuned",
+               100 * acc_after);
+        if (acc_before >= 0)
+            printf("no prompt %.1f%%, ", 100 * acc_before);
+        printf("majority %.1f%%)\n", 100 * majority(&test));
         if (o.valid)
             printf("validation accuracy %.1f%%\n", 100 * acc_valid);
         if (o.save)

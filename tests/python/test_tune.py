@@ -94,6 +94,7 @@ def test_tuning_lowers_the_loss_and_the_host_matches_pytorch(task, model, tmp_pa
     assert p.meta["task"] == task and p.meta["model"] == "tinylm"
     back = tune_json(os.path.join(FIXTURES, task), "--load", path)
     assert back["acc_test"] == r["acc_test"] and back["method"] == "loaded"
+    assert back["rank"] == 2 and back["scale_shift"] is True and back["steps"] == 0
     _, acc = torch_host(model, p.forward(), task, "test")
     assert abs(acc - r["acc_test"]) < 1e-6  # the JSON has 6 decimals
 
@@ -136,5 +137,18 @@ def test_errors_are_one_line(tmp_path):
     small.save(tmp_path / "d64.ulpt")
     r = tune(os.path.join(FIXTURES, "names"), "--load", tmp_path / "d64.ulpt")
     assert r.returncode == 1 and "width 128" in r.stderr
+    # a model whose loss is NaN: the failing example is named, from whichever worker
+    broken, _ = tl.load_tlm(MODEL)
+    with torch.no_grad():
+        broken.lnf_w[5] = float("nan")
+    tl.save_tlm(broken, tmp_path / "nan.tlm", 0, 0, "broken")
+    r = subprocess.run([TUNE, os.path.join(FIXTURES, "names"), "--model", tmp_path / "nan.tlm",
+                        "--method", "none"], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "evaluation: example on line" in r.stderr and "names/test.tsv" in r.stderr
+    r = subprocess.run([TUNE, os.path.join(FIXTURES, "names"), "--model", tmp_path / "nan.tlm",
+                        "--skip-baseline", "--steps", "1"], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "step 1:" in r.stderr and "names/train.tsv" in r.stderr
     r = tune(os.path.join(FIXTURES, "names"), "--model", tmp_path / "d64.ulpt")
     assert r.returncode == 1 and "not a .tlm file" in r.stderr
