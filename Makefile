@@ -160,13 +160,23 @@ SAN_BUILD = clang -std=c11 -g -O1 -fno-omit-frame-pointer -Iinclude -Ilib \
 	$(CHECK_LIBS) $(DEP_LIBS) -pthread
 
 .PHONY: check-asan check-ubsan check-valgrind check-tsan fuzz coverage check-abi abi-baseline
+# The example host's suite too: its loader reads files from elsewhere as well.
+TLM_SAN_BUILD = clang -std=c11 -g -O1 -fno-omit-frame-pointer -Iexamples/tinylm \
+	$(BLAS_CFLAGS) $(ZLIB_CFLAGS) $(CHECK_CFLAGS) tests/tinylm/test_tinylm.c \
+	examples/tinylm/tinylm.c $(CHECK_LIBS) $(DEP_LIBS) -pthread
+
 check-asan: deps
 	$(SAN_BUILD) -fsanitize=address -o tests/test_ulpt-asan
 	CK_FORK=no ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 ./tests/test_ulpt-asan
+	$(TLM_SAN_BUILD) -fsanitize=address -o tests/tinylm/test_tinylm-asan
+	CK_FORK=no ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 ./tests/tinylm/test_tinylm-asan
 
 check-ubsan: deps
 	$(SAN_BUILD) -fsanitize=undefined,float-cast-overflow -fno-sanitize-recover=all -o tests/test_ulpt-ubsan
 	CK_FORK=no ./tests/test_ulpt-ubsan
+	$(TLM_SAN_BUILD) -fsanitize=undefined,float-cast-overflow -fno-sanitize-recover=all \
+	    -o tests/tinylm/test_tinylm-ubsan
+	CK_FORK=no ./tests/tinylm/test_tinylm-ubsan
 
 check-valgrind: deps tests/test_ulpt
 	ULPT_TEST_QUICK=1 CK_FORK=no valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect \
@@ -279,5 +289,5 @@ uninstall:
 
 clean:
 	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) tests/fuzz/work tests/cov \
-	    tests/test_ulpt tests/test_ulpt-* tests/bench_step examples/quickstart examples/tinylm/tune tools/ulpt \
+	    tests/test_ulpt tests/test_ulpt-* tests/tinylm/test_tinylm-* tests/bench_step examples/quickstart examples/tinylm/tune tools/ulpt \
 	    examples/tinylm/tlm tests/tinylm/test_tinylm
