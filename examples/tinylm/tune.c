@@ -599,8 +599,12 @@ int main(int argc, char **argv)
     char task[256];
     task_name(o.taskdir, task, sizeof task);
     if (!o.json) {
-        printf("task %s: %zu training, %zu test examples; labels \"%s\" and \"%s\"\n", task,
-               train.n, test.n, test.names[0], test.names[1]);
+        if (train.n)
+            printf("task %s: %zu training, %zu test examples; labels \"%s\" and \"%s\"\n",
+                   task, train.n, test.n, test.names[0], test.names[1]);
+        else
+            printf("task %s: %zu test examples; labels \"%s\" and \"%s\"\n", task, test.n,
+                   test.names[0], test.names[1]);
         printf("majority class: %.1f%% of the test set\n", 100 * majority(&test));
         if (acc_before >= 0)
             printf("frozen tinylm (%zu parameters), no prompt: test accuracy %.1f%%\n",
