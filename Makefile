@@ -81,7 +81,7 @@ examples/quickstart: examples/quickstart.c $(SHARED) include/ulpt.h
 DEMO_PROMPT := examples/tinylm/cache/names-rank2.ulpt
 demo:
 	@sh .ci/install-deps demo
-	@$(MAKE) --no-print-directory data examples/tinylm/tune
+	@$(MAKE) -s --no-print-directory data examples/tinylm/tune
 	./examples/tinylm/tune examples/tinylm/cache/tasks/names --steps 400 --lr 0.05 \
 	    --save $(DEMO_PROMPT)
 	./examples/tinylm/tune examples/tinylm/cache/tasks/names --load $(DEMO_PROMPT)
@@ -127,7 +127,7 @@ data:
 RESULTS_FLAGS ?=
 results:
 	@sh .ci/install-deps results
-	@$(MAKE) --no-print-directory data examples/tinylm/tune
+	@$(MAKE) -s --no-print-directory data examples/tinylm/tune
 	$(PYTHON) examples/tinylm/results.py $(RESULTS_FLAGS)
 
 PRETRAIN_FLAGS ?= --steps 1500 --batch 16 --seed 1
