@@ -5,7 +5,9 @@
  * softmax cross-entropy and dL/dE; libulpt owns everything else.  A real host runs its
  * transformer in host_loss instead; nothing on libulpt's side changes.
  *
- *     make demo        (or: cc quickstart.c $(pkg-config --cflags --libs ulpt) -lm) */
+ *     make quickstart  (or: cc quickstart.c $(pkg-config --cflags --libs ulpt) -lm)
+ *
+ * examples/tinylm/tune.c is the full-size host: a transformer and real data. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <math.h>
 #include <stdio.h>
