@@ -184,7 +184,8 @@ def main():
             }
         rows["average"][m] = {
             "label": label, "params": rows[TASKS[0]][m]["params"],
-            "bytes": rows[TASKS[0]][m]["bytes"], "acc": mean_std(per_seed_avg),
+            "bytes": round(statistics.mean(rows[t][m]["bytes"] for t in TASKS)),
+            "acc": mean_std(per_seed_avg),
             "time": statistics.mean(rows[t][m]["time"] for t in TASKS),
             "ulpt": statistics.mean(rows[t][m]["ulpt"] for t in TASKS),
             "lr": None, "majority": statistics.mean(rows[t][m]["majority"] for t in TASKS),
