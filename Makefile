@@ -1,6 +1,6 @@
 # libulpt -- plain GNU make.
 #
-#   make              lib/libulpt.so.1.MINOR.PATCH (soname libulpt.so.1) and lib/libulpt.a
+#   make              lib/libulpt.so.1.MINOR.PATCH (soname libulpt.so.1), lib/libulpt.a, tools/ulpt
 #   make demo         tune a rank-2 prompt for the shipped tinylm on real data (the main job;
 #                     installs missing packages as root, fetches the data)
 #   make results      ULPT against vanilla prompt tuning on three tasks: docs/RESULTS.md
@@ -86,7 +86,7 @@ demo:
 	    --save $(DEMO_PROMPT)
 	./examples/tinylm/tune examples/tinylm/cache/tasks/names --load $(DEMO_PROMPT)
 
-# The smallest complete program: a prompt tuned against a toy host in 150 lines.
+# The smallest complete program: a prompt tuned against a toy host in 160 lines.
 quickstart: all examples/quickstart
 	./examples/quickstart
 

@@ -14,7 +14,7 @@ docs/results/runs.jsonl.  The protocol (the same for every method):
     and 32; ULPT rank 2 without scale and shift.
 
 Runs already in runs.jsonl are not repeated, so an interrupted run resumes; --fresh starts
-over.  Two runs go at a time, one thread each (the machine has two cores).
+over.  Two runs go at a time (--jobs), one thread each.
 
     results.py [--fresh] [--jobs N]          (Python standard library and gnuplot)
 """

@@ -13,9 +13,9 @@ the tasks; the rules, in short:
 Every text is bytes: control characters become spaces, runs of spaces collapse and the text
 is cut to MAX_BYTES (never inside a UTF-8 sequence).  A line of a .tsv is
 `label<TAB>text`, label 0 or 1; the first line, `#<TAB>word0<TAB>word1`, names the labels,
-whose first bytes are the verbalizer.  The splits are fixed: examples are ordered by the
-SHA-256 of the text (sotu's speeches by that of the file name), so no random generator is
-involved, and each file's SHA-256 is checked against the value recorded here.
+whose first bytes are the verbalizer.  The splits are fixed: names and spam examples are
+ordered by the SHA-256 of "task NUL text", sotu's speeches by that of their file name and
+their sentences by that of the text, so no random generator is involved, and each file's SHA-256 is checked against the value recorded here.
 
     tasks.py               build (make data runs it); --verbose: sizes and majority rates
     tasks.py --fixtures    also rewrite the committed fixtures tests/tinylm/fixtures/<task>/

@@ -3,7 +3,7 @@
  * the text behind them, runs tinylm forward and backward and hands back the loss and
  * dL/dE (host_loss below); libulpt back-propagates into its parameters and steps AdamW.
  *
- *     tune [options] TASKDIR      TASKDIR holds train.tsv, test.tsv and (for --select)
+ *     tune [options] TASKDIR      TASKDIR holds train.tsv, test.tsv and (for --valid)
  *                                 valid.tsv, as examples/tinylm/tasks.py writes them
  *
  * An example is [E ; wte[text bytes] ; wte['\n']] and its label is the byte tinylm
