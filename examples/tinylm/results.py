@@ -203,17 +203,35 @@ def main():
 
 
 def plot(rows):
+    """Accuracy against trainable parameters: a line per series through vanilla and the
+    ULPT ranks, the ablation without scale and shift as separate points."""
     data = os.path.join(OUT, "plot.dat")
+    series = ["average"] + TASKS
     with open(data, "w") as f:
-        for i, t in enumerate(["average"] + TASKS):
-            f.write("# %s\n" % t)
-            for m, label, _ in METHODS[1:]:
-                r = rows[t][m]
-                f.write('%d %.4f %.4f "%s"\n' % (r["params"], 100 * r["acc"][0],
-                                                 100 * r["acc"][1], label))
-            f.write("\n\n")
-    none = {t: 100 * rows[t]["none"]["acc"][0] for t in rows}
-    maj = {t: 100 * rows[t]["none"]["majority"] for t in rows}
+        for ablation in (False, True):
+            for t in series:
+                f.write("# %s%s\n" % (t, " (no scale/shift)" if ablation else ""))
+                pts = [(rows[t][m], label) for m, label, _ in METHODS[1:]
+                       if (m == "ulpt2-noss") == ablation]
+                for r, label in sorted(pts, key=lambda p: p[0]["params"]):
+                    f.write('%d %.4f %.4f "%s"\n' % (r["params"], 100 * r["acc"][0],
+                                                     100 * r["acc"][1], label))
+                f.write("\n\n")
+    none = 100 * rows["average"]["none"]["acc"][0]
+    maj = 100 * rows["average"]["none"]["majority"]
+    style = [('lw 2 pt 7 lc rgb "#7b2cbf"', "average of 3 tasks"),
+             ('pt 5 lc rgb "#1f77b4"', "names"), ('pt 9 lc rgb "#e69f00"', "spam"),
+             ('pt 11 lc rgb "#2ca02c"', "sotu")]
+    n = len(series)
+    plots = []
+    for i, (st, title) in enumerate(style):
+        plots.append("'%s' index %d using 1:2:3 with yerrorlines %s title \"%s\""
+                     % (data, i, st, title))
+        plots.append("'' index %d using 1:2:3 with yerrorbars %s notitle" % (n + i, st))
+    plots.append("'' index 0 using 1:2:4 with labels offset 0,1.2 font \"sans,9\" notitle")
+    plots.append("'' index %d using 1:2:4 with labels offset 0,1.2 font \"sans,9\" notitle" % n)
+    plots.append('%.3f with lines dt 2 lc rgb "black" title "no prompt (average)"' % none)
+    plots.append('%.3f with lines dt 3 lc rgb "gray40" title "majority class (average)"' % maj)
     script = """
 set terminal pngcairo size 1100,700 font "sans,11"
 set output '%s'
@@ -224,26 +242,8 @@ set ylabel "test accuracy, %% (mean ± std over 3 seeds)"
 set title "tinylm (0.85 M parameters, d = 128), 16 soft tokens: accuracy against trainable parameters"
 set key outside right
 set grid
-plot '%s' index 0 using 1:2:3 with yerrorlines lw 2 pt 7 title "average of 3 tasks", \\
-     '' index 0 using 1:2:4 with labels offset 0,1.2 font "sans,9" notitle, \\
-     '' index 1 using 1:2:3 with yerrorlines pt 5 title "names", \\
-     '' index 2 using 1:2:3 with yerrorlines pt 9 title "spam", \\
-     '' index 3 using 1:2:3 with yerrorlines pt 11 title "sotu", \\
-     %.3f with lines dt 2 lc rgb "black" title "no prompt (average)", \\
-     %.3f with lines dt 3 lc rgb "gray40" title "majority class (average)"
-""" % (PLOT, data, none["average"], maj["average"])
-    # the points of each series in order of parameters, so lines do not zigzag
-    with open(data) as f:
-        blocks = f.read().split("\n\n\n")
-    out = []
-    for b in blocks:
-        lines = [l for l in b.split("\n") if l.strip()]
-        head = [l for l in lines if l.startswith("#")]
-        pts = sorted((l for l in lines if not l.startswith("#")), key=lambda l: int(l.split()[0]))
-        if lines:
-            out.append("\n".join(head + pts))
-    with open(data, "w") as f:
-        f.write("\n\n\n".join(out) + "\n")
+plot %s
+""" % (PLOT, ", \\\n     ".join(plots))
     p = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
     if p.returncode != 0:
         raise SystemExit("results: gnuplot failed: %s" % p.stderr.strip())
