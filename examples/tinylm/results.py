@@ -161,19 +161,12 @@ def main():
     for t in TASKS + ["average"]:
         rows[t] = {}
     for m, label, _ in METHODS:
-        per_seed_avg = []
-        for i, s in enumerate(SEEDS):
-            accs = []
-            for t in TASKS:
-                if m == "none":
-                    r = runner.get(t, m, LRS[0], 1)
-                else:
-                    r = runner.get(t, m, chosen[t, m], s)
-                accs.append(r["acc_test"])
-            per_seed_avg.append(statistics.mean(accs))
-        for t in TASKS:
-            rs = [runner.get(t, m, LRS[0], 1)] * 3 if m == "none" else \
-                 [runner.get(t, m, chosen[t, m], s) for s in SEEDS]
+        # the runs behind each task's figures, one per seed (no prompt: the one evaluation)
+        by_task = {t: [runner.get(t, m, LRS[0], 1)] * len(SEEDS) if m == "none" else
+                      [runner.get(t, m, chosen[t, m], s) for s in SEEDS] for t in TASKS}
+        per_seed_avg = [statistics.mean(by_task[t][i]["acc_test"] for t in TASKS)
+                        for i in range(len(SEEDS))]
+        for t, rs in by_task.items():
             rows[t][m] = {
                 "label": label, "params": rs[0]["params"], "bytes": rs[0]["file_bytes"],
                 "acc": mean_std([r["acc_test"] for r in rs]),
@@ -194,10 +187,8 @@ def main():
         json.dump({"rows": rows, "chosen_lr": {"%s/%s" % k: v for k, v in chosen.items()},
                    "seconds": elapsed}, f, indent=1, sort_keys=True)
     plot(rows)
-    used = [runner.get(t, m, lr, SEEDS[0]) for t in TASKS for m in trained for lr in LRS]
-    used += [runner.get(t, m, chosen[t, m], s) for t in TASKS for m in trained
-             for s in SEEDS[1:]]
-    write_report(rows, chosen, elapsed, used)
+    n_runs = len(TASKS) * len(trained) * (len(LRS) + len(SEEDS) - 1)
+    write_report(rows, elapsed, n_runs)
     print("results: wrote %s, %s and %s in %.0f s" % (os.path.relpath(REPORT, ROOT),
           os.path.relpath(PLOT, ROOT), os.path.relpath(RUNS, ROOT), elapsed))
 
@@ -249,8 +240,8 @@ plot %s
         raise SystemExit("results: gnuplot failed: %s" % p.stderr.strip())
 
 
-def write_report(rows, chosen, elapsed, runs):
-    # filled in by the template below; the prose around the numbers lives in the template
+def write_report(rows, elapsed, n_runs):
+    """docs/RESULTS.md: results_template.md with the tables, figures and prose filled in."""
     with open(os.path.join(HERE, "results_template.md")) as f:
         template = f.read()
     with open(os.path.join(HERE, "results_prose.md")) as f:
@@ -282,7 +273,7 @@ def write_report(rows, chosen, elapsed, runs):
                             "|---|---:|---:|---:|"] + share),
         "MINUTES": "%.0f" % (elapsed / 60),
         "LRS": ", ".join("%g" % x for x in LRS),
-        "RUNS": str(sum(1 for r in runs if r["method"] != "none")),
+        "RUNS": str(n_runs),
         "PROSE": prose,
     }
     for k, v in figures.items():
