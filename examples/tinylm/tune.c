@@ -208,7 +208,7 @@ struct host {
     const example *const *batch; /* the examples of this call */
     const split *source;         /* the split they come from, for messages */
     size_t batch_n;
-    const float *e;              /* prompt rows (n_tokens x C), NULL when n_tokens == 0 */
+    const float *e;              /* prompt rows (n_tokens x C); NULL: none (baseline, --method none) */
     int want_grad;
     double callback_seconds;     /* time spent in host_loss, for the libulpt share */
     char error[4608];            /* why the last run_batch failed */
