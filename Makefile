@@ -6,6 +6,8 @@
 #   make results      ULPT against vanilla prompt tuning on three tasks: docs/RESULTS.md
 #   make check        build and run the test suite (likewise)
 #   make bench        time forward, backward and a training step against a memory stream
+#   make llama-demo   serve and tune prompts inside llama.cpp (fetched and built once, ~8 min)
+#   make check-llama  the llama.cpp test (CI)
 #   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc, ulpt(1)
 #   make clean
 
@@ -89,6 +91,67 @@ demo:
 # The smallest complete program: a prompt tuned against a toy host in 160 lines.
 quickstart: all examples/quickstart
 	./examples/quickstart
+
+# ---- llama.cpp hosts libulpt (docs/LLAMA.md) ------------------------------------------
+
+# llama.cpp is fetched as the npm package node-llama-cpp at this exact version (checked
+# against tools/packages.sha512) and built once, CPU only, into LLAMA_CACHE (default
+# examples/llama/cache, or the environment's ULPT_LLAMA_CACHE); later runs, and other
+# clones pointed at the same cache, reuse it.
+LLAMA_VERSION := 3.21.1
+LLAMA_CACHE ?= $(or $(ULPT_LLAMA_CACHE),examples/llama/cache)
+LLAMA_DIR := $(LLAMA_CACHE)/node-llama-cpp-$(LLAMA_VERSION)
+LLAMA_STAMP := $(LLAMA_DIR)/built
+LLAMA_SRC := $(LLAMA_DIR)/llama.cpp
+LLAMA_BIN := $(abspath $(LLAMA_DIR)/build/bin)
+LLAMA_GGUF := $(LLAMA_DIR)/tinylm.gguf
+LLAMA_HOST := examples/llama/ulpt-llama
+LLAMA_HOST_SRCS := examples/llama/ulpt-llama.c examples/llama/engine.c examples/llama/task.c \
+	examples/llama/tenants.c examples/llama/tune.c
+LLAMA_HOST_DEPS := $(LLAMA_HOST_SRCS) examples/llama/engine.h examples/llama/task.h \
+	examples/llama/host.h $(TLM_DEPS)
+LLAMA_TASKS := examples/tinylm/cache/tasks
+SPAM_PROMPT := examples/tinylm/cache/spam-rank2.ulpt
+
+.PHONY: llama llama-demo check-llama
+
+$(LLAMA_STAMP):
+	@sh .ci/install-deps llama
+	@sh examples/llama/build-llama.sh $(LLAMA_CACHE)
+
+llama: $(LLAMA_STAMP)
+
+# tinylm as GGUF (arch gpt2, byte-level vocabulary), written by the converter with the
+# gguf-py package of the same llama.cpp source.
+$(LLAMA_GGUF): examples/llama/convert.py examples/tinylm/tinylm.tlm $(LLAMA_STAMP)
+	$(PYTHON) examples/llama/convert.py examples/tinylm/tinylm.tlm $@ --gguf-py $(LLAMA_SRC)/gguf-py
+
+# The host: libulpt from the build tree, llama.cpp from the cache (-lllama -lggml
+# -lggml-base), tinylm's C forward for the comparisons.
+$(LLAMA_HOST): $(LLAMA_HOST_DEPS) $(SHARED) include/ulpt.h $(LLAMA_STAMP)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -Iexamples/tinylm -I$(LLAMA_SRC)/include \
+	    -I$(LLAMA_SRC)/ggml/include $(BLAS_CFLAGS) $(ZLIB_CFLAGS) -o $@ $(LLAMA_HOST_SRCS) \
+	    examples/tinylm/tinylm.c -Llib -lulpt -Wl,-rpath,'$$ORIGIN/../../lib' \
+	    -L$(LLAMA_BIN) -lllama -lggml -lggml-base -Wl,-rpath,$(LLAMA_BIN) $(DEP_LIBS) -pthread
+
+# End to end on a fresh clone: build llama.cpp once, convert tinylm, serve the prompt
+# `make demo` trains (and one for spam) through llama.cpp against tune --load, several
+# prompts at once, and a prompt tuned inside llama.cpp with forward passes only.
+llama-demo:
+	@sh .ci/install-deps llama
+	@$(MAKE) -s --no-print-directory all data examples/tinylm/tune $(LLAMA_STAMP)
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_HOST)
+	@sh examples/llama/demo.sh $(LLAMA_GGUF) $(LLAMA_HOST)
+
+# The llama.cpp test (run by .ci/run; it needs the long build): the converted model's
+# logits against tinylm's C forward, a prompt for another model refused, the package
+# integrity check.
+check-llama:
+	@sh .ci/install-deps llama
+	@$(MAKE) -s --no-print-directory all $(LLAMA_STAMP)
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_HOST)
+	ULPT_LLAMA_GGUF=$(LLAMA_GGUF) ULPT_LLAMA_HOST=$(LLAMA_HOST) \
+	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/llama
 
 # ---- tests --------------------------------------------------------------------------
 
@@ -290,4 +353,4 @@ uninstall:
 clean:
 	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) tests/fuzz/work tests/cov \
 	    tests/test_ulpt tests/test_ulpt-* tests/tinylm/test_tinylm-* tests/bench_step examples/quickstart examples/tinylm/tune tools/ulpt \
-	    examples/tinylm/tlm tests/tinylm/test_tinylm
+	    examples/tinylm/tlm tests/tinylm/test_tinylm $(LLAMA_HOST)

@@ -1,0 +1,71 @@
+#!/bin/sh
+# make llama-demo, after llama.cpp is built and tinylm converted:
+#     examples/llama/demo.sh MODEL.gguf ULPT-LLAMA
+# 1. the converted model's logits against tinylm's C forward;
+# 2. the names prompt `make demo` trains, and a spam prompt tuned the same way, served
+#    through llama.cpp and through `tune --load`;
+# 3. several prompts (two tasks, two seeds) served at once, against one at a time;
+# 4. a prompt tuned inside llama.cpp with forward passes only, against the first-order
+#    prompt tinylm's own backward trains with the same budget of examples.
+# Prompts are kept in examples/tinylm/cache and reused by later runs.
+set -eu
+gguf=$1
+host=$2
+py=${PYTHON:-/usr/bin/python3}
+tlm=examples/tinylm/tinylm.tlm
+tune=examples/tinylm/tune
+tasks=examples/tinylm/cache/tasks
+cache=examples/tinylm/cache
+tenants=$cache/llama-tenants
+
+json() { # KEY: the value of KEY in the JSON line on stdin
+    "$py" -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"
+}
+
+# a prompt tuned by tinylm's own backward: TASK SEED STEPS PATH
+tuned() {
+    [ -f "$4" ] && return 0
+    echo "tuning $4 with tinylm's backward ($3 steps of 16)"
+    "$tune" "$tasks/$1" --seed "$2" --steps "$3" --lr 0.05 --skip-baseline --quiet --save "$4" \
+        >/dev/null
+}
+
+echo "== 1. tinylm in llama.cpp: logits against tinylm's C forward"
+"$host" check --gguf "$gguf" --tlm "$tlm"
+
+echo
+echo "== 2. serving a prompt: llama.cpp against tune --load"
+tuned names 1 400 "$cache/names-rank2.ulpt"   # what make demo trains
+tuned spam 1 400 "$cache/spam-rank2.ulpt"
+for task in names spam; do
+    p=$cache/$task-rank2.ulpt
+    ref=$("$tune" "$tasks/$task" --load "$p" --skip-baseline --json | json acc_test)
+    out=$("$host" serve --gguf "$gguf" --prompt "$p" --tlm "$tlm" --json "$tasks/$task")
+    echo "$out" | "$py" -c '
+import json, sys
+s = json.loads(sys.stdin.read().strip().splitlines()[-1])
+ref, task = float(sys.argv[1]), sys.argv[2]
+gap = 100 * abs(s["acc_llama"] - ref)
+print(f"{task}: test accuracy {100 * s[\"acc_llama\"]:.2f}% through llama.cpp, "
+      f"{100 * ref:.2f}% through tune --load (gap {gap:.2f} points)")
+print(f"  same label on {100 * s[\"label_agreement\"]:.2f}% of {s[\"examples\"]} test examples; "
+      f"label logits within {s[\"max_abs_label_logit\"]:.2g} "
+      f"({s[\"max_rel_label_logit\"]:.2g} relative)")
+sys.exit(0 if gap <= 0.5 and s["label_agreement"] >= 0.99 else 1)
+' "$ref" "$task" || { echo "llama-demo: $task: llama.cpp and tune --load disagree" >&2; exit 1; }
+done
+
+echo
+echo "== 3. many tenants: one model, several prompts, one llama_decode batch"
+mkdir -p "$tenants"
+tuned names 2 200 "$cache/names-rank2-seed2.ulpt"
+tuned spam 2 200 "$cache/spam-rank2-seed2.ulpt"
+tuned sotu 1 200 "$cache/sotu-rank2.ulpt"
+for p in names-rank2 spam-rank2 names-rank2-seed2 spam-rank2-seed2 sotu-rank2; do
+    cp "$cache/$p.ulpt" "$tenants/"
+done
+"$host" tenants --gguf "$gguf" --batch 8 --requests 512 "$tenants" "$tasks"
+
+echo
+echo "== 4. tuning inside llama.cpp with forward passes only"
+"$host" tune --gguf "$gguf" --save "$cache/names-zo.ulpt" "$tasks/names"

@@ -1,0 +1,286 @@
+/* tenants.c -- one process, one model, many prompts: every .ulpt file of a directory
+ * served at once.  Consecutive requests are for different prompts; a batch of B of them
+ * is decoded as B sequences of one embedding batch and one token batch (engine.h), each
+ * request's rows materialised from its own prompt.  The same requests are then served one
+ * at a time, and the two runs must give the same answers. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "host.h"
+#include "task.h"
+#include "ulpt.h"
+
+#define MAX_TENANTS 256
+
+typedef struct {
+    char path[4096];
+    ulpt_prompt *prompt;
+    int task; /* index into the loaded tasks */
+    size_t right, served;
+} tenant;
+
+typedef struct {
+    char name[256];
+    task_split test;
+} task_entry;
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The .ulpt files of dir, sorted, into names (caller frees each and the array). */
+static int list_prompts(const char *dir, char ***names, int *count)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return fail("%s: %s", dir, strerror(errno));
+    char **v = NULL;
+    int n = 0;
+    for (struct dirent *de; (de = readdir(d));) {
+        size_t len = strlen(de->d_name);
+        if (len < 6 || strcmp(de->d_name + len - 5, ".ulpt"))
+            continue;
+        char **more = n < MAX_TENANTS ? realloc(v, sizeof *v * (size_t)(n + 1)) : NULL;
+        if (!more || !(more[n] = strdup(de->d_name))) {
+            closedir(d);
+            for (int i = 0; i < n; i++)
+                free((more ? more : v)[i]);
+            free(more ? more : v);
+            return fail(n < MAX_TENANTS ? "out of memory" : "%s: more than %d prompts", dir,
+                        MAX_TENANTS);
+        }
+        v = more;
+        n++;
+    }
+    closedir(d);
+    if (n)
+        qsort(v, (size_t)n, sizeof *v, by_name);
+    *names = v;
+    *count = n;
+    return 0;
+}
+
+typedef struct {
+    engine *e;
+    const tenant *ten;
+    const task_entry *tasks;
+    int n_ten;
+    float *rows;
+    uint32_t max_rows, C;
+    float *logits;
+    engine_request *req;
+    int *owner;
+} batch_ctx;
+
+/* Request k: tenant k mod n_ten, the (k / n_ten)-th test example of its task, so that
+ * consecutive requests are for different prompts. */
+static const task_example *request_example(const batch_ctx *b, size_t k)
+{
+    const task_split *s = &b->tasks[b->ten[k % (size_t)b->n_ten].task].test;
+    return &s->ex[(k / (size_t)b->n_ten) % s->n];
+}
+
+/* Requests k0 .. k0+n-1 in one engine_run; each request's rows from its own prompt. */
+static int run_batch(batch_ctx *b, size_t k0, int n)
+{
+    for (int j = 0; j < n; j++) {
+        size_t k = k0 + (size_t)j;
+        const tenant *t = &b->ten[k % (size_t)b->n_ten];
+        const task_example *x = request_example(b, k);
+        float *E = b->rows + (size_t)j * b->max_rows * b->C;
+        if (ulpt_prompt_forward(t->prompt, E, b->C) != ULPT_OK)
+            return fail("%s", ulpt_last_error());
+        b->req[j] = (engine_request){ E, ulpt_prompt_n_tokens(t->prompt), x->input, x->len };
+        b->owner[j] = (int)(k % (size_t)b->n_ten);
+    }
+    if (engine_run(b->e, b->req, n, b->logits, NULL))
+        return fail("%s", engine_error());
+    return 0;
+}
+
+int cmd_tenants(const options *o)
+{
+    if (o->n_args != 2)
+        return fail("tenants: usage: ulpt-llama tenants --gguf M.gguf [--batch B] PROMPTDIR "
+                    "TASKROOT");
+    const char *dir = o->args[0], *root = o->args[1];
+    engine *e = NULL;
+    tenant *ten = NULL;
+    task_entry *tasks = NULL;
+    char **files = NULL;
+    int n_files = 0, n_ten = 0, n_tasks = 0, rc = 1;
+    float *rows = NULL, *logits = NULL, *single = NULL;
+    engine_request *req = NULL;
+    int *owner = NULL;
+    char err[4608];
+
+    if (engine_open(&e, o->gguf, o->batch, o->threads, o->verbose)) {
+        fail("%s", engine_error());
+        goto out;
+    }
+    const uint32_t C = engine_n_embd(e), V = engine_n_vocab(e), T = engine_max_len(e);
+    const char *model = engine_model_name(e);
+    if (list_prompts(dir, &files, &n_files))
+        goto out;
+    ten = calloc((size_t)n_files + 1, sizeof *ten);
+    tasks = calloc((size_t)n_files + 1, sizeof *tasks);
+    if (!ten || !tasks) {
+        fail("out of memory");
+        goto out;
+    }
+
+    /* Load every prompt tuned for this model; a prompt for another model, or one that
+     * does not say which task it serves, is reported and left out. */
+    uint32_t max_rows = 0;
+    for (int f = 0; f < n_files; f++) {
+        tenant *t = &ten[n_ten];
+        snprintf(t->path, sizeof t->path, "%s/%s", dir, files[f]);
+        if (ulpt_prompt_load_for_model(&t->prompt, t->path, model) != ULPT_OK) {
+            printf("  not served: %s\n", ulpt_last_error());
+            continue;
+        }
+        const char *task = ulpt_prompt_get_meta(t->prompt, "task");
+        uint32_t n_rows = ulpt_prompt_n_tokens(t->prompt);
+        if (!task || !task[0] || strchr(task, '/') || ulpt_prompt_dim(t->prompt) != C ||
+            n_rows + 2 > T) {
+            printf("  not served: %s: %s\n", t->path,
+                   !task || !task[0] || strchr(task, '/') ? "no usable \"task\" metadata"
+                                                         : "its shape does not fit the model");
+            ulpt_prompt_free(t->prompt);
+            t->prompt = NULL;
+            continue;
+        }
+        t->task = -1;
+        for (int k = 0; k < n_tasks; k++)
+            if (!strcmp(tasks[k].name, task))
+                t->task = k;
+        if (t->task < 0) {
+            char taskdir[4096];
+            snprintf(taskdir, sizeof taskdir, "%s/%s", root, task);
+            if (task_load(&tasks[n_tasks].test, taskdir, "test", T - 1, err, sizeof err)) {
+                fail("%s (the task of %s)", err, t->path);
+                goto out;
+            }
+            snprintf(tasks[n_tasks].name, sizeof tasks[n_tasks].name, "%s", task);
+            t->task = n_tasks++;
+        }
+        if (n_rows > max_rows)
+            max_rows = n_rows;
+        n_ten++;
+    }
+    if (n_ten == 0) {
+        fail("%s: no prompt for model \"%s\"", dir, model);
+        goto out;
+    }
+    for (int k = 0; k < n_tasks; k++)
+        for (size_t i = 0; i < tasks[k].test.n; i++)
+            if (tasks[k].test.ex[i].len + max_rows > T) {
+                fail("%s: an example of %u bytes does not fit behind %u prompt rows",
+                     tasks[k].test.path, tasks[k].test.ex[i].len, max_rows);
+                goto out;
+            }
+
+    const int B = o->batch;
+    const size_t R = o->requests;
+    rows = malloc(sizeof(float) * (size_t)B * max_rows * C);
+    logits = malloc(sizeof(float) * (size_t)B * V);
+    single = malloc(sizeof(float) * R * 2);
+    req = malloc(sizeof *req * (size_t)B);
+    owner = malloc(sizeof *owner * (size_t)B);
+    if (!rows || !logits || !single || !req || !owner) {
+        fail("out of memory");
+        goto out;
+    }
+    printf("%d prompts for model \"%s\" from %s, %d tasks; %zu requests, consecutive ones for "
+           "different prompts\n", n_ten, model, dir, n_tasks, R);
+
+    /* Both ways, one after the other: one request per llama_decode pair, then B. */
+    double seconds[2] = { 0, 0 }, max_diff = 0;
+    size_t disagree = 0;
+    for (int way = 0; way < 2; way++) {
+        const int per = way == 0 ? 1 : B;
+        batch_ctx bc = { e, ten, tasks, n_ten, rows, max_rows, C, logits, req, owner };
+        if (run_batch(&bc, 0, per < (int)R ? per : (int)R)) /* untimed: start warm */
+            goto out;
+        for (size_t k0 = 0; k0 < R; k0 += (size_t)per) {
+            int n = (int)(R - k0 < (size_t)per ? R - k0 : (size_t)per);
+            double t0 = now();
+            if (run_batch(&bc, k0, n))
+                goto out;
+            seconds[way] += now() - t0;
+            for (int j = 0; j < n; j++) {
+                size_t k = k0 + (size_t)j;
+                tenant *t = &ten[owner[j]];
+                const task_split *s = &tasks[t->task].test;
+                const float *l = logits + (size_t)j * V;
+                float pair[2] = { l[s->verbalizer[0]], l[s->verbalizer[1]] };
+                if (way == 0) {
+                    memcpy(single + 2 * k, pair, sizeof pair);
+                } else {
+                    int p1 = pair[1] > pair[0], p0 = single[2 * k + 1] > single[2 * k];
+                    disagree += p1 != p0;
+                    for (int c = 0; c < 2; c++)
+                        max_diff = fmax(max_diff, fabs((double)pair[c] - single[2 * k + c]));
+                    t->right += p1 == request_example(&bc, k)->label;
+                    t->served++;
+                }
+            }
+        }
+    }
+    for (int i = 0; i < n_ten; i++)
+        printf("  %-44s task %-6s %3zu requests, accuracy %.1f%%\n", ten[i].path,
+               tasks[ten[i].task].name, ten[i].served,
+               100 * (double)ten[i].right / (double)ten[i].served);
+    const double one = (double)R / seconds[0], many = (double)R / seconds[1];
+    printf("one request per llama_decode:   %7.1f requests/s\n", one);
+    printf("%2d requests per llama_decode:   %7.1f requests/s  (%.2fx)\n", B, many, many / one);
+    printf("batched and one-at-a-time answers: %zu of %zu labels differ, label logits within %.3g\n",
+           disagree, R, max_diff);
+    /* Memory per loaded prompt: the resident-set growth over loading COPIES more copies
+     * of every prompt (a handful of prompts is below the page granularity). */
+    enum { COPIES = 64 };
+    ulpt_prompt **extra = calloc((size_t)n_ten * COPIES, sizeof *extra);
+    if (!extra) {
+        fail("out of memory");
+        goto out;
+    }
+    size_t rss0 = engine_rss_bytes(), loaded = 0;
+    for (int i = 0; i < n_ten; i++)
+        for (int c = 0; c < COPIES; c++)
+            loaded += ulpt_prompt_load(&extra[(size_t)i * COPIES + c], ten[i].path) == ULPT_OK;
+    size_t rss1 = engine_rss_bytes();
+    for (size_t i = 0; i < (size_t)n_ten * COPIES; i++)
+        ulpt_prompt_free(extra[i]);
+    free(extra);
+    printf("memory: %.1f KiB resident per loaded prompt (growth over %zu loads)\n",
+           (double)(rss1 - rss0) / 1024.0 / (double)loaded, loaded);
+    if (o->json)
+        printf("{\"prompts\": %d, \"requests\": %zu, \"batch\": %d, \"rps_one\": %.2f, "
+               "\"rps_batched\": %.2f, \"ratio\": %.3f, \"disagree\": %zu, \"max_diff\": %.6g}\n",
+               n_ten, R, B, one, many, many / one, disagree, max_diff);
+    rc = disagree ? fail("batched decoding changed %zu answers", disagree) : 0;
+out:
+    for (int i = 0; i < n_ten; i++)
+        ulpt_prompt_free(ten[i].prompt);
+    for (int k = 0; k < n_tasks; k++)
+        task_free(&tasks[k].test);
+    for (int f = 0; f < n_files; f++)
+        free(files[f]);
+    free(files);
+    free(ten);
+    free(tasks);
+    free(rows);
+    free(logits);
+    free(single);
+    free(req);
+    free(owner);
+    engine_free(e);
+    return rc;
+}
