@@ -5,6 +5,10 @@
 
 VARIANTS := asan ubsan tsan fuzz cov
 
+# Keep every object make builds on the way (fuzz targets' objects are otherwise deleted as
+# intermediates and rebuilt next time).
+.SECONDARY:
+
 asan_CC := clang
 asan_FLAGS := -O1 -fno-omit-frame-pointer -fsanitize=address
 asan_RUN := CK_FORK=no ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
@@ -33,7 +37,7 @@ VARIANT_CFLAGS = -std=c11 -g -Iinclude -Ilib -Iexamples/tinylm -Itests $(DEP_CFL
 #   tests/build/NAME/test_ulpt      the library's Check suite
 #   tests/build/NAME/test_tinylm    tinylm's Check suite
 #   tests/build/NAME/threads        threads sharing a projection and prompts
-#   tests/build/NAME/fuzz_TARGET    a libFuzzer target
+#   tests/build/NAME/fuzz_TARGET    a libFuzzer target (fuzz_tlm: tinylm's loader)
 define variant
 $1_LINK ?= $$($1_FLAGS)
 $1_LIB := $(patsubst %.c,tests/build/$1/%.o,$(SRCS))
@@ -52,7 +56,10 @@ tests/build/$1/test_tinylm: $$($1_TLM) tests/build/$1/tests/tinylm/test_tinylm.o
 tests/build/$1/threads: $$($1_LIB) tests/build/$1/tests/threads.o
 	$$($1_CC) $$($1_LINK) -o $$@ $$^ $$(DEP_LIBS) -pthread
 
-tests/build/$1/fuzz_%: $$($1_LIB) $$($1_TLM) tests/build/$1/tests/fuzz/fuzz_%.o
+tests/build/$1/fuzz_%: $$($1_LIB) tests/build/$1/tests/fuzz/fuzz_%.o
+	$$($1_CC) $$($1_LINK) -o $$@ $$^ $$(DEP_LIBS) -pthread
+
+tests/build/$1/fuzz_tlm: $$($1_TLM) tests/build/$1/tests/fuzz/fuzz_tlm.o
 	$$($1_CC) $$($1_LINK) -o $$@ $$^ $$(DEP_LIBS) -pthread
 endef
 $(foreach v,$(VARIANTS),$(eval $(call variant,$v)))
