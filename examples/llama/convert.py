@@ -120,23 +120,36 @@ def byte_spellings():
     return [spell[b] for b in range(256)]
 
 
-def model_name(meta):
-    return "tinylm" if meta["corpus"] else "tinylm-random"
+def model_name(meta, gelu_zero=False):
+    name = "tinylm" if meta["corpus"] else "tinylm-random"
+    return name + "-gelu-zero" if gelu_zero else name  # another model: its own name
 
 
-def convert(tlm_path, out_path, gguf):
+# --gelu-zero: every MLP pre-activation lowered by this much, far below -10, where both
+# llama.cpp's GELU (which returns 0 there without its half-float table) and the tanh form
+# are exactly 0.  The MLPs then add only their output bias, and the rest of the model
+# can be compared with tinylm's C forward down to float rounding.
+GELU_ZERO_SHIFT = 100.0
+
+
+def convert(tlm_path, out_path, gguf, gelu_zero=False):
     cfg, meta, params = read_tlm(tlm_path)
     if cfg["V"] != 256:
         raise ConvertError(f"{tlm_path}: vocabulary of {cfg['V']}, a byte-level model has 256")
     w = split_params(cfg, params)
+    if gelu_zero:
+        for b in w["blocks"]:
+            b["fc_b"] = b["fc_b"] - np.float32(GELU_ZERO_SHIFT)
     # Written beside the target and renamed over it, so a failed run leaves no half file.
     tmp = out_path + ".tmp"
     writer = gguf.GGUFWriter(tmp, "gpt2")
-    writer.add_name(model_name(meta))
+    writer.add_name(model_name(meta, gelu_zero))
     writer.add_description(
         f"tinylm (docs/TINYLM.md) converted from {os.path.basename(tlm_path)}: "
         f"trained on {meta['corpus'] or 'nothing'}, seed {meta['seed']}, "
-        f"{meta['steps']} steps")
+        f"{meta['steps']} steps" +
+        (f"; MLP pre-activations lowered by {GELU_ZERO_SHIFT:g} (GELU exactly 0)"
+         if gelu_zero else ""))
     writer.add_context_length(cfg["T"])
     writer.add_embedding_length(cfg["C"])
     writer.add_feed_forward_length(cfg["F"])
@@ -197,6 +210,9 @@ def main(argv=None):
     ap.add_argument("tlm", help="tinylm weights (.tlm)")
     ap.add_argument("out", help="GGUF file to write")
     ap.add_argument("--gguf-py", help="llama.cpp's gguf-py directory (else PYTHONPATH)")
+    ap.add_argument("--gelu-zero", action="store_true",
+                    help=f"a test variant: every MLP pre-activation lowered by "
+                         f"{GELU_ZERO_SHIFT:g}, so GELU is exactly 0 in every engine")
     args = ap.parse_args(argv)
     if args.gguf_py:
         sys.path.insert(0, args.gguf_py)
@@ -207,12 +223,13 @@ def main(argv=None):
               file=sys.stderr)
         return 1
     try:
-        cfg, meta = convert(args.tlm, args.out, gguf)
+        cfg, meta = convert(args.tlm, args.out, gguf, args.gelu_zero)
     except (ConvertError, OSError) as e:
         print(f"convert.py: {e}", file=sys.stderr)
         return 1
     print(f"convert.py: {args.out}: gpt2, {cfg['L']} blocks, width {cfg['C']}, "
-          f"{cfg['H']} heads, context {cfg['T']}, 256 byte tokens, model \"{model_name(meta)}\"")
+          f"{cfg['H']} heads, context {cfg['T']}, 256 byte tokens, model \"{model_name(meta, args.gelu_zero)}\"" +
+          (" (GELU held at 0)" if args.gelu_zero else ""))
     return 0
 
 

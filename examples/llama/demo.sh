@@ -1,6 +1,6 @@
 #!/bin/sh
 # make llama-demo, after llama.cpp is built and tinylm converted:
-#     examples/llama/demo.sh MODEL.gguf ULPT-LLAMA
+#     examples/llama/demo.sh MODEL.gguf MODEL-GELU-ZERO.gguf ULPT-LLAMA
 # 1. the converted model's logits against tinylm's C forward;
 # 2. the names prompt `make demo` trains, and a spam prompt tuned the same way, served
 #    through llama.cpp and through `tune --load`;
@@ -10,7 +10,11 @@
 # Prompts are kept in examples/tinylm/cache and reused by later runs.
 set -eu
 gguf=$1
-host=$2
+gelu0=$2
+host=$3
+# One llama.cpp thread: its workers spin while they wait for each other, which costs
+# more than it gives when the cores are shared (LLAMA_THREADS overrides).
+threads=${LLAMA_THREADS:-1}
 py=${PYTHON:-/usr/bin/python3}
 tlm=examples/tinylm/tinylm.tlm
 tune=examples/tinylm/tune
@@ -31,7 +35,7 @@ tuned() {
 }
 
 echo "== 1. tinylm in llama.cpp: logits against tinylm's C forward"
-"$host" check --gguf "$gguf" --tlm "$tlm"
+"$host" check --gguf "$gguf" --tlm "$tlm" --gelu-zero-gguf "$gelu0" --threads "$threads"
 
 echo
 echo "== 2. serving a prompt: llama.cpp against tune --load"
@@ -40,7 +44,8 @@ tuned spam 1 400 "$cache/spam-rank2.ulpt"
 for task in names spam; do
     p=$cache/$task-rank2.ulpt
     ref=$("$tune" "$tasks/$task" --load "$p" --skip-baseline --json | json acc_test)
-    out=$("$host" serve --gguf "$gguf" --prompt "$p" --tlm "$tlm" --json "$tasks/$task")
+    out=$("$host" serve --gguf "$gguf" --prompt "$p" --tlm "$tlm" --threads "$threads" --json \
+        "$tasks/$task")
     echo "$out" | "$py" -c '
 import json, sys
 s = json.loads(sys.stdin.read().strip().splitlines()[-1])
@@ -58,14 +63,16 @@ done
 echo
 echo "== 3. many tenants: one model, several prompts, one llama_decode batch"
 mkdir -p "$tenants"
-tuned names 2 200 "$cache/names-rank2-seed2.ulpt"
-tuned spam 2 200 "$cache/spam-rank2-seed2.ulpt"
-tuned sotu 1 200 "$cache/sotu-rank2.ulpt"
+tuned names 2 100 "$cache/names-rank2-seed2.ulpt"
+tuned spam 2 100 "$cache/spam-rank2-seed2.ulpt"
+tuned sotu 1 100 "$cache/sotu-rank2.ulpt"
 for p in names-rank2 spam-rank2 names-rank2-seed2 spam-rank2-seed2 sotu-rank2; do
     cp "$cache/$p.ulpt" "$tenants/"
 done
-"$host" tenants --gguf "$gguf" --batch 8 --requests 512 "$tenants" "$tasks"
+for b in 8 16; do
+    "$host" tenants --gguf "$gguf" --batch $b --requests 512 --threads "$threads" "$tenants" "$tasks"
+done
 
 echo
 echo "== 4. tuning inside llama.cpp with forward passes only"
-"$host" tune --gguf "$gguf" --save "$cache/names-zo.ulpt" "$tasks/names"
+"$host" tune --gguf "$gguf" --threads "$threads" --save "$cache/names-zo.ulpt" "$tasks/names"

@@ -90,9 +90,9 @@ int engine_open(engine **out, const char *gguf_path, int max_seqs, int n_threads
     if (llama_model_meta_val_str(e->model, "general.name", e->name, sizeof e->name) < 0)
         e->name[0] = '\0';
     if (e->n_vocab < 256) {
+        fail("%s: a vocabulary of %u tokens cannot hold the 256 bytes", gguf_path, e->n_vocab);
         engine_free(e);
-        return fail("%s: a vocabulary of %u tokens cannot hold the 256 bytes", gguf_path,
-                    e->n_vocab);
+        return -1;
     }
 
     const uint32_t cap = e->max_len * e->max_seqs;
@@ -101,11 +101,11 @@ int engine_open(engine **out, const char *gguf_path, int max_seqs, int n_threads
     cp.n_batch = cap;          /* a whole run is one llama_decode per batch kind */
     cp.n_ubatch = cap;
     cp.n_seq_max = e->max_seqs;
-    cp.kv_unified = false;     /* sequences share nothing: attention stays per stream */
+    cp.kv_unified = false;     /* one stream per sequence: each attends to its own cells */
     cp.type_k = GGML_TYPE_F32; /* the default F16 cache would round K and V */
     cp.type_v = GGML_TYPE_F32;
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    cp.n_threads = cp.n_threads_batch = n_threads > 0 ? n_threads : 2;
+    cp.n_threads = cp.n_threads_batch = n_threads > 0 ? n_threads : 1;
     cp.no_perf = true;
     e->ctx = llama_init_from_model(e->model, cp);
     if (!e->ctx) {

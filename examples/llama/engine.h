@@ -29,7 +29,7 @@ typedef struct {
 
 /* Loads a GGUF model and makes a context for up to max_seqs sequences at once, each up to
  * the model's trained context, with float32 K and V (the KV cache rounds nothing).
- * n_threads <= 0: 2.  verbose: llama.cpp's own log on stderr (else errors only). */
+ * n_threads <= 0: one per online CPU.  verbose: llama.cpp's own log on stderr (else errors only). */
 int engine_open(engine **out, const char *gguf_path, int max_seqs, int n_threads, int verbose);
 void engine_free(engine *e);
 

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 typedef struct {
-    const char *cmd, *gguf, *tlm, *prompt, *save, *args[2];
+    const char *cmd, *gguf, *tlm, *prompt, *save, *gelu_zero_gguf, *args[2];
     int n_args, batch, threads, json, verbose;
     uint32_t requests, steps, seed, tokens, rank, examples, directions;
     double lr, mu;

@@ -116,7 +116,8 @@ int cmd_tenants(const options *o)
     task_entry *tasks = NULL;
     char **files = NULL;
     int n_files = 0, n_ten = 0, n_tasks = 0, rc = 1;
-    float *rows = NULL, *logits = NULL, *single = NULL;
+    float *rows = NULL, *logits = NULL, *single = NULL, *batched = NULL;
+    int *batched_owner = NULL;
     engine_request *req = NULL;
     int *owner = NULL;
     char err[4608];
@@ -192,46 +193,59 @@ int cmd_tenants(const options *o)
     rows = malloc(sizeof(float) * (size_t)B * max_rows * C);
     logits = malloc(sizeof(float) * (size_t)B * V);
     single = malloc(sizeof(float) * R * 2);
+    batched = malloc(sizeof(float) * (size_t)B * V);
+    batched_owner = malloc(sizeof(int) * (size_t)B);
     req = malloc(sizeof *req * (size_t)B);
     owner = malloc(sizeof *owner * (size_t)B);
-    if (!rows || !logits || !single || !req || !owner) {
+    if (!rows || !logits || !single || !batched || !batched_owner || !req || !owner) {
         fail("out of memory");
         goto out;
     }
     printf("%d prompts for model \"%s\" from %s, %d tasks; %zu requests, consecutive ones for "
            "different prompts\n", n_ten, model, dir, n_tasks, R);
 
-    /* Both ways, one after the other: one request per llama_decode pair, then B. */
+    /* Each chunk of B consecutive requests is served both ways: one request per
+     * llama_decode pair, and all B in one.  The two alternate chunk by chunk (and which
+     * goes first alternates too), so a machine whose load changes treats both alike. */
     double seconds[2] = { 0, 0 }, max_diff = 0;
     size_t disagree = 0;
-    for (int way = 0; way < 2; way++) {
-        const int per = way == 0 ? 1 : B;
-        batch_ctx bc = { e, ten, tasks, n_ten, rows, max_rows, C, logits, req, owner };
-        if (run_batch(&bc, 0, per < (int)R ? per : (int)R)) /* untimed: start warm */
-            goto out;
-        for (size_t k0 = 0; k0 < R; k0 += (size_t)per) {
-            int n = (int)(R - k0 < (size_t)per ? R - k0 : (size_t)per);
+    batch_ctx bc = { e, ten, tasks, n_ten, rows, max_rows, C, logits, req, owner };
+    if (run_batch(&bc, 0, B < (int)R ? B : (int)R)) /* untimed: start warm */
+        goto out;
+    for (size_t k0 = 0, chunk = 0; k0 < R; k0 += (size_t)B, chunk++) {
+        int n = (int)(R - k0 < (size_t)B ? R - k0 : (size_t)B);
+        for (int half = 0; half < 2; half++) {
+            int way = (int)((chunk + (size_t)half) % 2); /* 0: one at a time, 1: batched */
             double t0 = now();
-            if (run_batch(&bc, k0, n))
-                goto out;
-            seconds[way] += now() - t0;
-            for (int j = 0; j < n; j++) {
-                size_t k = k0 + (size_t)j;
-                tenant *t = &ten[owner[j]];
-                const task_split *s = &tasks[t->task].test;
-                const float *l = logits + (size_t)j * V;
-                float pair[2] = { l[s->verbalizer[0]], l[s->verbalizer[1]] };
-                if (way == 0) {
-                    memcpy(single + 2 * k, pair, sizeof pair);
-                } else {
-                    int p1 = pair[1] > pair[0], p0 = single[2 * k + 1] > single[2 * k];
-                    disagree += p1 != p0;
-                    for (int c = 0; c < 2; c++)
-                        max_diff = fmax(max_diff, fabs((double)pair[c] - single[2 * k + c]));
-                    t->right += p1 == request_example(&bc, k)->label;
-                    t->served++;
+            if (way == 0) {
+                for (int j = 0; j < n; j++) {
+                    if (run_batch(&bc, k0 + (size_t)j, 1))
+                        goto out;
+                    const task_split *s = &tasks[ten[owner[0]].task].test;
+                    single[2 * (k0 + (size_t)j)] = logits[s->verbalizer[0]];
+                    single[2 * (k0 + (size_t)j) + 1] = logits[s->verbalizer[1]];
                 }
+                seconds[0] += now() - t0;
+            } else {
+                if (run_batch(&bc, k0, n))
+                    goto out;
+                seconds[1] += now() - t0;
+                memcpy(batched, logits, sizeof(float) * (size_t)n * V);
+                memcpy(batched_owner, owner, sizeof(int) * (size_t)n);
             }
+        }
+        for (int j = 0; j < n; j++) {
+            size_t k = k0 + (size_t)j;
+            tenant *t = &ten[batched_owner[j]];
+            const task_split *s = &tasks[t->task].test;
+            const float *l = batched + (size_t)j * V;
+            float pair[2] = { l[s->verbalizer[0]], l[s->verbalizer[1]] };
+            int p1 = pair[1] > pair[0], p0 = single[2 * k + 1] > single[2 * k];
+            disagree += p1 != p0;
+            for (int c = 0; c < 2; c++)
+                max_diff = fmax(max_diff, fabs((double)pair[c] - single[2 * k + c]));
+            t->right += p1 == request_example(&bc, k)->label;
+            t->served++;
         }
     }
     for (int i = 0; i < n_ten; i++)
@@ -279,6 +293,8 @@ out:
     free(rows);
     free(logits);
     free(single);
+    free(batched);
+    free(batched_owner);
     free(req);
     free(owner);
     engine_free(e);

@@ -44,6 +44,7 @@ static const char usage_text[] =
     "  --gguf PATH      the model converted by convert.py (required)\n"
     "  --tlm PATH       the same model as tinylm weights, for tinylm's C forward\n"
     "  --prompt PATH    a prompt file (serve; check: also compare with its rows)\n"
+    "  --gelu-zero-gguf PATH  check: also compare the variant convert.py --gelu-zero wrote\n"
     "  --batch B        sequences decoded together (default 8; tune: 32)\n"
     "  --requests N     tenants: requests to serve (default 512)\n"
     "  --save PATH      tune: write the tuned prompt there\n"
@@ -51,7 +52,8 @@ static const char usage_text[] =
     "  --directions Q   tune: random directions a step, 2Q perturbed prompts (default 1)\n"
     "  --mu EPS         tune: perturbation size (default 0.01); --lr LR AdamW peak rate (0.05)\n"
     "  --tokens N, --rank R, --seed K   tune: the prompt's shape and seed (16, 2, 1)\n"
-    "  --threads T      llama.cpp threads (default 2)\n"
+    "  --threads T      llama.cpp threads (default: one per CPU; on a busy machine use 1:\n"
+    "                   llama.cpp's workers spin while they wait for each other)\n"
     "  --json           one JSON line of results\n"
     "  --verbose        llama.cpp's own log on stderr\n";
 
@@ -87,7 +89,7 @@ static int parse_uint(const char *s, unsigned long lo, unsigned long hi, uint32_
 
 static int parse_args(int argc, char **argv, options *o)
 {
-    *o = (options){ .batch = 0, .threads = 2, .requests = 512, .steps = 300, .seed = 1,
+    *o = (options){ .batch = 0, .threads = 0, .requests = 512, .steps = 300, .seed = 1,
                     .tokens = 16, .rank = 2, .lr = 0.05, .mu = 1e-2, .examples = 16,
                     .directions = 1 };
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -113,6 +115,8 @@ static int parse_args(int argc, char **argv, options *o)
                 o->gguf = v;
             else if (!strcmp(a, "--tlm"))
                 o->tlm = v;
+            else if (!strcmp(a, "--gelu-zero-gguf"))
+                o->gelu_zero_gguf = v;
             else if (!strcmp(a, "--prompt"))
                 o->prompt = v;
             else if (!strcmp(a, "--save"))
@@ -199,6 +203,22 @@ static void compare(const float *a, const float *b, size_t count, size_t w, doub
 }
 
 /* ---- check ------------------------------------------------------------------------- */
+
+/* What convert.py --gelu-zero subtracts from every MLP bias fc_b. */
+#define GELU_ZERO_SHIFT 100.0f
+
+/* fc_b += delta in every block of m, found by the file order of docs/TINYLM.md. */
+static void shift_mlp_bias(tlm_model *m, float delta)
+{
+    const tlm_config *c = tlm_config_of(m);
+    const size_t C = c->width, F = c->mlp;
+    const size_t block = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + (C * F + F) + (F * C + C);
+    const size_t fc_b = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + C * F;
+    float *p = tlm_params(m) + ((size_t)c->vocab + c->max_len) * C;
+    for (uint32_t l = 0; l < c->layers; l++)
+        for (size_t k = 0; k < F; k++)
+            p[l * block + fc_b + k] += delta;
+}
 
 /* Texts for the logit check: English, a name, digits and punctuation, UTF-8, and bytes
  * the task files never hold. */
@@ -339,6 +359,38 @@ int cmd_check(const options *o)
            "relative %.3g\n", abs_half, rel_half);
     printf("  (the half-float GELU alone moves tinylm's logits by up to %.3g)\n", gelu_effect);
 
+    /* 3b. where the table is not involved: the variant with every GELU input below -10 */
+    double abs_zero = -1, rel_zero = -1;
+    if (o->gelu_zero_gguf) {
+        engine *z = NULL;
+        if (engine_open(&z, o->gelu_zero_gguf, 1, o->threads, o->verbose)) {
+            fail("%s", engine_error());
+            goto out;
+        }
+        shift_mlp_bias(m, -GELU_ZERO_SHIFT);
+        abs_zero = rel_zero = 0;
+        for (int with_prompt = 0; with_prompt < 2; with_prompt++) {
+            for (size_t k = 0; k < n_texts; k++) {
+                const uint8_t *text = (const uint8_t *)check_texts[k];
+                uint32_t len = (uint32_t)strlen(check_texts[k]);
+                uint32_t nr = with_prompt ? n_rows : 0, n = nr + len;
+                engine_request r = { with_prompt ? E : NULL, nr, text, len };
+                tinylm_rows(m, E, nr, text, len, rows);
+                if (engine_run(z, &r, 1, last, got) || tlm_forward(m, rows, n, ref)) {
+                    fail("%s", engine_error()[0] ? engine_error() : tlm_last_error());
+                    engine_free(z);
+                    goto out;
+                }
+                compare(ref, got, (size_t)n * V, V, &abs_zero, &rel_zero);
+            }
+        }
+        shift_mlp_bias(m, GELU_ZERO_SHIFT);
+        engine_free(z);
+        printf("  with every GELU input below -10 (%s), where GELU is exactly 0 and llama.cpp\n"
+               "  does not read its table: max |diff| %.3g, relative %.3g\n", o->gelu_zero_gguf,
+               abs_zero, rel_zero);
+    }
+
     /* 4. a prompt tuned for another model is refused, naming both */
     if (!mkdtemp(tmp)) {
         fail("mkdtemp: %s", strerror(errno));
@@ -363,8 +415,9 @@ int cmd_check(const options *o)
 
     if (o->json)
         printf("{\"positions\": %zu, \"max_abs\": %.6g, \"max_rel\": %.6g, \"max_abs_half_gelu\": "
-               "%.6g, \"max_rel_half_gelu\": %.6g, \"half_gelu_effect\": %.6g}\n", positions,
-               abs_exact, rel_exact, abs_half, rel_half, gelu_effect);
+               "%.6g, \"max_rel_half_gelu\": %.6g, \"half_gelu_effect\": %.6g, "
+               "\"max_abs_gelu_zero\": %.6g, \"max_rel_gelu_zero\": %.6g}\n", positions,
+               abs_exact, rel_exact, abs_half, rel_half, gelu_effect, abs_zero, rel_zero);
     rc = 0;
 out:
     if (tmp_made) {

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, "bindings", "python"))
 import ulpt  # noqa: E402
 
 GGUF = os.environ.get("ULPT_LLAMA_GGUF")
+GGUF_GELU0 = os.environ.get("ULPT_LLAMA_GGUF_GELU0")
 HOST = os.environ.get("ULPT_LLAMA_HOST", os.path.join(ROOT, "examples", "llama", "ulpt-llama"))
 TLM = os.path.join(ROOT, "examples", "tinylm", "tinylm.tlm")
 FIXTURES = os.path.join(ROOT, "tests", "tinylm", "fixtures")
@@ -25,7 +26,9 @@ pytestmark = pytest.mark.skipif(not GGUF, reason="run through `make check-llama`
 
 
 def host(*args):
-    return subprocess.run([HOST, *map(str, args)], capture_output=True, text=True, timeout=600)
+    # one llama.cpp thread: its workers spin-wait, which a shared machine punishes
+    return subprocess.run([HOST, *map(str, args), "--threads", "1"], capture_output=True,
+                          text=True, timeout=600)
 
 
 def last_json(out):
@@ -34,21 +37,22 @@ def last_json(out):
 
 @pytest.fixture(scope="module")
 def check():
-    r = host("check", "--gguf", GGUF, "--tlm", TLM, "--json")
+    r = host("check", "--gguf", GGUF, "--tlm", TLM, "--gelu-zero-gguf", GGUF_GELU0, "--json")
     assert r.returncode == 0, r.stderr
     return r.stdout, last_json(r.stdout)
 
 
 def test_logits_agree_with_tinylm_up_to_the_half_float_gelu_table(check):
     _, c = check
-    assert c["positions"] > 500
+    assert c["positions"] > 400
     # llama.cpp's CPU GELU reads a float16 table: about 1e-3 of a logit row's scale
     assert c["max_rel"] < 1e-2, c
     # the table really is in play: tinylm's logits move when GELU goes through half floats
     assert c["half_gelu_effect"] > 1e-4, c
-    # with tinylm's GELU through half floats too, what is left is float rounding
-    assert c["max_abs_half_gelu"] < 1e-4, c
-    assert c["max_abs_half_gelu"] < c["max_abs"] / 10, c
+    # where GELU is exactly 0 (every input below -10) and the table is not read, what is
+    # left is float rounding
+    assert 0 <= c["max_rel_gelu_zero"] < 2e-5, c
+    assert c["max_rel_gelu_zero"] < c["max_rel"] / 10, c
 
 
 def test_bytes_are_token_ids(check):

@@ -16,6 +16,7 @@ LLAMA_STAMP := $(LLAMA_DIR)/built
 LLAMA_SRC := $(LLAMA_DIR)/llama.cpp
 LLAMA_BIN = $(abspath $(LLAMA_DIR)/build/bin)
 LLAMA_GGUF := $(LLAMA_DIR)/tinylm.gguf
+LLAMA_GGUF_GELU0 := $(LLAMA_DIR)/tinylm-gelu-zero.gguf
 LLAMA_HOST := examples/llama/ulpt-llama
 LLAMA_HOST_SRCS := examples/llama/ulpt-llama.c examples/llama/engine.c examples/llama/task.c \
     examples/llama/tenants.c examples/llama/tune.c
@@ -34,6 +35,11 @@ llama: $(LLAMA_STAMP)
 $(LLAMA_GGUF): examples/llama/convert.py examples/tinylm/tinylm.tlm $(LLAMA_STAMP)
 	$(PYTHON) examples/llama/convert.py examples/tinylm/tinylm.tlm $@ --gguf-py $(LLAMA_SRC)/gguf-py
 
+# The test's variant with every GELU input far below -10, where GELU is exactly 0.
+$(LLAMA_GGUF_GELU0): examples/llama/convert.py examples/tinylm/tinylm.tlm $(LLAMA_STAMP)
+	$(PYTHON) examples/llama/convert.py examples/tinylm/tinylm.tlm $@ --gguf-py $(LLAMA_SRC)/gguf-py \
+	    --gelu-zero
+
 # The host: libulpt from the build tree, llama.cpp from the cache (-lllama -lggml
 # -lggml-base), tinylm's C forward for the comparisons.
 $(LLAMA_HOST): $(LLAMA_HOST_DEPS) $(SHARED) include/ulpt.h $(LLAMA_STAMP)
@@ -48,8 +54,8 @@ $(LLAMA_HOST): $(LLAMA_HOST_DEPS) $(SHARED) include/ulpt.h $(LLAMA_STAMP)
 llama-demo:
 	@sh .ci/install-deps llama
 	@$(MAKE) -s --no-print-directory all data examples/tinylm/tune $(LLAMA_STAMP)
-	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_HOST)
-	@sh examples/llama/demo.sh $(LLAMA_GGUF) $(LLAMA_HOST)
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST)
+	@sh examples/llama/demo.sh $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST)
 
 # The llama.cpp test, which .ci/run runs after `make check` (it needs the long build):
 # the converted model's logits against tinylm's C forward, a prompt for another model
@@ -57,6 +63,6 @@ llama-demo:
 check-llama:
 	@sh .ci/install-deps llama
 	@$(MAKE) -s --no-print-directory all $(LLAMA_STAMP)
-	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_HOST)
-	ULPT_LLAMA_GGUF=$(LLAMA_GGUF) ULPT_LLAMA_HOST=$(LLAMA_HOST) \
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST)
+	ULPT_LLAMA_GGUF=$(LLAMA_GGUF) ULPT_LLAMA_GGUF_GELU0=$(LLAMA_GGUF_GELU0) ULPT_LLAMA_HOST=$(LLAMA_HOST) \
 	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/llama
