@@ -48,22 +48,32 @@ nice cmake -S "$dir/llama.cpp" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release \
 
 echo "llama.cpp: building libllama and ggml with $jobs jobs (about 8 minutes on two free cores)"
 start=$(date +%s)
-# cmake prints "[ NN%] Building ... file.o": one progress line per step of the percentage
+# cmake prints "[ NN%] Building ... file.o": one progress line each time the percentage
+# moves (read line by line: awk implementations may hold a pipe's input back in blocks).
 status=0
-{ nice cmake --build "$dir/build" --target llama -j "$jobs" 2>&1 || echo "BUILD-FAILED $?"; } |
-    tee -a "$dir/build.log" |
-    awk -v start="$start" '
-        /^BUILD-FAILED/ { failed = 1; next }
-        match($0, /^\[ *[0-9]+%\]/) {
-            pct = substr($0, RSTART + 1, RLENGTH - 2); gsub(/ /, "", pct)
-            if (pct != last) {
-                n = split($NF, parts, "/"); file = parts[n]; sub(/\.o$/, "", file)
-                "date +%s" | getline t; close("date +%s")
-                printf "llama.cpp: %4s  %3d s  %s\n", pct, t - start, file
-                fflush(); last = pct
-            }
-        }
-        END { exit failed }' || status=1
+{ nice cmake --build "$dir/build" --target llama -j "$jobs" 2>&1 || echo "BUILD-FAILED"; } |
+    tee -a "$dir/build.log" | {
+        last=""
+        failed=0
+        while IFS= read -r line; do
+            case "$line" in
+            BUILD-FAILED) failed=1 ;;
+            "["*"%]"*)
+                pct=${line%%\%]*}
+                pct=${pct#[}
+                pct=$(echo $pct)
+                if [ "$pct" != "$last" ]; then
+                    case "$line" in
+                    */*) file=${line##*/} ;;
+                    *) file=${line#*] } ;;
+                    esac
+                    printf 'llama.cpp: %3s%%  %4d s  %s\n' "$pct" $(( $(date +%s) - start )) "${file%.o}"
+                    last=$pct
+                fi ;;
+            esac
+        done
+        exit $failed
+    } || status=1
 if [ "$status" -ne 0 ] || [ ! -e "$dir/build/bin/libllama.so" ]; then
     echo "build-llama.sh: the llama.cpp build failed; the end of $dir/build.log:" >&2
     tail -20 "$dir/build.log" >&2
