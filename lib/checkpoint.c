@@ -80,7 +80,8 @@ int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o, const ch
 int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, const char *path)
 {
     if (!prompt || !opt || !path)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !prompt ? "prompt" : !opt ? "opt" : "path");
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
+                         !prompt ? "prompt" : !opt ? "opt" : "path");
     return ulpt__file_load(__func__, path, prompt, opt, NULL);
 }
 

@@ -9,8 +9,9 @@
 static int known(const char *func, const ulpt_versioned *t, unsigned version)
 {
     if (version < 1 || version > t->latest)
-        return ulpt__error(ULPT_ERR_INVALID, func, "unknown %s version %u (this library knows 1..%u)",
-                           t->what, version, t->latest);
+        return ulpt__error(ULPT_ERR_INVALID, func,
+                           "unknown %s version %u (this library knows 1..%u)", t->what, version,
+                           t->latest);
     return ULPT_OK;
 }
 

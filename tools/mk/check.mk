@@ -16,7 +16,7 @@ TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_OBJS := $(patsubst tests/%.c,tests/obj/%.o,$(TEST_SRCS))
 TEST_CFLAGS = -std=c11 $(WARN) -Wno-missing-prototypes -Iinclude -Ilib $(CHECK_CFLAGS)
 
-tests/obj/%.o: tests/%.c tests/test.h $(LIB_HDRS)
+tests/obj/%.o: tests/%.c $(wildcard tests/*.h) $(LIB_HDRS)
 	@mkdir -p tests/obj
 	$(CC) $(CFLAGS) $(TEST_CFLAGS) -c $< -o $@
 
