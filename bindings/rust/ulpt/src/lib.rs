@@ -13,6 +13,8 @@
 //!   [`SaveOptions`]) whose `Default` comes from the library's `ulpt_*_options_init`.
 //! * Every fallible call returns [`Result`]; an [`Error`] has an [`ErrorKind`] per
 //!   `ULPT_ERR_*` code and the library's one-line message.
+//! * [`Zo`] trains from losses alone (forward-only, zeroth-order), for hosts that
+//!   cannot back-propagate.
 //! * Threads: projections and prompts are `Send + Sync`; `forward`, accessors and
 //!   saving take `&self` and may run in several threads at once, everything that
 //!   changes an object takes `&mut self`.
@@ -51,6 +53,7 @@ mod optimizer;
 mod options;
 mod projection;
 mod prompt;
+mod zo;
 
 use std::ffi::CStr;
 
@@ -63,6 +66,7 @@ pub use options::{
 };
 pub use projection::{Projection, ProjectionRef};
 pub use prompt::Prompt;
+pub use zo::{Zo, ZoDistribution, ZoOptions, ZoPerturb};
 /// The raw C API (`ulpt-sys`), for what this crate does not wrap.
 pub use ulpt_sys as sys;
 

@@ -47,7 +47,7 @@ unsafe impl Send for Optimizer<'_> {}
 unsafe impl Sync for Optimizer<'_> {}
 
 /// What the trampoline leaves for train_step to find when the closure did not succeed.
-enum Failure<E> {
+pub(crate) enum Failure<E> {
     Closure(E),
     Panic(Box<dyn Any + Send + 'static>),
 }
