@@ -145,6 +145,7 @@ check-run: all tests/test_ulpt tests/tinylm/test_tinylm examples/tinylm/tlm exam
 	sh tests/check-exports.sh
 	sh tests/check-install.sh
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/python
+	@$(MAKE) --no-print-directory check-rust
 
 # The library compiles warning-free under gcc and clang.
 warnings:
@@ -251,6 +252,35 @@ check-abi: all
 abi-baseline: all
 	abidw --no-corpus-path lib/libulpt.so.1 > $(ABI_BASELINE)
 
+# ---- Rust bindings (bindings/rust, docs/RUST.md) ------------------------------------
+# Built offline from the crates Debian packages (bindings/rust/.cargo/config.toml) with
+# Debian's cargo, named explicitly: another cargo may come first on PATH.  The crates
+# link this tree's library.  check-rust runs every test (unit, bindgen layout, doc and
+# integration tests), the example host, and cargo doc with warnings as errors.
+CARGO := /usr/bin/cargo
+RUST_ENV = ULPT_LIB_DIR=$(CURDIR)/lib ULPT_INCLUDE_DIR=$(CURDIR)/include
+RUST_LOG := bindings/rust/target/check-rust.log
+.PHONY: check-rust check-rust-valgrind
+check-rust: $(SHARED)
+	@mkdir -p bindings/rust/target
+	@cd bindings/rust && $(RUST_ENV) nice $(CARGO) test -q --workspace > ../../$(RUST_LOG) 2>&1 || \
+	    { cat ../../$(RUST_LOG); echo "check-rust: cargo test failed"; exit 1; }
+	@awk '/^test result:/ { n += $$4; f += $$6 } END { printf "check-rust: %d Rust tests passed (unit, bindgen layout, integration, doc), %d failed\n", n, f }' $(RUST_LOG)
+	@cd bindings/rust && $(RUST_ENV) $(CARGO) run -q --example tune
+	@cd bindings/rust && $(RUST_ENV) RUSTDOCFLAGS="-D warnings" $(CARGO) doc -q --workspace --no-deps && \
+	    echo "check-rust: cargo doc: no warnings"
+
+# Every Rust test binary under valgrind's memcheck (leaks in the library or the crate,
+# invalid accesses).
+check-rust-valgrind: deps $(SHARED)
+	@cd bindings/rust && $(RUST_ENV) $(CARGO) test --workspace --no-run 2> ../../$(RUST_LOG) || \
+	    { cat ../../$(RUST_LOG); exit 1; }
+	@for t in $$(sed -n 's/.*Executable .*(\(.*\))$$/\1/p' $(RUST_LOG)); do \
+	    echo "valgrind bindings/rust/$$t"; \
+	    (cd bindings/rust && valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect \
+	        --errors-for-leak-kinds=definite,indirect --error-exitcode=1 ./$$t -q) || exit 1; \
+	done
+
 # ---- benchmark ----------------------------------------------------------------------
 
 tests/bench_step: tests/bench_step.c $(STATIC)
@@ -287,6 +317,6 @@ uninstall:
 	    $(DESTDIR)$(BINDIR)/ulpt $(DESTDIR)$(MANDIR)/man1/ulpt.1
 
 clean:
-	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) tests/fuzz/work tests/cov tests/abi/out \
+	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) tests/fuzz/work tests/cov tests/abi/out bindings/rust/target \
 	    tests/test_ulpt tests/test_ulpt-* tests/tinylm/test_tinylm-* tests/bench_step examples/quickstart examples/tinylm/tune tools/ulpt \
 	    examples/tinylm/tlm tests/tinylm/test_tinylm

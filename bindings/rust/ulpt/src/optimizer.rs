@@ -36,6 +36,25 @@ use crate::prompt::{c_path, Prompt};
 /// assert_eq!(opt.step_count(), 52);
 /// # Ok::<(), ulpt::Error>(())
 /// ```
+///
+/// The prompt cannot be dropped, nor changed behind the optimizer's back, while the
+/// optimizer lives:
+///
+/// ```compile_fail
+/// use ulpt::{Optimizer, OptimizerOptions, Prompt, PromptOptions};
+/// let mut prompt = Prompt::new(&PromptOptions::new(2, 8)).unwrap();
+/// let opt = Optimizer::new(&mut prompt, &OptimizerOptions::default()).unwrap();
+/// drop(prompt); // error[E0505]: cannot move out of `prompt` because it is borrowed
+/// opt.step_count();
+/// ```
+///
+/// ```compile_fail
+/// use ulpt::{Optimizer, OptimizerOptions, Prompt, PromptOptions};
+/// let mut prompt = Prompt::new(&PromptOptions::new(2, 8)).unwrap();
+/// let mut opt = Optimizer::new(&mut prompt, &OptimizerOptions::default()).unwrap();
+/// prompt.zero_grad(); // error[E0499]: use opt.prompt_mut() instead
+/// opt.step().unwrap();
+/// ```
 pub struct Optimizer<'p> {
     raw: NonNull<sys::ulpt_optimizer>,
     prompt: &'p mut Prompt,
