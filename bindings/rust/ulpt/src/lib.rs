@@ -47,6 +47,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod callback;
 mod error;
 mod file;
 mod optimizer;

@@ -1,16 +1,15 @@
 //! `Optimizer<'p>`: SGD/Adam/AdamW over a borrowed prompt, the training step driven by
 //! a Rust closure, and checkpoints.
 
-use std::any::Any;
 use std::error::Error as StdError;
 use std::fmt;
 use std::os::raw::{c_int, c_void};
-use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::ptr::NonNull;
 
 use ulpt_sys as sys;
 
+use crate::callback::Host;
 use crate::error::{check, Error, ErrorKind, Result};
 use crate::options::OptimizerOptions;
 use crate::prompt::{c_path, Prompt};
@@ -65,19 +64,7 @@ pub struct Optimizer<'p> {
 unsafe impl Send for Optimizer<'_> {}
 unsafe impl Sync for Optimizer<'_> {}
 
-/// What the trampoline leaves for train_step to find when the closure did not succeed.
-pub(crate) enum Failure<E> {
-    Closure(E),
-    Panic(Box<dyn Any + Send + 'static>),
-}
-
-struct Host<'f, F, E> {
-    f: &'f mut F,
-    failure: Option<Failure<E>>,
-}
-
-/// The C callback: runs the closure on E and G, never letting a panic unwind through
-/// the library's frames.
+/// The C callback of train_step: runs the closure on E and G.
 unsafe extern "C" fn trampoline<F, E>(
     user: *mut c_void,
     embeddings: *const f32,
@@ -95,21 +82,10 @@ where
     // distinct buffers it owns for the duration of the call.
     let e = std::slice::from_raw_parts(embeddings, len);
     let g = std::slice::from_raw_parts_mut(grad, len);
-    let f = &mut *host.f;
-    match panic::catch_unwind(AssertUnwindSafe(|| f(e, g))) {
-        Ok(Ok(value)) => {
-            *loss = value;
-            0
-        }
-        Ok(Err(err)) => {
-            host.failure = Some(Failure::Closure(err));
-            1
-        }
-        Err(payload) => {
-            host.failure = Some(Failure::Panic(payload));
-            1
-        }
-    }
+    host.call(|f| {
+        *loss = f(e, g)?;
+        Ok(())
+    })
 }
 
 impl<'p> Optimizer<'p> {
@@ -186,7 +162,7 @@ impl<'p> Optimizer<'p> {
         F: FnMut(&[f32], &mut [f32]) -> std::result::Result<f64, E>,
         E: Into<Box<dyn StdError + Send + Sync + 'static>>,
     {
-        let mut host = Host::<F, E> { f: &mut loss_fn, failure: None };
+        let mut host = Host::<F, E>::new(&mut loss_fn);
         let mut loss = 0.0f64;
         // SAFETY: the optimizer was made for this prompt; host outlives the call, and
         // the trampoline matches its type.
@@ -199,16 +175,7 @@ impl<'p> Optimizer<'p> {
                 &mut loss,
             )
         };
-        // The library's message first, before anything else can overwrite it.
-        let result = check(rc);
-        match host.failure {
-            Some(Failure::Panic(payload)) => panic::resume_unwind(payload),
-            Some(Failure::Closure(err)) => {
-                let e = result.err().unwrap_or_else(|| Error::new(ErrorKind::Callback, ""));
-                Err(e.with_source(err.into()))
-            }
-            None => result.map(|()| loss),
-        }
+        host.finish(rc, loss)
     }
 
     /// Save a checkpoint (`ulpt_checkpoint_save`): the prompt (float32) and the

@@ -33,6 +33,8 @@ macro_rules! c_enum {
     };
 }
 
+pub(crate) use c_enum;
+
 c_enum! {
     /// The distribution of the frozen projection P (`ULPT_PROJ_*`).
     ProjectionKind {

@@ -3,44 +3,17 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::os::raw::{c_int, c_void};
-use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
 use ulpt_sys as sys;
 
-use crate::error::{check, Error, ErrorKind, Result};
-use crate::optimizer::{Failure, Optimizer};
+use crate::callback::Host;
+use crate::error::{check, Error, Result};
+use crate::optimizer::Optimizer;
+use crate::options::c_enum;
 use crate::prompt::Prompt;
 
-macro_rules! zo_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $c:path,)* }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[non_exhaustive]
-        pub enum $name {
-            $($(#[$vm])* $variant,)*
-        }
-
-        impl $name {
-            /// The value of the C constant.
-            pub fn to_raw(self) -> i32 {
-                match self {
-                    $($name::$variant => $c,)*
-                }
-            }
-
-            /// The variant of a C constant, if it is one.
-            pub fn from_raw(value: i32) -> Option<Self> {
-                match value {
-                    $(v if v == $c => Some($name::$variant),)*
-                    _ => None,
-                }
-            }
-        }
-    };
-}
-
-zo_enum! {
+c_enum! {
     /// The distribution of the perturbation directions u (`ULPT_ZO_*`).
     ZoDistribution {
         /// u_i = ±1, each with probability 1/2; the default.
@@ -50,7 +23,7 @@ zo_enum! {
     }
 }
 
-zo_enum! {
+c_enum! {
     /// Which parameters are perturbed (`ULPT_ZO_PERTURB_*`).
     ZoPerturb {
         /// Z, s and b; the default.
@@ -154,11 +127,6 @@ pub struct Zo<'a, 'p> {
 unsafe impl Send for Zo<'_, '_> {}
 unsafe impl Sync for Zo<'_, '_> {}
 
-struct Host<'f, F, E> {
-    f: &'f mut F,
-    failure: Option<Failure<E>>,
-}
-
 unsafe extern "C" fn trampoline<F, E>(
     user: *mut c_void,
     embeddings: *const f32,
@@ -175,18 +143,7 @@ where
     // SAFETY: the library hands count prompts of n_tokens*dim floats and count losses.
     let e = std::slice::from_raw_parts(embeddings, len);
     let l = std::slice::from_raw_parts_mut(losses, count as usize);
-    let f = &mut *host.f;
-    match panic::catch_unwind(AssertUnwindSafe(|| f(e, l))) {
-        Ok(Ok(())) => 0,
-        Ok(Err(err)) => {
-            host.failure = Some(Failure::Closure(err));
-            1
-        }
-        Err(payload) => {
-            host.failure = Some(Failure::Panic(payload));
-            1
-        }
-    }
+    host.call(|f| f(e, l))
 }
 
 impl<'a, 'p> Zo<'a, 'p> {
@@ -230,7 +187,7 @@ impl<'a, 'p> Zo<'a, 'p> {
         F: FnMut(&[f32], &mut [f64]) -> std::result::Result<(), E>,
         E: Into<Box<dyn StdError + Send + Sync + 'static>>,
     {
-        let mut host = Host::<F, E> { f: &mut losses, failure: None };
+        let mut host = Host::<F, E>::new(&mut losses);
         let mut loss = 0.0f64;
         // SAFETY: live handle borrowed exclusively with its prompt and optimizer; host
         // outlives the call and matches the trampoline's type.
@@ -242,15 +199,7 @@ impl<'a, 'p> Zo<'a, 'p> {
                 &mut host as *mut Host<'_, F, E> as *mut c_void,
             )
         };
-        let result = check(rc);
-        match host.failure {
-            Some(Failure::Panic(payload)) => panic::resume_unwind(payload),
-            Some(Failure::Closure(err)) => {
-                let e = result.err().unwrap_or_else(|| Error::new(ErrorKind::Callback, ""));
-                Err(e.with_source(err.into()))
-            }
-            None => result.map(|()| loss),
-        }
+        host.finish(rc, loss)
     }
 
     /// The index of the next direction: q times the steps taken since position 0.
