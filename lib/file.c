@@ -169,6 +169,10 @@ static int check_shape(const char *func, const ulpt_container *c, size_t len, in
     int rc = ulpt__tensor_check(func, &c->parm, (size_t)count, "parameters", tp);
     if (rc)
         return rc;
+    /* so that training resumes bit-identically; every reader checks it, even one that
+       wants only the prompt of a checkpoint */
+    if (c->kind == ULPT_FILE_CHECKPOINT && tp->dtype != ULPT_DTYPE_F32)
+        return ulpt__error(ULPT_ERR_FORMAT, func, "checkpoint parameters must be f32");
     double need = memory_needed(po, checkpoint, len), allowed = (double)len * MAX_INFLATE;
     if (need > (allowed > ALLOC_FLOOR ? allowed : ALLOC_FLOOR))
         return CORRUPT("shape %u x %u x %u needs %.0f bytes, impossible for a %zu-byte file",

@@ -109,4 +109,62 @@ static inline void put32le(unsigned char *p, uint32_t v)
 /* Offsets in a prompt file: header 24, SHAP section header 16, then the shape fields. */
 #define SHAPE_AT (24 + 16)
 
+/* The payload of section tag (e.g. "PARM") of file b, *n its length; NULL if absent. */
+static inline const unsigned char *find_section(const unsigned char *b, size_t len,
+                                                const char *tag, size_t *n)
+{
+    for (size_t pos = 24; pos + 16 <= len - 4;) {
+        uint64_t l = 0;
+        for (int i = 0; i < 8; i++)
+            l |= (uint64_t)b[pos + 8 + i] << (8 * i);
+        if (memcmp(b + pos, tag, 4) == 0) {
+            *n = (size_t)l;
+            return b + pos + 16;
+        }
+        pos += 16 + (size_t)l;
+    }
+    return NULL;
+}
+
+/* File b with section tag's payload replaced by (p, n), or the section appended (with
+ * `flags`) when b has none; the length and CRC redone.  malloc'd, *out_len its size. */
+static inline unsigned char *with_section(const unsigned char *b, size_t len, const char *tag,
+                                          uint32_t flags, const void *p, size_t n,
+                                          size_t *out_len)
+{
+    unsigned char *o = malloc(len + 16 + n), *w = o + 24;
+    int found = 0;
+    memcpy(o, b, 24);
+    for (size_t pos = 24; pos + 16 <= len - 4;) {
+        uint64_t l = 0;
+        for (int i = 0; i < 8; i++)
+            l |= (uint64_t)b[pos + 8 + i] << (8 * i);
+        memcpy(w, b + pos, 16);
+        if (memcmp(b + pos, tag, 4) == 0) {
+            found = 1;
+            for (int i = 0; i < 8; i++)
+                w[8 + i] = (unsigned char)((uint64_t)n >> (8 * i));
+            memcpy(w + 16, p, n);
+            w += 16 + n;
+        } else {
+            memcpy(w + 16, b + pos + 16, (size_t)l);
+            w += 16 + (size_t)l;
+        }
+        pos += 16 + (size_t)l;
+    }
+    if (!found) {
+        memcpy(w, tag, 4);
+        put32le(w + 4, flags);
+        for (int i = 0; i < 8; i++)
+            w[8 + i] = (unsigned char)((uint64_t)n >> (8 * i));
+        memcpy(w + 16, p, n);
+        w += 16 + n;
+    }
+    *out_len = (size_t)(w - o) + 4;
+    for (int i = 0; i < 8; i++)
+        o[16 + i] = (unsigned char)((uint64_t)*out_len >> (8 * i));
+    reseal(o, *out_len);
+    return o;
+}
+
 #endif

@@ -65,3 +65,59 @@ TEST_LOOP(checkpoint_resume_is_bit_identical, ULPT_OPT_SGD, ULPT_OPT_ADAMW + 1)
     ulpt_prompt_free(a);
     ulpt_prompt_free(b);
 }
+
+/* A checkpoint is float32 throughout (docs/FORMAT.md, MOM1/MOM2): another dtype in PARM
+ * or in a moment is refused with ULPT_ERR_FORMAT by every reader; OPTM may grow at its
+ * end but not shrink. */
+TEST(checkpoint_dtypes_and_optimizer_section_size)
+{
+    ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0), *q = NULL;
+    ulpt_optimizer *o, *oq = NULL;
+    ck_assert_int_eq(ulpt_optimizer_create(&o, p, NULL), ULPT_OK);
+    char path[512];
+    snprintf(path, sizeof path, "%s", scratch("c.ulpt"));
+    ck_assert_int_eq(ulpt_checkpoint_save(p, o, path), ULPT_OK);
+    size_t len, hl, n16 = 0, n, l = 0;
+    unsigned char *ck = read_all(path, &len);
+    ulpt_save_options so = ULPT_SAVE_OPTIONS_INIT;
+    so.dtype = ULPT_DTYPE_F16, so.level = 0;
+    void *half;
+    ck_assert_int_eq(ulpt_prompt_save_buffer(p, &half, &hl, &so), ULPT_OK);
+    const unsigned char *parm16 = find_section(half, hl, "PARM", &n16);
+    const char *tags[] = { "PARM", "MOM1" };
+    for (int t = 0; t < 2; t++) { /* the f16 payload has the right count for either */
+        unsigned char *f = with_section(ck, len, tags[t], 1, parm16, n16, &n);
+        FILE *out = fopen(path, "wb");
+        fwrite(f, 1, n, out);
+        fclose(out);
+        ck_assert_int_eq(ulpt_checkpoint_load(&q, &oq, path), ULPT_ERR_FORMAT);
+        ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "must be f32"));
+        ck_assert_int_eq(ulpt_prompt_load_buffer(&q, f, n), t == 0 ? ULPT_ERR_FORMAT : ULPT_OK);
+        ulpt_prompt_free(q);
+        q = NULL;
+        free(f);
+    }
+    ulpt_free(half);
+    const unsigned char *optm = find_section(ck, len, "OPTM", &l);
+    ck_assert_uint_eq(l, 88);
+    unsigned char grown[96];
+    memcpy(grown, optm, 88);
+    memset(grown + 88, 0x7f, 8);
+    for (size_t size = 80; size <= 96; size += 16) {
+        unsigned char *f = with_section(ck, len, "OPTM", 1, grown, size, &n);
+        FILE *out = fopen(path, "wb");
+        fwrite(f, 1, n, out);
+        fclose(out);
+        int rc = ulpt_checkpoint_load(&q, &oq, path);
+        ck_assert_int_eq(rc, size < 88 ? ULPT_ERR_CORRUPT : ULPT_OK);
+        if (!rc)
+            ck_assert_uint_eq(ulpt_optimizer_step_count(oq), ulpt_optimizer_step_count(o));
+        ulpt_optimizer_free(oq);
+        ulpt_prompt_free(q);
+        q = NULL, oq = NULL;
+        free(f);
+    }
+    free(ck);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+}

@@ -91,3 +91,73 @@ TEST_LOOP(newer_minor_sections_are_skipped_when_optional, 0, 2)
     free(b);
     ulpt_prompt_free(p);
 }
+
+/* Each tag at most once, known or not; at most 64 sections (docs/FORMAT.md). */
+TEST(repeated_tags_and_too_many_sections_are_refused)
+{
+    ulpt_prompt *p, *q = NULL;
+    size_t len, n1, n2;
+    unsigned char *b = small_file(&p, &len, 0);
+    unsigned char *one = with_section(b, len, "XTRA", 0, "a", 1, &n1);
+    ck_assert_int_eq(ulpt_prompt_load_buffer(&q, one, n1), ULPT_OK); /* skipped */
+    ulpt_prompt_free(q);
+    q = NULL;
+    /* a second XTRA: with_section replaces the first, so append the section by hand */
+    unsigned char *two = malloc(n1 + 17);
+    memcpy(two, one, n1 - 4);
+    memcpy(two + n1 - 4, one + n1 - 4 - 17, 17);
+    n2 = n1 + 17;
+    for (int i = 0; i < 8; i++)
+        two[16 + i] = (unsigned char)((uint64_t)n2 >> (8 * i));
+    reseal(two, n2);
+    ck_assert_int_eq(ulpt_prompt_load_buffer(&q, two, n2), ULPT_ERR_CORRUPT);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "'XTRA' appears twice"));
+    /* 3 sections of the prompt + 61 optional ones load; one more is refused */
+    unsigned char *many = b;
+    size_t n = len;
+    for (int i = 0; i < 62; i++) {
+        char tag[5];
+        snprintf(tag, sizeof tag, "X%03d", i);
+        size_t m;
+        unsigned char *next = with_section(many, n, tag, 0, "", 0, &m);
+        if (many != b)
+            free(many);
+        many = next, n = m;
+        ck_assert_int_eq(ulpt_prompt_load_buffer(&q, many, n),
+                         i < 61 ? ULPT_OK : ULPT_ERR_CORRUPT);
+        ulpt_prompt_free(q);
+        q = NULL;
+    }
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "more than 64 sections"));
+    free(many);
+    free(two);
+    free(one);
+    free(b);
+    ulpt_prompt_free(p);
+}
+
+/* SHAP grows only at its end in later minor versions: readers take the fields they know
+ * and ignore the rest; a shorter one is refused. */
+TEST(a_longer_shape_section_loads_and_a_shorter_one_is_refused)
+{
+    ulpt_prompt *p, *q = NULL;
+    size_t len, n, shap_len;
+    unsigned char *b = small_file(&p, &len, 0);
+    const unsigned char *shap = find_section(b, len, "SHAP", &shap_len);
+    ck_assert_uint_eq(shap_len, 48);
+    unsigned char longer[56];
+    memcpy(longer, shap, 48);
+    memset(longer + 48, 0xee, 8);
+    unsigned char *f = with_section(b, len, "SHAP", 1, longer, 56, &n);
+    ck_assert_int_eq(ulpt_prompt_load_buffer(&q, f, n), ULPT_OK);
+    same_prompt(p, q);
+    ulpt_prompt_free(q);
+    free(f);
+    f = with_section(b, len, "SHAP", 1, longer, 40, &n);
+    q = NULL;
+    ck_assert_int_eq(ulpt_prompt_load_buffer(&q, f, n), ULPT_ERR_CORRUPT);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "at least 48"));
+    free(f);
+    free(b);
+    ulpt_prompt_free(p);
+}
