@@ -5,7 +5,8 @@
 #                     installs missing packages as root, fetches the data)
 #   make results      ULPT against vanilla prompt tuning on three tasks: docs/RESULTS.md
 #   make check        build and run the test suite (likewise)
-#   make bench        time forward, backward and a training step against a memory stream
+#   make bench        time forward, backward and a training step against a memory stream;
+#                     the prompt bank's materialisation rate and memory
 #   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc, ulpt(1)
 #   make clean
 
@@ -29,7 +30,7 @@ BLAS_CFLAGS = $(shell $(PKG_CONFIG) --cflags openblas)
 BLAS_LIBS = $(shell $(PKG_CONFIG) --libs openblas)
 ZLIB_CFLAGS = $(shell $(PKG_CONFIG) --cflags zlib)
 ZLIB_LIBS = $(shell $(PKG_CONFIG) --libs zlib)
-DEP_LIBS = $(BLAS_LIBS) $(ZLIB_LIBS) -lm
+DEP_LIBS = $(BLAS_LIBS) $(ZLIB_LIBS) -lm -pthread
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check)
 LIB_CFLAGS = -std=c11 -g $(WARN) -fPIC -fvisibility=hidden -Iinclude $(BLAS_CFLAGS) $(ZLIB_CFLAGS)
@@ -260,8 +261,12 @@ tests/bench_step: tests/bench_step.c $(STATIC)
 bench: deps
 	@$(MAKE) --no-print-directory bench-run
 
-bench-run: tests/bench_step
+tests/bench_bank: tests/bench_bank.c $(STATIC)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
+
+bench-run: tests/bench_step tests/bench_bank
 	./tests/bench_step
+	./tests/bench_bank
 
 # ---- install ------------------------------------------------------------------------
 
@@ -289,5 +294,5 @@ uninstall:
 
 clean:
 	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) tests/fuzz/work tests/cov \
-	    tests/test_ulpt tests/test_ulpt-* tests/tinylm/test_tinylm-* tests/bench_step examples/quickstart examples/tinylm/tune tools/ulpt \
+	    tests/test_ulpt tests/test_ulpt-* tests/tinylm/test_tinylm-* tests/bench_step tests/bench_bank examples/quickstart examples/tinylm/tune tools/ulpt \
 	    examples/tinylm/tlm tests/tinylm/test_tinylm
