@@ -10,6 +10,8 @@
 
 #define MODEL "tinylm-1.5M"
 
+TEST_TIMEOUT(120);
+
 /* A directory per test under the run's directory (Check forks each test). */
 static const char *bank_dir(const char *name)
 {
@@ -64,7 +66,7 @@ static double *reference_of(ulpt_prompt *p)
     return e;
 }
 
-START_TEST(create_checks_its_arguments)
+TEST(create_checks_its_arguments)
 {
     ulpt_bank *b = NULL;
     ck_assert_int_eq(ulpt_bank_create(NULL, MODEL, 8), ULPT_ERR_INVALID);
@@ -88,7 +90,6 @@ START_TEST(create_checks_its_arguments)
     ulpt_bank_free(b);
     ulpt_bank_free(NULL);
 }
-END_TEST
 
 /* Prompts of every shape the library makes, with one dim, in one bank. */
 enum { D = 24, KINDS = 6 };
@@ -105,7 +106,7 @@ static ulpt_prompt *shape(int i)
     }
 }
 
-START_TEST(a_mixed_batch_is_each_prompts_forward)
+TEST(a_mixed_batch_is_each_prompts_forward)
 {
     ulpt_bank *b = new_bank(D);
     ulpt_prompt *p[KINDS];
@@ -155,7 +156,6 @@ START_TEST(a_mixed_batch_is_each_prompts_forward)
         ulpt_prompt_free(p[i]);
     ulpt_bank_free(b);
 }
-END_TEST
 
 /* Half output: the float32 E converted by the library's round-to-nearest-even, and
  * within half an ulp of the double reference. */
@@ -193,7 +193,7 @@ static void check_half(uint32_t n, uint32_t r, uint32_t d, uint32_t groups, int 
     ulpt_bank_free(b);
 }
 
-START_TEST(f16_and_bf16_output_round_the_forward)
+TEST(f16_and_bf16_output_round_the_forward)
 {
     check_half(5, 2, 40, 1, ULPT_DTYPE_F16);
     check_half(5, 2, 40, 1, ULPT_DTYPE_BF16);
@@ -204,9 +204,8 @@ START_TEST(f16_and_bf16_output_round_the_forward)
     check_half(3, 2, 9000, 1, ULPT_DTYPE_F16);
     check_half(3, 2, 9000, 3, ULPT_DTYPE_BF16);
 }
-END_TEST
 
-START_TEST(added_prompts_are_copies)
+TEST(added_prompts_are_copies)
 {
     ulpt_bank *b = new_bank(D);
     ulpt_prompt *p = shape(0);
@@ -224,9 +223,8 @@ START_TEST(added_prompts_are_copies)
     free(before);
     ulpt_bank_free(b);
 }
-END_TEST
 
-START_TEST(names_find_ids)
+TEST(names_find_ids)
 {
     ulpt_bank *b = new_bank(D);
     ulpt_prompt *p = shape(0);
@@ -252,9 +250,8 @@ START_TEST(names_find_ids)
     ulpt_prompt_free(p);
     ulpt_bank_free(b);
 }
-END_TEST
 
-START_TEST(removed_ids_are_stale_and_never_reused)
+TEST(removed_ids_are_stale_and_never_reused)
 {
     ulpt_bank *b = new_bank(D);
     ulpt_prompt *p0 = shape(0), *p1 = shape(1);
@@ -297,7 +294,6 @@ START_TEST(removed_ids_are_stale_and_never_reused)
     ulpt_prompt_free(p1);
     ulpt_bank_free(b);
 }
-END_TEST
 
 /* The bank's state, for "unchanged" checks: count and the E of every id given. */
 static void same_state(ulpt_bank *b, size_t count, const ulpt_bank_id *ids, float *const *want,
@@ -315,7 +311,7 @@ static void same_state(ulpt_bank *b, size_t count, const ulpt_bank_id *ids, floa
     }
 }
 
-START_TEST(add_refuses_other_models_and_bad_prompts_leaving_the_bank_unchanged)
+TEST(add_refuses_other_models_and_bad_prompts_leaving_the_bank_unchanged)
 {
     ulpt_bank *b = new_bank(D);
     ulpt_prompt *good = shape(1);
@@ -361,9 +357,8 @@ START_TEST(add_refuses_other_models_and_bad_prompts_leaving_the_bank_unchanged)
     free(want);
     ulpt_bank_free(b);
 }
-END_TEST
 
-START_TEST(materialise_checks_every_request_before_writing)
+TEST(materialise_checks_every_request_before_writing)
 {
     ulpt_bank *b = new_bank(D);
     ulpt_prompt *p = shape(0);
@@ -397,7 +392,6 @@ START_TEST(materialise_checks_every_request_before_writing)
     ulpt_prompt_free(p);
     ulpt_bank_free(b);
 }
-END_TEST
 
 /* Blocks the bank holds after adding three 2-group prompts of these seeds and freeing
  * the prompts: bank, model name, slot table, projection table, three entries, and two
@@ -420,13 +414,12 @@ static long blocks_held(uint64_t s0, uint64_t s1, uint64_t s2)
     return live;
 }
 
-START_TEST(prompts_of_one_seed_share_one_projection)
+TEST(prompts_of_one_seed_share_one_projection)
 {
     ck_assert_int_eq(blocks_held(42, 42, 42), 4 + 3 + 2 * 2 * 1);
     ck_assert_int_eq(blocks_held(42, 43, 42), 4 + 3 + 2 * 2 * 2);
     ck_assert_int_eq(blocks_held(41, 42, 43), 4 + 3 + 2 * 2 * 3);
 }
-END_TEST
 
 /* A directory holding a.ulpt (shape 0), b.ulpt (shape 1, stored f16) and a stray file. */
 static const char *prompt_dir(const char *name, ulpt_prompt **a, ulpt_prompt **bp)
@@ -450,7 +443,7 @@ static const char *prompt_dir(const char *name, ulpt_prompt **a, ulpt_prompt **b
     return dir;
 }
 
-START_TEST(load_dir_adds_every_prompt_file_by_name)
+TEST(load_dir_adds_every_prompt_file_by_name)
 {
     ulpt_prompt *a, *bp;
     const char *dir = prompt_dir("ok", &a, &bp);
@@ -496,7 +489,6 @@ START_TEST(load_dir_adds_every_prompt_file_by_name)
     ulpt_prompt_free(bp);
     ulpt_bank_free(b);
 }
-END_TEST
 
 /* Every failing load leaves the bank with its one prompt "keep", and names the file. */
 static void load_fails(ulpt_bank *b, const char *dir, int rc, const char *says1,
@@ -512,7 +504,7 @@ static void load_fails(ulpt_bank *b, const char *dir, int rc, const char *says1,
     ck_assert_int_eq(ulpt_bank_find(b, "a", &id), ULPT_ERR_NOT_FOUND);
 }
 
-START_TEST(load_dir_refuses_other_models_and_damage_all_or_nothing)
+TEST(load_dir_refuses_other_models_and_damage_all_or_nothing)
 {
     ulpt_bank *b = new_bank(D);
     ulpt_prompt *keep = shape(2), *a, *bp;
@@ -565,12 +557,11 @@ START_TEST(load_dir_refuses_other_models_and_damage_all_or_nothing)
     free(want);
     ulpt_bank_free(b);
 }
-END_TEST
 
 /* Out of memory at every allocation of create, add, load_dir, materialise (f16 with a row
  * on the heap) and remove: each failing call says so and leaves the bank as it was, and
  * nothing leaks. */
-START_TEST(out_of_memory_at_each_allocation_leaves_the_bank_unchanged)
+TEST(out_of_memory_at_each_allocation_leaves_the_bank_unchanged)
 {
     enum { BIG = 9000 };
     ulpt_prompt *a, *bp, *p = shape(4), *big;
@@ -645,9 +636,8 @@ START_TEST(out_of_memory_at_each_allocation_leaves_the_bank_unchanged)
     ulpt_prompt_free(p);
     ulpt_prompt_free(big);
 }
-END_TEST
 
-START_TEST(removing_the_last_user_of_a_projection_frees_it)
+TEST(removing_the_last_user_of_a_projection_frees_it)
 {
     test_alloc_install(-1);
     ulpt_bank *b = new_bank(D);
@@ -669,12 +659,11 @@ START_TEST(removing_the_last_user_of_a_projection_frees_it)
     ck_assert_int_eq(test_alloc.live, 0);
     test_alloc_remove();
 }
-END_TEST
 
 /* The row conversions the bank writes half precision with agree with the scalar ones of
  * prompt files, bit for bit: on a stride through every float bit pattern and on every
  * pattern near the edges (subnormals, rounding to zero, overflow, inf, NaN). */
-START_TEST(row_half_conversions_match_the_scalar_ones)
+TEST(row_half_conversions_match_the_scalar_ones)
 {
     enum { CHUNK = 4096 };
     static uint32_t u[CHUNK];
@@ -714,28 +703,4 @@ START_TEST(row_half_conversions_match_the_scalar_ones)
         }
     }
     ck_assert_uint_gt(checked, 80000);
-}
-END_TEST
-
-Suite *bank_suite(void)
-{
-    Suite *s = suite_create("bank");
-    TCase *tc = tcase_create("bank");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, create_checks_its_arguments);
-    tcase_add_test(tc, a_mixed_batch_is_each_prompts_forward);
-    tcase_add_test(tc, f16_and_bf16_output_round_the_forward);
-    tcase_add_test(tc, added_prompts_are_copies);
-    tcase_add_test(tc, names_find_ids);
-    tcase_add_test(tc, removed_ids_are_stale_and_never_reused);
-    tcase_add_test(tc, add_refuses_other_models_and_bad_prompts_leaving_the_bank_unchanged);
-    tcase_add_test(tc, materialise_checks_every_request_before_writing);
-    tcase_add_test(tc, prompts_of_one_seed_share_one_projection);
-    tcase_add_test(tc, removing_the_last_user_of_a_projection_frees_it);
-    tcase_add_test(tc, load_dir_adds_every_prompt_file_by_name);
-    tcase_add_test(tc, load_dir_refuses_other_models_and_damage_all_or_nothing);
-    tcase_add_test(tc, out_of_memory_at_each_allocation_leaves_the_bank_unchanged);
-    tcase_add_test(tc, row_half_conversions_match_the_scalar_ones);
-    suite_add_tcase(s, tc);
-    return s;
 }
