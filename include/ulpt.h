@@ -99,7 +99,7 @@ ULPT_API const char *ulpt_version_string(void);
 #define ULPT_ERR_NONFINITE    -7  /* a NaN or infinity in a loss, gradient or parameter */
 #define ULPT_ERR_CALLBACK     -8  /* the host's callback reported a failure */
 #define ULPT_ERR_UNSUPPORTED  -9  /* valid, but not supported by this build */
-#define ULPT_ERR_NOT_FOUND   -10  /* no such prompt in a bank: removed, or never there (1.1) */
+#define ULPT_ERR_NOT_FOUND   -10  /* no such prompt in a bank: removed, or never there.  Since 1.1 */
 
 /* A short static description of an error code ("invalid argument", ...).  Unknown codes
  * give "unknown error". */
@@ -634,7 +634,8 @@ ULPT_API int ulpt_file_inspect(const char *path, ulpt_file_info *info);
 ULPT_API int ulpt_prompt_export_safetensors(const ulpt_prompt *p, const char *path);
 
 /* ---------------------------------------------------------------------------------
- * Prompt bank: many tasks served from one frozen model                        (1.1)
+ * Prompt bank: many tasks served from one frozen model.  Since 1.1 (every function and
+ * type of this section).
  *
  * An engine serving thousands of tasks holds one model and, per task, only the prompt's
  * parameters: n_tokens*rank + 2*dim floats (the [Z | s | b] of ulpt_prompt_params), not
