@@ -31,8 +31,13 @@
  *   - Out-parameters come first.  A call that fails leaves every object and every
  *     out-parameter as it was.
  *   - Options structs start with `unsigned version`; initialise them with their
- *     ULPT_X_OPTIONS_INIT macro and then change the fields you need.  Fields are only
- *     ever appended, so a program built against an older header keeps working.
+ *     ULPT_X_OPTIONS_INIT macro, or (from languages that cannot use C macros) with
+ *     ulpt_X_options_init(&opts, ULPT_X_OPTIONS_VERSION), then change the fields you
+ *     need.  Fields are only ever appended, so a program built against an older header
+ *     keeps working.
+ *   - "Since 1.1" marks functions added after 1.0.0: a program that calls them needs
+ *     libulpt 1.1 or later at run time (the loader says so, by symbol version
+ *     ulpt_1.1, rather than failing at the call).
  *   - Matrices are row-major float32; `ld` is the row stride in elements (>= dim).
  *   - Nothing allocates in forward, backward, optimizer step or train step: all memory
  *     is taken when the handles are created.
@@ -67,7 +72,7 @@ extern "C" {
  * ------------------------------------------------------------------------------- */
 
 #define ULPT_VERSION_MAJOR 1
-#define ULPT_VERSION_MINOR 0
+#define ULPT_VERSION_MINOR 1
 #define ULPT_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH of this header. */
 #define ULPT_VERSION_NUMBER \
@@ -201,6 +206,14 @@ typedef struct ulpt_prompt_options {
 #define ULPT_PROMPT_OPTIONS_INIT \
     { ULPT_PROMPT_OPTIONS_VERSION, 0, 2, 0, 1, 0, ULPT_PROJ_XAVIER_UNIFORM, 0, 1.0f, 0 }
 
+/* Fill *opts with the defaults of options version `version` (what
+ * ULPT_PROMPT_OPTIONS_INIT gives, with that version number), for callers that cannot use
+ * the macro.  Writes only the fields that version has, so a caller built against an
+ * older header passes its older version and a shorter struct safely.  Since 1.1.
+ * Errors: ULPT_ERR_INVALID (opts NULL, version 0 or newer than this library's
+ * ULPT_PROMPT_OPTIONS_VERSION); *opts is then untouched. */
+ULPT_API int ulpt_prompt_options_init(ulpt_prompt_options *opts, unsigned version);
+
 /* Create a prompt: generate its projection(s), draw Z ~ N(0, init_std^2) from init_seed
  * (docs/PROJECTION.md gives the exact stream), set s = 1 and b = 0, zero the gradients.
  * Errors: ULPT_ERR_INVALID (NULL argument, unknown version, kind or flag, zero sizes,
@@ -316,6 +329,12 @@ typedef struct ulpt_optimizer_options {
     { ULPT_OPTIMIZER_OPTIONS_VERSION, ULPT_OPT_ADAMW, 1e-3, 0.9, 0.999, 1e-8,            \
       ULPT_WEIGHT_DECAY_DEFAULT, 0.0, 0.0, ULPT_SCHED_CONSTANT, 0, 0 }
 
+/* Fill *opts with the defaults of options version `version`, as
+ * ulpt_prompt_options_init does (weight_decay gets ULPT_WEIGHT_DECAY_DEFAULT, resolved
+ * per kind when the optimizer is created).  Since 1.1.
+ * Errors: ULPT_ERR_INVALID (opts NULL, unknown version); *opts is then untouched. */
+ULPT_API int ulpt_optimizer_options_init(ulpt_optimizer_options *opts, unsigned version);
+
 /* Create an optimizer for `prompt` (opts NULL = defaults).  The prompt must outlive the
  * optimizer.  Allocates the moment buffers and the n_tokens x dim buffers that
  * ulpt_train_step uses, so that no step allocates.
@@ -418,6 +437,11 @@ typedef struct ulpt_save_options {
 
 #define ULPT_SAVE_OPTIONS_INIT { ULPT_SAVE_OPTIONS_VERSION, ULPT_DTYPE_F32, 6 }
 
+/* Fill *opts with the defaults of save options version `version`, as
+ * ulpt_prompt_options_init does.  Since 1.1.
+ * Errors: ULPT_ERR_INVALID (opts NULL, unknown version); *opts is then untouched. */
+ULPT_API int ulpt_save_options_init(ulpt_save_options *opts, unsigned version);
+
 /* Save a prompt (parameters and metadata, not gradients) to path, atomically; opts NULL
  * = defaults.  Errors: ULPT_ERR_INVALID (NULL argument, bad options), ULPT_ERR_NOMEM,
  * ULPT_ERR_NONFINITE (a parameter is NaN or infinite, or too large for f16: nothing is
@@ -478,6 +502,11 @@ typedef struct ulpt_file_info {
 } ulpt_file_info;
 
 #define ULPT_FILE_INFO_INIT { ULPT_FILE_INFO_VERSION, 0, 0, 0, 0, 0, 0 }
+
+/* Zero *info and set its version to `version`, as ULPT_FILE_INFO_INIT does, writing only
+ * the fields that version has.  Since 1.1.
+ * Errors: ULPT_ERR_INVALID (info NULL, unknown version); *info is then untouched. */
+ULPT_API int ulpt_file_info_init(ulpt_file_info *info, unsigned version);
 
 /* Check a file completely (as ulpt_checkpoint_load or ulpt_prompt_load would) and
  * describe it.  *info is written only on success (its version field is kept).

@@ -441,19 +441,28 @@ static void *at_page_end(size_t size, void **map, long *page)
     return mem + *page - size;
 }
 
+/* _i = 0: the structs filled by the _INIT macros; 1: by the _init functions, which must
+ * not write past the version they are given either. */
 START_TEST(structs_are_accessed_only_as_far_as_their_version)
 {
     void *m1, *m2, *m3, *m4;
     long page;
     ulpt_prompt_options *po = at_page_end(sizeof *po, &m1, &page);
-    *po = (ulpt_prompt_options)ULPT_PROMPT_OPTIONS_INIT;
-    po->n_tokens = 4, po->dim = 8;
     ulpt_optimizer_options *oo = at_page_end(sizeof *oo, &m2, &page);
-    *oo = (ulpt_optimizer_options)ULPT_OPTIMIZER_OPTIONS_INIT;
     ulpt_save_options *so = at_page_end(sizeof *so, &m3, &page);
-    *so = (ulpt_save_options)ULPT_SAVE_OPTIONS_INIT;
     ulpt_file_info *fi = at_page_end(sizeof *fi, &m4, &page);
-    *fi = (ulpt_file_info)ULPT_FILE_INFO_INIT;
+    if (_i == 0) {
+        *po = (ulpt_prompt_options)ULPT_PROMPT_OPTIONS_INIT;
+        *oo = (ulpt_optimizer_options)ULPT_OPTIMIZER_OPTIONS_INIT;
+        *so = (ulpt_save_options)ULPT_SAVE_OPTIONS_INIT;
+        *fi = (ulpt_file_info)ULPT_FILE_INFO_INIT;
+    } else {
+        ck_assert_int_eq(ulpt_prompt_options_init(po, 1), ULPT_OK);
+        ck_assert_int_eq(ulpt_optimizer_options_init(oo, 1), ULPT_OK);
+        ck_assert_int_eq(ulpt_save_options_init(so, 1), ULPT_OK);
+        ck_assert_int_eq(ulpt_file_info_init(fi, 1), ULPT_OK);
+    }
+    po->n_tokens = 4, po->dim = 8;
 
     ulpt_prompt *p;
     ulpt_optimizer *o;
@@ -472,6 +481,106 @@ START_TEST(structs_are_accessed_only_as_far_as_their_version)
 }
 END_TEST
 
+/* The _init functions (for bindings, which cannot expand macros) give exactly what the
+ * _INIT macros give, over whatever the struct held before. */
+START_TEST(init_functions_give_the_macro_defaults)
+{
+    ulpt_prompt_options po, pm = ULPT_PROMPT_OPTIONS_INIT;
+    memset(&po, 0xA5, sizeof po);
+    ck_assert_int_eq(ulpt_prompt_options_init(&po, ULPT_PROMPT_OPTIONS_VERSION), ULPT_OK);
+    ck_assert_uint_eq(po.version, pm.version);
+    ck_assert_uint_eq(po.n_tokens, pm.n_tokens);
+    ck_assert_uint_eq(po.rank, 2);
+    ck_assert_uint_eq(po.dim, pm.dim);
+    ck_assert_uint_eq(po.n_groups, 1);
+    ck_assert_uint_eq(po.projection_seed, pm.projection_seed);
+    ck_assert_int_eq(po.projection_kind, ULPT_PROJ_XAVIER_UNIFORM);
+    ck_assert_uint_eq(po.init_seed, pm.init_seed);
+    ck_assert(po.init_std == 1.0f);
+    ck_assert_uint_eq(po.flags, pm.flags);
+
+    ulpt_optimizer_options oo, om = ULPT_OPTIMIZER_OPTIONS_INIT;
+    memset(&oo, 0xA5, sizeof oo);
+    ck_assert_int_eq(ulpt_optimizer_options_init(&oo, ULPT_OPTIMIZER_OPTIONS_VERSION), ULPT_OK);
+    ck_assert_uint_eq(oo.version, om.version);
+    ck_assert_int_eq(oo.kind, ULPT_OPT_ADAMW);
+    ck_assert(oo.lr == 1e-3 && oo.beta1 == 0.9 && oo.beta2 == 0.999 && oo.eps == 1e-8);
+    ck_assert(oo.weight_decay == ULPT_WEIGHT_DECAY_DEFAULT);
+    ck_assert(oo.momentum == 0 && oo.max_grad_norm == 0);
+    ck_assert_int_eq(oo.schedule, ULPT_SCHED_CONSTANT);
+    ck_assert_uint_eq(oo.warmup_steps, 0);
+    ck_assert_uint_eq(oo.total_steps, 0);
+
+    ulpt_save_options so, sm = ULPT_SAVE_OPTIONS_INIT;
+    memset(&so, 0xA5, sizeof so);
+    ck_assert_int_eq(ulpt_save_options_init(&so, ULPT_SAVE_OPTIONS_VERSION), ULPT_OK);
+    ck_assert_uint_eq(so.version, sm.version);
+    ck_assert_int_eq(so.dtype, sm.dtype);
+    ck_assert_int_eq(so.level, 6);
+
+    ulpt_file_info fi;
+    memset(&fi, 0xA5, sizeof fi);
+    ck_assert_int_eq(ulpt_file_info_init(&fi, ULPT_FILE_INFO_VERSION), ULPT_OK);
+    ck_assert_uint_eq(fi.version, ULPT_FILE_INFO_VERSION);
+    ck_assert(fi.kind == 0 && fi.format_major == 0 && fi.format_minor == 0 && fi.dtype == 0);
+    ck_assert(fi.file_bytes == 0 && fi.stored_bytes == 0);
+
+    /* and they are what the constructors accept: a prompt, an optimizer and a save */
+    po.n_tokens = 2, po.dim = 4;
+    ulpt_prompt *p;
+    ulpt_optimizer *o;
+    void *buf;
+    size_t len;
+    ck_assert_int_eq(ulpt_prompt_create(&p, &po), ULPT_OK);
+    ck_assert_int_eq(ulpt_optimizer_create(&o, p, &oo), ULPT_OK);
+    ck_assert(ulpt_optimizer_lr(o) == 1e-3f);
+    ck_assert_int_eq(ulpt_prompt_save_buffer(p, &buf, &len, &so), ULPT_OK);
+    ulpt_free(buf);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+}
+END_TEST
+
+/* NULL and versions this library does not know: ULPT_ERR_INVALID, a message naming the
+ * call and the version, the struct untouched. */
+START_TEST(init_functions_refuse_null_and_unknown_versions)
+{
+    static const unsigned bad[] = { 0, 2, 1000, UINT_MAX };
+    ck_assert_int_eq(ulpt_prompt_options_init(NULL, 1), ULPT_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "ulpt_prompt_options_init: opts is NULL"));
+    ck_assert_int_eq(ulpt_optimizer_options_init(NULL, 1), ULPT_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "ulpt_optimizer_options_init"));
+    ck_assert_int_eq(ulpt_save_options_init(NULL, 1), ULPT_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "ulpt_save_options_init"));
+    ck_assert_int_eq(ulpt_file_info_init(NULL, 1), ULPT_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "ulpt_file_info_init: info is NULL"));
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        char want[64];
+        snprintf(want, sizeof want, "version %u", bad[k]);
+        _Alignas(8) unsigned char po[sizeof(ulpt_prompt_options)], oo[sizeof(ulpt_optimizer_options)];
+        _Alignas(8) unsigned char so[sizeof(ulpt_save_options)], fi[sizeof(ulpt_file_info)];
+        memset(po, 0x5A, sizeof po), memset(oo, 0x5A, sizeof oo);
+        memset(so, 0x5A, sizeof so), memset(fi, 0x5A, sizeof fi);
+        ck_assert_int_eq(ulpt_prompt_options_init((void *)po, bad[k]), ULPT_ERR_INVALID);
+        ck_assert_ptr_nonnull(strstr(ulpt_last_error(), want));
+        ck_assert_int_eq(ulpt_optimizer_options_init((void *)oo, bad[k]), ULPT_ERR_INVALID);
+        ck_assert_ptr_nonnull(strstr(ulpt_last_error(), want));
+        ck_assert_int_eq(ulpt_save_options_init((void *)so, bad[k]), ULPT_ERR_INVALID);
+        ck_assert_ptr_nonnull(strstr(ulpt_last_error(), want));
+        ck_assert_int_eq(ulpt_file_info_init((void *)fi, bad[k]), ULPT_ERR_INVALID);
+        ck_assert_ptr_nonnull(strstr(ulpt_last_error(), want));
+        for (size_t i = 0; i < sizeof po; i++)
+            ck_assert_uint_eq(po[i], 0x5A);
+        for (size_t i = 0; i < sizeof oo; i++)
+            ck_assert_uint_eq(oo[i], 0x5A);
+        for (size_t i = 0; i < sizeof so; i++)
+            ck_assert_uint_eq(so[i], 0x5A);
+        for (size_t i = 0; i < sizeof fi; i++)
+            ck_assert_uint_eq(fi[i], 0x5A);
+    }
+}
+END_TEST
+
 Suite *api_suite(void)
 {
     Suite *s = suite_create("api");
@@ -487,7 +596,9 @@ Suite *api_suite(void)
     tcase_add_test(tc, objects_are_freed_with_the_allocator_that_made_them);
     tcase_add_loop_test(tc, hot_path_does_not_allocate, 0, 2);
     tcase_add_test(tc, options_of_version_one_are_accepted);
-    tcase_add_test(tc, structs_are_accessed_only_as_far_as_their_version);
+    tcase_add_loop_test(tc, structs_are_accessed_only_as_far_as_their_version, 0, 2);
+    tcase_add_test(tc, init_functions_give_the_macro_defaults);
+    tcase_add_test(tc, init_functions_refuse_null_and_unknown_versions);
     tcase_add_test(tc, shared_projection_serves_many_prompts_and_outlives_its_creator);
     tcase_add_test(tc, shared_projection_must_be_the_one_the_options_imply);
     tcase_add_test(tc, overflow_in_backward_is_reported_by_train_step_and_changes_nothing);
