@@ -44,6 +44,7 @@ static const char usage_text[] =
     "  --every K          checkpoint interval in steps (default: only at the end)\n"
     "  --stop-at K        stop after step K as if interrupted (checkpoint first)\n"
     "  --resume PATH      every rank loads this checkpoint and continues to --steps\n"
+    "                     (--seed, --batch and --steps as when it was started)\n"
     "  --save PATH        rank 0 writes the tuned prompt there (f32 prompt file)\n"
     "  --quiet            no progress lines\n";
 
@@ -436,6 +437,15 @@ static int run(int argc, char **argv)
         for (size_t i = 0; !bad && i < train.n; i++)
             smp.order[i] = i;
     }
+    /* The data order and the schedule follow from these; a resumed run must repeat them. */
+    char recipe[128];
+    snprintf(recipe, sizeof recipe, "--seed %" PRIu64 " --batch %" PRIu32 " --steps %" PRIu32,
+             o.seed, o.batch, o.steps);
+    const char *was = prompt ? ulpt_prompt_get_meta(prompt, "tune_mpi") : NULL;
+    if (!bad && prompt && !was)
+        bad = fail("%s: no \"tune_mpi\" metadata; not a tune_mpi checkpoint", o.resume);
+    else if (!bad && prompt && strcmp(was, recipe))
+        bad = fail("%s was started with %s; resume it with the same options", o.resume, was);
     if (!bad && !prompt) { /* every rank makes the same prompt from the same seeds */
         ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
         po.n_tokens = o.tokens;
@@ -453,7 +463,8 @@ static int run(int argc, char **argv)
         if (ulpt_prompt_create(&prompt, &po) != ULPT_OK ||
             ulpt_optimizer_create(&opt, prompt, &oo) != ULPT_OK ||
             ulpt_prompt_set_meta(prompt, "model", tlm_meta_of(h.model)->corpus[0]
-                                                      ? "tinylm" : "tinylm-random") != ULPT_OK)
+                                                      ? "tinylm" : "tinylm-random") != ULPT_OK ||
+            ulpt_prompt_set_meta(prompt, "tune_mpi", recipe) != ULPT_OK)
             bad = fail("%s", ulpt_last_error());
     }
     if (anyone(bad))
@@ -467,12 +478,17 @@ static int run(int argc, char **argv)
     uint64_t hash;
     if (ranks_agree(prompt, &hash))
         goto out;
-    if (world_rank == 0 && !o.quiet)
-        printf("%d rank%s, global batch %" PRIu32 " (%" PRIu32 " to %" PRIu32 " examples a rank), "
-               "%zu trainable parameters; %s step %" PRIu32 "\n", world_size,
-               world_size > 1 ? "s" : "", o.batch, o.batch / (uint32_t)world_size,
-               (o.batch + (uint32_t)world_size - 1) / (uint32_t)world_size,
-               ulpt_prompt_num_params(prompt), start ? "resuming after" : "starting at", start);
+    if (world_rank == 0 && !o.quiet) {
+        const uint32_t few = o.batch / (uint32_t)world_size;
+        const uint32_t many = few + (o.batch % (uint32_t)world_size != 0);
+        printf("%d rank%s, global batch %" PRIu32 " (", world_size, world_size > 1 ? "s" : "",
+               o.batch);
+        if (few != many)
+            printf("%" PRIu32 " or ", few);
+        printf("%" PRIu32 " examples a rank), %zu trainable parameters; %s step %" PRIu32 "\n",
+               many, ulpt_prompt_num_params(prompt), start ? "resuming after" : "starting at",
+               start);
+    }
 
     /* This rank's shard of every global batch. */
     const size_t lo = (size_t)o.batch * (size_t)world_rank / (size_t)world_size;
