@@ -519,6 +519,10 @@ static int run(int argc, char **argv)
             for (size_t k = 0; k < np; k++)
                 grads[k] = NAN;
         MPI_Allreduce(MPI_IN_PLACE, grads, (int)np, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        const int logged = step == start + 1 || step == last || step % 10 == 0;
+        double norm = 0; /* of the global gradient, before clipping: the log shows its scale */
+        for (size_t k = 0; logged && k < np; k++)
+            norm += (double)grads[k] * grads[k];
         if (ulpt_optimizer_step(opt) != ULPT_OK) {
             if (failed)
                 fail("step %" PRIu32 ": %s", step, h.error);
@@ -527,12 +531,13 @@ static int run(int argc, char **argv)
             goto out;
         }
         /* the loss, for the log only: a second, tiny reduction on logged steps */
-        if (step == start + 1 || step == last || step % 10 == 0) {
+        if (logged) {
             MPI_Reduce(&part, &loss, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
             if (step == start + 1)
                 first = loss;
             if (world_rank == 0 && !o.quiet)
-                printf("step %4" PRIu32 "/%" PRIu32 "  loss %.6f\n", step, o.steps, loss);
+                printf("step %4" PRIu32 "/%" PRIu32 "  loss %.6f  |grad| %.6e\n", step, o.steps,
+                       loss, sqrt(norm));
         }
         if (o.checkpoint && ((o.every && step % o.every == 0) || step == last) &&
             rank0_save(prompt, opt, o.checkpoint))

@@ -11,8 +11,10 @@
 # in the gradient moves it by about lr*delta, so after N steps the parameters (O(1): Z
 # starts N(0,1), the scale at 1) agree to about N*lr*delta.  With N = 20, peak lr = 0.05
 # and delta = 1e-5 that is TOL = 1e-5.  One step's update is about 1e-2, so a run that
-# dropped, repeated or mis-scaled a shard lands far outside it (the midway checkpoint
-# below is checked to).
+# dropped or repeated a shard lands far outside it (the midway checkpoint below is
+# checked to).  AdamW is all but blind to a gradient scaled by a constant (m/sqrt(v)
+# cancels it), so the first step's loss and global gradient norm, which would show a
+# shard weighed 1/shard instead of 1/B, are compared too, to a relative 1e-5.
 #
 #   sh tests/mpi/check-mpi.sh [TUNE_MPI] [PARAM_DIFF]
 set -eu
@@ -38,6 +40,7 @@ trap 'rm -rf "$tmp"' EXIT
 ln -s "$(realpath "$tune")" "$tmp/tune_mpi"
 ln -s "$(realpath "$diff")" "$tmp/param_diff"
 ln -s "$(realpath tests/tinylm/fixtures/names)" "$tmp/names"
+ln -s "$(realpath examples/tinylm/tinylm.tlm)" "$tmp/tinylm.tlm"
 cd "$tmp"
 tune=./tune_mpi
 diff=./param_diff
@@ -49,7 +52,7 @@ run() { # run NAME MPIRUN-ARGUMENTS...: a bounded run, its output in NAME.log
         fail "$name: mpirun $*"
     fi
 }
-common="names --steps $steps --quiet"
+common="names --model tinylm.tlm --steps $steps"
 
 timeout 60 $mpirun -np 2 true > "start.log" 2>&1 || {
     cat "start.log" >&2
@@ -78,6 +81,19 @@ for n in 2 4; do
         fail "the final checkpoint of $n ranks holds other parameters than the final prompt"
 done
 
+# The first step's loss and gradient norm: "step    1/20  loss L  |grad| G".
+first() { sed -n 's/^step *1\/[0-9]*  loss \([^ ]*\)  |grad| \([^ ]*\)$/\1 \2/p' "$1.log"; }
+for n in 2 4; do
+    echo "$(first r1) $(first r$n)" | awk -v n=$n '
+        NF != 4 { print "check-mpi: FAIL: no first-step line for 1 or " n " ranks"; exit 1 }
+        { for (i = 1; i <= 2; i++) {
+              d = $i - $(i + 2); if (d < 0) d = -d; a = $i < 0 ? -$i : $i
+              if (d > 1e-5 * a) { print "check-mpi: FAIL: step 1 of " n " ranks: loss, |grad| " \
+                  $3 ", " $4 " against " $1 ", " $2 " on 1 rank"; exit 1 } }
+          print "check-mpi: step 1: loss " $3 ", |grad| " $4 " on " n " ranks; " $1 ", " $2 " on 1" }' ||
+        exit 1
+done
+
 # Interrupted after step 10 on 2 ranks, resumed on 2 (bit-identical to the straight run)
 # and on 4 (within the tolerance of 1 rank).
 run stop -np 2 "$tune" $common --stop-at 10 --checkpoint "mid.ulpt"
@@ -91,6 +107,12 @@ run resume4 -np 4 "$tune" $common --resume "mid.ulpt" --save "resumed4.ulpt"
 "$diff" "p1.ulpt" "resumed4.ulpt" $tol ||
     fail "4 ranks resumed from 2 ranks' checkpoint are further than $tol from 1 rank"
 grep -q "^steps 11\.\.20:" "resume4.log" || fail "the resumed run did not start at step 11"
+if timeout 120 $mpirun -np 2 "$tune" $common --batch 4 --resume mid.ulpt > wrong.log 2>&1; then
+    fail "a checkpoint resumed with another global batch"
+fi
+grep -q "mid.ulpt was started with --seed 1 --batch 8 --steps $steps" wrong.log ||
+    { cat wrong.log >&2; fail "no message for a resume with another global batch"; }
+echo "check-mpi: a checkpoint resumes bit-identically on 2 ranks, within $tol on 4, and not with another batch"
 
 # One rank failing at set-up (its model file is missing) stops every rank, with its message.
 if timeout 120 $mpirun -np 1 "$tune" $common : -np 1 "$tune" $common --model "none.tlm" \
