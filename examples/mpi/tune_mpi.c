@@ -27,6 +27,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "task.h"
 #include "tinylm.h"
 #include "ulpt.h"
 
@@ -72,94 +73,6 @@ static int anyone(int failed)
     return any;
 }
 
-/* ---- the task files: "#<TAB>label0<TAB>label1", then "0|1<TAB>text" lines ---------------- */
-
-typedef struct {
-    const uint8_t *text;
-    uint32_t len;
-    int label;
-} example;
-
-typedef struct {
-    char *blob; /* the whole file; texts point into it */
-    example *ex;
-    size_t n;
-    uint8_t verbalizer[2]; /* the labels' first bytes */
-} split;
-
-static void split_free(split *s)
-{
-    free(s->blob);
-    free(s->ex);
-    memset(s, 0, sizeof *s);
-}
-
-static int split_load(split *s, const char *dir, const char *name, uint32_t max_text,
-                      uint32_t vocab)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s.tsv", dir, name);
-    memset(s, 0, sizeof *s);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return fail("%s: %s", path, strerror(errno));
-    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    char *blob = size >= 0 && size < (1L << 30) ? malloc((size_t)size + 1) : NULL;
-    int ok = blob && fseek(f, 0, SEEK_SET) == 0 && fread(blob, 1, (size_t)size, f) == (size_t)size;
-    fclose(f);
-    if (!ok) {
-        free(blob);
-        return fail("%s: cannot read the file", path);
-    }
-    blob[size] = '\0';
-    s->blob = blob;
-    s->ex = calloc((size_t)size + 1, sizeof *s->ex); /* at most one example a byte */
-    if (!s->ex) {
-        split_free(s);
-        return fail("%s: out of memory", path);
-    }
-    char *line = blob, *end = blob + size;
-    for (size_t no = 1; line < end; no++) {
-        char *nl = memchr(line, '\n', (size_t)(end - line));
-        if (!nl) {
-            split_free(s);
-            return fail("%s:%zu: the last line has no newline", path, no);
-        }
-        *nl = '\0';
-        if (no == 1) {
-            char *b = line[0] == '#' && line[1] == '\t' ? strchr(line + 2, '\t') : NULL;
-            if (!b || b == line + 2 || !b[1] || line[2] == b[1]) {
-                split_free(s);
-                return fail("%s:1: expected \"#<TAB>label0<TAB>label1\" with different "
-                            "first letters", path);
-            }
-            s->verbalizer[0] = (uint8_t)line[2];
-            s->verbalizer[1] = (uint8_t)b[1];
-        } else {
-            size_t tlen = (size_t)(nl - line) >= 2 ? (size_t)(nl - line) - 2 : 0;
-            if ((line[0] != '0' && line[0] != '1') || line[1] != '\t' || tlen == 0 ||
-                tlen > max_text) {
-                split_free(s);
-                return fail("%s:%zu: expected \"0|1<TAB>text\" with 1..%" PRIu32
-                            " bytes of text", path, no, max_text);
-            }
-            for (size_t k = 0; k < tlen; k++)
-                if ((uint8_t)line[2 + k] >= vocab) {
-                    split_free(s);
-                    return fail("%s:%zu: byte 0x%02x is past the model's vocabulary",
-                                path, no, (uint8_t)line[2 + k]);
-                }
-            s->ex[s->n++] = (example){ (const uint8_t *)line + 2, (uint32_t)tlen, line[0] - '0' };
-        }
-        line = nl + 1;
-    }
-    if (s->n == 0 || s->verbalizer[0] >= vocab || s->verbalizer[1] >= vocab) {
-        split_free(s);
-        return fail("%s: no examples, or a label's first byte past the vocabulary", path);
-    }
-    return 0;
-}
-
 /* ---- the host: tinylm on this rank's shard ----------------------------------------- */
 
 typedef struct {
@@ -172,13 +85,13 @@ typedef struct {
 
 /* Adds scale * dL_i/dE of examples[0 .. n) into g (n_tokens x C) and returns
  * scale * sum L_i; NaN on failure, with h->error saying why.  e: the prompt rows. */
-static double host_shard(host *h, const float *e, const example *const *examples, size_t n,
+static double host_shard(host *h, const float *e, const task_example *const *examples, size_t n,
                          double scale, float *g, int *correct)
 {
     const size_t C = h->C, nt = h->n_tokens;
     double loss = 0;
     for (size_t i = 0; i < n; i++) {
-        const example *x = examples[i];
+        const task_example *x = examples[i];
         if (nt)
             memcpy(h->rows, e, sizeof(float) * nt * C);
         for (uint32_t t = 0; t <= x->len; t++)
@@ -210,24 +123,13 @@ typedef struct {
     uint64_t state;
 } sampler;
 
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15u);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
-    return z ^ (z >> 31);
-}
-
-/* The next global batch: epochs of fresh permutations of the training set. */
-static void next_batch(sampler *s, const split *train, const example **batch, uint32_t B)
+/* The next global batch: epochs of fresh permutations of the training set, as tune. */
+static void next_batch(sampler *s, const task_split *train, const task_example **batch,
+                       uint32_t B)
 {
     for (uint32_t b = 0; b < B; b++) {
         if (s->next == s->n) {
-            for (size_t i = s->n; i > 1; i--) {
-                size_t j = (size_t)(splitmix(&s->state) % i), t = s->order[i - 1];
-                s->order[i - 1] = s->order[j];
-                s->order[j] = t;
-            }
+            task_shuffle(s->order, s->n, &s->state);
             s->next = 0;
         }
         batch[b] = &train->ex[s->order[s->next++]];
@@ -391,11 +293,11 @@ static int run(int argc, char **argv)
         return 0;
 
     host h = { 0 };
-    split train = { 0 }, test = { 0 };
+    task_split train = { 0 }, test = { 0 };
     ulpt_prompt *prompt = NULL;
     ulpt_optimizer *opt = NULL;
     sampler smp = { 0 };
-    const example **batch = NULL;
+    const task_example **batch = NULL;
     float *e = NULL, *g = NULL;
     rc = 1;
 
@@ -418,13 +320,19 @@ static int run(int argc, char **argv)
     }
     if (!bad) {
         const uint32_t max_text = cfg->max_len - h.n_tokens - 1;
-        bad = split_load(&train, o.taskdir, "train", max_text, cfg->vocab) ||
-              split_load(&test, o.taskdir, "test", max_text, cfg->vocab);
+        char err[4608];
+        if (task_split_load(&train, o.taskdir, "train", max_text, cfg->vocab, err, sizeof err) ||
+            task_split_load(&test, o.taskdir, "test", max_text, cfg->vocab, err, sizeof err))
+            bad = fail("%s", err);
     }
-    if (!bad && memcmp(train.verbalizer, test.verbalizer, 2))
-        bad = fail("%s: train.tsv and test.tsv have different labels", o.taskdir);
+    if (!bad && (strcmp(train.names[0], test.names[0]) || strcmp(train.names[1], test.names[1])))
+        bad = fail("%s: labels \"%s\", \"%s\" differ from test.tsv's \"%s\", \"%s\"", train.path,
+                   train.names[0], train.names[1], test.names[0], test.names[1]);
+    h.verbalizer[0] = (uint8_t)test.names[0][0];
+    h.verbalizer[1] = (uint8_t)test.names[1][0];
+    if (!bad && (h.verbalizer[0] >= cfg->vocab || h.verbalizer[1] >= cfg->vocab))
+        bad = fail("%s: a label's first byte is past the model's vocabulary", test.path);
     if (!bad) {
-        memcpy(h.verbalizer, train.verbalizer, 2);
         const size_t nc = (size_t)h.n_tokens * h.C;
         h.rows = malloc(sizeof(float) * cfg->max_len * h.C);
         h.drows = malloc(sizeof(float) * cfg->max_len * h.C);
@@ -548,7 +456,7 @@ static int run(int argc, char **argv)
 
     /* Test accuracy, each rank scoring its share of the test set. */
     int correct = 0, ok = ulpt_prompt_forward(prompt, e, h.C) == ULPT_OK;
-    const example **all = ok ? malloc(sizeof *all * test.n) : NULL;
+    const task_example **all = ok ? malloc(sizeof *all * test.n) : NULL;
     if (all) {
         for (size_t i = 0; i < test.n; i++)
             all[i] = &test.ex[i];
@@ -590,8 +498,8 @@ out:
     tlm_free(h.model);
     ulpt_optimizer_free(opt);
     ulpt_prompt_free(prompt);
-    split_free(&train);
-    split_free(&test);
+    task_split_free(&train);
+    task_split_free(&test);
     return rc;
 }
 
