@@ -2,7 +2,7 @@
 # is one rule here (or in its own tools/mk file) and one `CHECK_STEPS += check-NAME`.
 
 CHECK_STEPS := check-unit check-tinylm check-warnings check-abi check-exports check-install \
-    check-pytest check-mpi
+    check-pytest
 
 .PHONY: check check-run $(CHECK_STEPS)
 check:
