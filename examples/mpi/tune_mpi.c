@@ -272,6 +272,8 @@ static int parse_args(int argc, char **argv, options *o)
     }
     if (o->checkpoint && o->save && !strcmp(o->checkpoint, o->save))
         return fail("--checkpoint and --save name the same file");
+    if (o->every && !o->checkpoint)
+        return fail("--every needs --checkpoint");
     if (!o->model) { /* the weights shipped with the tinylm example, wherever this runs from */
         static char path[4096];
         ssize_t n = readlink("/proc/self/exe", path, sizeof path - 32);
