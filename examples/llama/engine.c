@@ -105,6 +105,8 @@ int engine_open(engine **out, const char *gguf_path, int max_seqs, int n_threads
     cp.type_k = GGML_TYPE_F32; /* the default F16 cache would round K and V */
     cp.type_v = GGML_TYPE_F32;
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    if (n_threads <= 0)
+        n_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     cp.n_threads = cp.n_threads_batch = n_threads > 0 ? n_threads : 1;
     cp.no_perf = true;
     e->ctx = llama_init_from_model(e->model, cp);
@@ -207,16 +209,4 @@ int engine_tokenize(engine *e, const uint8_t *text, int len, int32_t *ids, int *
         return fail("llama_tokenize needs room for %d tokens, more than the %d bytes", -got, len);
     *n_ids = got;
     return 0;
-}
-
-size_t engine_rss_bytes(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    unsigned long pages_total, pages_rss;
-    size_t bytes = 0;
-    if (f && fscanf(f, "%lu %lu", &pages_total, &pages_rss) == 2)
-        bytes = (size_t)pages_rss * (size_t)sysconf(_SC_PAGESIZE);
-    if (f)
-        fclose(f);
-    return bytes;
 }

@@ -29,7 +29,8 @@ typedef struct {
 
 /* Loads a GGUF model and makes a context for up to max_seqs sequences at once, each up to
  * the model's trained context, with float32 K and V (the KV cache rounds nothing).
- * n_threads <= 0: one per online CPU.  verbose: llama.cpp's own log on stderr (else errors only). */
+ * n_threads <= 0: one per online CPU.  verbose: llama.cpp's own log on stderr (else
+ * errors only). */
 int engine_open(engine **out, const char *gguf_path, int max_seqs, int n_threads, int verbose);
 void engine_free(engine *e);
 
@@ -50,10 +51,6 @@ int engine_run(engine *e, const engine_request *req, int n, float *logits, float
 /* Token ids of llama.cpp's own tokenizer for the bytes text[0 .. len) into ids (room for
  * len); *n_ids gets their count.  For checking that the vocabulary maps byte b to id b. */
 int engine_tokenize(engine *e, const uint8_t *text, int len, int32_t *ids, int *n_ids);
-
-/* The bytes of llama.cpp's KV cache and compute buffers are not visible through its C API;
- * this is the process's resident set size in bytes (from /proc), or 0 if unknown. */
-size_t engine_rss_bytes(void);
 
 const char *engine_error(void);
 

@@ -1,11 +1,14 @@
 /* tenants.c -- one process, one model, many prompts: every .ulpt file of a directory
- * served at once.  Consecutive requests are for different prompts; a batch of B of them
- * is decoded as B sequences of one embedding batch and one token batch (engine.h), each
- * request's rows materialised from its own prompt.  The same requests are then served one
- * at a time, and the two runs must give the same answers. */
+ * served at once.  The prompts live in a prompt bank (ulpt_bank_*), which keeps only
+ * their parameters; consecutive requests are for different prompts, and a batch of B of
+ * them has its rows materialised by the bank in one call -- each request's rows from its
+ * own prompt -- and is decoded as B sequences of one embedding batch and one token batch
+ * (engine.h).  The same requests are also served one at a time, and the two must give
+ * the same answers. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +23,8 @@
 
 typedef struct {
     char path[4096];
-    ulpt_prompt *prompt;
+    ulpt_bank_id id;
+    uint32_t n_rows;
     int task; /* index into the loaded tasks */
     size_t right, served;
 } tenant;
@@ -29,6 +33,13 @@ typedef struct {
     char name[256];
     task_split test;
 } task_entry;
+
+/* Bytes the process has allocated and not freed (glibc). */
+static size_t heap_bytes(void)
+{
+    struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks + mi.hblkhd;
+}
 
 static int by_name(const void *a, const void *b)
 {
@@ -69,6 +80,8 @@ static int list_prompts(const char *dir, char ***names, int *count)
 
 typedef struct {
     engine *e;
+    const ulpt_bank *bank;
+    ulpt_bank_request *mat;
     const tenant *ten;
     const task_entry *tasks;
     int n_ten;
@@ -87,7 +100,8 @@ static const task_example *request_example(const batch_ctx *b, size_t k)
     return &s->ex[(k / (size_t)b->n_ten) % s->n];
 }
 
-/* Requests k0 .. k0+n-1 in one engine_run; each request's rows from its own prompt. */
+/* Requests k0 .. k0+n-1 in one engine_run, their rows materialised by the bank in one
+ * call, each request's from its own prompt. */
 static int run_batch(batch_ctx *b, size_t k0, int n)
 {
     for (int j = 0; j < n; j++) {
@@ -95,11 +109,12 @@ static int run_batch(batch_ctx *b, size_t k0, int n)
         const tenant *t = &b->ten[k % (size_t)b->n_ten];
         const task_example *x = request_example(b, k);
         float *E = b->rows + (size_t)j * b->max_rows * b->C;
-        if (ulpt_prompt_forward(t->prompt, E, b->C) != ULPT_OK)
-            return fail("%s", ulpt_last_error());
-        b->req[j] = (engine_request){ E, ulpt_prompt_n_tokens(t->prompt), x->input, x->len };
+        b->mat[j] = (ulpt_bank_request){ t->id, E, b->C };
+        b->req[j] = (engine_request){ E, t->n_rows, x->input, x->len };
         b->owner[j] = (int)(k % (size_t)b->n_ten);
     }
+    if (ulpt_bank_materialise(b->bank, b->mat, (size_t)n, ULPT_DTYPE_F32) != ULPT_OK)
+        return fail("%s", ulpt_last_error());
     if (engine_run(b->e, b->req, n, b->logits, NULL))
         return fail("%s", engine_error());
     return 0;
@@ -112,6 +127,9 @@ int cmd_tenants(const options *o)
                     "TASKROOT");
     const char *dir = o->args[0], *root = o->args[1];
     engine *e = NULL;
+    ulpt_bank *bank = NULL;
+    ulpt_prompt *p = NULL;
+    ulpt_bank_request *mat = NULL;
     tenant *ten = NULL;
     task_entry *tasks = NULL;
     char **files = NULL;
@@ -128,6 +146,10 @@ int cmd_tenants(const options *o)
     }
     const uint32_t C = engine_n_embd(e), V = engine_n_vocab(e), T = engine_max_len(e);
     const char *model = engine_model_name(e);
+    if (ulpt_bank_create(&bank, model, C) != ULPT_OK) {
+        fail("%s", ulpt_last_error());
+        goto out;
+    }
     if (list_prompts(dir, &files, &n_files))
         goto out;
     ten = calloc((size_t)n_files + 1, sizeof *ten);
@@ -143,21 +165,29 @@ int cmd_tenants(const options *o)
     for (int f = 0; f < n_files; f++) {
         tenant *t = &ten[n_ten];
         snprintf(t->path, sizeof t->path, "%s/%s", dir, files[f]);
-        if (ulpt_prompt_load_for_model(&t->prompt, t->path, model) != ULPT_OK) {
+        /* one file at a time (not ulpt_bank_load_dir, which is all or nothing), so that
+         * a foreign prompt is reported and the others are still served */
+        if (ulpt_prompt_load_for_model(&p, t->path, model) != ULPT_OK) {
             printf("  not served: %s\n", ulpt_last_error());
             continue;
         }
-        const char *task = ulpt_prompt_get_meta(t->prompt, "task");
-        uint32_t n_rows = ulpt_prompt_n_tokens(t->prompt);
-        if (!task || !task[0] || strchr(task, '/') || ulpt_prompt_dim(t->prompt) != C ||
-            n_rows + 2 > T) {
+        const char *task = ulpt_prompt_get_meta(p, "task");
+        uint32_t n_rows = ulpt_prompt_n_tokens(p);
+        if (!task || !task[0] || strchr(task, '/') || n_rows + 2 > T) {
             printf("  not served: %s: %s\n", t->path,
                    !task || !task[0] || strchr(task, '/') ? "no usable \"task\" metadata"
-                                                         : "its shape does not fit the model");
-            ulpt_prompt_free(t->prompt);
-            t->prompt = NULL;
+                                                         : "its rows leave no room for text");
+            ulpt_prompt_free(p);
+            p = NULL;
             continue;
         }
+        if (ulpt_bank_add(bank, &t->id, p, files[f]) != ULPT_OK) {
+            printf("  not served: %s: %s\n", t->path, ulpt_last_error());
+            ulpt_prompt_free(p);
+            p = NULL;
+            continue;
+        }
+        t->n_rows = n_rows;
         t->task = -1;
         for (int k = 0; k < n_tasks; k++)
             if (!strcmp(tasks[k].name, task))
@@ -175,6 +205,8 @@ int cmd_tenants(const options *o)
         if (n_rows > max_rows)
             max_rows = n_rows;
         n_ten++;
+        ulpt_prompt_free(p); /* the bank keeps its own copy of the parameters */
+        p = NULL;
     }
     if (n_ten == 0) {
         fail("%s: no prompt for model \"%s\"", dir, model);
@@ -196,8 +228,9 @@ int cmd_tenants(const options *o)
     batched = malloc(sizeof(float) * (size_t)B * V);
     batched_owner = malloc(sizeof(int) * (size_t)B);
     req = malloc(sizeof *req * (size_t)B);
+    mat = malloc(sizeof *mat * (size_t)B);
     owner = malloc(sizeof *owner * (size_t)B);
-    if (!rows || !logits || !single || !batched || !batched_owner || !req || !owner) {
+    if (!rows || !logits || !single || !batched || !batched_owner || !req || !mat || !owner) {
         fail("out of memory");
         goto out;
     }
@@ -209,7 +242,7 @@ int cmd_tenants(const options *o)
      * goes first alternates too), so a machine whose load changes treats both alike. */
     double seconds[2] = { 0, 0 }, max_diff = 0;
     size_t disagree = 0;
-    batch_ctx bc = { e, ten, tasks, n_ten, rows, max_rows, C, logits, req, owner };
+    batch_ctx bc = { e, bank, mat, ten, tasks, n_ten, rows, max_rows, C, logits, req, owner };
     if (run_batch(&bc, 0, B < (int)R ? B : (int)R)) /* untimed: start warm */
         goto out;
     for (size_t k0 = 0, chunk = 0; k0 < R; k0 += (size_t)B, chunk++) {
@@ -257,32 +290,45 @@ int cmd_tenants(const options *o)
     printf("%2d requests per llama_decode:   %7.1f requests/s  (%.2fx)\n", B, many, many / one);
     printf("batched and one-at-a-time answers: %zu of %zu labels differ, label logits within %.3g\n",
            disagree, R, max_diff);
-    /* Memory per loaded prompt: the resident-set growth over loading COPIES more copies
-     * of every prompt (a handful of prompts is below the page granularity). */
-    enum { COPIES = 64 };
-    ulpt_prompt **extra = calloc((size_t)n_ten * COPIES, sizeof *extra);
-    if (!extra) {
-        fail("out of memory");
+    /* Memory per loaded prompt: the heap growth (glibc's count of bytes in use) over
+     * adding COPIES more copies of every prompt to a second bank. */
+    enum { COPIES = 256 };
+    ulpt_bank *extra = NULL;
+    size_t added = 0, param_bytes = 0, row_bytes = 0, heap0 = heap_bytes();
+    if (ulpt_bank_create(&extra, model, C) != ULPT_OK) {
+        fail("%s", ulpt_last_error());
         goto out;
     }
-    size_t rss0 = engine_rss_bytes(), loaded = 0;
-    for (int i = 0; i < n_ten; i++)
-        for (int c = 0; c < COPIES; c++)
-            loaded += ulpt_prompt_load(&extra[(size_t)i * COPIES + c], ten[i].path) == ULPT_OK;
-    size_t rss1 = engine_rss_bytes();
-    for (size_t i = 0; i < (size_t)n_ten * COPIES; i++)
-        ulpt_prompt_free(extra[i]);
-    free(extra);
-    printf("memory: %.1f KiB resident per loaded prompt (growth over %zu loads)\n",
-           (double)(rss1 - rss0) / 1024.0 / (double)loaded, loaded);
+    for (int i = 0; i < n_ten && !p; i++) {
+        if (ulpt_prompt_load(&p, ten[i].path) != ULPT_OK)
+            break;
+        if (i == 0) {
+            param_bytes = sizeof(float) * ulpt_prompt_num_params(p);
+            row_bytes = sizeof(float) * ulpt_prompt_n_tokens(p) * (size_t)C;
+        }
+        for (int c = 0; c < COPIES; c++) {
+            ulpt_bank_id id;
+            added += ulpt_bank_add(extra, &id, p, NULL) == ULPT_OK;
+        }
+        ulpt_prompt_free(p);
+        p = NULL;
+    }
+    size_t heap1 = heap_bytes();
+    ulpt_bank_free(extra);
+    const double per_prompt = (double)(heap1 - heap0) / (double)(added ? added : 1);
+    printf("memory: %.0f bytes of heap per prompt in the bank (growth over %zu adds); the\n"
+           "  first prompt's parameters are %zu bytes, the rows materialised per request %zu\n",
+           per_prompt, added, param_bytes, row_bytes);
     if (o->json)
         printf("{\"prompts\": %d, \"requests\": %zu, \"batch\": %d, \"rps_one\": %.2f, "
-               "\"rps_batched\": %.2f, \"ratio\": %.3f, \"disagree\": %zu, \"max_diff\": %.6g}\n",
-               n_ten, R, B, one, many, many / one, disagree, max_diff);
+               "\"rps_batched\": %.2f, \"ratio\": %.3f, \"disagree\": %zu, \"max_diff\": %.6g, "
+               "\"bytes_per_prompt\": %.0f}\n",
+               n_ten, R, B, one, many, many / one, disagree, max_diff, per_prompt);
     rc = disagree ? fail("batched decoding changed %zu answers", disagree) : 0;
 out:
-    for (int i = 0; i < n_ten; i++)
-        ulpt_prompt_free(ten[i].prompt);
+    ulpt_bank_free(bank);
+    ulpt_prompt_free(p);
+    free(mat);
     for (int k = 0; k < n_tasks; k++)
         task_free(&tasks[k].test);
     for (int f = 0; f < n_files; f++)
