@@ -51,11 +51,11 @@ import json, sys
 s = json.loads(sys.stdin.read().strip().splitlines()[-1])
 ref, task = float(sys.argv[1]), sys.argv[2]
 gap = 100 * abs(s["acc_llama"] - ref)
-print(f"{task}: test accuracy {100 * s[\"acc_llama\"]:.2f}% through llama.cpp, "
-      f"{100 * ref:.2f}% through tune --load (gap {gap:.2f} points)")
-print(f"  same label on {100 * s[\"label_agreement\"]:.2f}% of {s[\"examples\"]} test examples; "
-      f"label logits within {s[\"max_abs_label_logit\"]:.2g} "
-      f"({s[\"max_rel_label_logit\"]:.2g} relative)")
+print("%s: test accuracy %.2f%% through llama.cpp, %.2f%% through tune --load (gap %.2f points)"
+      % (task, 100 * s["acc_llama"], 100 * ref, gap))
+print("  same label on %.2f%% of %d test examples; label logits within %.2g (%.2g relative)"
+      % (100 * s["label_agreement"], s["examples"], s["max_abs_label_logit"],
+         s["max_rel_label_logit"]))
 sys.exit(0 if gap <= 0.5 and s["label_agreement"] >= 0.99 else 1)
 ' "$ref" "$task" || { echo "llama-demo: $task: llama.cpp and tune --load disagree" >&2; exit 1; }
 done
@@ -75,4 +75,20 @@ done
 
 echo
 echo "== 4. tuning inside llama.cpp with forward passes only"
-"$host" tune --gguf "$gguf" --threads "$threads" --save "$cache/names-zo.ulpt" "$tasks/names"
+# The same compute: tinylm's backward costs about two forward passes, so 400 first-order
+# steps of 16 examples (what make demo runs) match 600 forward-only steps of 2 x 16.
+fo=$("$tune" "$tasks/names" --steps 400 --lr 0.05 --skip-baseline --quiet --json)
+zo=$("$host" tune --gguf "$gguf" --threads "$threads" --steps 600 --examples 16 --directions 1 \
+    --lr 0.05 --mu 0.01 --save "$cache/names-zo.ulpt" --json "$tasks/names")
+echo "$fo" | "$py" -c '
+import json, sys
+fo = json.loads(sys.stdin.read().strip().splitlines()[-1])
+zo = json.loads(sys.argv[1].strip().splitlines()[-1])
+print("names, rank 2, 16 rows, seed 1:")
+print("  first-order, tinylm backward:  %.1f%% test accuracy, %d steps of %d, %.0f s"
+      % (100 * fo["acc_test"], fo["steps"], fo["batch"], fo["train_seconds"]))
+print("  forward-only inside llama.cpp: %.1f%% test accuracy (from %.1f%%), %d steps of"
+      " 2 x %d sequences, %.0f s (%.0f s in llama_decode)"
+      % (100 * zo["acc_test"], 100 * zo["acc_before"], zo["steps"], zo["batch"],
+         zo["train_seconds"], zo["decode_seconds"]))
+' "$zo"

@@ -48,7 +48,7 @@ static const char usage_text[] =
     "  --batch B        sequences decoded together (default 8; tune: 32)\n"
     "  --requests N     tenants: requests to serve (default 512)\n"
     "  --save PATH      tune: write the tuned prompt there\n"
-    "  --steps S        tune: steps (default 300); --examples M examples a step (16)\n"
+    "  --steps S        tune: steps (default 600); --examples M examples a step (16)\n"
     "  --directions Q   tune: random directions a step, 2Q perturbed prompts (default 1)\n"
     "  --mu EPS         tune: perturbation size (default 0.01); --lr LR AdamW peak rate (0.05)\n"
     "  --tokens N, --rank R, --seed K   tune: the prompt's shape and seed (16, 2, 1)\n"
@@ -89,7 +89,7 @@ static int parse_uint(const char *s, unsigned long lo, unsigned long hi, uint32_
 
 static int parse_args(int argc, char **argv, options *o)
 {
-    *o = (options){ .batch = 0, .threads = 0, .requests = 512, .steps = 300, .seed = 1,
+    *o = (options){ .batch = 0, .threads = 0, .requests = 512, .steps = 600, .seed = 1,
                     .tokens = 16, .rank = 2, .lr = 0.05, .mu = 1e-2, .examples = 16,
                     .directions = 1 };
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
