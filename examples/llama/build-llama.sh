@@ -31,7 +31,10 @@ if [ ! -f "$dir/llama.cpp/CMakeLists.txt" ]; then
     rm -rf "$dir/package" "$dir/llama.cpp"
     "$root/tools/fetch-package" "$PACKAGE@$VERSION" "$dir/package"
     bundle=$dir/package/llama/gitRelease.bundle
-    [ -f "$bundle" ] || { echo "build-llama.sh: $PACKAGE@$VERSION has no llama/gitRelease.bundle" >&2; exit 1; }
+    [ -f "$bundle" ] || {
+        echo "build-llama.sh: $PACKAGE@$VERSION has no llama/gitRelease.bundle" >&2
+        exit 1
+    }
     git clone --quiet "$bundle" "$dir/llama.cpp.tmp" 2>"$dir/clone.log" || {
         cat "$dir/clone.log" >&2; rm -rf "$dir/llama.cpp.tmp"; exit 1; }
     mv "$dir/llama.cpp.tmp" "$dir/llama.cpp"
@@ -67,7 +70,8 @@ status=0
                     */*) file=${line##*/} ;;
                     *) file=${line#*] } ;;
                     esac
-                    printf 'llama.cpp: %3s%%  %4d s  %s\n' "$pct" $(( $(date +%s) - start )) "${file%.o}"
+                    elapsed=$(( $(date +%s) - start ))
+                    printf 'llama.cpp: %3s%%  %4d s  %s\n' "$pct" "$elapsed" "${file%.o}"
                     last=$pct
                 fi ;;
             esac

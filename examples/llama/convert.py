@@ -30,7 +30,8 @@ import zlib
 import numpy as np
 
 MAGIC = b"\x89TLM\r\n\x1a\n"
-HEADER = struct.Struct("<8s8I3Q64sQ")  # magic, version, V C L H F T, reserved, P, seed, steps, corpus, Z
+# magic, version, V C L H F T, reserved, P, seed, steps, corpus, Z
+HEADER = struct.Struct("<8s8I3Q64sQ")
 LN_EPS = 1e-5
 
 
@@ -228,7 +229,8 @@ def main(argv=None):
         print(f"convert.py: {e}", file=sys.stderr)
         return 1
     print(f"convert.py: {args.out}: gpt2, {cfg['L']} blocks, width {cfg['C']}, "
-          f"{cfg['H']} heads, context {cfg['T']}, 256 byte tokens, model \"{model_name(meta, args.gelu_zero)}\"" +
+          f"{cfg['H']} heads, context {cfg['T']}, 256 byte tokens, "
+          f"model \"{model_name(meta, args.gelu_zero)}\"" +
           (" (GELU held at 0)" if args.gelu_zero else ""))
     return 0
 

@@ -12,9 +12,11 @@ set -eu
 gguf=$1
 gelu0=$2
 host=$3
-# One llama.cpp thread: its workers spin while they wait for each other, which costs
-# more than it gives when the cores are shared (LLAMA_THREADS overrides).
-threads=${LLAMA_THREADS:-1}
+# llama.cpp's CPU backend runs its threads with OpenMP, whose idle threads spin: on cores
+# shared with other work that makes two threads slower than one by orders of magnitude.
+# Passive waiting keeps both threads useful (LLAMA_THREADS: how many, default one per CPU).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+threads=${LLAMA_THREADS:-$(getconf _NPROCESSORS_ONLN)}
 py=${PYTHON:-/usr/bin/python3}
 tlm=examples/tinylm/tinylm.tlm
 tune=examples/tinylm/tune
@@ -23,7 +25,8 @@ cache=examples/tinylm/cache
 tenants=$cache/llama-tenants
 
 json() { # KEY: the value of KEY in the JSON line on stdin
-    "$py" -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"
+    "$py" -c 'import json, sys
+print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"
 }
 
 # a prompt tuned by tinylm's own backward: TASK SEED STEPS PATH
@@ -70,7 +73,8 @@ for p in names-rank2 spam-rank2 names-rank2-seed2 spam-rank2-seed2 sotu-rank2; d
     cp "$cache/$p.ulpt" "$tenants/"
 done
 for b in 8 16; do
-    "$host" tenants --gguf "$gguf" --batch $b --requests 512 --threads "$threads" "$tenants" "$tasks"
+    "$host" tenants --gguf "$gguf" --batch $b --requests 512 --threads "$threads" \
+        "$tenants" "$tasks"
 done
 
 echo

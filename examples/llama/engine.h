@@ -21,7 +21,7 @@
 typedef struct engine engine;
 
 typedef struct {
-    const float *rows;   /* prompt rows, n_rows x n_embd (row stride n_embd); may be NULL if n_rows is 0 */
+    const float *rows;   /* prompt rows, n_rows x n_embd (row stride n_embd); NULL if none */
     uint32_t n_rows;
     const uint8_t *text; /* the input bytes, separator included */
     uint32_t len;        /* >= 1; n_rows + len <= engine_max_len() */

@@ -288,8 +288,8 @@ int cmd_tenants(const options *o)
     const double one = (double)R / seconds[0], many = (double)R / seconds[1];
     printf("one request per llama_decode:   %7.1f requests/s\n", one);
     printf("%2d requests per llama_decode:   %7.1f requests/s  (%.2fx)\n", B, many, many / one);
-    printf("batched and one-at-a-time answers: %zu of %zu labels differ, label logits within %.3g\n",
-           disagree, R, max_diff);
+    printf("batched and one-at-a-time answers: %zu of %zu labels differ, label logits within "
+           "%.3g\n", disagree, R, max_diff);
     /* Memory per loaded prompt: the heap growth (glibc's count of bytes in use) over
      * adding COPIES more copies of every prompt to a second bank. */
     enum { COPIES = 256 };

@@ -52,10 +52,12 @@ static const char usage_text[] =
     "  --directions Q   tune: random directions a step, 2Q perturbed prompts (default 1)\n"
     "  --mu EPS         tune: perturbation size (default 0.01); --lr LR AdamW peak rate (0.05)\n"
     "  --tokens N, --rank R, --seed K   tune: the prompt's shape and seed (16, 2, 1)\n"
-    "  --threads T      llama.cpp threads (default: one per CPU; on a busy machine use 1:\n"
-    "                   llama.cpp's workers spin while they wait for each other)\n"
+    "  --threads T      llama.cpp threads (default: one per CPU)\n"
     "  --json           one JSON line of results\n"
-    "  --verbose        llama.cpp's own log on stderr\n";
+    "  --verbose        llama.cpp's own log on stderr\n"
+    "environment:\n"
+    "  OMP_WAIT_POLICY=passive  llama.cpp's CPU threads are OpenMP threads, which spin while\n"
+    "                   idle; on cores shared with other work set this, or use --threads 1\n";
 
 int fail(const char *fmt, ...)
 {
@@ -212,8 +214,8 @@ static void shift_mlp_bias(tlm_model *m, float delta)
 {
     const tlm_config *c = tlm_config_of(m);
     const size_t C = c->width, F = c->mlp;
-    const size_t block = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + (C * F + F) + (F * C + C);
     const size_t fc_b = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + C * F;
+    const size_t block = fc_b + F + (F * C + C);
     float *p = tlm_params(m) + ((size_t)c->vocab + c->max_len) * C;
     for (uint32_t l = 0; l < c->layers; l++)
         for (size_t k = 0; k < F; k++)
@@ -386,9 +388,9 @@ int cmd_check(const options *o)
         }
         shift_mlp_bias(m, GELU_ZERO_SHIFT);
         engine_free(z);
-        printf("  with every GELU input below -10 (%s), where GELU is exactly 0 and llama.cpp\n"
-               "  does not read its table: max |diff| %.3g, relative %.3g\n", o->gelu_zero_gguf,
-               abs_zero, rel_zero);
+        printf("  every GELU input below -10 (GELU exactly 0, llama.cpp's table not read):\n"
+               "  llama.cpp vs tinylm's C forward:                  max |diff| %.3g, "
+               "relative %.3g\n", abs_zero, rel_zero);
     }
 
     /* 4. a prompt tuned for another model is refused, naming both */

@@ -26,9 +26,10 @@ pytestmark = pytest.mark.skipif(not GGUF, reason="run through `make check-llama`
 
 
 def host(*args):
-    # one llama.cpp thread: its workers spin-wait, which a shared machine punishes
-    return subprocess.run([HOST, *map(str, args), "--threads", "1"], capture_output=True,
-                          text=True, timeout=600)
+    # llama.cpp's OpenMP threads wait passively, or a busy machine makes them crawl
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "passive"))
+    return subprocess.run([HOST, *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env=env)
 
 
 def last_json(out):

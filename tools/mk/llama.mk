@@ -64,5 +64,6 @@ check-llama:
 	@sh .ci/install-deps llama
 	@$(MAKE) -s --no-print-directory all $(LLAMA_STAMP)
 	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST)
-	ULPT_LLAMA_GGUF=$(LLAMA_GGUF) ULPT_LLAMA_GGUF_GELU0=$(LLAMA_GGUF_GELU0) ULPT_LLAMA_HOST=$(LLAMA_HOST) \
+	ULPT_LLAMA_GGUF=$(LLAMA_GGUF) ULPT_LLAMA_GGUF_GELU0=$(LLAMA_GGUF_GELU0) \
+	    ULPT_LLAMA_HOST=$(LLAMA_HOST) \
 	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/llama
