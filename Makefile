@@ -6,7 +6,8 @@
 #   make results      ULPT against vanilla prompt tuning on three tasks: docs/RESULTS.md
 #   make check        build and run the test suite (likewise)
 #   make bench        time forward, backward and a training step against a memory stream
-#   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc, ulpt(1)
+#   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc, ulpt(1),
+#                     the Python package ulpt
 #   make clean
 
 VERSION_MAJOR := $(shell sed -n 's/^\#define ULPT_VERSION_MAJOR \([0-9]*\)/\1/p' include/ulpt.h)
@@ -144,7 +145,7 @@ check-run: all tests/test_ulpt tests/tinylm/test_tinylm examples/tinylm/tlm exam
 	@$(MAKE) --no-print-directory check-abi
 	sh tests/check-exports.sh
 	sh tests/check-install.sh
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests/python
+	@$(MAKE) --no-print-directory check-python
 
 # The library compiles warning-free under gcc and clang.
 warnings:
@@ -262,6 +263,8 @@ bench: deps
 bench-run: tests/bench_step
 	./tests/bench_step
 
+include bindings/python/python.mk
+
 # ---- install ------------------------------------------------------------------------
 
 BINDIR ?= $(PREFIX)/bin
@@ -280,13 +283,15 @@ install: all
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 	    pkgconfig/ulpt.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ulpt.pc
+	sh bindings/python/install.sh $(PYTHON) $(DESTDIR)$(PYTHONDIR)
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/ulpt.h $(DESTDIR)$(LIBDIR)/libulpt.so* \
 	    $(DESTDIR)$(LIBDIR)/libulpt.a $(DESTDIR)$(LIBDIR)/pkgconfig/ulpt.pc \
 	    $(DESTDIR)$(BINDIR)/ulpt $(DESTDIR)$(MANDIR)/man1/ulpt.1
+	rm -rf $(DESTDIR)$(PYTHONDIR)/ulpt $(DESTDIR)$(PYTHONDIR)/ulpt-*.dist-info
 
 clean:
 	rm -rf lib/obj tests/obj lib/libulpt.so* $(STATIC) tests/fuzz/work tests/cov tests/abi/out \
 	    tests/test_ulpt tests/test_ulpt-* tests/tinylm/test_tinylm-* tests/bench_step examples/quickstart examples/tinylm/tune tools/ulpt \
-	    examples/tinylm/tlm tests/tinylm/test_tinylm
+	    examples/tinylm/tlm tests/tinylm/test_tinylm bindings/python/build bindings/python/ulpt.egg-info
