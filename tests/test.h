@@ -17,6 +17,7 @@ Suite *optimizer_suite(void);
 Suite *train_suite(void);
 Suite *api_suite(void);
 Suite *file_suite(void);
+Suite *zo_suite(void);
 
 /* A deterministic uniform draw in [-1, 1) for test data (not the library's generator). */
 static inline double test_uniform(uint64_t *state)

@@ -62,6 +62,7 @@ int main(void)
     srunner_add_suite(sr, train_suite());
     srunner_add_suite(sr, api_suite());
     srunner_add_suite(sr, file_suite());
+    srunner_add_suite(sr, zo_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
