@@ -110,3 +110,21 @@ def test_a_function_the_loaded_library_lacks_raises_UnsupportedError_when_called
         stub(1, 2)
     assert err.value.code == ulpt.ERR_UNSUPPORTED and "ulpt_from_the_future" in str(err.value)
     assert isinstance(err.value, NotImplementedError)
+
+
+def test_ctypes_structs_have_the_frozen_layouts_of_tests_abi_layout_c():
+    text = (ROOT / "tests" / "abi" / "layout.c").read_text()
+    sizes = dict((t, int(n)) for t, n in re.findall(r"^ABI_SIZE\((\w+), (\d+)\);", text, re.M))
+    assert "ulpt_prompt_options" in sizes
+    for t, size in sizes.items():
+        struct = getattr(_native, t)
+        assert ctypes_sizeof(struct) == size, t
+    for t, field, off in re.findall(r"^ABI_FIELD\((\w+), (\w+), (\d+)\);", text, re.M):
+        assert getattr(getattr(_native, t), field).offset == int(off), (t, field)
+    named = [n for n, _ in _native.ulpt_allocator._fields_]
+    assert named == ["alloc", "realloc", "free", "user"]
+
+
+def ctypes_sizeof(struct):
+    import ctypes
+    return ctypes.sizeof(struct)

@@ -41,6 +41,7 @@ from .errors import (ERR_CALLBACK, ERR_CORRUPT, ERR_FORMAT, ERR_INVALID, ERR_IO,
                      InvalidArgumentError, MismatchError, MissingFileError, NonFiniteError,
                      OutOfMemoryError, UnsupportedError, check, strerror, wrong_type)
 from .pretrained import load_pretrained, save_pretrained
+from .zo import ZODistribution, ZOOptions, ZOPerturb, ZOTrainer, zo_defaults
 
 __version__ = "1.1.0"
 
@@ -104,7 +105,8 @@ ulpt_allocator = _native.ulpt_allocator
 ALLOC_FN, REALLOC_FN, FREE_FN = _native.ALLOC_FN, _native.REALLOC_FN, _native.FREE_FN
 
 __all__ = [
-    "Prompt", "Optimizer", "Projection", "Metadata", "FileInfo", "inspect",
+    "Prompt", "Optimizer", "Projection", "ZOTrainer", "ZOOptions", "ZODistribution",
+    "ZOPerturb", "zo_defaults", "Metadata", "FileInfo", "inspect",
     "save_pretrained", "load_pretrained", "prompt_defaults", "optimizer_defaults",
     "save_defaults", "ProjectionKind", "Flags", "OptimizerKind", "Schedule", "DType",
     "FileKind", "Error", "InvalidArgumentError", "ArgumentTypeError", "OutOfMemoryError",

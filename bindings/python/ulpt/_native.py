@@ -68,6 +68,12 @@ class ulpt_file_info(Structure):
                 ("stored_bytes", c_uint64)]
 
 
+class ulpt_zo_options(Structure):
+    _fields_ = [("version", c_uint), ("epsilon", c_double), ("directions", c_uint32),
+                ("batch", c_uint32), ("distribution", c_int), ("perturb", c_int),
+                ("seed", c_uint64)]
+
+
 ALLOC_FN = CFUNCTYPE(c_void_p, c_void_p, c_size_t)
 REALLOC_FN = CFUNCTYPE(c_void_p, c_void_p, c_void_p, c_size_t)
 FREE_FN = CFUNCTYPE(None, c_void_p, c_void_p)
@@ -82,6 +88,10 @@ class ulpt_allocator(Structure):
 #         double *loss).  Pointers arrive as plain ints: cheaper than ctypes pointer objects
 # on the per-step path.
 LOSS_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_uint32, c_uint32, c_void_p, c_void_p)
+
+# int (*)(void *user, const float *E, uint32_t count, uint32_t n_tokens, uint32_t dim,
+#         double *losses)
+ZO_LOSS_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_uint32, c_uint32, c_uint32, c_void_p)
 
 _P = c_void_p  # opaque handles
 _FP = POINTER(c_float)
@@ -126,6 +136,16 @@ SIGNATURES = {
     "ulpt_optimizer_lr_double": (c_double, [_P]),
     "ulpt_optimizer_prompt": (_P, [_P]),
     "ulpt_train_step": (c_int, [_P, _P, LOSS_FN, c_void_p, POINTER(c_double)]),
+    "ulpt_zo_options_init": (c_int, [POINTER(ulpt_zo_options), c_uint]),
+    "ulpt_zo_create": (c_int, [POINTER(_P), _P, _P, POINTER(ulpt_zo_options)]),
+    "ulpt_zo_free": (None, [_P]),
+    "ulpt_zo_step": (c_int, [POINTER(c_double), _P, ZO_LOSS_FN, c_void_p]),
+    "ulpt_zo_position": (c_uint64, [_P]),
+    "ulpt_zo_set_position": (c_int, [_P, c_uint64]),
+    "ulpt_zo_direction": (c_int, [c_void_p, _P, c_uint64]),
+    "ulpt_zo_get_options": (c_int, [POINTER(ulpt_zo_options), _P]),
+    "ulpt_zo_prompt": (_P, [_P]),
+    "ulpt_zo_optimizer": (_P, [_P]),
     "ulpt_prompt_set_meta": (c_int, [_P, c_char_p, c_char_p]),
     "ulpt_prompt_get_meta": (c_char_p, [_P, c_char_p]),
     "ulpt_prompt_meta_count": (c_size_t, [_P]),
