@@ -122,6 +122,19 @@ def test_row_io_directory_is_IsADirectoryError(tmp_path):
     assert err.value.errno == errno.EISDIR and err.value.filename == str(tmp_path)
 
 
+def test_row_io_permission_is_PermissionError(tmp_path, prompt):
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = locked / "p.ulpt"
+    else:
+        target = "/sys/ulpt-test.ulpt"   # sysfs refuses new files even to root
+    with pytest.raises(PermissionError) as err:
+        prompt.save(target)
+    assert_row(err.value, ulpt.FilePermissionError, OSError, ulpt.ERR_IO, "Permission denied")
+    assert err.value.errno == errno.EACCES and err.value.filename == str(target)
+
+
 def test_row_io_other_failures_are_OSError_with_errno(tmp_path, prompt):
     afile = tmp_path / "file"
     afile.write_bytes(b"")
