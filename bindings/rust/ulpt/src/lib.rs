@@ -15,9 +15,13 @@
 //!   `ULPT_ERR_*` code and the library's one-line message.
 //! * [`Zo`] trains from losses alone (forward-only, zeroth-order), for hosts that
 //!   cannot back-propagate.
+//! * [`Bank`] serves many tasks from one model: prompts kept as their parameters,
+//!   materialised on demand in mixed batches (f32, f16, bf16).
 //! * Threads: projections and prompts are `Send + Sync`; `forward`, accessors and
 //!   saving take `&self` and may run in several threads at once, everything that
-//!   changes an object takes `&mut self`.
+//!   changes an object takes `&mut self`.  The two process-wide settings,
+//!   [`set_allocator`] and [`set_num_threads`], are `unsafe`: nothing else may run
+//!   meanwhile.
 //!
 //! ```
 //! use ulpt::{Optimizer, OptimizerOptions, Prompt, PromptOptions};
@@ -47,6 +51,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod bank;
 mod callback;
 mod error;
 mod file;
@@ -58,6 +63,7 @@ mod zo;
 
 use std::ffi::CStr;
 
+pub use bank::{Bank, BankId, Request};
 pub use error::{Error, ErrorKind, Result};
 pub use file::{inspect, FileInfo};
 pub use optimizer::{load_checkpoint, Optimizer, OptimizerState};
@@ -87,10 +93,13 @@ pub fn version_string() -> &'static str {
 /// The number of threads the BLAS kernels may use, process-wide
 /// (`ulpt_set_num_threads`); one or two are usually fastest for ULPT's small products.
 ///
+/// # Safety
+/// It changes OpenBLAS's global thread pool: no other libulpt call may run in any thread
+/// meanwhile (call it at start-up).
+///
 /// Errors: [`ErrorKind::Invalid`] for `n < 1`.
-pub fn set_num_threads(n: i32) -> Result<()> {
-    // SAFETY: a plain integer argument.
-    error::check(unsafe { sys::ulpt_set_num_threads(n) })
+pub unsafe fn set_num_threads(n: i32) -> Result<()> {
+    error::check(sys::ulpt_set_num_threads(n))
 }
 
 /// Route every allocation the library makes through `allocator` (copied), or back to
