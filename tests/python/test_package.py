@@ -114,8 +114,9 @@ def test_a_function_the_loaded_library_lacks_raises_UnsupportedError_when_called
 
 def test_ctypes_structs_have_the_frozen_layouts_of_tests_abi_layout_c():
     text = (ROOT / "tests" / "abi" / "layout.c").read_text()
-    sizes = dict((t, int(n)) for t, n in re.findall(r"^ABI_SIZE\((\w+), (\d+)\);", text, re.M))
-    assert "ulpt_prompt_options" in sizes
+    sizes = dict((t, int(n)) for t, n in
+                 re.findall(r"^ABI_(?:SIZE|FROZEN)\((\w+), (\d+)\);", text, re.M))
+    assert "ulpt_prompt_options" in sizes and "ulpt_bank_request" in sizes
     for t, size in sizes.items():
         struct = getattr(_native, t)
         assert ctypes_sizeof(struct) == size, t

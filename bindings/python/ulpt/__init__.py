@@ -35,12 +35,14 @@ from .core import (FileInfo, Metadata, Optimizer, Projection, Prompt, inspect,
                    optimizer_defaults, prompt_defaults, save_defaults)
 from .enums import DType, FileKind, Flags, OptimizerKind, ProjectionKind, Schedule
 from .errors import (ERR_CALLBACK, ERR_CORRUPT, ERR_FORMAT, ERR_INVALID, ERR_IO,
-                     ERR_MISMATCH, ERR_NOMEM, ERR_NONFINITE, ERR_UNSUPPORTED, OK,
-                     ArgumentTypeError, BusyError, CallbackError, ClosedError, CorruptError,
-                     DirectoryError, Error, FileIOError, FilePermissionError, FormatError,
-                     InvalidArgumentError, MismatchError, MissingFileError, NonFiniteError,
-                     OutOfMemoryError, UnsupportedError, check, strerror, wrong_type)
+                     ERR_MISMATCH, ERR_NOMEM, ERR_NONFINITE, ERR_NOT_FOUND, ERR_UNSUPPORTED,
+                     OK, ArgumentTypeError, BusyError, CallbackError, ClosedError,
+                     CorruptError, DirectoryError, Error, FileIOError, FilePermissionError,
+                     FormatError, InvalidArgumentError, MismatchError, MissingFileError,
+                     NonFiniteError, NotFoundError, OutOfMemoryError, UnsupportedError, check,
+                     strerror, wrong_type)
 from .pretrained import load_pretrained, save_pretrained
+from .bank import Bank
 from .zo import ZODistribution, ZOOptions, ZOPerturb, ZOTrainer, zo_defaults
 
 __version__ = "1.1.0"
@@ -80,15 +82,11 @@ def set_num_threads(n: int) -> None:
     check(lib.ulpt_set_num_threads(_int("n", n, 1, 2**31 - 1)))
 
 
-_allocator = None  # the installed ulpt_allocator, kept alive for as long as it may be used
-
-
 def set_allocator(allocator: "_native.ulpt_allocator | None") -> None:
     """Route the library's allocations through a ``ulpt.ulpt_allocator`` ctypes struct
     (alloc, realloc, free, user), or back to malloc with None.  The struct and its
     callbacks are kept alive for the rest of the process: objects created under an
     allocator are freed through it.  Not thread-safe (as ulpt_set_allocator)."""
-    global _allocator
     if allocator is None:
         check(lib.ulpt_set_allocator(None))
         return
@@ -96,8 +94,7 @@ def set_allocator(allocator: "_native.ulpt_allocator | None") -> None:
         raise wrong_type("allocator must be a ulpt.ulpt_allocator or None, got %s"
                          % type(allocator).__name__)
     check(lib.ulpt_set_allocator(byref(allocator)))
-    _keep.append(allocator)
-    _allocator = allocator
+    _keep.append(allocator)  # objects made under it are freed through it, at any time
 
 
 _keep: list = []
@@ -105,13 +102,13 @@ ulpt_allocator = _native.ulpt_allocator
 ALLOC_FN, REALLOC_FN, FREE_FN = _native.ALLOC_FN, _native.REALLOC_FN, _native.FREE_FN
 
 __all__ = [
-    "Prompt", "Optimizer", "Projection", "ZOTrainer", "ZOOptions", "ZODistribution",
-    "ZOPerturb", "zo_defaults", "Metadata", "FileInfo", "inspect",
-    "save_pretrained", "load_pretrained", "prompt_defaults", "optimizer_defaults",
-    "save_defaults", "ProjectionKind", "Flags", "OptimizerKind", "Schedule", "DType",
-    "FileKind", "Error", "InvalidArgumentError", "ArgumentTypeError", "OutOfMemoryError",
-    "FileIOError", "MissingFileError", "FilePermissionError", "DirectoryError",
-    "FormatError", "CorruptError", "MismatchError", "NonFiniteError", "CallbackError",
-    "UnsupportedError", "ClosedError", "BusyError", "strerror", "version",
-    "version_number", "last_error", "set_num_threads", "set_allocator", "ulpt_allocator",
+    "Prompt", "Optimizer", "Projection", "Bank", "ZOTrainer", "ZOOptions", "ZODistribution",
+    "ZOPerturb", "Metadata", "FileInfo", "inspect", "save_pretrained", "load_pretrained",
+    "prompt_defaults", "optimizer_defaults", "save_defaults", "zo_defaults",
+    "ProjectionKind", "Flags", "OptimizerKind", "Schedule", "DType", "FileKind",
+    "Error", "InvalidArgumentError", "ArgumentTypeError", "OutOfMemoryError", "FileIOError",
+    "MissingFileError", "FilePermissionError", "DirectoryError", "FormatError",
+    "CorruptError", "MismatchError", "NonFiniteError", "NotFoundError", "CallbackError",
+    "UnsupportedError", "ClosedError", "BusyError", "strerror", "version", "version_number",
+    "last_error", "set_num_threads", "set_allocator", "ulpt_allocator",
 ]

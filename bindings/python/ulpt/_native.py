@@ -74,6 +74,10 @@ class ulpt_zo_options(Structure):
                 ("seed", c_uint64)]
 
 
+class ulpt_bank_request(Structure):
+    _fields_ = [("id", c_uint64), ("dst", c_void_p), ("ld", c_size_t)]
+
+
 ALLOC_FN = CFUNCTYPE(c_void_p, c_void_p, c_size_t)
 REALLOC_FN = CFUNCTYPE(c_void_p, c_void_p, c_void_p, c_size_t)
 FREE_FN = CFUNCTYPE(None, c_void_p, c_void_p)
@@ -146,6 +150,17 @@ SIGNATURES = {
     "ulpt_zo_get_options": (c_int, [POINTER(ulpt_zo_options), _P]),
     "ulpt_zo_prompt": (_P, [_P]),
     "ulpt_zo_optimizer": (_P, [_P]),
+    "ulpt_bank_create": (c_int, [POINTER(_P), c_char_p, c_uint32]),
+    "ulpt_bank_free": (None, [_P]),
+    "ulpt_bank_add": (c_int, [_P, POINTER(c_uint64), _P, c_char_p]),
+    "ulpt_bank_load_dir": (c_int, [_P, c_char_p, POINTER(c_size_t)]),
+    "ulpt_bank_remove": (c_int, [_P, c_uint64]),
+    "ulpt_bank_find": (c_int, [_P, c_char_p, POINTER(c_uint64)]),
+    "ulpt_bank_n_tokens": (c_int, [_P, c_uint64, POINTER(c_uint32)]),
+    "ulpt_bank_count": (c_size_t, [_P]),
+    "ulpt_bank_dim": (c_uint32, [_P]),
+    "ulpt_bank_model": (c_char_p, [_P]),
+    "ulpt_bank_materialise": (c_int, [_P, POINTER(ulpt_bank_request), c_size_t, c_int]),
     "ulpt_prompt_set_meta": (c_int, [_P, c_char_p, c_char_p]),
     "ulpt_prompt_get_meta": (c_char_p, [_P, c_char_p]),
     "ulpt_prompt_meta_count": (c_size_t, [_P]),

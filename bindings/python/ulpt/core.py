@@ -112,6 +112,9 @@ class _Handle:
         self.writer = False       # a call that modifies the object is running
         self.serving = False      # ... and is waiting in the loss callback (reads are fine)
 
+    def __reduce__(self):
+        raise TypeError("a libulpt handle cannot be pickled or copied")
+
     def __del__(self):
         ptr, self.ptr = self.ptr, None
         if ptr and self.free is not None:
@@ -295,6 +298,9 @@ class Projection(_Object):
         self.dim = lib.ulpt_projection_dim(p)
         self.kind = ProjectionKind(lib.ulpt_projection_kind(p))
 
+    def __reduce__(self):  # P is a pure function of these
+        return (_projection, (self.seed, self.rank, self.dim, self.kind))
+
     @property
     def matrix(self) -> Optional[np.ndarray]:
         """P as a read-only (rank, dim) float32 view, or None for the identity."""
@@ -306,6 +312,10 @@ class Projection(_Object):
         state = " closed" if self.closed else ""
         return "<ulpt.Projection%s seed=%d rank=%d dim=%d kind=%s>" % (
             state, self.seed, self.rank, self.dim, self.kind.name)
+
+
+def _projection(seed, rank, dim, kind):
+    return Projection(seed=seed, rank=rank, dim=dim, kind=kind)
 
 
 # ----------------------------------------------------------------------------- metadata

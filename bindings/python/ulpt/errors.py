@@ -17,6 +17,7 @@ ULPT_ERR_NONFINITE     NonFiniteError        FloatingPointError
 ULPT_ERR_CALLBACK      CallbackError         RuntimeError (``__cause__``: what the callback
                                              raised)
 ULPT_ERR_UNSUPPORTED   UnsupportedError      NotImplementedError
+ULPT_ERR_NOT_FOUND     NotFoundError         KeyError
 (object closed)        ClosedError           ValueError
 (object in use)        BusyError             RuntimeError
 =====================  ====================  ===============================================
@@ -39,6 +40,7 @@ ERR_MISMATCH = -6
 ERR_NONFINITE = -7
 ERR_CALLBACK = -8
 ERR_UNSUPPORTED = -9
+ERR_NOT_FOUND = -10
 
 
 def strerror(code: int) -> str:
@@ -133,6 +135,10 @@ class UnsupportedError(Error, NotImplementedError):
     """ULPT_ERR_UNSUPPORTED: valid, but not supported by the loaded library."""
 
 
+class NotFoundError(Error, KeyError):
+    """ULPT_ERR_NOT_FOUND: no such prompt in a bank (removed, or never there)."""
+
+
 class ClosedError(Error, ValueError):
     """The object was closed (code ULPT_ERR_INVALID), as I/O on a closed file."""
 
@@ -152,6 +158,7 @@ _BY_CODE = {
     ERR_NONFINITE: NonFiniteError,
     ERR_CALLBACK: CallbackError,
     ERR_UNSUPPORTED: UnsupportedError,
+    ERR_NOT_FOUND: NotFoundError,
 }
 
 _BY_ERRNO = {
