@@ -378,17 +378,15 @@ def test_metadata_must_be_str_or_bytes_without_NUL(prompt):
     assert "k" not in prompt.meta
 
 
-def test_metadata_that_is_not_utf8_reads_as_bytes_and_round_trips(tmp_path, prompt):
-    raw = b"caf\xe9 \xff\xfe"
-    prompt.meta_bytes[b"model"] = raw
-    path = tmp_path / "p.ulpt"
-    prompt.save(path)
-    q = ulpt.Prompt.load(path)
-    assert q.meta_bytes["model"] == raw
-    text = q.meta["model"]                      # UnicodeDecodeError before
-    assert isinstance(text, str) and text.startswith("caf")
-    q.meta["copy"] = text                        # written back byte for byte
-    assert q.meta_bytes[b"copy"] == raw
+def test_metadata_must_be_utf8_and_bytes_read_back_as_stored(prompt):
+    with pytest.raises(ulpt.InvalidArgumentError) as err:
+        prompt.meta_bytes[b"model"] = b"caf\xe9 \xff\xfe"        # Latin-1, not UTF-8
+    assert "UTF-8" in str(err.value) and "ulpt_prompt_set_meta" in str(err.value)
+    with pytest.raises(ulpt.InvalidArgumentError):
+        prompt.meta["model"] = "lone \udcff surrogate"
+    assert prompt.meta["model"] == "tiny"                          # unchanged
+    prompt.meta["model"] = "caf\u00e9"
+    assert prompt.meta_bytes[b"model"] == "caf\u00e9".encode("utf-8")
 
 
 def test_paths_with_NUL_or_of_the_wrong_type_are_refused(prompt):

@@ -31,7 +31,7 @@ from ctypes import byref
 
 from . import _native
 from ._native import lib
-from .core import (FileInfo, Metadata, Optimizer, Projection, Prompt, inspect,
+from .core import (FileInfo, Metadata, Optimizer, Projection, Prompt, fit_defaults, inspect,
                    optimizer_defaults, prompt_defaults, save_defaults)
 from .enums import DType, FileKind, Flags, OptimizerKind, ProjectionKind, Schedule
 from .errors import (ERR_CALLBACK, ERR_CORRUPT, ERR_FORMAT, ERR_INVALID, ERR_IO,
@@ -104,7 +104,7 @@ ALLOC_FN, REALLOC_FN, FREE_FN = _native.ALLOC_FN, _native.REALLOC_FN, _native.FR
 __all__ = [
     "Prompt", "Optimizer", "Projection", "Bank", "ZOTrainer", "ZOOptions", "ZODistribution",
     "ZOPerturb", "Metadata", "FileInfo", "inspect", "save_pretrained", "load_pretrained",
-    "prompt_defaults", "optimizer_defaults", "save_defaults", "zo_defaults",
+    "prompt_defaults", "optimizer_defaults", "save_defaults", "zo_defaults", "fit_defaults",
     "ProjectionKind", "Flags", "OptimizerKind", "Schedule", "DType", "FileKind",
     "Error", "InvalidArgumentError", "ArgumentTypeError", "OutOfMemoryError", "FileIOError",
     "MissingFileError", "FilePermissionError", "DirectoryError", "FormatError",

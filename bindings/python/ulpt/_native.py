@@ -74,6 +74,10 @@ class ulpt_zo_options(Structure):
                 ("seed", c_uint64)]
 
 
+class ulpt_fit_options(Structure):
+    _fields_ = [("version", c_uint), ("max_iters", c_uint32), ("tol", c_double)]
+
+
 class ulpt_bank_request(Structure):
     _fields_ = [("id", c_uint64), ("dst", c_void_p), ("ld", c_size_t)]
 
@@ -150,6 +154,10 @@ SIGNATURES = {
     "ulpt_zo_get_options": (c_int, [POINTER(ulpt_zo_options), _P]),
     "ulpt_zo_prompt": (_P, [_P]),
     "ulpt_zo_optimizer": (_P, [_P]),
+    "ulpt_fit_options_init": (c_int, [POINTER(ulpt_fit_options), c_uint]),
+    "ulpt_prompt_init_from_embeddings": (c_int, [_P, c_void_p, c_size_t,
+                                                 POINTER(ulpt_fit_options),
+                                                 POINTER(c_double)]),
     "ulpt_bank_create": (c_int, [POINTER(_P), c_char_p, c_uint32]),
     "ulpt_bank_free": (None, [_P]),
     "ulpt_bank_add": (c_int, [_P, POINTER(c_uint64), _P, c_char_p]),

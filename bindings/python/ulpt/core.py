@@ -71,8 +71,9 @@ def _path(path) -> bytes:
 
 
 def _text(name, value) -> bytes:
-    """A metadata key or value: str (UTF-8; lone surrogates from invalid UTF-8 read back
-    map to their bytes) or bytes, without NUL."""
+    """A metadata key or value: str or bytes, without NUL.  A str with lone surrogates
+    becomes the bytes they stand for (as os.fsencode), which the library then refuses
+    as not UTF-8."""
     if isinstance(value, str):
         raw = value.encode("utf-8", "surrogateescape")
     elif isinstance(value, (bytes, bytearray, memoryview)):
@@ -250,6 +251,11 @@ def save_defaults() -> _native.ulpt_save_options:
     return _defaults(lib.ulpt_save_options_init, _native.ulpt_save_options)
 
 
+def fit_defaults() -> _native.ulpt_fit_options:
+    """ulpt_fit_options as ulpt_fit_options_init fills them."""
+    return _defaults(lib.ulpt_fit_options_init, _native.ulpt_fit_options)
+
+
 def _set_kwdefaults(fn, values):
     """Make the library's defaults the visible keyword defaults of `fn`."""
     kw = dict(fn.__kwdefaults__ or {})
@@ -324,12 +330,11 @@ def _projection(seed, rank, dim, kind):
 class Metadata(MutableMapping):
     """A prompt's metadata as a mapping that reads and writes through to the library.
 
-    ``prompt.meta`` gives str keys and values (bytes that are not UTF-8 come back with
-    lone surrogates, as os.fsdecode does, and are written back unchanged);
-    ``prompt.meta_bytes`` gives the raw bytes.  Keys and values may be given as str or
-    bytes; they must not contain NUL.  Insertion order is kept.  Raises
-    InvalidArgumentError for an empty key, a key over 255 bytes, a value over 65535 bytes
-    or a 1025th key."""
+    ``prompt.meta`` gives str keys and values, ``prompt.meta_bytes`` their UTF-8 bytes.
+    Keys and values may be given as str or bytes; they must be UTF-8 (the library checks
+    it when they are set and when a file is loaded) without NUL.  Insertion order is
+    kept.  Raises InvalidArgumentError for an empty key, a key over 255 bytes, a value
+    over 65535 bytes, a 1025th key, bytes that are not UTF-8."""
 
     def __init__(self, prompt: "Prompt", raw: bool = False):
         self._prompt = prompt
@@ -557,6 +562,26 @@ class Prompt(_Object):
         with _Use(((h, "Prompt.backward"),), True):
             check(lib.ulpt_prompt_backward(h.ptr, g.ctypes.data, self.dim))
 
+    def init_from_embeddings(self, target: ArrayLike, *, max_iters: int = _REQUIRED,
+                             tol: float = _REQUIRED) -> float:
+        """Set Z, s and b to the least-squares fit of E to `target` (n_tokens, dim): the
+        embeddings of a text from the host's table, PEFT's "init from text".  Alternating
+        least squares, at most `max_iters` rounds, stopping when a round lowers
+        ||E - T||^2 by no more than `tol` times its value.  Returns ||E - T|| / ||T||
+        (Frobenius; ||E - T|| when T is 0).  Gradients and optimizer state are left
+        alone.  Raises InvalidArgumentError (shape, options), NonFiniteError (NaN in
+        target)."""
+        t = _matrix("target", target, self.shape)
+        opts = fit_defaults()
+        opts.max_iters = _int("max_iters", max_iters, 0, _U32)
+        opts.tol = _real("tol", tol)
+        residual = c_double()
+        h = self._handle()
+        with _Use(((h, "Prompt.init_from_embeddings"),), True):
+            check(lib.ulpt_prompt_init_from_embeddings(h.ptr, t.ctypes.data, self.dim,
+                                                       byref(opts), byref(residual)))
+        return residual.value
+
     def zero_grad(self) -> None:
         """Set every gradient to 0."""
         h = self._handle()
@@ -591,7 +616,7 @@ class Prompt(_Object):
 
     @property
     def meta_bytes(self) -> Metadata:
-        """The metadata as a bytes -> bytes mapping (for values that are not UTF-8)."""
+        """The metadata as a bytes -> bytes mapping (the UTF-8 the library stores)."""
         self._handle()
         return Metadata(self, raw=True)
 
@@ -694,11 +719,13 @@ _set_kwdefaults(Prompt.__init__, dict(
     rank=_pd.rank, n_groups=_pd.n_groups, projection_seed=_pd.projection_seed,
     projection_kind=ProjectionKind(_pd.projection_kind), init_seed=_pd.init_seed,
     init_std=float(_pd.init_std), flags=Flags(_pd.flags)))
+_fd = fit_defaults()
+_set_kwdefaults(Prompt.init_from_embeddings, dict(max_iters=_fd.max_iters, tol=_fd.tol))
 _sd = save_defaults()
 for _fn in (Prompt.save, Prompt.to_bytes):
     _set_kwdefaults(_fn, dict(dtype=DType(_sd.dtype), level=_sd.level))
 _set_kwdefaults(Prompt.save_pretrained, dict(dtype=DType(_sd.dtype)))
-del _pd, _sd, _fn
+del _pd, _fd, _sd, _fn
 
 # ----------------------------------------------------------------------------- optimizer
 
