@@ -254,14 +254,16 @@ abi-baseline: all
 
 # ---- benchmark ----------------------------------------------------------------------
 
-tests/bench_step: tests/bench_step.c $(STATIC)
-	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
+tests/bench_step: tests/bench_step.c $(STATIC) lib/internal.h
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -Ilib -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
 
 bench: deps
 	@$(MAKE) --no-print-directory bench-run
 
+# PyTorch's figures come in the same run when Debian's python3-torch is installed.
 bench-run: tests/bench_step
-	./tests/bench_step
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then ./tests/bench_step --torch $(PYTHON); \
+	else echo "(no PyTorch: $(PYTHON) -c 'import torch' failed)"; ./tests/bench_step; fi
 
 # ---- install ------------------------------------------------------------------------
 

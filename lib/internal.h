@@ -8,6 +8,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Internal functions whose result says whether they worked: ignoring it is a bug. */
+#if defined(__GNUC__) || defined(__clang__)
+#define ULPT__MUST_CHECK __attribute__((warn_unused_result))
+#else
+#define ULPT__MUST_CHECK
+#endif
+
 /* ---- errors (error.c) ----------------------------------------------------------- */
 
 /* Record "func: message" as this thread's last error and return code. */
@@ -46,6 +53,39 @@ ulpt_projection *ulpt__projection_ref(ulpt_projection *p);
 
 /* Seed of projection group g of a prompt seeded with `seed`. */
 uint64_t ulpt__group_seed(uint64_t seed, uint32_t group);
+
+/* ---- the small-rank kernels (fused.c) ------------------------------------------- */
+
+/* The largest rank the fused kernels take; above it only the GEMM path runs. */
+#define ULPT__FUSED_MAX_RANK 16
+
+/* Which kernels forward and backward use.  AUTO chooses by shape (prompt.c, the
+ * crossover measured in docs/DESIGN.md); the others force one path, for the tests that
+ * cross-check the paths and for the benchmark.  Not thread-safe: set it while no other
+ * libulpt call runs.  Not public API. */
+enum {
+    ULPT__KERNEL_AUTO,
+    ULPT__KERNEL_GEMM,           /* CBLAS sgemm: the general path */
+    ULPT__KERNEL_FUSED,          /* fused loops, AVX2 copy where the CPU has it */
+    ULPT__KERNEL_FUSED_PORTABLE, /* fused loops, the baseline-ISA copy */
+};
+extern int ulpt__kernel_force;
+
+/* E[i,:] = b + sum_k z[i,k] (proj[k,:] (.) s) for `rows` rows (E row stride ld, z rows
+ * of r <= ULPT__FUSED_MAX_RANK, proj r x d); s and b NULL when absent. */
+void ulpt__fused_forward(float *restrict e, size_t ld, const float *restrict z, size_t rows,
+                         size_t r, const float *restrict proj, const float *restrict s,
+                         const float *restrict b, size_t d);
+
+/* One pass over G (rows x d, stride ld), proj r x d:  dz[i,k] += G[i,:] . (proj[k,:] (.) s),
+ * ds += sum_k proj[k,:] (.) (z^T G)[k,:] and db += sum_i G[i,:]; s, ds and db NULL when
+ * absent.  Returns 1 if the dz rows are all finite afterwards, 0 if not (a NaN or
+ * infinity in G always makes its row of dz non-finite). */
+ULPT__MUST_CHECK int ulpt__fused_backward(float *restrict dz, float *restrict ds,
+                                          float *restrict db, const float *restrict g,
+                                          size_t ld, const float *restrict z, size_t rows,
+                                          size_t r, const float *restrict proj,
+                                          const float *restrict s, size_t d);
 
 /* ---- files (io.c) ------------------------------------------------------------------- */
 
@@ -134,6 +174,11 @@ static inline int ulpt__all_finite(const float *x, size_t count)
 
 /* The index of the first parameter that is NaN or infinite, or num_params if none. */
 size_t ulpt__first_nonfinite(const ulpt_prompt *p);
+
+/* ulpt_prompt_backward, but ULPT_ERR_NONFINITE (with no message set) when a gradient it
+ * added to came out NaN or infinite: G held one, or a sum overflowed.  The gradients
+ * are changed either way. */
+ULPT__MUST_CHECK int ulpt__prompt_backward(ulpt_prompt *p, const float *grad, size_t ld);
 
 /* The name of parameter i in the flat layout: "Z[3][1]", "scale[7]", "shift[0]". */
 void ulpt__param_name(const ulpt_prompt *p, size_t i, char *buf, size_t size);
