@@ -31,11 +31,16 @@
  *   - Out-parameters come first.  A call that fails leaves every object and every
  *     out-parameter as it was.
  *   - Options structs start with `unsigned version`; initialise them with their
- *     ULPT_X_OPTIONS_INIT macro and then change the fields you need.  Fields are only
- *     ever appended, so a program built against an older header keeps working.
+ *     ULPT_X_OPTIONS_INIT macro, or (from languages that cannot use C macros) with
+ *     ulpt_X_options_init(&opts, ULPT_X_OPTIONS_VERSION), then change the fields you
+ *     need.  Fields are only ever appended, so a program built against an older header
+ *     keeps working.
+ *   - "Since 1.1" marks functions added after 1.0.0: a program that calls them needs
+ *     libulpt 1.1 or later at run time (the loader says so, by symbol version
+ *     ulpt_1.1, rather than failing at the call).
  *   - Matrices are row-major float32; `ld` is the row stride in elements (>= dim).
- *   - Nothing allocates in forward, backward, optimizer step or train step: all memory
- *     is taken when the handles are created.
+ *   - Nothing allocates in forward, backward, optimizer step, train step or forward-only
+ *     step: all memory is taken when the handles are created.
  *
  * THREADS
  *   Different handles may be used from different threads freely.  One handle may be
@@ -67,7 +72,7 @@ extern "C" {
  * ------------------------------------------------------------------------------- */
 
 #define ULPT_VERSION_MAJOR 1
-#define ULPT_VERSION_MINOR 0
+#define ULPT_VERSION_MINOR 1
 #define ULPT_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH of this header. */
 #define ULPT_VERSION_NUMBER \
@@ -201,6 +206,14 @@ typedef struct ulpt_prompt_options {
 #define ULPT_PROMPT_OPTIONS_INIT \
     { ULPT_PROMPT_OPTIONS_VERSION, 0, 2, 0, 1, 0, ULPT_PROJ_XAVIER_UNIFORM, 0, 1.0f, 0 }
 
+/* Fill *opts with the defaults of options version `version` (what
+ * ULPT_PROMPT_OPTIONS_INIT gives, with that version number), for callers that cannot use
+ * the macro.  Writes only the fields that version has, so a caller built against an
+ * older header passes its older version and a shorter struct safely.  Since 1.1.
+ * Errors: ULPT_ERR_INVALID (opts NULL, version 0 or newer than this library's
+ * ULPT_PROMPT_OPTIONS_VERSION); *opts is then untouched. */
+ULPT_API int ulpt_prompt_options_init(ulpt_prompt_options *opts, unsigned version);
+
 /* Create a prompt: generate its projection(s), draw Z ~ N(0, init_std^2) from init_seed
  * (docs/PROJECTION.md gives the exact stream), set s = 1 and b = 0, zero the gradients.
  * Errors: ULPT_ERR_INVALID (NULL argument, unknown version, kind or flag, zero sizes,
@@ -316,6 +329,12 @@ typedef struct ulpt_optimizer_options {
     { ULPT_OPTIMIZER_OPTIONS_VERSION, ULPT_OPT_ADAMW, 1e-3, 0.9, 0.999, 1e-8,            \
       ULPT_WEIGHT_DECAY_DEFAULT, 0.0, 0.0, ULPT_SCHED_CONSTANT, 0, 0 }
 
+/* Fill *opts with the defaults of options version `version`, as
+ * ulpt_prompt_options_init does (weight_decay gets ULPT_WEIGHT_DECAY_DEFAULT, resolved
+ * per kind when the optimizer is created).  Since 1.1.
+ * Errors: ULPT_ERR_INVALID (opts NULL, unknown version); *opts is then untouched. */
+ULPT_API int ulpt_optimizer_options_init(ulpt_optimizer_options *opts, unsigned version);
+
 /* Create an optimizer for `prompt` (opts NULL = defaults).  The prompt must outlive the
  * optimizer.  Allocates the moment buffers and the n_tokens x dim buffers that
  * ulpt_train_step uses, so that no step allocates.
@@ -365,6 +384,119 @@ typedef int (*ulpt_loss_fn)(void *user, const float *embeddings, uint32_t n_toke
  * unchanged. */
 ULPT_API int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn,
                              void *user, double *loss);
+
+/* ---------------------------------------------------------------------------------
+ * Forward-only (zeroth-order) training: losses only, no backward pass
+ *
+ * For hosts that can run their model forward but not backward (most inference engines,
+ * quantised models).  Each step draws q random directions u_1..u_q of the trainable
+ * parameters theta, asks the host for the losses at theta + eps*u_j and theta - eps*u_j
+ * on one minibatch, and forms the two-point (SPSA) gradient estimate
+ *
+ *     g = (1/q) sum_j (L(theta + eps*u_j) - L(theta - eps*u_j)) / (2*eps) * u_j
+ *
+ * in the prompt's gradient buffer, then takes an ordinary ulpt_optimizer_step (so the
+ * optimizer's kind, schedule and clipping apply as usual).  E[g] is the gradient of L
+ * up to O(eps^2) for both distributions below (E[u u^T] = I).  The directions are never
+ * stored: direction j is a pure function of (seed, j), regenerated from the counter-
+ * based stream of docs/PROJECTION.md section 6, and the handle keeps only its position,
+ * the index of the next direction.  A prompt has n*r + 2d numbers to estimate (288 for
+ * 16 tokens, r = 2, d = 128), few enough for this to train from losses alone.
+ * Everything in this section is since 1.1.
+ * ------------------------------------------------------------------------------- */
+
+typedef struct ulpt_zo ulpt_zo;
+
+#define ULPT_ZO_RADEMACHER  0  /* u_i = +-1, each with probability 1/2 (the default)   */
+#define ULPT_ZO_GAUSSIAN    1  /* u_i ~ N(0, 1)                                         */
+
+#define ULPT_ZO_PERTURB_ALL 0  /* perturb every trainable parameter: Z, s and b (default) */
+#define ULPT_ZO_PERTURB_Z   1  /* perturb Z only; s and b get a zero gradient (the
+                                  optimizer's weight decay still applies to them)      */
+
+#define ULPT_ZO_OPTIONS_VERSION 1
+
+typedef struct ulpt_zo_options {
+    unsigned version;      /* ULPT_ZO_OPTIONS_VERSION */
+    double epsilon;        /* perturbation size eps, default 1e-3 (finite, > 0; used as
+                              float32(epsilon), which must be > 0 too) */
+    uint32_t directions;   /* q >= 1 directions per step, default 1: 2q losses a step */
+    uint32_t batch;        /* k, perturbed prompts handed to one callback call, 1..2q;
+                              default 0 = 2q (the whole step in one call) */
+    int distribution;      /* ULPT_ZO_RADEMACHER (default) or ULPT_ZO_GAUSSIAN */
+    int perturb;           /* ULPT_ZO_PERTURB_ALL (default) or ULPT_ZO_PERTURB_Z */
+    uint64_t seed;         /* seed of the direction stream, default 0 */
+} ulpt_zo_options;
+
+#define ULPT_ZO_OPTIONS_INIT \
+    { ULPT_ZO_OPTIONS_VERSION, 1e-3, 1, 0, ULPT_ZO_RADEMACHER, ULPT_ZO_PERTURB_ALL, 0 }
+
+/* Fill *opts with the defaults of options version `version` (as ULPT_ZO_OPTIONS_INIT),
+ * writing only the fields that version has.
+ * Errors: ULPT_ERR_INVALID (NULL opts, unknown version); *opts is then untouched. */
+ULPT_API int ulpt_zo_options_init(ulpt_zo_options *opts, unsigned version);
+
+/* The host model, forward only.  It receives `count` perturbed prompts one after the
+ * other (count x n_tokens x dim floats; prompt c starts at embeddings + c*n_tokens*dim,
+ * rows of dim floats), runs its model with each of them on the SAME minibatch (the one
+ * of the current step; an engine can batch them as `count` sequences of one forward
+ * pass) and writes their losses to losses[0..count).  Prompt c of a call is the
+ * (first + c)-th of the step, where `first` counts the prompts of earlier calls of the
+ * step; prompt 2j is theta + eps*u_j, prompt 2j+1 is theta - eps*u_j.  The losses
+ * arrive as NaN, so one left unwritten fails the step.  Return 0 on success, anything
+ * else on failure.  While it runs, the prompt holds its unperturbed parameters; it must
+ * not call libulpt functions that modify the prompt, optimizer or handle it serves. */
+typedef int (*ulpt_zo_loss_fn)(void *user, const float *embeddings, uint32_t count,
+                               uint32_t n_tokens, uint32_t dim, double *losses);
+
+/* Create a forward-only trainer for prompt p and its optimizer o (made for p; both must
+ * outlive the handle); opts NULL = defaults.  Takes every buffer a step needs here:
+ * about 3 * num_params + k * n_tokens * dim floats and 2q doubles.  The stream starts
+ * at position 0.
+ * Errors: ULPT_ERR_INVALID (NULL p, o or out; o not made for p; unknown options version;
+ * the message names the bad field: epsilon not finite and > 0, directions 0 or past
+ * 2^30, batch past 2q, unknown distribution or perturb; a prompt past 2^34 parameters,
+ * the stream's limit), ULPT_ERR_NOMEM. */
+ULPT_API int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *o,
+                            const ulpt_zo_options *opts);
+
+/* Free a handle (not its prompt or optimizer).  NULL is a no-op. */
+ULPT_API void ulpt_zo_free(ulpt_zo *zo);
+
+/* One forward-only step: for each of the q directions j (stream positions position ..
+ * position + q - 1) write theta + eps*u_j and theta - eps*u_j through ulpt_prompt_forward
+ * into the handle's buffer, calling the callback whenever k prompts are ready (2q/k
+ * calls, rounded up); check every loss is finite; replace the prompt's gradients with
+ * the estimate g; ulpt_optimizer_step; advance the position by q.  *loss (may be NULL)
+ * gets the mean of the 2q losses, an estimate of L(theta) (biased by O(eps^2)).  No
+ * allocation.
+ * Errors: ULPT_ERR_INVALID (NULL zo or loss_fn), ULPT_ERR_CALLBACK (the callback
+ * returned nonzero), ULPT_ERR_NONFINITE (a loss NaN or infinite, a perturbed parameter
+ * or the estimate overflowed, or theta itself is not finite).  On any failure the
+ * parameters, gradients, optimizer state, stream position and *loss are unchanged. */
+ULPT_API int ulpt_zo_step(double *loss, ulpt_zo *zo, ulpt_zo_loss_fn loss_fn, void *user);
+
+/* The stream position: the index of the next direction, q times the steps taken since
+ * position 0 (0 for NULL). */
+ULPT_API uint64_t ulpt_zo_position(const ulpt_zo *zo);
+
+/* Move the stream to `position` (a host that keeps its own checkpoints restores it with
+ * this).  Errors: ULPT_ERR_INVALID (NULL zo). */
+ULPT_API int ulpt_zo_set_position(ulpt_zo *zo, uint64_t position);
+
+/* Write direction `index` of the handle's stream, u_index (ulpt_prompt_num_params floats
+ * in the layout of ulpt_prompt_params; 0 outside the perturbed parts), into out.  The
+ * handle is not changed.  Errors: ULPT_ERR_INVALID (NULL argument). */
+ULPT_API int ulpt_zo_direction(float *out, const ulpt_zo *zo, uint64_t index);
+
+/* Copy the handle's options into *opts: the fields of opts->version (which is kept;
+ * set it, e.g. with ULPT_ZO_OPTIONS_INIT); batch is reported as the k in use.
+ * Errors: ULPT_ERR_INVALID (NULL argument, unknown opts->version). */
+ULPT_API int ulpt_zo_get_options(ulpt_zo_options *opts, const ulpt_zo *zo);
+
+/* Accessors (NULL for NULL). */
+ULPT_API ulpt_prompt *ulpt_zo_prompt(const ulpt_zo *zo);
+ULPT_API ulpt_optimizer *ulpt_zo_optimizer(const ulpt_zo *zo);
 
 /* ---------------------------------------------------------------------------------
  * Metadata: string key/value pairs a prompt carries into its files
@@ -417,6 +549,11 @@ typedef struct ulpt_save_options {
 } ulpt_save_options;
 
 #define ULPT_SAVE_OPTIONS_INIT { ULPT_SAVE_OPTIONS_VERSION, ULPT_DTYPE_F32, 6 }
+
+/* Fill *opts with the defaults of save options version `version`, as
+ * ulpt_prompt_options_init does.  Since 1.1.
+ * Errors: ULPT_ERR_INVALID (opts NULL, unknown version); *opts is then untouched. */
+ULPT_API int ulpt_save_options_init(ulpt_save_options *opts, unsigned version);
 
 /* Save a prompt (parameters and metadata, not gradients) to path, atomically; opts NULL
  * = defaults.  Errors: ULPT_ERR_INVALID (NULL argument, bad options), ULPT_ERR_NOMEM,
@@ -478,6 +615,11 @@ typedef struct ulpt_file_info {
 } ulpt_file_info;
 
 #define ULPT_FILE_INFO_INIT { ULPT_FILE_INFO_VERSION, 0, 0, 0, 0, 0, 0 }
+
+/* Zero *info and set its version to `version`, as ULPT_FILE_INFO_INIT does, writing only
+ * the fields that version has.  Since 1.1.
+ * Errors: ULPT_ERR_INVALID (info NULL, unknown version); *info is then untouched. */
+ULPT_API int ulpt_file_info_init(ulpt_file_info *info, unsigned version);
 
 /* Check a file completely (as ulpt_checkpoint_load or ulpt_prompt_load would) and
  * describe it.  *info is written only on success (its version field is kept).

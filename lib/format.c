@@ -744,6 +744,32 @@ static const size_t save_options_size[ULPT_SAVE_OPTIONS_VERSION + 1] = {
 };
 static const size_t file_info_size[ULPT_FILE_INFO_VERSION + 1] = { 0, sizeof(ulpt_file_info) };
 
+int ulpt_save_options_init(ulpt_save_options *opts, unsigned version)
+{
+    static const ulpt_save_options defaults = ULPT_SAVE_OPTIONS_INIT;
+    if (!opts)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
+    if (version < 1 || version > ULPT_SAVE_OPTIONS_VERSION)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown save options version %u (this library knows 1..%d)",
+                         version, ULPT_SAVE_OPTIONS_VERSION);
+    memcpy(opts, &defaults, save_options_size[version]); /* the caller's version's bytes only */
+    opts->version = version;
+    return ULPT_OK;
+}
+
+int ulpt_file_info_init(ulpt_file_info *info, unsigned version)
+{
+    static const ulpt_file_info empty = ULPT_FILE_INFO_INIT;
+    if (!info)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "info is NULL");
+    if (version < 1 || version > ULPT_FILE_INFO_VERSION)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown info version %u (this library knows 1..%d)",
+                         version, ULPT_FILE_INFO_VERSION);
+    memcpy(info, &empty, file_info_size[version]); /* the caller's version's bytes only */
+    info->version = version;
+    return ULPT_OK;
+}
+
 /* The caller's options, read as far as its version goes, into *o. */
 static int check_save_options(const char *func, const ulpt_save_options *in, ulpt_save_options *o)
 {

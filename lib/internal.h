@@ -46,6 +46,10 @@ void ulpt__philox4x32(const uint32_t counter[4], const uint32_t key[2], uint32_t
 void ulpt__normal_fill(float *out, size_t count, uint64_t seed, uint32_t c2, uint32_t c3,
                        double scale);
 
+/* Direction `index` of the forward-only stream of `seed` (docs/PROJECTION.md section 6):
+ * count elements (count <= 2^34), Rademacher +-1 or, with gaussian, N(0,1). */
+void ulpt__zo_direction(float *out, size_t count, uint64_t seed, uint64_t index, int gaussian);
+
 /* ---- projection internals (projection.c) ---------------------------------------- */
 
 /* Take one more reference (prompts keep their projections alive). */

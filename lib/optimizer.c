@@ -20,6 +20,19 @@ static const size_t options_size[ULPT_OPTIMIZER_OPTIONS_VERSION + 1] = {
     0, sizeof(ulpt_optimizer_options),
 };
 
+int ulpt_optimizer_options_init(ulpt_optimizer_options *opts, unsigned version)
+{
+    static const ulpt_optimizer_options defaults = ULPT_OPTIMIZER_OPTIONS_INIT;
+    if (!opts)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
+    if (version < 1 || version > ULPT_OPTIMIZER_OPTIONS_VERSION)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
+                         version, ULPT_OPTIMIZER_OPTIONS_VERSION);
+    memcpy(opts, &defaults, options_size[version]); /* the caller's version's bytes only */
+    opts->version = version;
+    return ULPT_OK;
+}
+
 static int check_options(const ulpt_optimizer_options *o)
 {
     if (o->kind < ULPT_OPT_SGD || o->kind > ULPT_OPT_ADAMW)

@@ -59,3 +59,32 @@ void ulpt__normal_fill(float *out, size_t count, uint64_t seed, uint32_t c2, uin
             out[q * 4 + lane] = (float)(z[lane] * scale);
     }
 }
+
+/* Direction `index` of a forward-only trainer's stream (docs/PROJECTION.md section 6):
+ * block q of element words is Philox((q, index lo, index hi, ZO_TAG), seed).  No
+ * projection or Z stream has c3 = ZO_TAG (theirs is a dim <= 2^31 - 1, or 0), so the
+ * directions are independent of P and of the initial Z even under one seed. */
+#define ZO_TAG 0xFFFFFFFFu
+
+void ulpt__zo_direction(float *out, size_t count, uint64_t seed, uint64_t index, int gaussian)
+{
+    const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    for (size_t q = 0; q * 4 < count; q++) {
+        const uint32_t ctr[4] = {(uint32_t)q, (uint32_t)index, (uint32_t)(index >> 32), ZO_TAG};
+        uint32_t x[4];
+        ulpt__philox4x32(ctr, key, x);
+        float u[4];
+        if (gaussian) {
+            double z[4];
+            box_muller(x[0], x[1], &z[0], &z[1]);
+            box_muller(x[2], x[3], &z[2], &z[3]);
+            for (int lane = 0; lane < 4; lane++)
+                u[lane] = (float)z[lane];
+        } else {
+            for (int lane = 0; lane < 4; lane++)
+                u[lane] = x[lane] >> 31 ? -1.0f : 1.0f;
+        }
+        for (size_t lane = 0; lane < 4 && q * 4 + lane < count; lane++)
+            out[q * 4 + lane] = u[lane];
+    }
+}

@@ -29,6 +29,20 @@ static const size_t options_size[ULPT_PROMPT_OPTIONS_VERSION + 1] = {
     0, sizeof(ulpt_prompt_options),
 };
 
+int ulpt_prompt_options_init(ulpt_prompt_options *opts, unsigned version)
+{
+    static const ulpt_prompt_options defaults = ULPT_PROMPT_OPTIONS_INIT;
+    if (!opts)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
+    if (version < 1 || version > ULPT_PROMPT_OPTIONS_VERSION)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
+                         version, ULPT_PROMPT_OPTIONS_VERSION);
+    /* only the bytes the caller's version has: its struct may be shorter than ours */
+    memcpy(opts, &defaults, options_size[version]);
+    opts->version = version;
+    return ULPT_OK;
+}
+
 static int check_options(const char *func, const ulpt_prompt_options *o)
 {
     if (o->projection_kind < ULPT_PROJ_XAVIER_UNIFORM || o->projection_kind > ULPT_PROJ_IDENTITY)

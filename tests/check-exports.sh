@@ -12,5 +12,5 @@ if [ "$soname" != libulpt.so.1 ]; then
     echo "check-exports: FAIL: soname is '$soname', expected libulpt.so.1" >&2
     exit 1
 fi
-count=$(nm -D --defined-only "$lib" | grep -c ' ulpt_')
+count=$(nm -D --defined-only "$lib" | grep -c ' T ulpt_')
 echo "check-exports: ok: $count symbols, all ulpt_*, soname $soname"

@@ -10,6 +10,8 @@ static const int paths[] = {ULPT__KERNEL_AUTO, ULPT__KERNEL_GEMM, ULPT__KERNEL_F
                             ULPT__KERNEL_FUSED_PORTABLE};
 #define N_PATHS ((int)(sizeof paths / sizeof paths[0]))
 
+TEST_TIMEOUT(60); /* seconds per test in this file */
+
 /* The configurations every numeric test runs over: groups, flags and kinds. */
 static const struct {
     uint32_t n, r, d, groups;
@@ -44,7 +46,7 @@ static double *params_as_double(ulpt_prompt *p)
     return x;
 }
 
-START_TEST(forward_matches_double_precision_reference)
+TEST_LOOP(forward_matches_double_precision_reference, 0, N_CFG * N_PATHS)
 {
     ulpt__kernel_force = paths[_i / N_CFG];
     _i %= N_CFG;
@@ -67,7 +69,6 @@ START_TEST(forward_matches_double_precision_reference)
     ulpt_prompt_free(p);
     ulpt__kernel_force = ULPT__KERNEL_AUTO;
 }
-END_TEST
 
 /* L = sum(W (.) E) + 1/2 sum(E^2), so G = W + E: nonlinear in the parameters. */
 static double loss_ref(ulpt_prompt *p, const double *x, const double *w)
@@ -81,7 +82,7 @@ static double loss_ref(ulpt_prompt *p, const double *x, const double *w)
     return l;
 }
 
-START_TEST(backward_matches_finite_differences)
+TEST_LOOP(backward_matches_finite_differences, 0, N_CFG * N_PATHS)
 {
     ulpt__kernel_force = paths[_i / N_CFG];
     _i %= N_CFG;
@@ -114,9 +115,8 @@ START_TEST(backward_matches_finite_differences)
     ulpt_prompt_free(p);
     ulpt__kernel_force = ULPT__KERNEL_AUTO;
 }
-END_TEST
 
-START_TEST(backward_adds_to_the_gradients)
+TEST_LOOP(backward_adds_to_the_gradients, 0, N_CFG * N_PATHS)
 {
     ulpt__kernel_force = paths[_i / N_CFG];
     _i %= N_CFG;
@@ -139,9 +139,8 @@ START_TEST(backward_adds_to_the_gradients)
     ulpt_prompt_free(p);
     ulpt__kernel_force = ULPT__KERNEL_AUTO;
 }
-END_TEST
 
-START_TEST(new_prompt_has_unit_scale_zero_shift_and_zero_grads)
+TEST(new_prompt_has_unit_scale_zero_shift_and_zero_grads)
 {
     ulpt_prompt *p = test_prompt(10, 2, 64, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     const float *x = ulpt_prompt_params(p);
@@ -154,9 +153,8 @@ START_TEST(new_prompt_has_unit_scale_zero_shift_and_zero_grads)
         ck_assert_float_eq(ulpt_prompt_grads(p)[i], 0.0f);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(flags_remove_their_vectors_from_the_layout)
+TEST_LOOP(flags_remove_their_vectors_from_the_layout, 0, 4)
 {
     static const unsigned flags[] = {0, ULPT_NO_SCALE, ULPT_NO_SHIFT,
                                      ULPT_NO_SCALE | ULPT_NO_SHIFT};
@@ -170,9 +168,8 @@ START_TEST(flags_remove_their_vectors_from_the_layout)
     ck_assert_uint_eq(ulpt_prompt_n_groups(p), 2);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(headline_shape_has_two_percent_of_vanilla_parameters)
+TEST(headline_shape_has_two_percent_of_vanilla_parameters)
 {
     ulpt_prompt *p = test_prompt(100, 2, 4096, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ck_assert_uint_eq(ulpt_prompt_num_params(p), 8392);
@@ -181,10 +178,9 @@ START_TEST(headline_shape_has_two_percent_of_vanilla_parameters)
     ck_assert_uint_eq(ulpt_prompt_num_params(p), 409600);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* Vanilla prompt tuning trains E directly: E = Z, dL/dZ = G, SGD moves E by -lr*G. */
-START_TEST(identity_kind_is_vanilla_prompt_tuning)
+TEST(identity_kind_is_vanilla_prompt_tuning)
 {
     const uint32_t n = 5, d = 12;
     ulpt_prompt *p = test_prompt(n, d, d, 1, ULPT_PROJ_IDENTITY, ULPT_NO_SCALE | ULPT_NO_SHIFT);
@@ -212,7 +208,6 @@ START_TEST(identity_kind_is_vanilla_prompt_tuning)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* ---- the fused kernels against the GEMM path ------------------------------------- */
 
@@ -259,7 +254,7 @@ static void run_path(ulpt_prompt *p, int path, const float *g, size_t ld, float 
 /* Each test case draws 40 shapes; the two fused copies (AVX2 where the CPU has it, and
  * the baseline one) agree to the bit, and the fused and GEMM paths agree to float
  * round-off, measured against the sum of the magnitudes of the terms (in double). */
-START_TEST(fused_and_gemm_paths_agree_over_many_shapes)
+TEST_LOOP(fused_and_gemm_paths_agree_over_many_shapes, 0, 8)
 {
     uint64_t st = 1000 + (uint64_t)_i;
     for (int t = 0; t < test_reps(40); t++) {
@@ -335,11 +330,10 @@ START_TEST(fused_and_gemm_paths_agree_over_many_shapes)
         ulpt_prompt_free(p);
     }
 }
-END_TEST
 
 /* A NaN or an infinity anywhere in G, including the columns past the last full vector
  * and any group, is reported by every path's backward. */
-START_TEST(nonfinite_g_is_caught_by_every_path)
+TEST_LOOP(nonfinite_g_is_caught_by_every_path, 0, N_PATHS)
 {
     static const struct {
         uint32_t n, r, d, groups;
@@ -378,23 +372,4 @@ START_TEST(nonfinite_g_is_caught_by_every_path)
         ulpt_prompt_free(p);
     }
     ulpt__kernel_force = ULPT__KERNEL_AUTO;
-}
-END_TEST
-
-Suite *prompt_suite(void)
-{
-    Suite *s = suite_create("prompt");
-    TCase *tc = tcase_create("math");
-    tcase_set_timeout(tc, 60);
-    tcase_add_loop_test(tc, forward_matches_double_precision_reference, 0, N_CFG * N_PATHS);
-    tcase_add_loop_test(tc, backward_matches_finite_differences, 0, N_CFG * N_PATHS);
-    tcase_add_loop_test(tc, backward_adds_to_the_gradients, 0, N_CFG * N_PATHS);
-    tcase_add_loop_test(tc, fused_and_gemm_paths_agree_over_many_shapes, 0, 8);
-    tcase_add_loop_test(tc, nonfinite_g_is_caught_by_every_path, 0, N_PATHS);
-    tcase_add_test(tc, new_prompt_has_unit_scale_zero_shift_and_zero_grads);
-    tcase_add_loop_test(tc, flags_remove_their_vectors_from_the_layout, 0, 4);
-    tcase_add_test(tc, headline_shape_has_two_percent_of_vanilla_parameters);
-    tcase_add_test(tc, identity_kind_is_vanilla_prompt_tuning);
-    suite_add_tcase(s, tc);
-    return s;
 }

@@ -58,6 +58,14 @@ ABI_FIELD(ulpt_file_info, dtype, 16);
 ABI_FIELD(ulpt_file_info, file_bytes, 24);
 ABI_FIELD(ulpt_file_info, stored_bytes, 32);
 ABI_SIZE(ulpt_file_info, 40);
+ABI_FIELD(ulpt_zo_options, version, 0);
+ABI_FIELD(ulpt_zo_options, epsilon, 8);
+ABI_FIELD(ulpt_zo_options, directions, 16);
+ABI_FIELD(ulpt_zo_options, batch, 20);
+ABI_FIELD(ulpt_zo_options, distribution, 24);
+ABI_FIELD(ulpt_zo_options, perturb, 28);
+ABI_FIELD(ulpt_zo_options, seed, 32);
+ABI_SIZE(ulpt_zo_options, 40);
 #endif
 
 int main(void) { return 0; }

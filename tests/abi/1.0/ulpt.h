@@ -1,0 +1,497 @@
+/*
+ * ulpt.h -- libulpt, Ultra-Low-dimensional Prompt Tuning for frozen language models.
+ *
+ * This header is the manual.  Read it top to bottom once; every function says what it
+ * does, who owns what, what it returns and which errors it can give.
+ *
+ * THE METHOD
+ *   Prompt tuning prepends n_tokens learned "soft token" embeddings (n x d) to a frozen
+ *   model's input.  ULPT trains them in a tiny space instead and maps them up:
+ *
+ *       E = (Z . P) (.) s + b        Z: n x r  (trained)     P: r x d  (frozen, from a seed)
+ *                                    s: d      (scale)       b: d      (shift)
+ *
+ *   r = 2 is the headline setting: n*r + 2d trainable numbers instead of n*d.  P is never
+ *   stored; it is regenerated from (seed, kind, rank, dim) by a counter-based generator
+ *   specified in docs/PROJECTION.md.
+ *
+ * THE LOOP
+ *   The library never sees the model.  Each training step it writes E; the host prepends
+ *   E to its input embeddings, runs its frozen model forward and backward, and hands back
+ *   the loss and G = dL/dE (n x d); the library back-propagates G into Z, s and b and
+ *   steps its optimizer.  Either let ulpt_train_step() drive this through a callback, or
+ *   call ulpt_prompt_forward(), ulpt_prompt_backward() and ulpt_optimizer_step()
+ *   yourself (gradient accumulation, data parallelism).
+ *
+ * CONVENTIONS
+ *   - Objects are opaque handles, created by ulpt_X_create() and released by
+ *     ulpt_X_free() (which accepts NULL).
+ *   - Every fallible call returns int: ULPT_OK (0) on success, a negative ULPT_ERR_* code
+ *     on failure, with a one-line message from ulpt_last_error() in the same thread.
+ *   - Out-parameters come first.  A call that fails leaves every object and every
+ *     out-parameter as it was.
+ *   - Options structs start with `unsigned version`; initialise them with their
+ *     ULPT_X_OPTIONS_INIT macro and then change the fields you need.  Fields are only
+ *     ever appended, so a program built against an older header keeps working.
+ *   - Matrices are row-major float32; `ld` is the row stride in elements (>= dim).
+ *   - Nothing allocates in forward, backward, optimizer step or train step: all memory
+ *     is taken when the handles are created.
+ *
+ * THREADS
+ *   Different handles may be used from different threads freely.  One handle may be
+ *   used by several threads at once only through calls that take it as `const`
+ *   (ulpt_prompt_forward, accessors, ulpt_projection_*); every other call on a handle
+ *   needs exclusive access.  Projections are immutable and may be shared.  See
+ *   docs/DESIGN.md.
+ */
+#ifndef ULPT_H
+#define ULPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(ULPT_BUILDING_DLL)
+#define ULPT_API __declspec(dllexport)
+#elif defined(__GNUC__) || defined(__clang__)
+#define ULPT_API __attribute__((visibility("default")))
+#else
+#define ULPT_API
+#endif
+
+/* ---------------------------------------------------------------------------------
+ * Version
+ * ------------------------------------------------------------------------------- */
+
+#define ULPT_VERSION_MAJOR 1
+#define ULPT_VERSION_MINOR 0
+#define ULPT_VERSION_PATCH 0
+/* MAJOR*10000 + MINOR*100 + PATCH of this header. */
+#define ULPT_VERSION_NUMBER \
+    (ULPT_VERSION_MAJOR * 10000 + ULPT_VERSION_MINOR * 100 + ULPT_VERSION_PATCH)
+
+/* The version of the library actually loaded, as MAJOR*10000 + MINOR*100 + PATCH.
+ * Compare with ULPT_VERSION_NUMBER to detect a header/library mismatch. */
+ULPT_API unsigned ulpt_version(void);
+
+/* The same as a string, "MAJOR.MINOR.PATCH".  Static storage. */
+ULPT_API const char *ulpt_version_string(void);
+
+/* ---------------------------------------------------------------------------------
+ * Errors
+ * ------------------------------------------------------------------------------- */
+
+#define ULPT_OK                0
+#define ULPT_ERR_INVALID      -1  /* a bad argument: NULL handle, zero or overflowing size, ... */
+#define ULPT_ERR_NOMEM        -2  /* an allocation failed */
+#define ULPT_ERR_IO           -3  /* reading or writing a file failed */
+#define ULPT_ERR_FORMAT       -4  /* not a libulpt file, or a version this library can't read */
+#define ULPT_ERR_CORRUPT      -5  /* a file is damaged: checksum, truncation, bad sizes */
+#define ULPT_ERR_MISMATCH     -6  /* objects or files that do not belong together */
+#define ULPT_ERR_NONFINITE    -7  /* a NaN or infinity in a loss, gradient or parameter */
+#define ULPT_ERR_CALLBACK     -8  /* the host's callback reported a failure */
+#define ULPT_ERR_UNSUPPORTED  -9  /* valid, but not supported by this build */
+
+/* A short static description of an error code ("invalid argument", ...).  Unknown codes
+ * give "unknown error". */
+ULPT_API const char *ulpt_strerror(int code);
+
+/* A one-line message naming the problem of the last call in this thread that failed,
+ * e.g. "ulpt_prompt_create: rank 8 is greater than dim 4".  Thread-local storage, valid
+ * until the next failing call in the same thread.  Successful calls do not clear it, so
+ * read it only right after a call returned an error.  Never NULL. */
+ULPT_API const char *ulpt_last_error(void);
+
+/* ---------------------------------------------------------------------------------
+ * Embedding
+ * ------------------------------------------------------------------------------- */
+
+/* A user-supplied allocator.  The functions get `user` as their first argument and must
+ * behave like malloc, realloc and free (free(user, NULL) must be harmless).  Returning
+ * NULL from alloc or realloc makes the calling function fail with ULPT_ERR_NOMEM,
+ * cleanly. */
+typedef struct ulpt_allocator {
+    void *(*alloc)(void *user, size_t size);
+    void *(*realloc)(void *user, void *ptr, size_t size);
+    void (*free)(void *user, void *ptr);
+    void *user;
+} ulpt_allocator;
+
+/* Route every allocation the library makes through `a` (copied); NULL restores the C
+ * library's malloc/realloc/free.  Objects remember the allocator that created them and
+ * are freed through it, so switching allocators while objects exist is safe.  Not
+ * thread-safe: call it while no other libulpt call runs.  The memory OpenBLAS takes for
+ * itself is outside this hook.
+ * Errors: ULPT_ERR_INVALID if `a` lacks alloc or free. */
+ULPT_API int ulpt_set_allocator(const ulpt_allocator *a);
+
+/* The number of threads the BLAS kernels may use (OpenBLAS's thread pool, process-wide).
+ * n >= 1.  For the small products of ULPT one or two threads are usually fastest.
+ * Errors: ULPT_ERR_INVALID if n < 1. */
+ULPT_API int ulpt_set_num_threads(int n);
+
+/* ---------------------------------------------------------------------------------
+ * Projection: the frozen random matrix P (rank x dim)
+ *
+ * P is a pure function of (seed, kind, rank, dim): the same arguments give the same
+ * matrix on every platform, in every language that implements docs/PROJECTION.md.
+ * Uniform and Rademacher kinds are bit-identical everywhere; the Gaussian kind uses
+ * log/sin/cos and agrees to within 2 ulp across C libraries.
+ * ------------------------------------------------------------------------------- */
+
+typedef struct ulpt_projection ulpt_projection;
+
+#define ULPT_PROJ_XAVIER_UNIFORM   0  /* U(-a, a), a = sqrt(6/(rank+dim)) (reference T5 code) */
+#define ULPT_PROJ_KAIMING_UNIFORM  1  /* U(-a, a), a = 1/sqrt(rank) (reference Llama code)     */
+#define ULPT_PROJ_GAUSSIAN         2  /* N(0, 1/rank)                                          */
+#define ULPT_PROJ_RADEMACHER       3  /* +-1/sqrt(rank), each with probability 1/2              */
+#define ULPT_PROJ_IDENTITY         4  /* P = I, rank == dim: vanilla prompt tuning, no product   */
+
+/* Generate P into a new projection.  The projection is immutable and reference counted:
+ * prompts made from it with ulpt_prompt_create_shared keep it alive, so the caller may
+ * free it right after handing it on, and one P can serve many prompts (in any threads).
+ * For ULPT_PROJ_IDENTITY rank must equal dim and no matrix is stored.
+ * Errors: ULPT_ERR_INVALID (NULL out, unknown kind, rank or dim 0, rank > dim, rank*dim
+ * past addressable memory, dim > INT_MAX), ULPT_ERR_NOMEM. */
+ULPT_API int ulpt_projection_create(ulpt_projection **out, uint64_t seed, uint32_t rank,
+                                    uint32_t dim, int kind);
+
+/* Drop the caller's reference; the memory goes when the last prompt using it is freed.
+ * NULL is a no-op. */
+ULPT_API void ulpt_projection_free(ulpt_projection *p);
+
+/* The rank x dim matrix, row-major.  NULL for ULPT_PROJ_IDENTITY (and for a NULL
+ * projection).  Valid for the life of the projection. */
+ULPT_API const float *ulpt_projection_data(const ulpt_projection *p);
+
+/* Accessors (0 for a NULL projection). */
+ULPT_API uint64_t ulpt_projection_seed(const ulpt_projection *p);
+ULPT_API uint32_t ulpt_projection_rank(const ulpt_projection *p);
+ULPT_API uint32_t ulpt_projection_dim(const ulpt_projection *p);
+ULPT_API int ulpt_projection_kind(const ulpt_projection *p);
+
+/* ---------------------------------------------------------------------------------
+ * Prompt: the trainable low-dimensional parameters Z, s, b
+ * ------------------------------------------------------------------------------- */
+
+typedef struct ulpt_prompt ulpt_prompt;
+
+#define ULPT_NO_SCALE  1u  /* no scale: s = 1, not trained (the paper's ablation)  */
+#define ULPT_NO_SHIFT  2u  /* no shift: b = 0, not trained (the paper's ablation)  */
+
+#define ULPT_PROMPT_OPTIONS_VERSION 1
+
+typedef struct ulpt_prompt_options {
+    unsigned version;          /* ULPT_PROMPT_OPTIONS_VERSION */
+    uint32_t n_tokens;         /* number of soft tokens n (required, >= 1) */
+    uint32_t rank;             /* r, default 2; must equal dim for ULPT_PROJ_IDENTITY */
+    uint32_t dim;              /* the host model's embedding width d (required, >= 1) */
+    uint32_t n_groups;         /* g >= 1, default 1; n_tokens must be a multiple of g.
+                                  Token rows [i*n/g, (i+1)*n/g) use projection group i. */
+    uint64_t projection_seed;  /* seed of P; group i uses seed + i*0x9E3779B97F4A7C15 */
+    int projection_kind;       /* ULPT_PROJ_*, default ULPT_PROJ_XAVIER_UNIFORM */
+    uint64_t init_seed;        /* seed of the initial Z */
+    float init_std;            /* Z ~ N(0, init_std^2), default 1 (finite, >= 0) */
+    unsigned flags;            /* ULPT_NO_SCALE | ULPT_NO_SHIFT, default 0 */
+} ulpt_prompt_options;
+
+#define ULPT_PROMPT_OPTIONS_INIT \
+    { ULPT_PROMPT_OPTIONS_VERSION, 0, 2, 0, 1, 0, ULPT_PROJ_XAVIER_UNIFORM, 0, 1.0f, 0 }
+
+/* Create a prompt: generate its projection(s), draw Z ~ N(0, init_std^2) from init_seed
+ * (docs/PROJECTION.md gives the exact stream), set s = 1 and b = 0, zero the gradients.
+ * Errors: ULPT_ERR_INVALID (NULL argument, unknown version, kind or flag, zero sizes,
+ * rank > dim, identity with rank != dim, n_tokens not a multiple of n_groups, sizes past
+ * addressable memory or INT_MAX, init_std negative or not finite), ULPT_ERR_NOMEM. */
+ULPT_API int ulpt_prompt_create(ulpt_prompt **out, const ulpt_prompt_options *opts);
+
+/* Create a prompt that uses existing projections instead of generating its own: one per
+ * group, projections[g] for group g, each exactly the projection the options imply (seed
+ * projection_seed + g*0x9E3779B97F4A7C15, the options' rank, dim and kind).  The prompt
+ * takes a reference to each; the caller keeps its own.  Saves memory and time when many
+ * prompts of one model share a seed.
+ * Errors: as ulpt_prompt_create; ULPT_ERR_INVALID for a NULL array or entry,
+ * ULPT_ERR_MISMATCH for a projection that is not the one the options imply. */
+ULPT_API int ulpt_prompt_create_shared(ulpt_prompt **out, const ulpt_prompt_options *opts,
+                                       ulpt_projection *const *projections);
+
+/* Free a prompt (and its reference to its projections).  NULL is a no-op. */
+ULPT_API void ulpt_prompt_free(ulpt_prompt *p);
+
+/* Forward: write E = (Z_g . P_g) (.) s + b, n_tokens rows of dim floats, row i at
+ * embeddings + i*ld.  Columns past dim are not touched.  Reads the prompt only, so
+ * several threads may run it on one prompt at once.
+ * Errors: ULPT_ERR_INVALID (NULL argument, ld < dim or ld > INT_MAX, the BLAS limit),
+ * ULPT_ERR_NONFINITE (a parameter is NaN or infinite, e.g. written through
+ * ulpt_prompt_params; the message names it, "scale[7]"). */
+ULPT_API int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t ld);
+
+/* Backward: given G = dL/dE (n_tokens rows of dim floats, row stride ld), ADD
+ *     dL/db = sum_i G[i,:]
+ *     dL/ds = sum_g sum_k P_g[k,:] (.) (Z_g^T G_g)[k,:]
+ *     dL/dZ_g = G_g . (P_g diag(s))^T
+ * to the gradient buffer (so several backward calls accumulate).  G is not checked for
+ * NaN or infinity here; ulpt_optimizer_step refuses non-finite gradients.
+ * Errors: ULPT_ERR_INVALID (NULL argument, ld < dim or ld > INT_MAX, the BLAS limit). */
+ULPT_API int ulpt_prompt_backward(ulpt_prompt *p, const float *grad, size_t ld);
+
+/* Set every gradient to 0.  NULL is a no-op. */
+ULPT_API void ulpt_prompt_zero_grad(ulpt_prompt *p);
+
+/* The number of trainable parameters: n_tokens*rank + dim (unless ULPT_NO_SCALE)
+ * + dim (unless ULPT_NO_SHIFT).  0 for NULL. */
+ULPT_API size_t ulpt_prompt_num_params(const ulpt_prompt *p);
+
+/* The parameters and their gradients, each one flat float array of
+ * ulpt_prompt_num_params() elements laid out as
+ *
+ *     [ Z (n_tokens x rank, row-major) | s (dim, absent with ULPT_NO_SCALE)
+ *                                      | b (dim, absent with ULPT_NO_SHIFT) ]
+ *
+ * Owned by the prompt, valid for its life.  Writing parameters directly is allowed (to
+ * load weights); writing gradients is how a data-parallel host all-reduces them in one
+ * call before ulpt_optimizer_step.  NULL for a NULL prompt. */
+ULPT_API float *ulpt_prompt_params(ulpt_prompt *p);
+ULPT_API float *ulpt_prompt_grads(ulpt_prompt *p);
+
+/* Accessors (0 or NULL for a NULL prompt). */
+ULPT_API uint32_t ulpt_prompt_n_tokens(const ulpt_prompt *p);
+ULPT_API uint32_t ulpt_prompt_rank(const ulpt_prompt *p);
+ULPT_API uint32_t ulpt_prompt_dim(const ulpt_prompt *p);
+ULPT_API uint32_t ulpt_prompt_n_groups(const ulpt_prompt *p);
+ULPT_API unsigned ulpt_prompt_flags(const ulpt_prompt *p);
+
+/* The projection of group `group` (0-based); NULL if out of range.  Owned by the prompt:
+ * valid for its life, do not free. */
+ULPT_API const ulpt_projection *ulpt_prompt_projection(const ulpt_prompt *p, uint32_t group);
+
+/* ---------------------------------------------------------------------------------
+ * Optimizer: SGD with momentum, Adam, AdamW, with a learning-rate schedule and clipping
+ *
+ * Update rules and defaults are those of torch.optim (SGD, Adam, AdamW), so a run can be
+ * checked against PyTorch step by step.  Weight decay applies to every parameter.
+ * With t the 0-based index of the step being taken, the rate is lr*m(t):
+ *     m(t) = t / warmup_steps                          for t < warmup_steps, then
+ *     ULPT_SCHED_CONSTANT:  1
+ *     ULPT_SCHED_LINEAR:    max(0, (total - t) / (total - warmup))
+ *     ULPT_SCHED_COSINE:    (1 + cos(pi * min(1, (t - warmup) / (total - warmup)))) / 2
+ * as Hugging Face's get_{constant,linear,cosine}_schedule_with_warmup (the cosine one
+ * stays at 0 past total_steps instead of rising again).
+ * ------------------------------------------------------------------------------- */
+
+typedef struct ulpt_optimizer ulpt_optimizer;
+
+#define ULPT_OPT_SGD    0  /* p -= lr * buf, buf = momentum*buf + (g + wd*p)  */
+#define ULPT_OPT_ADAM   1  /* Adam, L2 weight decay added to the gradient       */
+#define ULPT_OPT_ADAMW  2  /* Adam with decoupled weight decay p *= 1 - lr*wd  */
+
+#define ULPT_SCHED_CONSTANT 0
+#define ULPT_SCHED_LINEAR   1
+#define ULPT_SCHED_COSINE   2
+
+#define ULPT_OPTIMIZER_OPTIONS_VERSION 1
+
+typedef struct ulpt_optimizer_options {
+    unsigned version;       /* ULPT_OPTIMIZER_OPTIONS_VERSION */
+    int kind;               /* ULPT_OPT_*, default ULPT_OPT_ADAMW */
+    double lr;              /* peak learning rate, default 1e-3 (> 0) */
+    double beta1, beta2;    /* Adam(W) moment decay, default 0.9, 0.999 (in [0, 1)) */
+    double eps;             /* Adam(W) denominator epsilon, default 1e-8 (> 0) */
+    double weight_decay;    /* >= 0; default ULPT_WEIGHT_DECAY_DEFAULT: torch's default for
+                               the kind, 0.01 for AdamW and 0 for Adam and SGD */
+    double momentum;        /* SGD momentum, default 0 (in [0, 1)) */
+    double max_grad_norm;   /* clip the global gradient norm to this; 0 = off (default) */
+    int schedule;           /* ULPT_SCHED_*, default ULPT_SCHED_CONSTANT */
+    uint64_t warmup_steps;  /* linear warmup from 0, default 0 */
+    uint64_t total_steps;   /* end of the linear/cosine decay (> warmup_steps for those) */
+} ulpt_optimizer_options;
+
+/* weight_decay: "whatever torch.optim uses for this kind" */
+#define ULPT_WEIGHT_DECAY_DEFAULT (-1.0)
+
+#define ULPT_OPTIMIZER_OPTIONS_INIT \
+    { ULPT_OPTIMIZER_OPTIONS_VERSION, ULPT_OPT_ADAMW, 1e-3, 0.9, 0.999, 1e-8,            \
+      ULPT_WEIGHT_DECAY_DEFAULT, 0.0, 0.0, ULPT_SCHED_CONSTANT, 0, 0 }
+
+/* Create an optimizer for `prompt` (opts NULL = defaults).  The prompt must outlive the
+ * optimizer.  Allocates the moment buffers and the n_tokens x dim buffers that
+ * ulpt_train_step uses, so that no step allocates.
+ * Errors: ULPT_ERR_INVALID (NULL prompt or out, unknown version, kind or schedule,
+ * hyperparameters out of range or not finite, total_steps <= warmup_steps for the
+ * linear and cosine schedules), ULPT_ERR_NOMEM. */
+ULPT_API int ulpt_optimizer_create(ulpt_optimizer **out, ulpt_prompt *prompt,
+                                   const ulpt_optimizer_options *opts);
+
+/* Free an optimizer.  NULL is a no-op. */
+ULPT_API void ulpt_optimizer_free(ulpt_optimizer *o);
+
+/* One step with the gradients accumulated in the prompt: clip them (in place, as
+ * torch.nn.utils.clip_grad_norm_ does: scale by max_norm/(norm + 1e-6) when that is
+ * below 1), update the parameters and the moments, advance the schedule.  The
+ * gradients are not zeroed.
+ * Errors: ULPT_ERR_INVALID (NULL), ULPT_ERR_NONFINITE (a gradient is NaN or infinite;
+ * nothing is changed). */
+ULPT_API int ulpt_optimizer_step(ulpt_optimizer *o);
+
+/* The number of steps taken so far (0 for NULL). */
+ULPT_API uint64_t ulpt_optimizer_step_count(const ulpt_optimizer *o);
+
+/* The learning rate the next step will use, lr*m(step_count) (0 for NULL). */
+ULPT_API float ulpt_optimizer_lr(const ulpt_optimizer *o);
+
+/* The prompt the optimizer updates (NULL for NULL). */
+ULPT_API ulpt_prompt *ulpt_optimizer_prompt(const ulpt_optimizer *o);
+
+/* ---------------------------------------------------------------------------------
+ * Training step driven by the host's loss
+ * ------------------------------------------------------------------------------- */
+
+/* The host model.  It receives the prompt embeddings E (n_tokens x dim, row stride
+ * dim), runs its model, writes dL/dE into `grad` (same shape, arrives zeroed) and the
+ * loss into *loss.  Return 0 on success, anything else on failure.  It must not call
+ * libulpt functions that modify the prompt or optimizer it is serving. */
+typedef int (*ulpt_loss_fn)(void *user, const float *embeddings, uint32_t n_tokens,
+                            uint32_t dim, float *grad, double *loss);
+
+/* One training step: forward, callback, check the loss and gradient are finite, zero
+ * the prompt's gradients, backward, optimizer step.  *loss (may be NULL) gets the
+ * callback's loss.  `o` must have been created for `p`.
+ * Errors: ULPT_ERR_INVALID (NULL argument, `o` not made for `p`), ULPT_ERR_CALLBACK
+ * (the callback returned nonzero), ULPT_ERR_NONFINITE (loss or a gradient NaN or
+ * infinite).  On any failure the parameters, gradients and optimizer state are
+ * unchanged. */
+ULPT_API int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn,
+                             void *user, double *loss);
+
+/* ---------------------------------------------------------------------------------
+ * Metadata: string key/value pairs a prompt carries into its files
+ *
+ * Conventional keys: "model" (identity of the host model the prompt was tuned for, e.g.
+ * "meta-llama/Llama-3.2-1B"; ulpt_prompt_load_for_model checks it), "task", "created"
+ * (ISO 8601 date).  Keys are 1..255 bytes, values 0..65535 bytes, at most 1024 pairs;
+ * both are NUL-terminated UTF-8 (not checked).  Order of insertion is kept.
+ * ------------------------------------------------------------------------------- */
+
+/* Set key to value (a copy is kept), replacing an existing value; value NULL removes the
+ * key (no error if absent).  Allocates: not for hot paths.
+ * Errors: ULPT_ERR_INVALID (NULL prompt or key, empty or too long key, too long value,
+ * too many keys), ULPT_ERR_NOMEM.  On error the metadata is unchanged. */
+ULPT_API int ulpt_prompt_set_meta(ulpt_prompt *p, const char *key, const char *value);
+
+/* The value of key, or NULL when absent (or p or key NULL).  Valid until the key is set
+ * again or removed, or the prompt is freed. */
+ULPT_API const char *ulpt_prompt_get_meta(const ulpt_prompt *p, const char *key);
+
+/* The number of pairs, and pair i (0-based, insertion order) into *key and *value.
+ * Errors: ULPT_ERR_INVALID (NULL argument, i out of range). */
+ULPT_API size_t ulpt_prompt_meta_count(const ulpt_prompt *p);
+ULPT_API int ulpt_prompt_meta_at(const ulpt_prompt *p, size_t i, const char **key,
+                                 const char **value);
+
+/* ---------------------------------------------------------------------------------
+ * Prompt files and checkpoints (docs/FORMAT.md)
+ *
+ * A prompt file holds the shape, the projection's seed, kind and fingerprint, the
+ * metadata and the parameters [Z | s | b] (zlib-compressed), under a CRC-32 of the
+ * whole file.  Saving is atomic: the data goes to a temporary file in the same
+ * directory, which is flushed, synced and renamed over the target, so a failed or
+ * interrupted save leaves the previous file intact (after the rename the directory is
+ * synced too, best effort).  Loading checks everything before
+ * allocating anything large: it never holds more than max(64 MiB, 1032 x the file's
+ * size), and refuses damage with ULPT_ERR_CORRUPT, ULPT_ERR_FORMAT or ULPT_ERR_MISMATCH.
+ * ------------------------------------------------------------------------------- */
+
+#define ULPT_DTYPE_F32   0  /* exact */
+#define ULPT_DTYPE_F16   1  /* IEEE half, round to nearest even (past 65504: inf) */
+#define ULPT_DTYPE_BF16  2  /* bfloat16, round to nearest even */
+
+#define ULPT_SAVE_OPTIONS_VERSION 1
+
+typedef struct ulpt_save_options {
+    unsigned version;  /* ULPT_SAVE_OPTIONS_VERSION */
+    int dtype;         /* storage type of the parameters, default ULPT_DTYPE_F32 */
+    int level;         /* zlib level 0..9, default 6 (0: stored uncompressed) */
+} ulpt_save_options;
+
+#define ULPT_SAVE_OPTIONS_INIT { ULPT_SAVE_OPTIONS_VERSION, ULPT_DTYPE_F32, 6 }
+
+/* Save a prompt (parameters and metadata, not gradients) to path, atomically; opts NULL
+ * = defaults.  Errors: ULPT_ERR_INVALID (NULL argument, bad options), ULPT_ERR_NOMEM,
+ * ULPT_ERR_NONFINITE (a parameter is NaN or infinite, or too large for f16: nothing is
+ * written rather than a value lost),
+ * ULPT_ERR_IO (the message names the path and the system error; the previous file, if
+ * any, is intact and no temporary file is left behind). */
+ULPT_API int ulpt_prompt_save(const ulpt_prompt *p, const char *path,
+                              const ulpt_save_options *opts);
+
+/* The same bytes into a new buffer *buf of *len bytes, to be released with ulpt_free.
+ * Errors: ULPT_ERR_INVALID, ULPT_ERR_NOMEM. */
+ULPT_API int ulpt_prompt_save_buffer(const ulpt_prompt *p, void **buf, size_t *len,
+                                     const ulpt_save_options *opts);
+
+/* Release memory the library handed out (ulpt_prompt_save_buffer).  NULL is a no-op. */
+ULPT_API void ulpt_free(void *ptr);
+
+/* Load a prompt file: regenerate its projection(s), check them against the stored
+ * fingerprint, restore parameters (always as float32) and metadata; gradients are zero.
+ * Errors: ULPT_ERR_INVALID (NULL argument), ULPT_ERR_IO (cannot read path),
+ * ULPT_ERR_FORMAT (not a libulpt prompt file, or a newer major format version: the
+ * message names it), ULPT_ERR_CORRUPT (checksum, truncation, inconsistent sizes),
+ * ULPT_ERR_MISMATCH (the regenerated projection differs from the one trained with),
+ * ULPT_ERR_NOMEM. */
+ULPT_API int ulpt_prompt_load(ulpt_prompt **out, const char *path);
+ULPT_API int ulpt_prompt_load_buffer(ulpt_prompt **out, const void *buf, size_t len);
+
+/* Load, refusing a prompt whose "model" metadata is absent or differs from model with
+ * ULPT_ERR_MISMATCH and a message naming both. */
+ULPT_API int ulpt_prompt_load_for_model(ulpt_prompt **out, const char *path,
+                                        const char *model);
+
+/* Checkpoints: a prompt file (float32) plus the optimizer's options, step count and
+ * moments, atomically.  Training N steps straight and N/2 + save + load + N/2 give
+ * bit-identical parameters.  Loading creates both objects; free them as usual.
+ * Errors: as ulpt_prompt_save / ulpt_prompt_load; ULPT_ERR_MISMATCH if o was not
+ * created for p; ULPT_ERR_FORMAT when loading a plain prompt file as a checkpoint. */
+ULPT_API int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o,
+                                  const char *path);
+ULPT_API int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt,
+                                  const char *path);
+
+/* What a file is, for tools: filled by ulpt_file_inspect after the same checks as a load.
+ * Set version (ULPT_FILE_INFO_INIT does) so that a later library, which may append
+ * fields, fills only the ones this caller knows. */
+#define ULPT_FILE_PROMPT      1
+#define ULPT_FILE_CHECKPOINT  2
+#define ULPT_FILE_INFO_VERSION 1
+
+typedef struct ulpt_file_info {
+    unsigned version;          /* ULPT_FILE_INFO_VERSION */
+    int kind;                  /* ULPT_FILE_PROMPT or ULPT_FILE_CHECKPOINT */
+    unsigned format_major;     /* format version of the file */
+    unsigned format_minor;
+    int dtype;                 /* storage type of the parameters, ULPT_DTYPE_* */
+    uint64_t file_bytes;       /* the file's size */
+    uint64_t stored_bytes;     /* bytes the parameters take in the file */
+} ulpt_file_info;
+
+#define ULPT_FILE_INFO_INIT { ULPT_FILE_INFO_VERSION, 0, 0, 0, 0, 0, 0 }
+
+/* Check a file completely (as ulpt_checkpoint_load or ulpt_prompt_load would) and
+ * describe it.  *info is written only on success (its version field is kept).
+ * Errors: as ulpt_prompt_load; ULPT_ERR_INVALID for an unknown info->version. */
+ULPT_API int ulpt_file_inspect(const char *path, ulpt_file_info *info);
+
+/* Write the materialised prompt E (n_tokens x dim) as a safetensors file with one F32
+ * tensor "prompt_embeddings" -- the tensor a Hugging Face PEFT prompt-tuning adapter
+ * keeps in adapter_model.safetensors -- atomically.
+ * Errors: ULPT_ERR_INVALID, ULPT_ERR_NOMEM, ULPT_ERR_IO. */
+ULPT_API int ulpt_prompt_export_safetensors(const ulpt_prompt *p, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ULPT_H */
