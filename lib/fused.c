@@ -20,8 +20,9 @@
 
 #include <string.h>
 
-/* Floats of chunk data (P (.) s and M: r rows each, plus b and db) kept in L1. */
-#define CHUNK_FLOATS 4096
+/* The stack area for chunk data: at most 4608 floats (backward's 2r + 1 rows of
+ * chunk_cols(r) floats) plus 4 KiB of slack for chunk_data() to place them in. */
+#define AREA_FLOATS (4608 + 1024)
 
 int ulpt__kernel_force = ULPT__KERNEL_AUTO;
 
@@ -64,12 +65,27 @@ INLINE float vsum(const vf *v)
     return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
 }
 
-/* Columns per chunk: whole cache lines (16 floats) with (2r + 2) rows of chunk data
- * in L1. */
+/* Columns per chunk: 512 (2 KiB a row of chunk data) for the small ranks, fewer for
+ * the larger, so that the 2r + 1 rows of chunk data stay in L1. */
 static size_t chunk_cols(size_t r, size_t d)
 {
-    size_t w = CHUNK_FLOATS / (2 * r + 2) / 16 * 16;
+    size_t w = r <= 4 ? 512 : r <= 8 ? 256 : 128;
     return w < d ? w : d;
+}
+
+/* Where in `area` (AREA_FLOATS floats) the chunk data starts.  A load whose address
+ * matches a recent store's in its low 12 bits waits for it as if they were the same
+ * address ("4K aliasing").  Forward loads P (.) s and b while storing E; backward loads
+ * G while storing M and the sums.  Chunk rows are 2 KiB apart, so all of them sit at one
+ * of two offsets modulo 4 KiB, and placing the first `rel` bytes after the streamed row
+ * (modulo 4 KiB, rounded down to a cache line) keeps both clear of the rows' recent
+ * accesses: forward wants its loads just ahead of E (rel = 256), backward wants its
+ * stores well behind G (rel = 1792). */
+static float *chunk_data(float *area, const float *row, size_t rel)
+{
+    /* on a cache line of its own whatever the row's alignment: loads never straddle two */
+    const uintptr_t a = (uintptr_t)area, want = ((uintptr_t)row + rel) % 4096 / 64 * 64;
+    return area + ((want - a % 4096 + 4096) % 4096) / sizeof(float);
 }
 
 /* ---- forward -------------------------------------------------------------------- */
@@ -102,10 +118,12 @@ INLINE void forward_body(float *restrict e, size_t ld, const float *restrict z, 
                          size_t r, const float *restrict proj, const float *restrict s,
                          const float *restrict b, size_t d)
 {
-    float ps[CHUNK_FLOATS / 2], bias[CHUNK_FLOATS / 4]; /* r*w and w floats, see chunk_cols */
+    float area[AREA_FLOATS];
+    float *ps = chunk_data(area, e, 256); /* r*w floats, then w of b */
     const size_t w_max = chunk_cols(r, d);
     for (size_t j0 = 0; j0 < d; j0 += w_max) {
         const size_t w = d - j0 < w_max ? d - j0 : w_max;
+        float *bias = ps + r * w;
         for (size_t k = 0; k < r; k++)
             for (size_t j = 0; j < w; j++)
                 ps[k * w + j] = s ? proj[k * d + j0 + j] * s[j0 + j] : proj[k * d + j0 + j];
@@ -218,11 +236,12 @@ INLINE int backward_body(float *restrict dz, float *restrict ds, float *restrict
                          size_t rows, size_t r, const float *restrict proj,
                          const float *restrict s, size_t d)
 {
-    /* r*w floats each for P (.) s and M, w for the column sums (see chunk_cols) */
-    float ps[CHUNK_FLOATS / 2], m[CHUNK_FLOATS / 2], colsum[CHUNK_FLOATS / 4];
+    float area[AREA_FLOATS];
+    float *ps = chunk_data(area, g, 1792); /* r*w floats, then r*w of M, w of sums */
     const size_t w_max = chunk_cols(r, d);
     for (size_t j0 = 0; j0 < d; j0 += w_max) {
         const size_t w = d - j0 < w_max ? d - j0 : w_max;
+        float *m = ps + r * w, *colsum = m + r * w;
         for (size_t k = 0; k < r; k++)
             for (size_t j = 0; j < w; j++)
                 ps[k * w + j] = s ? proj[k * d + j0 + j] * s[j0 + j] : proj[k * d + j0 + j];
@@ -261,7 +280,7 @@ INLINE int backward_body(float *restrict dz, float *restrict ds, float *restrict
         const float *restrict proj, const float *restrict s, size_t d
 
 static void forward_portable(FORWARD_ARGS) { forward_body(e, ld, z, rows, r, proj, s, b, d); }
-static int backward_portable(BACKWARD_ARGS)
+ULPT__MUST_CHECK static int backward_portable(BACKWARD_ARGS)
 {
     return backward_body(dz, ds, db, g, ld, z, rows, r, proj, s, d);
 }
@@ -272,7 +291,7 @@ __attribute__((target("avx2"))) static void forward_avx2(FORWARD_ARGS)
 {
     forward_body(e, ld, z, rows, r, proj, s, b, d);
 }
-__attribute__((target("avx2"))) static int backward_avx2(BACKWARD_ARGS)
+ULPT__MUST_CHECK __attribute__((target("avx2"))) static int backward_avx2(BACKWARD_ARGS)
 {
     return backward_body(dz, ds, db, g, ld, z, rows, r, proj, s, d);
 }

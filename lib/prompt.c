@@ -43,7 +43,7 @@ int ulpt_prompt_options_init(ulpt_prompt_options *opts, unsigned version)
     return ULPT_OK;
 }
 
-static int check_options(const char *func, const ulpt_prompt_options *o)
+ULPT__MUST_CHECK static int check_options(const char *func, const ulpt_prompt_options *o)
 {
     if (o->projection_kind < ULPT_PROJ_XAVIER_UNIFORM || o->projection_kind > ULPT_PROJ_IDENTITY)
         return BAD_OPTION("unknown projection kind %d", o->projection_kind);
@@ -67,7 +67,8 @@ static int check_options(const char *func, const ulpt_prompt_options *o)
 }
 
 /* Float counts of the one block holding params, grads and backward scratch. */
-static int layout(const ulpt_prompt_options *o, size_t *n_params, size_t *n_scratch)
+ULPT__MUST_CHECK static int layout(const ulpt_prompt_options *o, size_t *n_params,
+                                   size_t *n_scratch)
 {
     size_t nz, nd, z1 = 0, m = 0, ps = 0;
     size_t vecs = (size_t) !(o->flags & ULPT_NO_SCALE) + (size_t) !(o->flags & ULPT_NO_SHIFT);
@@ -90,8 +91,8 @@ static int layout(const ulpt_prompt_options *o, size_t *n_params, size_t *n_scra
 }
 
 /* The projections of a prompt: shared ones must be exactly those the options imply. */
-static int check_shared(const char *func, const ulpt_prompt_options *o,
-                        ulpt_projection *const *shared)
+ULPT__MUST_CHECK static int check_shared(const char *func, const ulpt_prompt_options *o,
+                                         ulpt_projection *const *shared)
 {
     for (uint32_t g = 0; g < o->n_groups; g++) {
         const ulpt_projection *pr = shared[g];
@@ -111,8 +112,9 @@ static int check_shared(const char *func, const ulpt_prompt_options *o,
     return ULPT_OK;
 }
 
-static int create(const char *func, ulpt_prompt **out, const ulpt_prompt_options *in,
-                  ulpt_projection *const *shared)
+ULPT__MUST_CHECK static int create(const char *func, ulpt_prompt **out,
+                                   const ulpt_prompt_options *in,
+                                   ulpt_projection *const *shared)
 {
     if (!out || !in)
         return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !out ? "out" : "opts");
@@ -207,6 +209,7 @@ void ulpt_prompt_free(ulpt_prompt *p)
             ulpt_projection_free(p->proj[g]);
     ulpt__free(&al, p->proj);
     ulpt__free(&al, p->params);
+    ulpt__free(&al, p->work.block);
     ulpt__meta_clear(&al, &p->meta);
     ulpt__free(&al, p);
 }
@@ -236,7 +239,7 @@ void ulpt__param_name(const ulpt_prompt *p, size_t i, char *buf, size_t size)
 
 /* The fused kernels (fused.c) below this rank, CBLAS GEMM above: the crossover measured
  * by `make bench` and recorded in docs/DESIGN.md. */
-#define FUSED_AUTO_MAX_RANK 16
+#define FUSED_AUTO_MAX_RANK 12
 
 static int use_fused(const ulpt_prompt *p)
 {
@@ -276,7 +279,7 @@ static void identity_forward(const ulpt_prompt *p, float *e, size_t ld)
     }
 }
 
-static int identity_backward(ulpt_prompt *p, const float *grad, size_t ld)
+ULPT__MUST_CHECK static int identity_backward(ulpt_prompt *p, const float *grad, size_t ld)
 {
     const size_t d = p->d;
     const float *restrict s = p->s;
@@ -325,18 +328,19 @@ static void gemm_forward(const ulpt_prompt *p, const float *proj, const float *z
     }
 }
 
-int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t ld)
+int ulpt__prompt_forward(const char *func, const ulpt_prompt *p, float *embeddings, size_t ld)
 {
     if (!p || !embeddings)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : "embeddings");
+        return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !p ? "prompt" : "embeddings");
     if (ld < p->d || ld > INT_MAX)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "row stride %zu is outside [dim %u, %d]", ld, p->d,
-                         INT_MAX);
+        return ulpt__error(ULPT_ERR_INVALID, func, "row stride %zu is outside [dim %u, %d]", ld,
+                           p->d, INT_MAX);
     size_t bad = ulpt__first_nonfinite(p); /* a few thousand floats: cheap next to E */
     if (bad < p->n_params) {
         char name[48];
         ulpt__param_name(p, bad, name, sizeof name);
-        return ULPT_FAIL(ULPT_ERR_NONFINITE, "parameter %s is %g", name, (double)p->params[bad]);
+        return ulpt__error(ULPT_ERR_NONFINITE, func, "parameter %s is %g", name,
+                           (double)p->params[bad]);
     }
     if (p->kind == ULPT_PROJ_IDENTITY) {
         identity_forward(p, embeddings, ld);
@@ -358,8 +362,8 @@ int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t ld)
 /* The GEMM path, one group: M = [Z_g | 1]^T . G_g gives dL/ds (rows 0..r-1, with P_g)
  * and dL/db (row r); dL/dZ_g += G_g . (P_g diag s)^T.  G is read twice.  Returns 1 if
  * dZ_g is finite (BLAS propagates a NaN or infinity of G into it, as the fused path). */
-static int gemm_backward(ulpt_prompt *p, const float *proj, size_t g, const float *gg,
-                         size_t ld)
+ULPT__MUST_CHECK static int gemm_backward(ulpt_prompt *p, const float *proj, size_t g,
+                                          const float *gg, size_t ld)
 {
     const size_t r = p->r, d = p->d, ng = p->n / p->groups;
     const size_t k = r + (p->b ? 1 : 0); /* columns of [Z_g | 1] */
@@ -392,8 +396,8 @@ static int gemm_backward(ulpt_prompt *p, const float *proj, size_t g, const floa
 
 /* The fused path, one group: one pass over G_g (fused.c).  dZ is summed in zeroed
  * scratch and then added, so that two calls add exactly twice what one adds. */
-static int fused_backward(ulpt_prompt *p, const float *proj, size_t g, const float *gg,
-                          size_t ld)
+ULPT__MUST_CHECK static int fused_backward(ulpt_prompt *p, const float *proj, size_t g,
+                                           const float *gg, size_t ld)
 {
     const size_t r = p->r, ng = p->n / p->groups;
     float *dz = p->ws_z1, *gz = p->gz + g * ng * r;
@@ -405,13 +409,18 @@ static int fused_backward(ulpt_prompt *p, const float *proj, size_t g, const flo
     return finite;
 }
 
-int ulpt__prompt_backward(ulpt_prompt *p, const float *grad, size_t ld)
+int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t ld)
+{
+    return ulpt__prompt_forward(__func__, p, embeddings, ld);
+}
+
+int ulpt__prompt_backward(const char *func, ulpt_prompt *p, const float *grad, size_t ld)
 {
     if (!p || !grad)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : "grad");
+        return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !p ? "prompt" : "grad");
     if (ld < p->d || ld > INT_MAX)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "row stride %zu is outside [dim %u, %d]", ld, p->d,
-                         INT_MAX);
+        return ulpt__error(ULPT_ERR_INVALID, func, "row stride %zu is outside [dim %u, %d]", ld,
+                           p->d, INT_MAX);
     int finite;
     if (p->kind == ULPT_PROJ_IDENTITY) {
         finite = identity_backward(p, grad, ld);
@@ -421,7 +430,8 @@ int ulpt__prompt_backward(ulpt_prompt *p, const float *grad, size_t ld)
         finite = 1;
         for (size_t g = 0; g < p->groups; g++) {
             const float *proj = ulpt_projection_data(p->proj[g]), *gg = grad + g * ng * ld;
-            finite &= fused ? fused_backward(p, proj, g, gg, ld) : gemm_backward(p, proj, g, gg, ld);
+            finite &= fused ? fused_backward(p, proj, g, gg, ld)
+                            : gemm_backward(p, proj, g, gg, ld);
         }
     }
     return finite ? ULPT_OK : ULPT_ERR_NONFINITE; /* the caller words the message */
@@ -429,9 +439,38 @@ int ulpt__prompt_backward(ulpt_prompt *p, const float *grad, size_t ld)
 
 int ulpt_prompt_backward(ulpt_prompt *p, const float *grad, size_t ld)
 {
-    int rc = ulpt__prompt_backward(p, grad, ld);
+    int rc = ulpt__prompt_backward(__func__, p, grad, ld);
     /* As documented, non-finite gradients are kept here; ulpt_optimizer_step refuses them. */
     return rc == ULPT_ERR_NONFINITE ? ULPT_OK : rc;
+}
+
+/* ---- the working buffers of a training loop (internal.h) -------------------------- */
+
+int ulpt__prompt_reserve(const char *func, ulpt_prompt *p, uint32_t n_e, uint32_t n_g)
+{
+    ulpt_work *w = &p->work;
+    if (n_e < w->n_e)
+        n_e = w->n_e;
+    if (n_g < w->n_g)
+        n_g = w->n_g;
+    if (w->block && n_e == w->n_e && n_g == w->n_g)
+        return ULPT_OK;
+    /* the prompt checked n_tokens * dim * sizeof(float) fits; 64 bytes for alignment */
+    const size_t nd = (size_t)p->n * p->d, slots = (size_t)n_e + n_g;
+    size_t floats, bytes;
+    if (!ulpt__mul(nd, slots, &floats) || floats > SIZE_MAX / sizeof(float) - p->n_params - 16 ||
+        !ulpt__mul(floats + p->n_params, sizeof(float), &bytes))
+        return ulpt__error(ULPT_ERR_INVALID, func, "%zu buffers of %u x %u floats are past "
+                           "addressable memory", slots, p->n, p->d);
+    void *block = ulpt__alloc(&p->al, bytes + 64);
+    if (!block)
+        return ulpt__error(ULPT_ERR_NOMEM, func, "no memory for %zu training buffers of %u x %u "
+                           "floats", slots, p->n, p->d);
+    float *base = (float *)(void *)((char *)block + (64 - (uintptr_t)block % 64) % 64);
+    ulpt__free(&p->al, w->block);
+    *w = (ulpt_work){.block = block, .e = base, .g = base + n_e * nd,
+                     .saved_grads = base + slots * nd, .n_e = n_e, .n_g = n_g};
+    return ULPT_OK;
 }
 
 void ulpt_prompt_zero_grad(ulpt_prompt *p)
