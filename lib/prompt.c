@@ -28,19 +28,16 @@
 static const size_t options_size[ULPT_PROMPT_OPTIONS_VERSION + 1] = {
     0, sizeof(ulpt_prompt_options),
 };
+static const ulpt_prompt_options defaults = ULPT_PROMPT_OPTIONS_INIT;
+static const ulpt_versioned options_v = {
+    "options", ULPT_PROMPT_OPTIONS_VERSION, options_size, &defaults,
+};
 
 int ulpt_prompt_options_init(ulpt_prompt_options *opts, unsigned version)
 {
-    static const ulpt_prompt_options defaults = ULPT_PROMPT_OPTIONS_INIT;
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    if (version < 1 || version > ULPT_PROMPT_OPTIONS_VERSION)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
-                         version, ULPT_PROMPT_OPTIONS_VERSION);
-    /* only the bytes the caller's version has: its struct may be shorter than ours */
-    memcpy(opts, &defaults, options_size[version]);
-    opts->version = version;
-    return ULPT_OK;
+    return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
 }
 
 ULPT__MUST_CHECK static int check_options(const char *func, const ulpt_prompt_options *o)
@@ -118,12 +115,10 @@ ULPT__MUST_CHECK static int create(const char *func, ulpt_prompt **out,
 {
     if (!out || !in)
         return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !out ? "out" : "opts");
-    if (in->version < 1 || in->version > ULPT_PROMPT_OPTIONS_VERSION)
-        return BAD_OPTION("unknown options version %u (this library knows 1..%d)", in->version,
-                          ULPT_PROMPT_OPTIONS_VERSION);
-    ulpt_prompt_options o = ULPT_PROMPT_OPTIONS_INIT, *opts = &o;
-    memcpy(&o, in, options_size[in->version]);
-    int rc = check_options(func, opts);
+    ulpt_prompt_options o, *opts = &o;
+    int rc = ulpt__versioned_read(func, &options_v, in, &o);
+    if (!rc)
+        rc = check_options(func, opts);
     if (!rc && shared)
         rc = check_shared(func, opts, shared);
     if (rc)
@@ -212,6 +207,19 @@ void ulpt_prompt_free(ulpt_prompt *p)
     ulpt__free(&al, p->work.block);
     ulpt__meta_clear(&al, &p->meta);
     ulpt__free(&al, p);
+}
+
+void ulpt__prompt_view(ulpt_prompt *v, uint32_t n, uint32_t r, uint32_t d, uint32_t groups,
+                       int kind, ulpt_projection *const *proj, const float *z, const float *s,
+                       const float *b)
+{
+    /* forward only reads through these; the casts never lead to a write */
+    *v = (ulpt_prompt){
+        .n = n, .r = r, .d = d, .groups = groups, .kind = kind,
+        .flags = (s ? 0 : ULPT_NO_SCALE) | (b ? 0 : ULPT_NO_SHIFT),
+        .proj = (ulpt_projection **)proj, .n_params = (size_t)n * r,
+        .params = (float *)z, .z = (float *)z, .s = (float *)s, .b = (float *)b,
+    };
 }
 
 size_t ulpt__first_nonfinite(const ulpt_prompt *p)
