@@ -11,13 +11,32 @@
 
 #include "ulpt.h"
 
-Suite *projection_suite(void);
-Suite *prompt_suite(void);
-Suite *optimizer_suite(void);
-Suite *train_suite(void);
-Suite *api_suite(void);
-Suite *file_suite(void);
-Suite *zo_suite(void);
+/* Tests register themselves: writing one in a tests/test_*.c file is the whole edit.
+ *
+ *   TEST(name) { ... }               one run
+ *   TEST_LOOP(name, lo, hi) { ... }  runs for _i = lo .. hi-1
+ *   TEST_TIMEOUT(seconds);           per-test limit for the whole file (Check's default: 4 s)
+ *
+ * Each file is one suite named after it (tests/test_meta.c: "meta", so CK_RUN_SUITE=meta
+ * runs it alone); tests run in the order they are written. */
+void test_register(const TTest *t, int lo, int hi);
+void test_register_timeout(const char *file, double seconds);
+
+#define TEST_LOOP(name, lo, hi)                                                           \
+    static void name##_fn(int _i CK_ATTRIBUTE_UNUSED);                                    \
+    static const TTest name##_ttest = {#name, name##_fn, __FILE__, __LINE__};             \
+    __attribute__((constructor)) static void name##_register(void)                       \
+    {                                                                                     \
+        test_register(&name##_ttest, (lo), (hi));                                         \
+    }                                                                                     \
+    static void name##_fn(int _i CK_ATTRIBUTE_UNUSED)
+#define TEST(name) TEST_LOOP(name, 0, 1)
+#define TEST_TIMEOUT(seconds)                                                             \
+    __attribute__((constructor)) static void test_timeout_register(void)                 \
+    {                                                                                     \
+        test_register_timeout(__FILE__, (seconds));                                       \
+    }                                                                                     \
+    struct test_timeout_semicolon
 
 /* A deterministic uniform draw in [-1, 1) for test data (not the library's generator). */
 static inline double test_uniform(uint64_t *state)

@@ -9,7 +9,7 @@
 #include <unistd.h>
 #include <stdio.h>
 
-START_TEST(version_of_the_loaded_library_matches_the_header)
+TEST(version_of_the_loaded_library_matches_the_header)
 {
     char expect[32];
     snprintf(expect, sizeof expect, "%d.%d.%d", ULPT_VERSION_MAJOR, ULPT_VERSION_MINOR,
@@ -17,9 +17,8 @@ START_TEST(version_of_the_loaded_library_matches_the_header)
     ck_assert_uint_eq(ulpt_version(), ULPT_VERSION_NUMBER);
     ck_assert_str_eq(ulpt_version_string(), expect);
 }
-END_TEST
 
-START_TEST(every_code_has_a_distinct_description)
+TEST(every_code_has_a_distinct_description)
 {
     const char *seen[10];
     for (int c = 0; c >= ULPT_ERR_UNSUPPORTED; c--) {
@@ -31,7 +30,6 @@ START_TEST(every_code_has_a_distinct_description)
     ck_assert_str_eq(ulpt_strerror(-100), "unknown error");
     ck_assert_str_eq(ulpt_strerror(5), "unknown error");
 }
-END_TEST
 
 /* Each bad prompt option, the code it must give and a word the message must contain. */
 static void bad_prompt(void (*mutate)(ulpt_prompt_options *), const char *word)
@@ -86,11 +84,10 @@ static const struct {
     {m_huge_tokens, "BLAS limit"},
 };
 
-START_TEST(bad_prompt_options_are_refused_by_name)
+TEST_LOOP(bad_prompt_options_are_refused_by_name, 0, (int)(sizeof bad_prompts / sizeof bad_prompts[0]))
 {
     bad_prompt(bad_prompts[_i].mutate, bad_prompts[_i].word);
 }
-END_TEST
 
 static void bad_opt(ulpt_optimizer_options o, const char *word)
 {
@@ -103,7 +100,7 @@ static void bad_opt(ulpt_optimizer_options o, const char *word)
     ulpt_prompt_free(p);
 }
 
-START_TEST(bad_optimizer_options_are_refused_by_name)
+TEST(bad_optimizer_options_are_refused_by_name)
 {
     const ulpt_optimizer_options d = ULPT_OPTIMIZER_OPTIONS_INIT;
     ulpt_optimizer_options o;
@@ -130,9 +127,8 @@ START_TEST(bad_optimizer_options_are_refused_by_name)
     bad_opt(o, "total_steps");
 #undef BAD
 }
-END_TEST
 
-START_TEST(null_and_short_stride_arguments_are_refused)
+TEST(null_and_short_stride_arguments_are_refused)
 {
     ulpt_prompt *p = test_prompt(2, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_optimizer *o;
@@ -211,7 +207,6 @@ START_TEST(null_and_short_stride_arguments_are_refused)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 static void *fail_in_thread(void *arg)
 {
@@ -224,7 +219,7 @@ static void *fail_in_thread(void *arg)
     return seen;
 }
 
-START_TEST(errors_are_per_thread)
+TEST(errors_are_per_thread)
 {
     ck_assert_int_eq(ulpt_set_num_threads(0), ULPT_ERR_INVALID);
     pthread_t t;
@@ -236,7 +231,6 @@ START_TEST(errors_are_per_thread)
     /* the other thread's failure did not touch this thread's message */
     ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "thread count 0"));
 }
-END_TEST
 
 /* ---- out of memory at every allocation ------------------------------------------ */
 
@@ -259,7 +253,7 @@ static int create_all(ulpt_projection **pr, ulpt_prompt **p, ulpt_optimizer **o)
     return ulpt_optimizer_create(o, *p, NULL);
 }
 
-START_TEST(out_of_memory_at_each_allocation_fails_cleanly_and_leaks_nothing)
+TEST(out_of_memory_at_each_allocation_fails_cleanly_and_leaks_nothing)
 {
     long k;
     for (k = 0;; k++) {
@@ -286,9 +280,8 @@ START_TEST(out_of_memory_at_each_allocation_fails_cleanly_and_leaks_nothing)
     }
     ck_assert_int_gt(k, 5); /* projection 2, prompt 3 + groups, optimizer 2 */
 }
-END_TEST
 
-START_TEST(objects_are_freed_with_the_allocator_that_made_them)
+TEST(objects_are_freed_with_the_allocator_that_made_them)
 {
     test_alloc_install(-1);
     ulpt_prompt *p = test_prompt(4, 2, 8, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
@@ -298,7 +291,6 @@ START_TEST(objects_are_freed_with_the_allocator_that_made_them)
     ulpt_prompt_free(p);
     ck_assert_int_eq(test_alloc.live, 0);
 }
-END_TEST
 
 static int quadratic(void *user, const float *e, uint32_t n, uint32_t d, float *grad, double *loss)
 {
@@ -311,7 +303,7 @@ static int quadratic(void *user, const float *e, uint32_t n, uint32_t d, float *
     return 0;
 }
 
-START_TEST(hot_path_does_not_allocate)
+TEST_LOOP(hot_path_does_not_allocate, 0, 2)
 {
     test_alloc_install(-1);
     ulpt_prompt *p = test_prompt(16, _i ? 128 : 2, 128, 2,
@@ -333,11 +325,10 @@ START_TEST(hot_path_does_not_allocate)
     ck_assert_int_eq(test_alloc.live, 0);
     test_alloc_remove();
 }
-END_TEST
 
 /* A caller built against version 1 of the options keeps working: the struct it passes is
  * exactly what ULPT_*_OPTIONS_INIT gave it then. */
-START_TEST(options_of_version_one_are_accepted)
+TEST(options_of_version_one_are_accepted)
 {
     ulpt_prompt_options po = {1, 4, 2, 8, 1, 0, ULPT_PROJ_XAVIER_UNIFORM, 0, 1.0f, 0};
     ulpt_optimizer_options oo = {1, ULPT_OPT_ADAMW,      1e-3, 0.9, 0.999, 1e-8, 0.01, 0,
@@ -349,9 +340,8 @@ START_TEST(options_of_version_one_are_accepted)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(shared_projection_serves_many_prompts_and_outlives_its_creator)
+TEST(shared_projection_serves_many_prompts_and_outlives_its_creator)
 {
     ulpt_projection *pr[2];
     ck_assert_int_eq(ulpt_projection_create(&pr[0], 1234, 2, 32, ULPT_PROJ_XAVIER_UNIFORM), ULPT_OK);
@@ -377,9 +367,8 @@ START_TEST(shared_projection_serves_many_prompts_and_outlives_its_creator)
     ulpt_prompt_free(b);
     ulpt_prompt_free(own);
 }
-END_TEST
 
-START_TEST(shared_projection_must_be_the_one_the_options_imply)
+TEST(shared_projection_must_be_the_one_the_options_imply)
 {
     ulpt_projection *pr;
     ck_assert_int_eq(ulpt_projection_create(&pr, 5, 2, 32, ULPT_PROJ_XAVIER_UNIFORM), ULPT_OK);
@@ -398,7 +387,6 @@ START_TEST(shared_projection_must_be_the_one_the_options_imply)
     ck_assert_ptr_null(p);
     ulpt_projection_free(pr);
 }
-END_TEST
 
 static int overflowing(void *user, const float *e, uint32_t n, uint32_t d, float *grad, double *loss)
 {
@@ -409,7 +397,7 @@ static int overflowing(void *user, const float *e, uint32_t n, uint32_t d, float
     return 0;
 }
 
-START_TEST(overflow_in_backward_is_reported_by_train_step_and_changes_nothing)
+TEST(overflow_in_backward_is_reported_by_train_step_and_changes_nothing)
 {
     ulpt_prompt *p = test_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_optimizer *o;
@@ -425,7 +413,6 @@ START_TEST(overflow_in_backward_is_reported_by_train_step_and_changes_nothing)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* A caller built against version 1 of a struct passes exactly version 1's bytes.  Put
  * each struct so that its last byte is the last readable one before a PROT_NONE page: a
@@ -443,7 +430,7 @@ static void *at_page_end(size_t size, void **map, long *page)
 
 /* _i = 0: the structs filled by the _INIT macros; 1: by the _init functions, which must
  * not write past the version they are given either. */
-START_TEST(structs_are_accessed_only_as_far_as_their_version)
+TEST_LOOP(structs_are_accessed_only_as_far_as_their_version, 0, 2)
 {
     void *m1, *m2, *m3, *m4;
     long page;
@@ -479,11 +466,10 @@ START_TEST(structs_are_accessed_only_as_far_as_their_version)
     munmap(m1, 2 * (size_t)page), munmap(m2, 2 * (size_t)page);
     munmap(m3, 2 * (size_t)page), munmap(m4, 2 * (size_t)page);
 }
-END_TEST
 
 /* The _init functions (for bindings, which cannot expand macros) give exactly what the
  * _INIT macros give, over whatever the struct held before. */
-START_TEST(init_functions_give_the_macro_defaults)
+TEST(init_functions_give_the_macro_defaults)
 {
     ulpt_prompt_options po, pm = ULPT_PROMPT_OPTIONS_INIT;
     memset(&po, 0xA5, sizeof po);
@@ -539,11 +525,10 @@ START_TEST(init_functions_give_the_macro_defaults)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* NULL and versions this library does not know: ULPT_ERR_INVALID, a message naming the
  * call and the version, the struct untouched. */
-START_TEST(init_functions_refuse_null_and_unknown_versions)
+TEST(init_functions_refuse_null_and_unknown_versions)
 {
     static const unsigned bad[] = { 0, 2, 1000, UINT_MAX };
     ck_assert_int_eq(ulpt_prompt_options_init(NULL, 1), ULPT_ERR_INVALID);
@@ -578,30 +563,4 @@ START_TEST(init_functions_refuse_null_and_unknown_versions)
         for (size_t i = 0; i < sizeof fi; i++)
             ck_assert_uint_eq(fi[i], 0x5A);
     }
-}
-END_TEST
-
-Suite *api_suite(void)
-{
-    Suite *s = suite_create("api");
-    TCase *tc = tcase_create("conventions");
-    tcase_add_test(tc, version_of_the_loaded_library_matches_the_header);
-    tcase_add_test(tc, every_code_has_a_distinct_description);
-    tcase_add_loop_test(tc, bad_prompt_options_are_refused_by_name, 0,
-                        (int)(sizeof bad_prompts / sizeof bad_prompts[0]));
-    tcase_add_test(tc, bad_optimizer_options_are_refused_by_name);
-    tcase_add_test(tc, null_and_short_stride_arguments_are_refused);
-    tcase_add_test(tc, errors_are_per_thread);
-    tcase_add_test(tc, out_of_memory_at_each_allocation_fails_cleanly_and_leaks_nothing);
-    tcase_add_test(tc, objects_are_freed_with_the_allocator_that_made_them);
-    tcase_add_loop_test(tc, hot_path_does_not_allocate, 0, 2);
-    tcase_add_test(tc, options_of_version_one_are_accepted);
-    tcase_add_loop_test(tc, structs_are_accessed_only_as_far_as_their_version, 0, 2);
-    tcase_add_test(tc, init_functions_give_the_macro_defaults);
-    tcase_add_test(tc, init_functions_refuse_null_and_unknown_versions);
-    tcase_add_test(tc, shared_projection_serves_many_prompts_and_outlives_its_creator);
-    tcase_add_test(tc, shared_projection_must_be_the_one_the_options_imply);
-    tcase_add_test(tc, overflow_in_backward_is_reported_by_train_step_and_changes_nothing);
-    suite_add_tcase(s, tc);
-    return s;
 }

@@ -15,6 +15,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
+TEST_TIMEOUT(120); /* seconds per test in this file */
+
 /* A scratch directory per test under the run's directory (Check forks each test, so the
  * pid is unique); main removes the whole tree at the end. */
 static const char *scratch(const char *name)
@@ -84,7 +86,7 @@ static const struct {
     { 100, 2, 4096, 1, ULPT_PROJ_KAIMING_UNIFORM, 0 },
 };
 
-START_TEST(f32_round_trip_is_bit_exact_with_metadata)
+TEST_LOOP(f32_round_trip_is_bit_exact_with_metadata, 0, (int)(sizeof shapes / sizeof shapes[0]))
 {
     ulpt_prompt *p = varied_prompt(shapes[_i].n, shapes[_i].r, shapes[_i].d, shapes[_i].g,
                                    shapes[_i].kind, shapes[_i].flags);
@@ -102,9 +104,8 @@ START_TEST(f32_round_trip_is_bit_exact_with_metadata)
     ulpt_prompt_free(p);
     ulpt_prompt_free(q);
 }
-END_TEST
 
-START_TEST(half_precision_round_trips_within_their_precision)
+TEST_LOOP(half_precision_round_trips_within_their_precision, 0, 2)
 {
     const int dtype = _i ? ULPT_DTYPE_BF16 : ULPT_DTYPE_F16;
     const double rel = _i ? 0x1p-8 : 0x1p-11; /* half an ulp: 8 and 11 significant bits */
@@ -136,7 +137,6 @@ START_TEST(half_precision_round_trips_within_their_precision)
     ulpt_prompt_free(p);
     ulpt_prompt_free(q);
 }
-END_TEST
 
 /* Reference binary16 by arithmetic on doubles: the value of a half, and the half
  * value nearest to a float (ties to even, past 65520 infinite). */
@@ -157,7 +157,7 @@ static double nearest_half(float f)
     return copysign(rint(a / quantum) * quantum, f); /* rint: ties to even */
 }
 
-START_TEST(f16_conversion_matches_a_reference_on_every_half_and_many_floats)
+TEST(f16_conversion_matches_a_reference_on_every_half_and_many_floats)
 {
     for (uint32_t h = 0; h < 65536; h++) { /* every half decodes right and round-trips */
         float f = ulpt__f16_to_f32((uint16_t)h);
@@ -183,9 +183,8 @@ START_TEST(f16_conversion_matches_a_reference_on_every_half_and_many_floats)
     }
     ck_assert(isnan(ulpt__f16_to_f32(ulpt__f32_to_f16(NAN))));
 }
-END_TEST
 
-START_TEST(bf16_conversion_rounds_to_nearest_even)
+TEST(bf16_conversion_rounds_to_nearest_even)
 {
     uint64_t st = 2;
     for (int k = 0; k < test_reps(2000000); k++) {
@@ -209,9 +208,8 @@ START_TEST(bf16_conversion_rounds_to_nearest_even)
     }
     ck_assert(isnan(ulpt__bf16_to_f32(ulpt__f32_to_bf16(NAN))));
 }
-END_TEST
 
-START_TEST(buffer_and_file_agree_byte_for_byte)
+TEST(buffer_and_file_agree_byte_for_byte)
 {
     ulpt_prompt *p = varied_prompt(8, 2, 64, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
     for (int dtype = 0; dtype < 3; dtype++) {
@@ -231,7 +229,6 @@ START_TEST(buffer_and_file_agree_byte_for_byte)
     }
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* The saved bytes of a small varied prompt, in a malloc'd copy of `extra` more bytes
  * that the test may edit; *p gets the prompt. */
@@ -251,7 +248,7 @@ static int refused(int rc)
     return rc == ULPT_ERR_CORRUPT || rc == ULPT_ERR_FORMAT || rc == ULPT_ERR_MISMATCH;
 }
 
-START_TEST(every_single_byte_corruption_is_refused)
+TEST(every_single_byte_corruption_is_refused)
 {
     ulpt_prompt *p;
     size_t len;
@@ -271,9 +268,8 @@ START_TEST(every_single_byte_corruption_is_refused)
     free(buf);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(every_truncation_is_refused)
+TEST(every_truncation_is_refused)
 {
     ulpt_prompt *p;
     size_t len;
@@ -289,7 +285,6 @@ START_TEST(every_truncation_is_refused)
     free(buf);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* Rewrite the CRC after an edit, as a forger would. */
 static void reseal(unsigned char *b, size_t len)
@@ -318,7 +313,7 @@ static void *big_alloc(void *u, size_t n)
 }
 static void big_free(void *u, void *p) { (void)u, free(p); }
 
-START_TEST(header_claiming_a_trillion_elements_is_refused_without_allocating)
+TEST(header_claiming_a_trillion_elements_is_refused_without_allocating)
 {
     ulpt_prompt *p;
     size_t len;
@@ -342,9 +337,8 @@ START_TEST(header_claiming_a_trillion_elements_is_refused_without_allocating)
     free(b);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(newer_major_version_is_refused_naming_it)
+TEST(newer_major_version_is_refused_naming_it)
 {
     ulpt_prompt *p;
     size_t len;
@@ -360,11 +354,10 @@ START_TEST(newer_major_version_is_refused_naming_it)
     free(b);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* A newer minor version may add sections: optional ones are skipped, required ones are
  * refused.  Build such a file by splicing a section in before the trailer. */
-START_TEST(newer_minor_sections_are_skipped_when_optional)
+TEST_LOOP(newer_minor_sections_are_skipped_when_optional, 0, 2)
 {
     ulpt_prompt *p;
     size_t len;
@@ -393,9 +386,8 @@ START_TEST(newer_minor_sections_are_skipped_when_optional)
     free(b);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(changed_projection_is_a_mismatch)
+TEST(changed_projection_is_a_mismatch)
 {
     ulpt_prompt *p;
     size_t len;
@@ -408,9 +400,8 @@ START_TEST(changed_projection_is_a_mismatch)
     free(b);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(load_for_model_refuses_another_model_naming_both)
+TEST(load_for_model_refuses_another_model_naming_both)
 {
     ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     const char *path = scratch("m.ulpt");
@@ -427,9 +418,8 @@ START_TEST(load_for_model_refuses_another_model_naming_both)
     ck_assert_int_eq(ulpt_prompt_load_for_model(&q, path, "gpt2"), ULPT_ERR_MISMATCH);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(metadata_set_replace_remove_and_iterate)
+TEST(metadata_set_replace_remove_and_iterate)
 {
     ulpt_prompt *p = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ck_assert_ptr_null(ulpt_prompt_get_meta(p, "model"));
@@ -452,7 +442,6 @@ START_TEST(metadata_set_replace_remove_and_iterate)
     ck_assert_uint_eq(ulpt_prompt_meta_count(p), 1);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* ---- atomic saves -------------------------------------------------------------------- */
 
@@ -466,7 +455,7 @@ static int count_temporaries(const char *dir)
     return n;
 }
 
-START_TEST(save_into_read_only_directory_fails_and_keeps_the_old_file)
+TEST(save_into_read_only_directory_fails_and_keeps_the_old_file)
 {
     char dir[160], path[200];
     snprintf(dir, sizeof dir, "%s/ro-%ld", test_dir(), (long)getpid());
@@ -507,7 +496,6 @@ START_TEST(save_into_read_only_directory_fails_and_keeps_the_old_file)
     ulpt_prompt_free(q);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* Each system call of a save, failing in turn: an error, the old file intact, no
  * temporary left, nothing leaked. */
@@ -537,7 +525,7 @@ static int fail_rename(const char *a, const char *b)
     return rename(a, b);
 }
 
-START_TEST(failure_at_each_write_fsync_and_rename_keeps_the_old_file)
+TEST(failure_at_each_write_fsync_and_rename_keeps_the_old_file)
 {
     const char *path = scratch("io.ulpt");
     char dir[128];
@@ -577,9 +565,8 @@ START_TEST(failure_at_each_write_fsync_and_rename_keeps_the_old_file)
     ulpt_prompt_free(q);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(save_killed_part_way_leaves_a_loadable_file)
+TEST(save_killed_part_way_leaves_a_loadable_file)
 {
     const char *path = scratch("kill.ulpt");
     ulpt_prompt *p = test_prompt(100, 4096, 4096, 1, ULPT_PROJ_IDENTITY, 0); /* 1.6 MB */
@@ -609,7 +596,6 @@ START_TEST(save_killed_part_way_leaves_a_loadable_file)
     ck_assert_int_eq(interrupted, rounds);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* ---- checkpoints ----------------------------------------------------------------------- */
 
@@ -640,7 +626,7 @@ static ulpt_optimizer *resume_optimizer(ulpt_prompt *p, int kind)
     return o;
 }
 
-START_TEST(checkpoint_resume_is_bit_identical)
+TEST_LOOP(checkpoint_resume_is_bit_identical, ULPT_OPT_SGD, ULPT_OPT_ADAMW + 1)
 {
     const int kind = _i; /* SGD, Adam, AdamW */
     ulpt_prompt *a = test_prompt(12, 2, 40, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
@@ -674,9 +660,8 @@ START_TEST(checkpoint_resume_is_bit_identical)
     ulpt_prompt_free(a);
     ulpt_prompt_free(b);
 }
-END_TEST
 
-START_TEST(headline_prompt_file_sizes)
+TEST(headline_prompt_file_sizes)
 {
     ulpt_prompt *p = test_prompt(100, 2, 4096, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     uint64_t st = 9;
@@ -700,9 +685,8 @@ START_TEST(headline_prompt_file_sizes)
     ck_assert_uint_le(sizes[2], 17500);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(file_errors_name_the_problem)
+TEST(file_errors_name_the_problem)
 {
     ulpt_prompt *p = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0), *q = NULL;
     ck_assert_int_eq(ulpt_prompt_load(&q, "/nonexistent/dir/p.ulpt"), ULPT_ERR_IO);
@@ -723,9 +707,8 @@ START_TEST(file_errors_name_the_problem)
     ulpt_free(NULL);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(out_of_memory_during_save_and_load_fails_cleanly)
+TEST(out_of_memory_during_save_and_load_fails_cleanly)
 {
     ulpt_prompt *p = varied_prompt(6, 2, 40, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_optimizer *o;
@@ -783,10 +766,9 @@ START_TEST(out_of_memory_during_save_and_load_fails_cleanly)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 
-START_TEST(safetensors_export_holds_the_embeddings)
+TEST(safetensors_export_holds_the_embeddings)
 {
     ulpt_prompt *p = varied_prompt(5, 2, 24, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     const char *path = scratch("e.safetensors");
@@ -810,9 +792,8 @@ START_TEST(safetensors_export_holds_the_embeddings)
     free(b);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(inspect_describes_prompts_and_checkpoints)
+TEST(inspect_describes_prompts_and_checkpoints)
 {
     ulpt_prompt *p = varied_prompt(4, 2, 16, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_optimizer *o;
@@ -851,9 +832,8 @@ START_TEST(inspect_describes_prompts_and_checkpoints)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(non_finite_parameters_are_never_saved_served_or_loaded)
+TEST(non_finite_parameters_are_never_saved_served_or_loaded)
 {
     ulpt_prompt *p;
     size_t len;
@@ -888,9 +868,8 @@ START_TEST(non_finite_parameters_are_never_saved_served_or_loaded)
     free(b);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(save_follows_symlinks_keeps_the_mode_and_takes_long_names)
+TEST(save_follows_symlinks_keeps_the_mode_and_takes_long_names)
 {
     ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0), *q;
     char target[512], link[512], longname[512];
@@ -918,49 +897,12 @@ START_TEST(save_follows_symlinks_keeps_the_mode_and_takes_long_names)
     ulpt_prompt_free(q);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(loading_a_fifo_is_refused_without_waiting)
+TEST(loading_a_fifo_is_refused_without_waiting)
 {
     const char *fifo = scratch("fifo");
     ck_assert_int_eq(mkfifo(fifo, 0600), 0);
     ulpt_prompt *q = NULL;
     ck_assert_int_eq(ulpt_prompt_load(&q, fifo), ULPT_ERR_IO); /* would block forever */
     ck_assert_ptr_null(q);
-}
-END_TEST
-
-Suite *file_suite(void)
-{
-    Suite *s = suite_create("file");
-    TCase *tc = tcase_create("format");
-    tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, f32_round_trip_is_bit_exact_with_metadata, 0,
-                        (int)(sizeof shapes / sizeof shapes[0]));
-    tcase_add_loop_test(tc, half_precision_round_trips_within_their_precision, 0, 2);
-    tcase_add_test(tc, f16_conversion_matches_a_reference_on_every_half_and_many_floats);
-    tcase_add_test(tc, bf16_conversion_rounds_to_nearest_even);
-    tcase_add_test(tc, buffer_and_file_agree_byte_for_byte);
-    tcase_add_test(tc, every_single_byte_corruption_is_refused);
-    tcase_add_test(tc, every_truncation_is_refused);
-    tcase_add_test(tc, header_claiming_a_trillion_elements_is_refused_without_allocating);
-    tcase_add_test(tc, newer_major_version_is_refused_naming_it);
-    tcase_add_loop_test(tc, newer_minor_sections_are_skipped_when_optional, 0, 2);
-    tcase_add_test(tc, changed_projection_is_a_mismatch);
-    tcase_add_test(tc, load_for_model_refuses_another_model_naming_both);
-    tcase_add_test(tc, metadata_set_replace_remove_and_iterate);
-    tcase_add_test(tc, save_into_read_only_directory_fails_and_keeps_the_old_file);
-    tcase_add_test(tc, failure_at_each_write_fsync_and_rename_keeps_the_old_file);
-    tcase_add_test(tc, save_killed_part_way_leaves_a_loadable_file);
-    tcase_add_loop_test(tc, checkpoint_resume_is_bit_identical, ULPT_OPT_SGD, ULPT_OPT_ADAMW + 1);
-    tcase_add_test(tc, headline_prompt_file_sizes);
-    tcase_add_test(tc, file_errors_name_the_problem);
-    tcase_add_test(tc, out_of_memory_during_save_and_load_fails_cleanly);
-    tcase_add_test(tc, safetensors_export_holds_the_embeddings);
-    tcase_add_test(tc, inspect_describes_prompts_and_checkpoints);
-    tcase_add_test(tc, non_finite_parameters_are_never_saved_served_or_loaded);
-    tcase_add_test(tc, save_follows_symlinks_keeps_the_mode_and_takes_long_names);
-    tcase_add_test(tc, loading_a_fifo_is_refused_without_waiting);
-    suite_add_tcase(s, tc);
-    return s;
 }

@@ -34,7 +34,7 @@ static void set_grads(ulpt_prompt *p, float value)
         ulpt_prompt_grads(p)[i] = value;
 }
 
-START_TEST(sgd_momentum_matches_hand_computed_steps)
+TEST(sgd_momentum_matches_hand_computed_steps)
 {
     /* p0 = 1, g = 1, lr 0.1, momentum 0.9: buf 1, 1.9, 2.71 -> p 0.9, 0.71, 0.439 */
     static const double expect[] = {0.9, 0.71, 0.439};
@@ -49,9 +49,8 @@ START_TEST(sgd_momentum_matches_hand_computed_steps)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(adam_first_step_moves_by_lr_and_adamw_decays_first)
+TEST_LOOP(adam_first_step_moves_by_lr_and_adamw_decays_first, 0, 3)
 {
     /* Bias-corrected first step: m_hat/sqrt(v_hat) = sign(g), so p moves by lr.
        Adam's L2 decay only changes g (2 -> 2.1); AdamW first scales p by 1 - lr*wd. */
@@ -73,9 +72,8 @@ START_TEST(adam_first_step_moves_by_lr_and_adamw_decays_first)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(clipping_scales_to_max_norm_in_place)
+TEST(clipping_scales_to_max_norm_in_place)
 {
     ulpt_prompt *p = flat_prompt(0.0f);
     ulpt_optimizer *o = make_opt(p, ULPT_OPT_SGD, 1.0, 0, 0, 1.0, ULPT_SCHED_CONSTANT, 0, 0);
@@ -96,9 +94,8 @@ START_TEST(clipping_scales_to_max_norm_in_place)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(schedules_follow_the_warmup_and_decay_formulas)
+TEST_LOOP(schedules_follow_the_warmup_and_decay_formulas, 0, 16)
 {
     /* lr 1, warmup 4, total 12 */
     static const struct {
@@ -133,7 +130,6 @@ START_TEST(schedules_follow_the_warmup_and_decay_formulas)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* ---- a double-precision re-implementation of torch.optim ------------------------- */
 
@@ -195,7 +191,7 @@ static const ref_cfg traj[] = {
     {ULPT_OPT_ADAMW, ULPT_SCHED_LINEAR, 0.02, 0.1, 0, 0.3, 0.9, 0.95, 1e-8, 0, 20},
 };
 
-START_TEST(trajectories_match_double_precision_reference)
+TEST_LOOP(trajectories_match_double_precision_reference, 0, (int)(sizeof traj / sizeof traj[0]))
 {
     const ref_cfg *c = &traj[_i];
     ulpt_prompt *p = test_prompt(3, 2, 5, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
@@ -237,9 +233,8 @@ START_TEST(trajectories_match_double_precision_reference)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(step_refuses_nonfinite_gradients_and_changes_nothing)
+TEST_LOOP(step_refuses_nonfinite_gradients_and_changes_nothing, 0, 2)
 {
     ulpt_prompt *p = test_prompt(2, 2, 3, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_optimizer *o = make_opt(p, ULPT_OPT_ADAMW, 0.1, 0.01, 0, 1.0, ULPT_SCHED_CONSTANT, 0, 0);
@@ -272,9 +267,8 @@ START_TEST(step_refuses_nonfinite_gradients_and_changes_nothing)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(defaults_are_torch_adamw)
+TEST(defaults_are_torch_adamw)
 {
     const ulpt_optimizer_options d = ULPT_OPTIMIZER_OPTIONS_INIT;
     ck_assert_int_eq(d.kind, ULPT_OPT_ADAMW);
@@ -301,10 +295,9 @@ START_TEST(defaults_are_torch_adamw)
     ulpt_prompt_free(p);
     ulpt_prompt_free(q);
 }
-END_TEST
 
 /* torch's weight-decay default depends on the optimizer: AdamW 0.01, Adam and SGD 0. */
-START_TEST(default_weight_decay_is_torchs_for_each_kind)
+TEST_LOOP(default_weight_decay_is_torchs_for_each_kind, ULPT_OPT_SGD, ULPT_OPT_ADAMW + 1)
 {
     static const double torch_wd[] = { 0.0, 0.0, 0.01 }; /* SGD, Adam, AdamW */
     const int kind = _i;
@@ -328,23 +321,4 @@ START_TEST(default_weight_decay_is_torchs_for_each_kind)
     ulpt_optimizer_free(b);
     ulpt_prompt_free(p);
     ulpt_prompt_free(q);
-}
-END_TEST
-
-Suite *optimizer_suite(void)
-{
-    Suite *s = suite_create("optimizer");
-    TCase *tc = tcase_create("rules");
-    tcase_add_test(tc, sgd_momentum_matches_hand_computed_steps);
-    tcase_add_loop_test(tc, adam_first_step_moves_by_lr_and_adamw_decays_first, 0, 3);
-    tcase_add_test(tc, clipping_scales_to_max_norm_in_place);
-    tcase_add_loop_test(tc, schedules_follow_the_warmup_and_decay_formulas, 0, 16);
-    tcase_add_loop_test(tc, trajectories_match_double_precision_reference, 0,
-                        (int)(sizeof traj / sizeof traj[0]));
-    tcase_add_loop_test(tc, step_refuses_nonfinite_gradients_and_changes_nothing, 0, 2);
-    tcase_add_test(tc, defaults_are_torch_adamw);
-    tcase_add_loop_test(tc, default_weight_decay_is_torchs_for_each_kind, ULPT_OPT_SGD,
-                        ULPT_OPT_ADAMW + 1);
-    suite_add_tcase(s, tc);
-    return s;
 }

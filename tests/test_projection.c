@@ -15,14 +15,13 @@ static const struct {
      {0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}},
 };
 
-START_TEST(philox_matches_known_answers)
+TEST_LOOP(philox_matches_known_answers, 0, 3)
 {
     uint32_t out[4];
     ulpt__philox4x32(philox_kat[_i].ctr, philox_kat[_i].key, out);
     for (int k = 0; k < 4; k++)
         ck_assert_uint_eq(out[k], philox_kat[_i].out[k]);
 }
-END_TEST
 
 /* docs/PROJECTION.md section 5. */
 static const struct {
@@ -68,7 +67,7 @@ static const struct {
       0.376344085f, 0.74544847f}},
 };
 
-START_TEST(projection_matches_known_answers)
+TEST_LOOP(projection_matches_known_answers, 0, (int)(sizeof proj_kat / sizeof proj_kat[0]))
 {
     ulpt_projection *p;
     ck_assert_int_eq(ulpt_projection_create(&p, proj_kat[_i].seed, proj_kat[_i].rank,
@@ -88,9 +87,8 @@ START_TEST(projection_matches_known_answers)
     ck_assert_int_eq(ulpt_projection_kind(p), proj_kat[_i].kind);
     ulpt_projection_free(p);
 }
-END_TEST
 
-START_TEST(initial_z_matches_known_answers)
+TEST_LOOP(initial_z_matches_known_answers, 0, 3)
 {
     static const float z[8] = {-0.214431375f, -0.0704231113f, 0.811836123f, 0.204263523f,
                                0.250748426f,  -0.321006864f,  0.764864564f, 0.274602562f};
@@ -105,9 +103,8 @@ START_TEST(initial_z_matches_known_answers)
         ck_assert_float_eq_tol(ulpt_prompt_params(p)[k], z[k], 2 * fabsf(z[k]) * 0x1p-23f);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(group_seeds_follow_the_spec)
+TEST(group_seeds_follow_the_spec)
 {
     ulpt_prompt *p = test_prompt(6, 2, 8, 3, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ck_assert_uint_eq(ulpt_projection_seed(ulpt_prompt_projection(p, 0)), 1234);
@@ -120,9 +117,8 @@ START_TEST(group_seeds_follow_the_spec)
     /* the spec's own example: seed 5, group 1 */
     ck_assert_uint_eq(ulpt__group_seed(5, 1), 11400714819323198490u);
 }
-END_TEST
 
-START_TEST(same_inputs_give_identical_bytes)
+TEST_LOOP(same_inputs_give_identical_bytes, ULPT_PROJ_XAVIER_UNIFORM, ULPT_PROJ_RADEMACHER + 1)
 {
     int kind = _i;
     ulpt_projection *a, *b, *c;
@@ -136,9 +132,8 @@ START_TEST(same_inputs_give_identical_bytes)
     ulpt_projection_free(b);
     ulpt_projection_free(c);
 }
-END_TEST
 
-START_TEST(each_kind_has_its_bounds_mean_and_variance)
+TEST_LOOP(each_kind_has_its_bounds_mean_and_variance, ULPT_PROJ_XAVIER_UNIFORM, ULPT_PROJ_RADEMACHER + 1)
 {
     const int kind = _i;
     const uint32_t r = 4, d = 16384;
@@ -178,9 +173,8 @@ START_TEST(each_kind_has_its_bounds_mean_and_variance)
     ck_assert(fabs(variance / var - 1) < 0.03);    /* ~5 sigma for 65536 draws */
     ulpt_projection_free(p);
 }
-END_TEST
 
-START_TEST(identity_projection_stores_nothing)
+TEST(identity_projection_stores_nothing)
 {
     ulpt_projection *p;
     ck_assert_int_eq(ulpt_projection_create(&p, 1, 16, 16, ULPT_PROJ_IDENTITY), ULPT_OK);
@@ -188,9 +182,8 @@ START_TEST(identity_projection_stores_nothing)
     ulpt_projection_free(p);
     ck_assert_int_eq(ulpt_projection_create(&p, 1, 2, 16, ULPT_PROJ_IDENTITY), ULPT_ERR_INVALID);
 }
-END_TEST
 
-START_TEST(projection_outlives_its_creator_inside_a_prompt)
+TEST(projection_outlives_its_creator_inside_a_prompt)
 {
     /* the prompt's projection stays valid however the caller's handles come and go */
     ulpt_prompt *p = test_prompt(4, 2, 32, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
@@ -201,24 +194,4 @@ START_TEST(projection_outlives_its_creator_inside_a_prompt)
     ck_assert_mem_eq(ulpt_projection_data(pr), ulpt_projection_data(fresh), 64 * sizeof(float));
     ulpt_projection_free(fresh);
     ulpt_prompt_free(p);
-}
-END_TEST
-
-Suite *projection_suite(void)
-{
-    Suite *s = suite_create("projection");
-    TCase *tc = tcase_create("generator");
-    tcase_add_loop_test(tc, philox_matches_known_answers, 0, 3);
-    tcase_add_loop_test(tc, projection_matches_known_answers, 0,
-                        (int)(sizeof proj_kat / sizeof proj_kat[0]));
-    tcase_add_loop_test(tc, initial_z_matches_known_answers, 0, 3);
-    tcase_add_test(tc, group_seeds_follow_the_spec);
-    tcase_add_loop_test(tc, same_inputs_give_identical_bytes, ULPT_PROJ_XAVIER_UNIFORM,
-                        ULPT_PROJ_RADEMACHER + 1);
-    tcase_add_loop_test(tc, each_kind_has_its_bounds_mean_and_variance, ULPT_PROJ_XAVIER_UNIFORM,
-                        ULPT_PROJ_RADEMACHER + 1);
-    tcase_add_test(tc, identity_projection_stores_nothing);
-    tcase_add_test(tc, projection_outlives_its_creator_inside_a_prompt);
-    suite_add_tcase(s, tc);
-    return s;
 }

