@@ -16,6 +16,8 @@
 #   make check-asan, check-ubsan, check-tsan, check-valgrind, fuzz, coverage
 #                     the suite under sanitizers and valgrind, libFuzzer, gcov
 #   make check-abi    the exported ABI against the committed baseline (abi-baseline renews it)
+#   make check-rust, check-rust-valgrind
+#                     the Rust crates' tests, example and docs; their tests under valgrind
 #   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc, ulpt(1)
 #   make uninstall, make clean
 
@@ -25,5 +27,6 @@ include tools/mk/config.mk      # version, compilers, flags, dependency look-ups
 include tools/mk/lib.mk         # the library and the ulpt command-line tool
 include tools/mk/examples.mk    # quickstart, tinylm, demo, data, results, pretrain
 include tools/mk/check.mk       # check and its CHECK_STEPS, check-abi, bench
+include tools/mk/rust.mk        # the Rust crates: check-rust (a check step), check-rust-valgrind
 include tools/mk/variants.mk    # sanitizer, fuzz and coverage builds: how each differs
 include tools/mk/install.mk     # install, uninstall, clean

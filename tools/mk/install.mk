@@ -29,6 +29,6 @@ uninstall:
 
 clean:
 	rm -rf lib/obj tests/obj tests/build lib/libulpt.so* $(STATIC) tests/fuzz/work \
-	    tests/test_ulpt tests/bench_step tests/tinylm/test_tinylm tests/abi/out \
+	    tests/test_ulpt tests/bench_step tests/tinylm/test_tinylm tests/abi/out bindings/rust/target \
 	    examples/quickstart examples/tinylm/tune examples/tinylm/tlm \
 	    tools/ulpt

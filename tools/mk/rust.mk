@@ -1,0 +1,34 @@
+# rust.mk -- the Rust bindings (bindings/rust, docs/RUST.md), built offline from the crates
+# Debian packages (bindings/rust/.cargo/config.toml) with Debian's cargo, named
+# explicitly: another cargo may come first on PATH.  The crates link this tree's library.
+#   check-rust           every test of both crates (unit, bindgen layout, integration, doc),
+#                        the count, the example host, and cargo doc with warnings as errors
+#   check-rust-valgrind  every Rust test binary under valgrind's memcheck
+
+CARGO := /usr/bin/cargo
+RUST_ENV = ULPT_LIB_DIR=$(CURDIR)/lib ULPT_INCLUDE_DIR=$(CURDIR)/include
+RUST_LOG := bindings/rust/target/check-rust.log
+# A step of `make check`, after those of check.mk (whose check-run rule has already
+# expanded CHECK_STEPS when this file is read).
+CHECK_STEPS += check-rust
+check-run: check-rust
+
+.PHONY: check-rust check-rust-valgrind
+check-rust: need-test all
+	@mkdir -p bindings/rust/target
+	@cd bindings/rust && $(RUST_ENV) nice $(CARGO) test -q --workspace > ../../$(RUST_LOG) 2>&1 || \
+	    { cat ../../$(RUST_LOG); echo "check-rust: cargo test failed"; exit 1; }
+	@awk '/^test result:/ { n += $$4; f += $$6 } END { printf "check-rust: %d Rust tests passed (unit, bindgen layout, integration, doc), %d failed\n", n, f }' $(RUST_LOG)
+	@cd bindings/rust && $(RUST_ENV) $(CARGO) run -q --example tune
+	@cd bindings/rust && $(RUST_ENV) RUSTDOCFLAGS="-D warnings" $(CARGO) doc -q --workspace --no-deps && \
+	    echo "check-rust: cargo doc: no warnings"
+
+check-rust-valgrind: need-test all
+	@mkdir -p bindings/rust/target
+	@cd bindings/rust && $(RUST_ENV) $(CARGO) test --workspace --no-run 2> ../../$(RUST_LOG) || \
+	    { cat ../../$(RUST_LOG); exit 1; }
+	@for t in $$(sed -n 's/.*Executable .*(\(.*\))$$/\1/p' $(RUST_LOG)); do \
+	    echo "valgrind bindings/rust/$$t"; \
+	    (cd bindings/rust && valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect \
+	        --errors-for-leak-kinds=definite,indirect --error-exitcode=1 ./$$t -q) || exit 1; \
+	done
