@@ -16,6 +16,7 @@
 #   make check-asan, check-ubsan, check-tsan, check-valgrind, fuzz, coverage
 #                     the suite under sanitizers and valgrind, libFuzzer, gcov
 #   make check-abi    the exported ABI against the committed baseline (abi-baseline renews it)
+#   make check-mpi    data-parallel training on 1, 2 and 4 MPI ranks (a step of make check)
 #   make check-rust, check-rust-valgrind
 #                     the Rust crates' tests, example and docs; their tests under valgrind
 #   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc, ulpt(1)
@@ -27,6 +28,7 @@ include tools/mk/config.mk      # version, compilers, flags, dependency look-ups
 include tools/mk/lib.mk         # the library and the ulpt command-line tool
 include tools/mk/examples.mk    # quickstart, tinylm, demo, data, results, pretrain
 include tools/mk/check.mk       # check and its CHECK_STEPS, check-abi, bench
+include tools/mk/mpi.mk         # data-parallel training over MPI: tune_mpi, check-mpi
 include tools/mk/rust.mk        # the Rust crates: check-rust (a check step), check-rust-valgrind
 include tools/mk/variants.mk    # sanitizer, fuzz and coverage builds: how each differs
 include tools/mk/install.mk     # install, uninstall, clean

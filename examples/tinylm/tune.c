@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "task.h"
 #include "tinylm.h"
 #include "ulpt.h"
 
@@ -72,115 +73,16 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* ---- the task files ------------------------------------------------------------- */
+/* ---- the task files (task.h) ------------------------------------------------------ */
 
-typedef struct {
-    const uint8_t *text;
-    uint32_t len;
-    int label;
-} example;
+typedef task_example example;
+typedef task_split split;
 
-typedef struct {
-    char path[4096];
-    char *blob;          /* the whole file; texts point into it */
-    example *ex;
-    size_t n;
-    char names[2][64];   /* label names; their first bytes are the verbalizer */
-} split;
-
-static void split_free(split *s)
-{
-    free(s->blob);
-    free(s->ex);
-    s->blob = NULL;
-    s->ex = NULL;
-    s->n = 0;
-}
-
-/* Reads TASKDIR/NAME.tsv: a "#<TAB>name0<TAB>name1" line, then "label<TAB>text" lines with
- * label 0 or 1 and a text of 1..max_text bytes.  Fails with a message naming the line. */
 static int split_load(split *s, const char *dir, const char *name, uint32_t max_text,
                       uint32_t vocab)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s.tsv", dir, name);
-    memset(s, 0, sizeof *s);
-    memcpy(s->path, path, sizeof path);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return fail("%s: %s", path, strerror(errno));
-    size_t cap = 1 << 16, len = 0;
-    char *blob = malloc(cap);
-    for (size_t got; blob && (got = fread(blob + len, 1, cap - len - 1, f)) > 0;) {
-        len += got;
-        if (len + 1 == cap) {
-            char *more = realloc(blob, cap *= 2);
-            if (!more)
-                free(blob);
-            blob = more;
-        }
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!blob)
-        return fail("%s: out of memory", path);
-    if (err) {
-        free(blob);
-        return fail("%s: read error", path);
-    }
-    blob[len] = '\0';
-    size_t lines = 0;
-    for (size_t i = 0; i < len; i++)
-        lines += blob[i] == '\n';
-    s->blob = blob;
-    s->ex = calloc(lines + 1, sizeof *s->ex);
-    if (!s->ex) {
-        split_free(s);
-        return fail("%s: out of memory", path);
-    }
-    char *line = blob, *end = blob + len;
-    for (size_t no = 1; line < end; no++) {
-        char *nl = memchr(line, '\n', (size_t)(end - line));
-        if (!nl) {
-            split_free(s);
-            return fail("%s:%zu: the last line has no newline", path, no);
-        }
-        *nl = '\0';
-        if (no == 1) {
-            char *a = line[0] == '#' && line[1] == '\t' ? line + 2 : NULL;
-            char *b = a ? strchr(a, '\t') : NULL;
-            if (!b || b == a || !b[1] || strchr(b + 1, '\t') || (size_t)(b - a) >= 64 ||
-                strlen(b + 1) >= 64 || a[0] == b[1]) {
-                split_free(s);
-                return fail("%s:1: expected \"#<TAB>label0<TAB>label1\" with different "
-                            "first letters", path);
-            }
-            memcpy(s->names[0], a, (size_t)(b - a));
-            strcpy(s->names[1], b + 1);
-        } else {
-            uint32_t tlen = (uint32_t)(nl - line) - 2;
-            if ((line[0] != '0' && line[0] != '1') || line[1] != '\t' || nl - line < 3 ||
-                tlen > max_text) {
-                split_free(s);
-                return fail("%s:%zu: expected \"0|1<TAB>text\" with 1..%" PRIu32
-                            " bytes of text", path, no, max_text);
-            }
-            for (uint32_t k = 0; k < tlen; k++) {
-                if ((uint8_t)line[2 + k] >= vocab) {
-                    split_free(s);
-                    return fail("%s:%zu: byte 0x%02x is past the model's vocabulary of %" PRIu32,
-                                path, no, (uint8_t)line[2 + k], vocab);
-                }
-            }
-            s->ex[s->n++] = (example){ (const uint8_t *)line + 2, tlen, line[0] - '0' };
-        }
-        line = nl + 1;
-    }
-    if (s->n == 0) {
-        split_free(s);
-        return fail("%s: no examples", path);
-    }
-    return 0;
+    char err[4608];
+    return task_split_load(s, dir, name, max_text, vocab, err, sizeof err) ? fail("%s", err) : 0;
 }
 
 static double majority(const split *s)
@@ -428,24 +330,6 @@ static void task_name(const char *dir, char *out, size_t size)
     for (size_t i = start; i < end && n + 1 < size; i++)
         out[n++] = dir[i] == '"' || dir[i] == '\\' || (unsigned char)dir[i] < 0x20 ? '_' : dir[i];
     out[n] = '\0';
-}
-
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15u);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
-    return z ^ (z >> 31);
-}
-
-static void shuffle(size_t *idx, size_t n, uint64_t *state)
-{
-    for (size_t i = n; i > 1; i--) {
-        size_t j = (size_t)(splitmix(state) % i);
-        size_t t = idx[i - 1];
-        idx[i - 1] = idx[j];
-        idx[j] = t;
-    }
 }
 
 static void progress(const options *o, uint32_t step, double loss, float lr, double elapsed)
@@ -727,7 +611,7 @@ int main(int argc, char **argv)
         for (uint32_t step = 1; step <= o.steps; step++) {
             for (uint32_t b = 0; b < o.batch; b++) { /* epochs of a fresh permutation */
                 if (next == train.n) {
-                    shuffle(order, train.n, &state);
+                    task_shuffle(order, train.n, &state);
                     next = 0;
                 }
                 batch[b] = &train.ex[order[next++]];
@@ -817,8 +701,8 @@ out:
     ulpt_optimizer_free(opt);
     ulpt_prompt_free(prompt);
     host_free(&h);
-    split_free(&train);
-    split_free(&valid);
-    split_free(&test);
+    task_split_free(&train);
+    task_split_free(&valid);
+    task_split_free(&test);
     return rc;
 }

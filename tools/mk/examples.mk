@@ -17,10 +17,13 @@ TLM_DEPS := $(TLM_SRCS) examples/tinylm/tinylm.h
 examples/tinylm/tlm: examples/tinylm/tlm.c $(TLM_DEPS)
 	$(CC) $(CFLAGS) $(TLM_CFLAGS) -o $@ $< $(TLM_SRCS) $(DEP_LIBS) -pthread
 
-# The example host: tunes a prompt for tinylm on a task through libulpt.
-examples/tinylm/tune: examples/tinylm/tune.c $(TLM_DEPS) $(SHARED) include/ulpt.h
-	$(CC) $(CFLAGS) $(TLM_CFLAGS) -Iinclude -o $@ $< $(TLM_SRCS) $(call link_shared,../../lib) \
-	    $(DEP_LIBS) -pthread
+# The example host: tunes a prompt for tinylm on a task through libulpt.  task.c reads
+# the task files; examples/mpi/tune_mpi shares it.
+TASK_SRCS := examples/tinylm/task.c
+TASK_DEPS := $(TASK_SRCS) examples/tinylm/task.h
+examples/tinylm/tune: examples/tinylm/tune.c $(TLM_DEPS) $(TASK_DEPS) $(SHARED) include/ulpt.h
+	$(CC) $(CFLAGS) $(TLM_CFLAGS) -Iinclude -o $@ $< $(TLM_SRCS) $(TASK_SRCS) \
+	    $(call link_shared,../../lib) $(DEP_LIBS) -pthread
 
 # The main job: the shipped tinylm, a rank-2 ULPT prompt tuned on the names task, saved,
 # and loaded back by a second process.  Installs what is missing first.

@@ -31,4 +31,4 @@ clean:
 	rm -rf lib/obj tests/obj tests/build lib/libulpt.so* $(STATIC) tests/fuzz/work \
 	    tests/test_ulpt tests/bench_step tests/tinylm/test_tinylm tests/abi/out bindings/rust/target \
 	    examples/quickstart examples/tinylm/tune examples/tinylm/tlm \
-	    tools/ulpt
+	    examples/mpi/tune_mpi tests/mpi/param_diff tools/ulpt
