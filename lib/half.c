@@ -64,3 +64,32 @@ uint16_t ulpt__f32_to_bf16(float f)
 }
 
 float ulpt__bf16_to_f32(uint16_t b) { return float_of((uint32_t)b << 16); }
+
+/* Whole rows (the bank's half-precision output): the same results as the scalar
+ * functions above, bit for bit, written as selects without branches so that the compiler
+ * vectorises them. */
+void ulpt__f32_to_f16_n(const float *restrict x, uint16_t *restrict out, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        uint32_t u = bits_of(x[i]), sign = (u >> 16) & 0x8000u, ax = u & 0x7fffffffu;
+        /* normal: round the 13 dropped bits to even; a carry moves into the exponent */
+        uint32_t normal = ((ax + 0xfffu + ((ax >> 13) & 1u)) >> 13) - ((127u - 15u) << 10);
+        /* subnormal: |x| * 2^24 rounded to an integer by adding 2^23 (exact scaling, one
+           round-to-nearest-even addition) */
+        uint32_t sub = bits_of(float_of(ax) * 0x1p24f + 0x1p23f) - 0x4b000000u;
+        uint32_t special = 0x7c00u | (0x200u & -(uint32_t)(ax > 0x7f800000u)); /* inf, NaN */
+        uint32_t big = -(uint32_t)(ax >= 0x477ff000u), tiny = -(uint32_t)(ax < 0x38800000u);
+        uint32_t h = (special & big) | (sub & tiny) | (normal & ~big & ~tiny); /* masks */
+        out[i] = (uint16_t)(sign | h);
+    }
+}
+
+void ulpt__f32_to_bf16_n(const float *restrict x, uint16_t *restrict out, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        uint32_t u = bits_of(x[i]);
+        uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        uint32_t nan = (u >> 16) | 0x40u;
+        out[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+    }
+}

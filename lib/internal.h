@@ -75,6 +75,9 @@ uint16_t ulpt__f32_to_f16(float f);
 float ulpt__f16_to_f32(uint16_t h);
 uint16_t ulpt__f32_to_bf16(float f);
 float ulpt__bf16_to_f32(uint16_t b);
+/* count floats at once, bit for bit as the scalar conversions */
+void ulpt__f32_to_f16_n(const float *restrict x, uint16_t *restrict out, size_t count);
+void ulpt__f32_to_bf16_n(const float *restrict x, uint16_t *restrict out, size_t count);
 
 /* ---- metadata (meta.c) -------------------------------------------------------------- */
 
@@ -141,5 +144,13 @@ size_t ulpt__first_nonfinite(const ulpt_prompt *p);
 
 /* The name of parameter i in the flat layout: "Z[3][1]", "scale[7]", "shift[0]". */
 void ulpt__param_name(const ulpt_prompt *p, size_t i, char *buf, size_t size);
+
+/* A prompt over borrowed arrays, for ulpt_prompt_forward only (the bank keeps bare
+ * parameters and materialises through it, so it runs the same kernel): n rows of Z at z,
+ * groups projections (n a multiple of groups), s and b NULL when absent.  Forward checks
+ * the n*rank values at z; the owner vouches for s and b.  No gradients, nothing to free. */
+void ulpt__prompt_view(ulpt_prompt *v, uint32_t n, uint32_t r, uint32_t d, uint32_t groups,
+                       int kind, ulpt_projection *const *proj, const float *z, const float *s,
+                       const float *b);
 
 #endif /* ULPT_INTERNAL_H */

@@ -214,6 +214,19 @@ void ulpt_prompt_free(ulpt_prompt *p)
     ulpt__free(&al, p);
 }
 
+void ulpt__prompt_view(ulpt_prompt *v, uint32_t n, uint32_t r, uint32_t d, uint32_t groups,
+                       int kind, ulpt_projection *const *proj, const float *z, const float *s,
+                       const float *b)
+{
+    /* forward only reads through these; the casts never lead to a write */
+    *v = (ulpt_prompt){
+        .n = n, .r = r, .d = d, .groups = groups, .kind = kind,
+        .flags = (s ? 0 : ULPT_NO_SCALE) | (b ? 0 : ULPT_NO_SHIFT),
+        .proj = (ulpt_projection **)proj, .n_params = (size_t)n * r,
+        .params = (float *)z, .z = (float *)z, .s = (float *)s, .b = (float *)b,
+    };
+}
+
 /* ---- forward -------------------------------------------------------------------- */
 
 /* e[i,:] = e[i,:] (.) s + b for `rows` rows; s or b may be NULL (absent). */

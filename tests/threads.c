@@ -3,10 +3,13 @@
  * Several threads share one projection (each trains a prompt made on it with
  * ulpt_prompt_create_shared, so its reference count moves concurrently) and read one
  * served prompt (forward, save to memory and to a file, safetensors export, metadata),
- * while each trains its own prompt, checkpoints it and reloads it.  Exit status 0 only if every thread saw the
- * values a single thread computes. */
+ * while each trains its own prompt, checkpoints it and reloads it.  Then threads
+ * materialise mixed batches from one prompt bank (float32 and f16) while another adds and
+ * removes prompts in it.  Exit status 0 only if every thread saw the values a single
+ * thread computes. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +87,119 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* ---- the prompt bank: readers materialise while a writer adds and removes ---------- */
+
+enum { KEPT = 6, READERS = 3, ROUNDS = 40, CHURN = 60 };
+static ulpt_bank *bank;
+static ulpt_bank_id kept_id[KEPT];
+static float kept_e[KEPT][N * D];
+static uint16_t kept_h[KEPT][N * D];
+static ulpt_prompt *churn_prompt; /* what the writer keeps adding */
+static float churn_e[N * D];
+static _Atomic ulpt_bank_id latest; /* the writer's newest id, 0 when none */
+
+static void *bank_reader(void *arg)
+{
+    long id = (long)arg;
+    static _Thread_local float e[KEPT + 1][N * D];
+    static _Thread_local uint16_t h[KEPT][N * D];
+    for (int round = 0; round < ROUNDS; round++) {
+        ulpt_bank_request req[KEPT];
+        for (int k = 0; k < KEPT; k++) { /* a different order each round and thread */
+            int which = (int)((k + round + id) % KEPT);
+            req[k] = (ulpt_bank_request){ kept_id[which], e[which], D };
+        }
+        if (ulpt_bank_materialise(bank, req, KEPT, ULPT_DTYPE_F32))
+            return "bank materialise failed";
+        for (int k = 0; k < KEPT; k++) {
+            req[k].dst = h[k];
+            if (memcmp(e[k], kept_e[k], sizeof e[k]))
+                return "bank materialised other values";
+        }
+        for (int k = 0; k < KEPT; k++)
+            req[k].id = kept_id[k];
+        if (ulpt_bank_materialise(bank, req, KEPT, ULPT_DTYPE_F16) ||
+            memcmp(h, kept_h, sizeof h))
+            return "bank f16 differs";
+        /* the writer's prompt: there and right, or already gone */
+        ulpt_bank_request one = { atomic_load(&latest), e[KEPT], D };
+        if (one.id) {
+            int rc = ulpt_bank_materialise(bank, &one, 1, ULPT_DTYPE_F32);
+            if (rc == ULPT_OK && memcmp(e[KEPT], churn_e, sizeof churn_e))
+                return "bank materialised a half-added prompt";
+            if (rc != ULPT_OK && rc != ULPT_ERR_NOT_FOUND)
+                return "bank materialise of a churned prompt failed oddly";
+        }
+        ulpt_bank_id found;
+        if (ulpt_bank_find(bank, "kept-0", &found) || found != kept_id[0])
+            return "bank find failed";
+    }
+    return NULL;
+}
+
+static void *bank_writer(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < CHURN; i++) {
+        ulpt_bank_id id;
+        char name[32];
+        snprintf(name, sizeof name, "churn-%d", i);
+        if (ulpt_bank_add(bank, &id, churn_prompt, name))
+            return "bank add failed";
+        atomic_store(&latest, id);
+        if (i % 2 && ulpt_bank_remove(bank, id))
+            return "bank remove failed";
+    }
+    return NULL;
+}
+
+static int bank_threads(void)
+{
+    ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
+    po.n_tokens = N, po.rank = R, po.dim = D, po.n_groups = 2, po.projection_seed = 7;
+    if (ulpt_bank_create(&bank, "tiny", D))
+        return 1;
+    for (int k = 0; k < KEPT; k++) {
+        ulpt_prompt *p;
+        char name[32];
+        po.init_seed = (uint64_t)k + 100;
+        po.projection_seed = k % 2 ? 7 : 8;
+        snprintf(name, sizeof name, "kept-%d", k);
+        if (ulpt_prompt_create(&p, &po) || ulpt_prompt_set_meta(p, "model", "tiny") ||
+            ulpt_bank_add(bank, &kept_id[k], p, name) || ulpt_prompt_forward(p, kept_e[k], D))
+            return 1;
+        ulpt_bank_request req = { kept_id[k], kept_h[k], D };
+        if (ulpt_bank_materialise(bank, &req, 1, ULPT_DTYPE_F16))
+            return 1;
+        ulpt_prompt_free(p);
+    }
+    po.init_seed = 999;
+    if (ulpt_prompt_create(&churn_prompt, &po) ||
+        ulpt_prompt_set_meta(churn_prompt, "model", "tiny") ||
+        ulpt_prompt_forward(churn_prompt, churn_e, D))
+        return 1;
+    pthread_t t[READERS + 1];
+    for (long i = 0; i < READERS; i++)
+        pthread_create(&t[i], NULL, bank_reader, (void *)i);
+    pthread_create(&t[READERS], NULL, bank_writer, NULL);
+    int failed = 0;
+    for (int i = 0; i <= READERS; i++) {
+        void *msg;
+        pthread_join(t[i], &msg);
+        if (msg) {
+            fprintf(stderr, "threads: bank thread %d: %s\n", i, (const char *)msg);
+            failed = 1;
+        }
+    }
+    if (ulpt_bank_count(bank) != KEPT + CHURN / 2)
+        failed = 1;
+    ulpt_prompt_free(churn_prompt);
+    ulpt_bank_free(bank);
+    printf("threads: %d threads materialising from a bank while one adds and removes %d "
+           "prompts: %s\n", READERS, CHURN, failed ? "FAILED" : "ok");
+    return failed;
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/ulpt-threads-%ld", (long)getpid());
@@ -121,5 +237,5 @@ int main(void)
         failed = 1;
     printf("threads: %d threads x %d steps sharing a projection and a served prompt: %s\n",
            THREADS, STEPS, failed ? "FAILED" : "ok");
-    return failed;
+    return failed | bank_threads();
 }

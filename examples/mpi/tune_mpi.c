@@ -80,13 +80,14 @@ typedef struct {
     uint32_t n_tokens, C;
     uint8_t verbalizer[2];
     float *rows, *drows; /* T x C input rows and their gradient */
-    char error[640];     /* why the last shard failed */
+    char error[4800];    /* why the last shard failed */
 } host;
 
-/* Adds scale * dL_i/dE of examples[0 .. n) into g (n_tokens x C) and returns
- * scale * sum L_i; NaN on failure, with h->error saying why.  e: the prompt rows. */
-static double host_shard(host *h, const float *e, const task_example *const *examples, size_t n,
-                         double scale, float *g, int *correct)
+/* Adds scale * dL_i/dE of examples[0 .. n) (from split src) into g (n_tokens x C) and
+ * returns scale * sum L_i; NaN on failure, with h->error saying why.  e: the prompt rows. */
+static double host_shard(host *h, const float *e, const task_split *src,
+                         const task_example *const *examples, size_t n, double scale, float *g,
+                         int *correct)
 {
     const size_t C = h->C, nt = h->n_tokens;
     double loss = 0;
@@ -102,7 +103,8 @@ static double host_shard(host *h, const float *e, const task_example *const *exa
         double l = tlm_class_loss(h->model, h->rows, (uint32_t)(nt + x->len + 1), h->verbalizer,
                                   2, x->label, g ? h->drows : NULL, &pred);
         if (!isfinite(l)) {
-            snprintf(h->error, sizeof h->error, "%s",
+            snprintf(h->error, sizeof h->error, "example on line %zu of %s: %s",
+                     (size_t)(x - src->ex) + 2, src->path,
                      tlm_last_error()[0] ? tlm_last_error() : "the loss is not finite");
             return NAN;
         }
@@ -270,6 +272,8 @@ static int parse_args(int argc, char **argv, options *o)
     }
     if (o->checkpoint && o->save && !strcmp(o->checkpoint, o->save))
         return fail("--checkpoint and --save name the same file");
+    if (o->every && !o->checkpoint)
+        return fail("--every needs --checkpoint");
     if (!o->model) { /* the weights shipped with the tinylm example, wherever this runs from */
         static char path[4096];
         ssize_t n = readlink("/proc/self/exe", path, sizeof path - 32);
@@ -415,7 +419,9 @@ static int run(int argc, char **argv)
         if (failed)
             snprintf(h.error, sizeof h.error, "%s", ulpt_last_error());
         /* Each example weighs 1/B of the global batch, on whichever rank it lands. */
-        double part = failed ? NAN : host_shard(&h, e, batch + lo, hi - lo, 1.0 / o.batch, g, NULL);
+        double part = NAN;
+        if (!failed)
+            part = host_shard(&h, e, &train, batch + lo, hi - lo, 1.0 / o.batch, g, NULL);
         failed = failed || !isfinite(part);
         ulpt_prompt_zero_grad(prompt);
         if (!failed && ulpt_prompt_backward(prompt, g, h.C) != ULPT_OK) {
@@ -462,7 +468,7 @@ static int run(int argc, char **argv)
             all[i] = &test.ex[i];
         const size_t a = test.n * (size_t)world_rank / (size_t)world_size;
         const size_t b = test.n * (size_t)(world_rank + 1) / (size_t)world_size;
-        ok = isfinite(host_shard(&h, e, all + a, b - a, 1.0, NULL, &correct));
+        ok = isfinite(host_shard(&h, e, &test, all + a, b - a, 1.0, NULL, &correct));
         if (!ok)
             fail("evaluation: %s", h.error);
         free(all);

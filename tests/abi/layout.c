@@ -66,6 +66,11 @@ ABI_FIELD(ulpt_zo_options, distribution, 24);
 ABI_FIELD(ulpt_zo_options, perturb, 28);
 ABI_FIELD(ulpt_zo_options, seed, 32);
 ABI_SIZE(ulpt_zo_options, 40);
+/* ulpt_bank_request travels in arrays and has no version field: it can never change */
+ABI_FIELD(ulpt_bank_request, id, 0);
+ABI_FIELD(ulpt_bank_request, dst, 8);
+ABI_FIELD(ulpt_bank_request, ld, 16);
+ABI_FROZEN(ulpt_bank_request, 24);
 #endif
 
 int main(void) { return 0; }

@@ -2,7 +2,8 @@
 # Data-parallel training over MPI (examples/mpi/tune_mpi): 2 and 4 ranks must reach the
 # parameters of 1 rank with the same global batch, only rank 0 may write files, and a
 # checkpoint must resume, bit-identically on the same number of ranks and within the
-# tolerance on another.
+# tolerance on another.  A rank that fails (at set-up, or in its host during a step) or
+# that holds other parameters must stop every rank, with a message.
 #
 # Tolerance: the ranks differ from one rank only in the order in which float32 sums are
 # taken (each rank's examples, backward's sum over tokens, MPI_Allreduce over ranks), so
@@ -16,12 +17,13 @@
 # cancels it), so the first step's loss and global gradient norm, which would show a
 # shard weighed 1/shard instead of 1/B, are compared too, to a relative 1e-5.
 #
-#   sh tests/mpi/check-mpi.sh [TUNE_MPI] [PARAM_DIFF]
+#   sh tests/mpi/check-mpi.sh [TUNE_MPI] [PARAM_DIFF] [NAN_MODEL]
 set -eu
 cd "$(dirname "$0")/../.."
 tune=${1:-examples/mpi/tune_mpi}
 diff=${2:-tests/mpi/param_diff}
-for f in "$tune" "$diff"; do
+nan_model=${3:-tests/mpi/nan_model}
+for f in "$tune" "$diff" "$nan_model"; do
     [ -x "$f" ] || { echo "check-mpi: $f is missing; run make check-mpi" >&2; exit 1; }
 done
 steps=20
@@ -39,11 +41,13 @@ trap 'rm -rf "$tmp"' EXIT
 # spaces, and messages name files relative to it).
 ln -s "$(realpath "$tune")" "$tmp/tune_mpi"
 ln -s "$(realpath "$diff")" "$tmp/param_diff"
+ln -s "$(realpath "$nan_model")" "$tmp/nan_model"
 ln -s "$(realpath tests/tinylm/fixtures/names)" "$tmp/names"
 ln -s "$(realpath examples/tinylm/tinylm.tlm)" "$tmp/tinylm.tlm"
 cd "$tmp"
 tune=./tune_mpi
 diff=./param_diff
+nan_model=./nan_model
 fail() { echo "check-mpi: FAIL: $*" >&2; exit 1; }
 run() { # run NAME MPIRUN-ARGUMENTS...: a bounded run, its output in NAME.log
     name=$1; shift
@@ -121,4 +125,26 @@ if timeout 120 $mpirun -np 1 "$tune" $common : -np 1 "$tune" $common --model "no
 fi
 grep -q "rank 1: .*none.tlm" "bad.log" || { cat "bad.log" >&2; fail "no message from rank 1"; }
 echo "check-mpi: a rank that fails at set-up stops all ranks with its message"
+
+# Ranks that do not start from the same prompt (rank 1 seeded differently) are refused.
+if timeout 120 $mpirun -np 1 "$tune" $common : -np 1 "$tune" $common --seed 2 \
+    > seed.log 2>&1; then
+    fail "ranks with different seeds trained together"
+fi
+grep -q "rank 0: rank 1's parameters differ from rank 0's" seed.log ||
+    { cat seed.log >&2; fail "no message for ranks that hold different parameters"; }
+echo "check-mpi: ranks that hold different parameters are refused before the first step"
+
+# A host that fails inside a step (rank 1's model gives NaN losses) poisons the sum: every
+# rank's optimizer step refuses it, all stop at step 1, and no checkpoint is written.
+"$nan_model" tinylm.tlm nan.tlm
+if timeout 120 $mpirun -np 1 "$tune" $common --checkpoint failed.ulpt --every 1 : \
+    -np 1 "$tune" $common --model nan.tlm > nan.log 2>&1; then
+    fail "a run whose rank 1 computes NaN losses succeeded"
+fi
+grep -q "rank 1: step 1: example on line [0-9]* of names/train.tsv: " nan.log &&
+    grep -q "rank 0: step 1: .*(another rank failed)" nan.log ||
+    { cat nan.log >&2; fail "no message from both ranks at step 1"; }
+[ ! -e failed.ulpt ] || fail "a checkpoint was written after a failed step"
+echo "check-mpi: a rank whose host fails in a step stops all ranks at that step, nothing saved"
 echo "check-mpi: 1, 2 and 4 ranks agree to $tol after $steps steps; checkpoints resume"

@@ -76,5 +76,9 @@ abi-baseline: need-test all
 tests/bench_step: tests/bench_step.c $(STATIC)
 	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
 
-bench: need-build tests/bench_step
+tests/bench_bank: tests/bench_bank.c $(STATIC)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
+
+bench: need-build tests/bench_step tests/bench_bank
 	./tests/bench_step
+	./tests/bench_bank

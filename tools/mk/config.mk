@@ -22,7 +22,7 @@ ZLIB_LIBS = $(call lazy,ZLIB_LIBS,--libs zlib)
 CHECK_CFLAGS = $(call lazy,CHECK_CFLAGS,--cflags check)
 CHECK_LIBS = $(call lazy,CHECK_LIBS,--libs check)
 DEP_CFLAGS = $(BLAS_CFLAGS) $(ZLIB_CFLAGS)
-DEP_LIBS = $(BLAS_LIBS) $(ZLIB_LIBS) -lm
+DEP_LIBS = $(BLAS_LIBS) $(ZLIB_LIBS) -lm -pthread
 
 SRCS := $(wildcard lib/*.c)
 LIB_HDRS := lib/internal.h include/ulpt.h

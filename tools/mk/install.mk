@@ -29,6 +29,7 @@ uninstall:
 
 clean:
 	rm -rf lib/obj tests/obj tests/build lib/libulpt.so* $(STATIC) tests/fuzz/work \
-	    tests/test_ulpt tests/bench_step tests/tinylm/test_tinylm tests/abi/out bindings/rust/target \
+	    tests/test_ulpt tests/bench_step tests/bench_bank tests/tinylm/test_tinylm tests/abi/out bindings/rust/target \
 	    examples/quickstart examples/tinylm/tune examples/tinylm/tlm \
-	    examples/mpi/tune_mpi tests/mpi/param_diff tools/ulpt
+	    examples/mpi/tune_mpi tests/mpi/param_diff tests/mpi/nan_model \
+	    tools/ulpt

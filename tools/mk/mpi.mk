@@ -19,6 +19,9 @@ examples/mpi/tune_mpi: examples/mpi/tune_mpi.c $(TLM_DEPS) $(TASK_DEPS) $(SHARED
 tests/mpi/param_diff: tests/mpi/param_diff.c $(SHARED) include/ulpt.h
 	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(call link_shared,../../lib) -lm
 
+tests/mpi/nan_model: tests/mpi/nan_model.c $(TLM_DEPS)
+	$(CC) $(CFLAGS) $(TLM_CFLAGS) -o $@ $< $(TLM_SRCS) $(DEP_LIBS) -pthread
+
 # 1, 2 and 4 ranks of tune_mpi on the names fixture, oversubscribed: about 20 s.
-check-mpi: need-test examples/mpi/tune_mpi tests/mpi/param_diff
+check-mpi: need-test examples/mpi/tune_mpi tests/mpi/param_diff tests/mpi/nan_model
 	nice sh tests/mpi/check-mpi.sh

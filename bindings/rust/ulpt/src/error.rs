@@ -33,6 +33,9 @@ pub enum ErrorKind {
     Callback,
     /// `ULPT_ERR_UNSUPPORTED`: valid, but not supported by this build.
     Unsupported,
+    /// `ULPT_ERR_NOT_FOUND`: no such prompt in a [`Bank`](crate::Bank) (removed, or
+    /// never there).
+    NotFound,
     /// A code this crate does not know (from a newer library).
     Other(i32),
 }
@@ -50,6 +53,7 @@ impl ErrorKind {
             sys::ULPT_ERR_NONFINITE => ErrorKind::NonFinite,
             sys::ULPT_ERR_CALLBACK => ErrorKind::Callback,
             sys::ULPT_ERR_UNSUPPORTED => ErrorKind::Unsupported,
+            sys::ULPT_ERR_NOT_FOUND => ErrorKind::NotFound,
             other => ErrorKind::Other(other),
         }
     }
@@ -66,6 +70,7 @@ impl ErrorKind {
             ErrorKind::NonFinite => sys::ULPT_ERR_NONFINITE,
             ErrorKind::Callback => sys::ULPT_ERR_CALLBACK,
             ErrorKind::Unsupported => sys::ULPT_ERR_UNSUPPORTED,
+            ErrorKind::NotFound => sys::ULPT_ERR_NOT_FOUND,
             ErrorKind::Other(code) => code,
         }
     }

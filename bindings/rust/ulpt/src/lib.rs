@@ -15,6 +15,8 @@
 //!   `ULPT_ERR_*` code and the library's one-line message.
 //! * [`Zo`] trains from losses alone (forward-only, zeroth-order), for hosts that
 //!   cannot back-propagate.
+//! * [`Bank`] serves many tasks from one model: prompts kept as their parameters,
+//!   materialised on demand in mixed batches (f32, f16, bf16).
 //! * Threads: projections and prompts are `Send + Sync`; `forward`, accessors and
 //!   saving take `&self` and may run in several threads at once, everything that
 //!   changes an object takes `&mut self`.
@@ -47,6 +49,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod bank;
 mod callback;
 mod error;
 mod file;
@@ -58,6 +61,7 @@ mod zo;
 
 use std::ffi::CStr;
 
+pub use bank::{Bank, BankId, Request};
 pub use error::{Error, ErrorKind, Result};
 pub use file::{inspect, FileInfo};
 pub use optimizer::{load_checkpoint, Optimizer, OptimizerState};

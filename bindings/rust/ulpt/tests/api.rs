@@ -146,6 +146,7 @@ fn error_kinds_map_every_code() {
         ErrorKind::NonFinite,
         ErrorKind::Callback,
         ErrorKind::Unsupported,
+        ErrorKind::NotFound,
     ];
     for (i, k) in kinds.iter().enumerate() {
         assert_eq!(k.code(), -(i as i32) - 1);
