@@ -19,7 +19,9 @@
 //!   materialised on demand in mixed batches (f32, f16, bf16).
 //! * Threads: projections and prompts are `Send + Sync`; `forward`, accessors and
 //!   saving take `&self` and may run in several threads at once, everything that
-//!   changes an object takes `&mut self`.
+//!   changes an object takes `&mut self`.  The two process-wide settings,
+//!   [`set_allocator`] and [`set_num_threads`], are `unsafe`: nothing else may run
+//!   meanwhile.
 //!
 //! ```
 //! use ulpt::{Optimizer, OptimizerOptions, Prompt, PromptOptions};
@@ -66,7 +68,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use file::{inspect, FileInfo};
 pub use optimizer::{load_checkpoint, Optimizer, OptimizerState};
 pub use options::{
-    Dtype, FileKind, OptimizerKind, OptimizerOptions, ProjectionKind, PromptOptions, SaveOptions,
+    Dtype, FileKind, FitOptions, OptimizerKind, OptimizerOptions, ProjectionKind, PromptOptions, SaveOptions,
     Schedule,
 };
 pub use projection::{Projection, ProjectionRef};
@@ -91,10 +93,13 @@ pub fn version_string() -> &'static str {
 /// The number of threads the BLAS kernels may use, process-wide
 /// (`ulpt_set_num_threads`); one or two are usually fastest for ULPT's small products.
 ///
+/// # Safety
+/// It changes OpenBLAS's global thread pool: no other libulpt call may run in any thread
+/// meanwhile (call it at start-up).
+///
 /// Errors: [`ErrorKind::Invalid`] for `n < 1`.
-pub fn set_num_threads(n: i32) -> Result<()> {
-    // SAFETY: a plain integer argument.
-    error::check(unsafe { sys::ulpt_set_num_threads(n) })
+pub unsafe fn set_num_threads(n: i32) -> Result<()> {
+    error::check(sys::ulpt_set_num_threads(n))
 }
 
 /// Route every allocation the library makes through `allocator` (copied), or back to

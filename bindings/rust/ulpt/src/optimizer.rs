@@ -222,8 +222,10 @@ pub struct OptimizerState {
     prompt_id: u64,
 }
 
-// SAFETY: a handle nobody else uses; it may move between threads.
+// SAFETY: a handle nobody else uses may move between threads; &self methods only call
+// accessors taking it as const.
 unsafe impl Send for OptimizerState {}
+unsafe impl Sync for OptimizerState {}
 
 impl OptimizerState {
     /// Attach the state to its prompt again.

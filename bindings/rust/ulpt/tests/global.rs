@@ -1,5 +1,6 @@
-//! `set_allocator`: every allocation goes through the host's functions.  Its own test
-//! binary, run single-threaded: the call must not overlap any other libulpt call.
+//! The process-wide settings, `set_allocator` (every allocation goes through the host's
+//! functions) and `set_num_threads`.  Their own test binary, with one test, so that no
+//! other libulpt call runs while they do, as their safety contracts require.
 
 use std::os::raw::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +30,17 @@ unsafe extern "C" fn counting_free(_user: *mut c_void, p: *mut c_void) {
 }
 
 #[test]
+fn process_wide_settings() {
+    allocations_go_through_the_hosts_allocator_and_are_all_freed();
+    // SAFETY: nothing else runs in this process meanwhile.
+    let err = unsafe { ulpt::set_num_threads(0) }.unwrap_err();
+    assert_eq!(err.kind(), ulpt::ErrorKind::Invalid);
+    assert!(err.message().starts_with("ulpt_set_num_threads"), "{}", err);
+    unsafe { ulpt::set_num_threads(1) }.unwrap();
+    let p = Prompt::new(&PromptOptions::new(3, 10)).unwrap();
+    assert_eq!(p.embeddings().unwrap().len(), 30);
+}
+
 fn allocations_go_through_the_hosts_allocator_and_are_all_freed() {
     let a = sys::ulpt_allocator {
         alloc: Some(counting_alloc),
