@@ -505,13 +505,15 @@ ULPT_API ulpt_optimizer *ulpt_zo_optimizer(const ulpt_zo *zo);
  * Conventional keys: "model" (identity of the host model the prompt was tuned for, e.g.
  * "meta-llama/Llama-3.2-1B"; ulpt_prompt_load_for_model checks it), "task", "created"
  * (ISO 8601 date).  Keys are 1..255 bytes, values 0..65535 bytes, at most 1024 pairs;
- * both are NUL-terminated UTF-8 (not checked).  Order of insertion is kept.
+ * both are NUL-terminated, well-formed UTF-8 (checked when set and when a file is
+ * loaded, since 1.1: bindings hand them out as strings).  Order of insertion is kept.
  * ------------------------------------------------------------------------------- */
 
 /* Set key to value (a copy is kept), replacing an existing value; value NULL removes the
  * key (no error if absent).  Allocates: not for hot paths.
  * Errors: ULPT_ERR_INVALID (NULL prompt or key, empty or too long key, too long value,
- * too many keys), ULPT_ERR_NOMEM.  On error the metadata is unchanged. */
+ * too many keys, a key or value that is not UTF-8: the message gives the byte offset),
+ * ULPT_ERR_NOMEM.  On error the metadata is unchanged. */
 ULPT_API int ulpt_prompt_set_meta(ulpt_prompt *p, const char *key, const char *value);
 
 /* The value of key, or NULL when absent (or p or key NULL).  Valid until the key is set
