@@ -505,13 +505,15 @@ ULPT_API ulpt_optimizer *ulpt_zo_optimizer(const ulpt_zo *zo);
  * Conventional keys: "model" (identity of the host model the prompt was tuned for, e.g.
  * "meta-llama/Llama-3.2-1B"; ulpt_prompt_load_for_model checks it), "task", "created"
  * (ISO 8601 date).  Keys are 1..255 bytes, values 0..65535 bytes, at most 1024 pairs;
- * both are NUL-terminated UTF-8 (not checked).  Order of insertion is kept.
+ * both are NUL-terminated, well-formed UTF-8 (checked when set and when a file is
+ * loaded, since 1.1: bindings hand them out as strings).  Order of insertion is kept.
  * ------------------------------------------------------------------------------- */
 
 /* Set key to value (a copy is kept), replacing an existing value; value NULL removes the
  * key (no error if absent).  Allocates: not for hot paths.
  * Errors: ULPT_ERR_INVALID (NULL prompt or key, empty or too long key, too long value,
- * too many keys), ULPT_ERR_NOMEM.  On error the metadata is unchanged. */
+ * too many keys, a key or value that is not UTF-8: the message gives the byte offset),
+ * ULPT_ERR_NOMEM.  On error the metadata is unchanged. */
 ULPT_API int ulpt_prompt_set_meta(ulpt_prompt *p, const char *key, const char *value);
 
 /* The value of key, or NULL when absent (or p or key NULL).  Valid until the key is set
@@ -632,6 +634,61 @@ ULPT_API int ulpt_file_inspect(const char *path, ulpt_file_info *info);
  * keeps in adapter_model.safetensors -- atomically.
  * Errors: ULPT_ERR_INVALID, ULPT_ERR_NOMEM, ULPT_ERR_IO. */
 ULPT_API int ulpt_prompt_export_safetensors(const ulpt_prompt *p, const char *path);
+
+/* ---------------------------------------------------------------------------------
+ * Initialising a prompt from text.  Since 1.1 (every function and type of this section).
+ *
+ * PEFT starts a soft prompt from the embeddings of a text (a task description, a class
+ * name repeated).  ULPT's equivalent fits the prompt's structure to such rows: given T
+ * (n_tokens x dim, from the host's embedding table), set Z, s and b so that
+ * E = (Z_g . P_g) (.) s + b is the least-squares fit to T, and tune from there instead
+ * of from noise.
+ * ------------------------------------------------------------------------------- */
+
+#define ULPT_FIT_OPTIONS_VERSION 1
+
+typedef struct ulpt_fit_options {
+    unsigned version;   /* ULPT_FIT_OPTIONS_VERSION */
+    uint32_t max_iters; /* rounds of alternating least squares, default 100 (>= 1) */
+    double tol;         /* stop once a round lowers ||E - T||^2 by less than tol times its
+                           value before the round, default 1e-10 (>= 0; 0: all rounds) */
+} ulpt_fit_options;
+
+#define ULPT_FIT_OPTIONS_INIT { ULPT_FIT_OPTIONS_VERSION, 100, 1e-10 }
+
+/* Fill *opts with the defaults of options version `version` (as ULPT_FIT_OPTIONS_INIT).
+ * Errors: ULPT_ERR_INVALID (NULL, version 0 or newer than this library's). */
+ULPT_API int ulpt_fit_options_init(ulpt_fit_options *opts, unsigned version);
+
+/* Set p's Z, s and b to the least-squares fit of E to `target` (n_tokens rows of dim
+ * floats, row i at target + i*ld), within the prompt's structure: its groups (rows of
+ * group g use P_g), and s = 1 / b = 0 held fixed under ULPT_NO_SCALE / ULPT_NO_SHIFT.
+ *
+ * E is bilinear in Z and s, so this is alternating least squares, in double: from
+ * s = 1 and b = the mean row of T (b = 0 under ULPT_NO_SHIFT), each round solves exactly
+ * for Z with s and b fixed (per row, through the pseudo-inverse of P_g diag(s)^2 P_g^T,
+ * minimum-norm where it is singular; elementwise for the identity projection), then for
+ * s (per column) with Z and b fixed, then for b (the mean row of T - (Z P) (.) s).  Each
+ * block is an exact minimum, so ||E - T|| never rises from one round to the next.  Rounds
+ * stop after opts->max_iters, when a round lowers ||E - T||^2 by no more than opts->tol
+ * times its previous value, or at an exact fit.  A value a block cannot reach (s_j of a
+ * column Z P leaves all zero, z of a direction P diag(s) does not span) keeps its start.
+ * Under ULPT_NO_SCALE with one group (or ULPT_NO_SCALE | ULPT_NO_SHIFT) the first round
+ * is already the exact joint least-squares solution; otherwise the result is the point
+ * the rounds reach, a local minimum of the bilinear problem in general.  The start and
+ * every step depend only on T, P, the flags and the options: not on p's current
+ * parameters, so equal inputs give equal results, and max_iters = k reproduces the first
+ * k rounds of a longer run.  Gradients and any optimizer's state are left alone.
+ *
+ * *residual (may be NULL) gets ||E - T||_F / ||T||_F for E of the parameters stored
+ * (after rounding to float), or ||E - T||_F when T is all zero.  opts NULL = defaults.
+ * Allocates working memory (about n_tokens x dim doubles) for the call.
+ * Errors: ULPT_ERR_INVALID (NULL p or target, ld outside [dim, INT_MAX], unknown options
+ * version, max_iters 0, tol negative or not finite), ULPT_ERR_NONFINITE (a NaN or
+ * infinity in T: the message names it; or a fitted value past float's range),
+ * ULPT_ERR_NOMEM.  On error the prompt and *residual are unchanged. */
+ULPT_API int ulpt_prompt_init_from_embeddings(ulpt_prompt *p, const float *target, size_t ld,
+                                              const ulpt_fit_options *opts, double *residual);
 
 /* ---------------------------------------------------------------------------------
  * Prompt bank: many tasks served from one frozen model.  Since 1.1 (every function and

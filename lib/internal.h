@@ -18,13 +18,38 @@ int ulpt__error(int code, const char *func, const char *fmt, ...)
     ;
 #define ULPT_FAIL(code, ...) ulpt__error((code), __func__, __VA_ARGS__)
 
-/* ---- allocation (alloc.c) ------------------------------------------------------- */
+/* ---- versioned structs (versioned.c) ----------------------------------------------- */
+
+/* A public struct whose first field is `unsigned version`. */
+typedef struct {
+    const char *what;     /* for messages: "options", "save options", "info" */
+    unsigned latest;      /* this library's version of it */
+    const size_t *size;   /* size[v]: the bytes version v has, v = 1..latest */
+    const void *defaults; /* a whole latest-version struct */
+} ulpt_versioned;
+
+/* out (a latest-version struct) = the defaults, overwritten by as many bytes of in as
+ * its version has; in NULL: the defaults.  ULPT_ERR_INVALID for an unknown version. */
+int ulpt__versioned_read(const char *func, const ulpt_versioned *t, const void *in, void *out);
+
+/* The first bytes of src (a latest-version struct) that `version` has into the caller's
+ * out, whose version field becomes `version`: the _init functions and getters.
+ * ULPT_ERR_INVALID for an unknown version, out untouched (the caller checks NULL). */
+int ulpt__versioned_write(const char *func, const ulpt_versioned *t, void *out, unsigned version,
+                          const void *src);
+
+/* ---- allocation (embed.c) ------------------------------------------------------- */
 
 /* The allocator new objects are created with (a copy of the current setting). */
 ulpt_allocator ulpt__allocator(void);
 void *ulpt__alloc(const ulpt_allocator *a, size_t size);
 void *ulpt__calloc(const ulpt_allocator *a, size_t count, size_t size);
 void ulpt__free(const ulpt_allocator *a, void *ptr);
+
+/* A buffer for the caller, released by ulpt_free: allocate ULPT_BUFFER_PREFIX + len
+ * bytes from a at base, fill from base + ULPT_BUFFER_PREFIX, hand out what this returns. */
+#define ULPT_BUFFER_PREFIX 64
+void *ulpt__buffer_hand_out(const ulpt_allocator *a, unsigned char *base);
 
 /* a*b without overflow into *out; 0 if it would overflow size_t. */
 int ulpt__mul(size_t a, size_t b, size_t *out);

@@ -1,11 +1,42 @@
-/* meta.c -- string key/value metadata a prompt carries into its files. */
-#include "internal.h"
-
-#include <string.h>
+/* meta.c -- string key/value metadata a prompt carries into its files, and its META
+ * section (docs/FORMAT.md): u32 count, then count times u32 key length, key, u32 value
+ * length, value.  Keys and values are UTF-8 without NUL, checked when set and when
+ * loaded, so bindings can hand them out as strings. */
+#include "format.h"
 
 #define META_MAX_KEY 255
 #define META_MAX_VALUE 65535
 #define META_MAX_PAIRS 1024
+
+/* The offset of the first byte of s that does not start well-formed UTF-8 (RFC 3629: no
+ * overlong forms, no surrogates, nothing past U+10FFFF), or len if none. */
+static size_t utf8_bad_at(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i], lo = 0x80, hi = 0xbf;
+        size_t n; /* continuation bytes */
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            n = 1;
+        else if (c >= 0xe0 && c <= 0xef)
+            n = 2, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+        else if (c >= 0xf0 && c <= 0xf4)
+            n = 3, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+        else
+            return i;
+        if (len - i <= n || s[i + 1] < lo || s[i + 1] > hi)
+            return i;
+        for (size_t k = 2; k <= n; k++)
+            if ((s[i + k] & 0xc0) != 0x80)
+                return i;
+        i += n + 1;
+    }
+    return len;
+}
 
 static char *copy(const ulpt_allocator *a, const char *s, size_t len)
 {
@@ -60,9 +91,11 @@ int ulpt_prompt_set_meta(ulpt_prompt *p, const char *key, const char *value)
 {
     if (!p || !key)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : "key");
-    size_t klen = strlen(key);
+    size_t klen = strlen(key), bad;
     if (klen == 0 || klen > META_MAX_KEY)
         return ULPT_FAIL(ULPT_ERR_INVALID, "key length %zu is outside 1..%d", klen, META_MAX_KEY);
+    if ((bad = utf8_bad_at((const unsigned char *)key, klen)) < klen)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "key is not UTF-8 (byte %zu)", bad);
     ulpt_meta *m = &p->meta;
     size_t at = find(m, key);
     if (!value) {
@@ -79,6 +112,8 @@ int ulpt_prompt_set_meta(ulpt_prompt *p, const char *key, const char *value)
     if (vlen > META_MAX_VALUE)
         return ULPT_FAIL(ULPT_ERR_INVALID, "value of \"%s\" is %zu bytes, over %d", key, vlen,
                          META_MAX_VALUE);
+    if ((bad = utf8_bad_at((const unsigned char *)value, vlen)) < vlen)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "value of \"%s\" is not UTF-8 (byte %zu)", key, bad);
     if (at == SIZE_MAX && m->count >= META_MAX_PAIRS)
         return ULPT_FAIL(ULPT_ERR_INVALID, "a prompt holds at most %d metadata keys",
                          META_MAX_PAIRS);
@@ -121,5 +156,106 @@ int ulpt_prompt_meta_at(const ulpt_prompt *p, size_t i, const char **key, const 
                          p->meta.count);
     *key = p->meta.keys[i];
     *value = p->meta.values[i];
+    return ULPT_OK;
+}
+
+/* ---- the META section ---------------------------------------------------------------- */
+
+static size_t meta_bytes(const ulpt_meta *m)
+{
+    size_t n = 4;
+    for (size_t i = 0; i < m->count; i++)
+        n += 8 + strlen(m->keys[i]) + strlen(m->values[i]);
+    return n;
+}
+
+static void write_meta(unsigned char *w, const void *ctx)
+{
+    const ulpt_meta *m = ctx;
+    ulpt__put32(w, (uint32_t)m->count);
+    w += 4;
+    for (size_t i = 0; i < m->count; i++) {
+        const char *str[2] = { m->keys[i], m->values[i] };
+        for (int j = 0; j < 2; j++) {
+            size_t l = strlen(str[j]);
+            ulpt__put32(w, (uint32_t)l);
+            memcpy(w + 4, str[j], l);
+            w += 4 + l;
+        }
+    }
+}
+
+/* Optional: a reader that did not know it could skip it. */
+ulpt_section_out ulpt__meta_section(const ulpt_meta *m)
+{
+    return (ulpt_section_out){ TAG_META, 0, meta_bytes(m), write_meta, m };
+}
+
+#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
+
+int ulpt__meta_check(const char *func, const ulpt_section *s)
+{
+    if (!s->data)
+        return ULPT_OK;
+    if (s->len < 4)
+        return CORRUPT("metadata section of %zu bytes is too short", s->len);
+    size_t count = ulpt__get32(s->data), pos = 4;
+    if (count > META_MAX_PAIRS)
+        return CORRUPT("metadata claims %zu pairs, at most %d", count, META_MAX_PAIRS);
+    for (size_t i = 0; i < 2 * count; i++) { /* key, value, key, ... */
+        const char *what = i % 2 ? "value" : "key";
+        if (s->len - pos < 4)
+            return CORRUPT("metadata pair %zu runs past its section", i / 2);
+        size_t l = ulpt__get32(s->data + pos);
+        pos += 4;
+        if (l > s->len - pos || (i % 2 == 0 ? l == 0 || l > META_MAX_KEY : l > META_MAX_VALUE) ||
+            memchr(s->data + pos, 0, l))
+            return CORRUPT("metadata pair %zu has a bad %s", i / 2, what);
+        if (utf8_bad_at(s->data + pos, l) < l)
+            return CORRUPT("metadata pair %zu has a %s that is not UTF-8", i / 2, what);
+        pos += l;
+    }
+    if (pos != s->len)
+        return CORRUPT("metadata section has %zu stray bytes", s->len - pos);
+    /* keys are unique: compare each with the ones before it (at most 1024) */
+    size_t ka = 4;
+    for (size_t i = 0; i < count; i++) {
+        size_t kl = ulpt__get32(s->data + ka), next = ka + 4 + kl;
+        next += 4 + ulpt__get32(s->data + next);
+        for (size_t kb = 4; kb < ka;) {
+            size_t ml = ulpt__get32(s->data + kb);
+            if (ml == kl && memcmp(s->data + kb + 4, s->data + ka + 4, kl) == 0)
+                return CORRUPT("metadata key %zu appears twice", i);
+            kb += 4 + ml;
+            kb += 4 + ulpt__get32(s->data + kb);
+        }
+        ka = next;
+    }
+    return ULPT_OK;
+}
+
+int ulpt__meta_load(const char *func, ulpt_prompt *p, const ulpt_section *s)
+{
+    if (!s->data)
+        return ULPT_OK;
+    size_t count = ulpt__get32(s->data), pos = 4;
+    char key[META_MAX_KEY + 1];
+    for (size_t i = 0; i < count; i++) {
+        size_t kl = ulpt__get32(s->data + pos);
+        memcpy(key, s->data + pos + 4, kl);
+        key[kl] = '\0';
+        pos += 4 + kl;
+        size_t vl = ulpt__get32(s->data + pos);
+        char *value = ulpt__alloc(&p->al, vl + 1);
+        if (!value)
+            return ulpt__error(ULPT_ERR_NOMEM, func, "no memory for metadata");
+        memcpy(value, s->data + pos + 4, vl);
+        value[vl] = '\0';
+        pos += 4 + vl;
+        int rc = ulpt_prompt_set_meta(p, key, value); /* checked: only memory can fail */
+        ulpt__free(&p->al, value);
+        if (rc)
+            return ulpt__error(rc, func, "no memory for metadata");
+    }
     return ULPT_OK;
 }

@@ -19,18 +19,16 @@ static int bad_range(double x, double lo, double hi) { return !(x >= lo && x < h
 static const size_t options_size[ULPT_OPTIMIZER_OPTIONS_VERSION + 1] = {
     0, sizeof(ulpt_optimizer_options),
 };
+static const ulpt_optimizer_options defaults = ULPT_OPTIMIZER_OPTIONS_INIT;
+static const ulpt_versioned options_v = {
+    "options", ULPT_OPTIMIZER_OPTIONS_VERSION, options_size, &defaults,
+};
 
 int ulpt_optimizer_options_init(ulpt_optimizer_options *opts, unsigned version)
 {
-    static const ulpt_optimizer_options defaults = ULPT_OPTIMIZER_OPTIONS_INIT;
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    if (version < 1 || version > ULPT_OPTIMIZER_OPTIONS_VERSION)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
-                         version, ULPT_OPTIMIZER_OPTIONS_VERSION);
-    memcpy(opts, &defaults, options_size[version]); /* the caller's version's bytes only */
-    opts->version = version;
-    return ULPT_OK;
+    return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
 }
 
 static int check_options(const ulpt_optimizer_options *o)
@@ -61,20 +59,15 @@ static int check_options(const ulpt_optimizer_options *o)
 int ulpt_optimizer_create(ulpt_optimizer **out, ulpt_prompt *prompt,
                           const ulpt_optimizer_options *opts)
 {
-    static const ulpt_optimizer_options defaults = ULPT_OPTIMIZER_OPTIONS_INIT;
     if (!out || !prompt)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "prompt");
-    if (!opts)
-        opts = &defaults;
-    if (opts->version < 1 || opts->version > ULPT_OPTIMIZER_OPTIONS_VERSION)
-        return BAD_OPTION("unknown options version %u (this library knows 1..%d)", opts->version,
-                          ULPT_OPTIMIZER_OPTIONS_VERSION);
-    ulpt_optimizer_options opt = defaults;
-    memcpy(&opt, opts, options_size[opts->version]);
+    ulpt_optimizer_options opt;
+    int rc = ulpt__versioned_read(__func__, &options_v, opts, &opt);
+    if (rc)
+        return rc;
     if (opt.weight_decay == ULPT_WEIGHT_DECAY_DEFAULT)
         opt.weight_decay = opt.kind == ULPT_OPT_ADAMW ? 0.01 : 0.0;
-    int rc = check_options(&opt);
-    if (rc)
+    if ((rc = check_options(&opt)) != ULPT_OK)
         return rc;
 
     size_t n = ulpt_prompt_num_params(prompt), nd = 0, total = 0;

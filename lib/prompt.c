@@ -31,19 +31,16 @@
 static const size_t options_size[ULPT_PROMPT_OPTIONS_VERSION + 1] = {
     0, sizeof(ulpt_prompt_options),
 };
+static const ulpt_prompt_options defaults = ULPT_PROMPT_OPTIONS_INIT;
+static const ulpt_versioned options_v = {
+    "options", ULPT_PROMPT_OPTIONS_VERSION, options_size, &defaults,
+};
 
 int ulpt_prompt_options_init(ulpt_prompt_options *opts, unsigned version)
 {
-    static const ulpt_prompt_options defaults = ULPT_PROMPT_OPTIONS_INIT;
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    if (version < 1 || version > ULPT_PROMPT_OPTIONS_VERSION)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
-                         version, ULPT_PROMPT_OPTIONS_VERSION);
-    /* only the bytes the caller's version has: its struct may be shorter than ours */
-    memcpy(opts, &defaults, options_size[version]);
-    opts->version = version;
-    return ULPT_OK;
+    return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
 }
 
 static int check_options(const char *func, const ulpt_prompt_options *o)
@@ -119,12 +116,10 @@ static int create(const char *func, ulpt_prompt **out, const ulpt_prompt_options
 {
     if (!out || !in)
         return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !out ? "out" : "opts");
-    if (in->version < 1 || in->version > ULPT_PROMPT_OPTIONS_VERSION)
-        return BAD_OPTION("unknown options version %u (this library knows 1..%d)", in->version,
-                          ULPT_PROMPT_OPTIONS_VERSION);
-    ulpt_prompt_options o = ULPT_PROMPT_OPTIONS_INIT, *opts = &o;
-    memcpy(&o, in, options_size[in->version]);
-    int rc = check_options(func, opts);
+    ulpt_prompt_options o, *opts = &o;
+    int rc = ulpt__versioned_read(func, &options_v, in, &o);
+    if (!rc)
+        rc = check_options(func, opts);
     if (!rc && shared)
         rc = check_shared(func, opts, shared);
     if (rc)

@@ -42,18 +42,16 @@ struct ulpt_zo {
 static const size_t options_size[ULPT_ZO_OPTIONS_VERSION + 1] = {
     0, sizeof(ulpt_zo_options),
 };
+static const ulpt_zo_options defaults = ULPT_ZO_OPTIONS_INIT;
+static const ulpt_versioned options_v = {
+    "options", ULPT_ZO_OPTIONS_VERSION, options_size, &defaults,
+};
 
 int ulpt_zo_options_init(ulpt_zo_options *opts, unsigned version)
 {
-    static const ulpt_zo_options defaults = ULPT_ZO_OPTIONS_INIT;
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    if (version < 1 || version > ULPT_ZO_OPTIONS_VERSION)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
-                         version, ULPT_ZO_OPTIONS_VERSION);
-    memcpy(opts, &defaults, options_size[version]);
-    opts->version = version;
-    return ULPT_OK;
+    return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
 }
 
 /* Checks o (a full current-version struct) and resolves batch 0 to 2q. */
@@ -79,19 +77,14 @@ static int check_options(const char *func, ulpt_zo_options *o)
 int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *opt, const ulpt_zo_options *opts)
 {
     static const char func[] = "ulpt_zo_create";
-    static const ulpt_zo_options defaults = ULPT_ZO_OPTIONS_INIT;
     if (!out || !p || !opt)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : !p ? "prompt" : "optimizer");
     if (ulpt_optimizer_prompt(opt) != p)
         return ULPT_FAIL(ULPT_ERR_INVALID, "the optimizer was created for another prompt");
-    if (!opts)
-        opts = &defaults;
-    if (opts->version < 1 || opts->version > ULPT_ZO_OPTIONS_VERSION)
-        return BAD_OPTION("unknown options version %u (this library knows 1..%d)", opts->version,
-                          ULPT_ZO_OPTIONS_VERSION);
-    ulpt_zo_options o = defaults;
-    memcpy(&o, opts, options_size[opts->version]);
-    int rc = check_options(func, &o);
+    ulpt_zo_options o;
+    int rc = ulpt__versioned_read(func, &options_v, opts, &o);
+    if (!rc)
+        rc = check_options(func, &o);
     if (rc)
         return rc;
 
@@ -267,13 +260,7 @@ int ulpt_zo_get_options(ulpt_zo_options *opts, const ulpt_zo *zo)
 {
     if (!opts || !zo)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !opts ? "opts" : "zo");
-    unsigned v = opts->version;
-    if (v < 1 || v > ULPT_ZO_OPTIONS_VERSION)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
-                         v, ULPT_ZO_OPTIONS_VERSION);
-    memcpy(opts, &zo->o, options_size[v]);
-    opts->version = v;
-    return ULPT_OK;
+    return ulpt__versioned_write(__func__, &options_v, opts, opts->version, &zo->o);
 }
 
 ulpt_prompt *ulpt_zo_prompt(const ulpt_zo *zo) { return zo ? zo->prompt : NULL; }

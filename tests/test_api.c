@@ -84,7 +84,8 @@ static const struct {
     {m_huge_tokens, "BLAS limit"},
 };
 
-TEST_LOOP(bad_prompt_options_are_refused_by_name, 0, (int)(sizeof bad_prompts / sizeof bad_prompts[0]))
+TEST_LOOP(bad_prompt_options_are_refused_by_name, 0,
+          (int)(sizeof bad_prompts / sizeof bad_prompts[0]))
 {
     bad_prompt(bad_prompts[_i].mutate, bad_prompts[_i].word);
 }

@@ -133,7 +133,8 @@ TEST_LOOP(same_inputs_give_identical_bytes, ULPT_PROJ_XAVIER_UNIFORM, ULPT_PROJ_
     ulpt_projection_free(c);
 }
 
-TEST_LOOP(each_kind_has_its_bounds_mean_and_variance, ULPT_PROJ_XAVIER_UNIFORM, ULPT_PROJ_RADEMACHER + 1)
+TEST_LOOP(each_kind_has_its_bounds_mean_and_variance, ULPT_PROJ_XAVIER_UNIFORM,
+          ULPT_PROJ_RADEMACHER + 1)
 {
     const int kind = _i;
     const uint32_t r = 4, d = 16384;

@@ -66,6 +66,10 @@ ABI_FIELD(ulpt_zo_options, distribution, 24);
 ABI_FIELD(ulpt_zo_options, perturb, 28);
 ABI_FIELD(ulpt_zo_options, seed, 32);
 ABI_SIZE(ulpt_zo_options, 40);
+ABI_FIELD(ulpt_fit_options, version, 0);
+ABI_FIELD(ulpt_fit_options, max_iters, 4);
+ABI_FIELD(ulpt_fit_options, tol, 8);
+ABI_SIZE(ulpt_fit_options, 16);
 /* ulpt_bank_request travels in arrays and has no version field: it can never change */
 ABI_FIELD(ulpt_bank_request, id, 0);
 ABI_FIELD(ulpt_bank_request, dst, 8);

@@ -101,12 +101,13 @@ def test_export_peft_config_is_valid_json_for_any_model_name(tmp_path):
     assert run("export-peft", path, tmp_path / "a").returncode == 0
     cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text(encoding="utf-8"))
     assert cfg["base_model_name_or_path"] == "caf\u00e9 \t \"x\" \u2028 end"
-    # a name that is not UTF-8 (set through the C API with raw bytes) still gives valid JSON
-    ulpt.lib.ulpt_prompt_set_meta(p.handle, b"model", b"bad \xff\xfe and cut \xe2\x80")
+    # a name that is not UTF-8 cannot get into a file: the library refuses to set it
+    # (ULPT_ERR_INVALID) and keeps the old one, which exports as before
+    assert ulpt.lib.ulpt_prompt_set_meta(p.handle, b"model", b"bad \xff\xfe and cut \xe2\x80") == -1
     p.save(path)
     assert run("export-peft", path, tmp_path / "b").returncode == 0
     cfg = json.loads((tmp_path / "b" / "adapter_config.json").read_bytes().decode("utf-8"))
-    assert cfg["base_model_name_or_path"] == "bad \ufffd\ufffd and cut \ufffd\ufffd"
+    assert cfg["base_model_name_or_path"] == "caf\u00e9 \t \"x\" \u2028 end"
     del data
 
 

@@ -91,6 +91,9 @@ def _load_library():
         ),
         "ulpt_projection_data": (fp, [vp]),
         "ulpt_projection_free": (None, [vp]),
+        "ulpt_prompt_load_buffer": (c_int, [ctypes.POINTER(vp), ctypes.c_char_p, c_size]),
+        "ulpt_checkpoint_load": (c_int, [ctypes.POINTER(vp), ctypes.POINTER(vp), ctypes.c_char_p]),
+        "ulpt_last_error": (ctypes.c_char_p, []),
     }
     for name, (res, args) in sigs.items():
         f = getattr(lib, name)
@@ -317,8 +320,13 @@ def decode_tensor(payload):
             raise FormatError(f"stored data length {dlen} != count*e = {count * e}")
         raw = np.frombuffer(data, dtype=np.uint8).reshape(count, e)
     elif codec == 1:
+        if count * e > 1032 * dlen + 64:  # zlib expands at most 1032:1, plus fixed bytes
+            raise FormatError(f"{dlen} zlib bytes cannot hold {count * e}")
         d = zlib.decompressobj()
-        planes = d.decompress(data)
+        try:
+            planes = d.decompress(data)
+        except zlib.error as err:
+            raise FormatError(f"not a zlib stream: {err}")
         if not d.eof:
             raise FormatError("zlib stream not terminated")
         if d.unused_data:
@@ -369,7 +377,10 @@ def decode_meta(payload):
         value = take(v)
         if b"\0" in key or b"\0" in value:
             raise FormatError("NUL in metadata")
-        entries.append((key.decode("utf-8"), value.decode("utf-8")))
+        try:
+            entries.append((key.decode("utf-8"), value.decode("utf-8")))
+        except UnicodeDecodeError as e:  # Python's codec is RFC 3629's well-formed UTF-8
+            raise FormatError(f"metadata is not UTF-8: {e}")
     if pos != len(payload):
         raise FormatError(f"META payload has {len(payload) - pos} trailing bytes")
     keys = [k for k, _ in entries]
@@ -379,10 +390,11 @@ def decode_meta(payload):
 
 
 def decode_shape(payload):
-    if len(payload) != 48:
-        raise FormatError(f"SHAP payload is {len(payload)} bytes, not 48")
+    # at least 48 bytes; a later minor version's fields after them are ignored
+    if len(payload) < 48:
+        raise FormatError(f"SHAP payload is {len(payload)} bytes, less than 48")
     (n_tokens, rank, dim, n_groups, seed, kind, flags, fp, reserved,
-     n_params) = struct.unpack("<IIIIQIIIIQ", payload)
+     n_params) = struct.unpack_from("<IIIIQIIIIQ", payload)
     return dict(n_tokens=n_tokens, rank=rank, dim=dim, n_groups=n_groups, seed=seed,
                 kind=kind, flags=flags, fingerprint=fp, reserved=reserved, n_params=n_params)
 
@@ -392,9 +404,9 @@ OPTM_FIELDS = ("kind", "schedule", "lr", "beta1", "beta2", "eps", "weight_decay"
 
 
 def decode_optm(payload):
-    if len(payload) != 88:
-        raise FormatError(f"OPTM payload is {len(payload)} bytes, not 88")
-    return dict(zip(OPTM_FIELDS, struct.unpack("<iiddddddd QQQ".replace(" ", ""), payload)))
+    if len(payload) < 88:
+        raise FormatError(f"OPTM payload is {len(payload)} bytes, less than 88")
+    return dict(zip(OPTM_FIELDS, struct.unpack_from("<iidddddddQQQ", payload)))
 
 
 def expected_n_params(n_tokens, rank, dim, flags):
@@ -427,8 +439,10 @@ def decode_file(blob, check_fingerprint=True):
         tag, sflags, plen = struct.unpack_from("<4sIQ", blob, pos)
         if pos + 16 + plen > end:
             raise FormatError(f"section {tag!r} runs into the trailer")
-        if any(t == tag for t, _, _ in sections):
+        if any(t == tag for t, _, _ in sections):  # known or not
             raise FormatError(f"duplicate section {tag!r}")
+        if len(sections) == 64:
+            raise FormatError("more than 64 sections")
         sections.append((tag, sflags, blob[pos + 16:pos + 16 + plen]))
         pos += 16 + plen
     if pos != end:
@@ -452,8 +466,12 @@ def decode_file(blob, check_fingerprint=True):
         for req in (b"OPTM", b"MOM1", b"MOM2"):
             if req not in by_tag:
                 raise FormatError(f"checkpoint missing {req!r}")
+    elif any(t in by_tag for t in (b"OPTM", b"MOM1", b"MOM2")):
+        raise FormatError("prompt file with optimizer sections")
     shape = decode_shape(by_tag[b"SHAP"])
     out["shape"] = shape
+    if shape["reserved"] != 0:
+        raise FormatError("SHAP reserved field is not 0")
     if shape["n_params"] != expected_n_params(shape["n_tokens"], shape["rank"], shape["dim"],
                                               shape["flags"]):
         raise FormatError("parameter count disagrees with the formula")
@@ -472,6 +490,8 @@ def decode_file(blob, check_fingerprint=True):
     for t in (b"MOM1", b"MOM2"):
         if t in by_tag:
             out[t.decode().lower()] = decode_tensor(by_tag[t])
+    if kind == 2 and any(out[t]["dtype"] != 0 for t in ("parm", "mom1", "mom2")):
+        raise FormatError("checkpoint tensors must be dtype 0")
     return out
 
 
@@ -902,3 +922,344 @@ def test_safetensors_export_matches_forward(make_prompt, tmp_path, shape):
     emb = np.frombuffer(buf[start:end], dtype="<f4").reshape(n_tokens, dim)
     fwd = p.forward()
     assert emb.view(np.uint32).tolist() == fwd.view(np.uint32).tolist()
+
+
+# --------------------------------------------------------------------------------------
+# The error table of FORMAT.md ("What a loader checks"), against the library: each row
+# forged from files the library wrote, loaded through ulpt_prompt_load_buffer or
+# ulpt_checkpoint_load, must give the documented code; the decoder above agrees on the
+# rules it implements.
+# --------------------------------------------------------------------------------------
+
+OK, FORMAT, CORRUPT, MISMATCH, INVALID = 0, -4, -5, -6, -1
+SHAP_FMT = "<IIIIQIIIIQ"
+OPTM_FMT = "<iidddddddQQQ"
+
+
+def lib_load(lib, blob, checkpoint, tmp_path):
+    """(rc, message) of loading blob as a prompt (buffer) or a checkpoint (file)."""
+    p, o = ctypes.c_void_p(), ctypes.c_void_p()
+    if checkpoint:
+        path = tmp_path / "forged.ulpt"
+        path.write_bytes(blob)
+        rc = lib.ulpt_checkpoint_load(ctypes.byref(p), ctypes.byref(o), str(path).encode())
+    else:
+        rc = lib.ulpt_prompt_load_buffer(ctypes.byref(p), blob, len(blob))
+    msg = lib.ulpt_last_error().decode("utf-8", "replace") if rc else ""
+    if o:
+        lib.ulpt_optimizer_free(o)
+    if p:
+        lib.ulpt_prompt_free(p)
+    return rc, msg
+
+
+def reseal(blob):
+    blob = bytearray(blob)
+    blob[16:24] = struct.pack("<Q", len(blob))
+    blob[-4:] = struct.pack("<I", zlib.crc32(bytes(blob[:-4])) & MASK32)
+    return bytes(blob)
+
+
+def with_header(blob, offset, fmt, value):
+    b = bytearray(blob)
+    struct.pack_into(fmt, b, offset, value)
+    return reseal(b)
+
+
+def sections_of(blob):
+    return [list(x) for x in split_sections(blob)]
+
+
+def rebuild(blob, secs, kind=None):
+    minor = struct.unpack_from("<H", blob, 10)[0]
+    return build_file(kind or struct.unpack_from("<I", blob, 12)[0], [tuple(x) for x in secs],
+                      minor)
+
+
+def edit_section(blob, tag, fn):
+    secs = sections_of(blob)
+    for x in secs:
+        if x[0] == tag:
+            x[2] = fn(bytearray(x[2]))
+    return rebuild(blob, secs)
+
+
+def edit_field(blob, tag, fmt, index, value):
+    """Field `index` of a fixed-size payload (SHAP, OPTM, a tensor header), set."""
+    def fn(payload):
+        fields = list(struct.unpack_from(fmt, payload))
+        fields[index] = value
+        struct.pack_into(fmt, payload, 0, *fields)
+        return bytes(payload)
+    return edit_section(blob, tag, fn)
+
+
+def with_shape(blob, **kw):
+    """SHAP fields changed, the parameter count kept consistent with the formula."""
+    names = ["n_tokens", "rank", "dim", "n_groups", "seed", "kind", "flags", "fp", "reserved",
+             "n_params"]
+
+    def fn(payload):
+        f = dict(zip(names, struct.unpack_from(SHAP_FMT, payload)))
+        f.update(kw)
+        if "n_params" not in kw:
+            f["n_params"] = expected_n_params(f["n_tokens"], f["rank"], f["dim"], f["flags"])
+        struct.pack_into(SHAP_FMT, payload, 0, *[f[n] for n in names])
+        return bytes(payload)
+    return edit_section(blob, b"SHAP", fn)
+
+
+def meta_payload(pairs):
+    out = struct.pack("<I", len(pairs))
+    for k, v in pairs:
+        out += struct.pack("<I", len(k)) + k + struct.pack("<I", len(v)) + v
+    return out
+
+
+def with_meta(blob, pairs):
+    return edit_section(blob, b"META", lambda _: meta_payload(pairs))
+
+
+def stored_tensor(values, dtype=0):
+    data = np.asarray(values, dtype={0: "<f4", 1: "<f2"}[dtype]).tobytes()
+    return struct.pack("<IIQQ", dtype, 0, len(values), len(data)) + data
+
+
+@pytest.fixture
+def files(lib, make_prompt, tmp_path):
+    """A stored f32 prompt file and an AdamW checkpoint, both of 4 x 2 x 8, by the library."""
+    p = make_prompt(4, 2, 8, 1, 7, KIND_XAVIER, 0)
+    n = p.num_params()
+    p.params()[:] = _random_params(n, np.random.default_rng(3))
+    prompt = p.save(tmp_path / "p.ulpt", dtype=0, level=0)
+    opts = OptimizerOptions(1, 2, 1e-3, 0.9, 0.999, 1e-8, 0.01, 0.0, 0.0, 2, 1, 10)
+    ck = _checkpoint(lib, p, tmp_path / "c.ulpt", opts, 3, lambda s: np.full(n, 0.1, np.float32))
+    f16 = p.save(tmp_path / "h.ulpt", dtype=1, level=0)
+    return dict(prompt=prompt, ck=ck, f16=f16, n=n)
+
+
+def _zlib_parm(count, data_len, fill=b"\x55"):
+    return struct.pack("<IIQQ", 0, 1, count, data_len) + fill * data_len
+
+
+# (row id, forge(files) -> bytes, load as a checkpoint?, documented code, message part)
+ERROR_TABLE = [
+    ("bad-magic", lambda f: b"\x88" + f["prompt"][1:], False, FORMAT, "magic"),
+    ("part-of-magic", lambda f: f["prompt"][:7], False, CORRUPT, "truncated"),
+    ("shorter-than-header", lambda f: f["prompt"][:27], False, CORRUPT, "truncated"),
+    ("major-2", lambda f: with_header(f["prompt"], 8, "<H", 2), False, FORMAT, "2.0"),
+    ("length-field", lambda f: f["prompt"] + b"\0", False, CORRUPT, "trailing"),
+    ("crc", lambda f: f["prompt"][:60] + bytes([f["prompt"][60] ^ 4]) + f["prompt"][61:],
+     False, CORRUPT, "checksum"),
+    ("kind-3", lambda f: with_header(f["prompt"], 12, "<I", 3), False, FORMAT, "kind 3"),
+    ("section-overrun", lambda f: with_header(f["prompt"], 24 + 8, "<Q", 1 << 40), False,
+     CORRUPT, "claims"),
+    ("65-sections", lambda f: rebuild(f["prompt"], sections_of(f["prompt"]) +
+                                      [[b"X%03d" % i, 0, b""] for i in range(62)]),
+     False, CORRUPT, "more than 64"),
+    ("repeated-unknown-optional", lambda f: rebuild(
+        f["prompt"], sections_of(f["prompt"]) + [[b"XTRA", 0, b"a"], [b"XTRA", 0, b"b"]]),
+     False, CORRUPT, "'XTRA' appears twice"),
+    ("repeated-known", lambda f: rebuild(f["prompt"], sections_of(f["prompt"]) +
+                                         [[b"META", 0, meta_payload([])]]),
+     False, CORRUPT, "appears twice"),
+    ("unknown-required", lambda f: rebuild(f["prompt"], sections_of(f["prompt"]) +
+                                           [[b"XTRA", 1, b""]]), False, FORMAT, "XTRA"),
+    ("missing-shap", lambda f: rebuild(f["prompt"], [x for x in sections_of(f["prompt"])
+                                                     if x[0] != b"SHAP"]),
+     False, CORRUPT, "missing"),
+    ("shap-40-bytes", lambda f: edit_section(f["prompt"], b"SHAP", lambda b: bytes(b[:40])),
+     False, CORRUPT, "at least 48"),
+    ("checkpoint-without-mom2", lambda f: rebuild(f["ck"], [x for x in sections_of(f["ck"])
+                                                           if x[0] != b"MOM2"]),
+     True, CORRUPT, "optimizer sections"),
+    ("prompt-with-optm", lambda f: rebuild(f["prompt"], sections_of(f["prompt"]) +
+                                           [x for x in sections_of(f["ck"]) if x[0] == b"OPTM"]),
+     False, CORRUPT, "optimizer sections"),
+    ("reserved", lambda f: edit_field(f["prompt"], b"SHAP", SHAP_FMT, 8, 1), False, CORRUPT,
+     "reserved"),
+    ("checkpoint-load-of-a-prompt", lambda f: f["prompt"], True, FORMAT, "not a checkpoint"),
+    ("param-count-field", lambda f: edit_field(f["prompt"], b"SHAP", SHAP_FMT, 9, 25), False,
+     CORRUPT, "declares"),
+    ("more-params-than-1032-per-byte", lambda f: with_shape(f["prompt"], n_tokens=1 << 20,
+                                                            dim=1 << 20),
+     False, CORRUPT, "cannot come from"),
+    ("parm-20-bytes", lambda f: edit_section(f["prompt"], b"PARM", lambda b: bytes(b[:20])),
+     False, CORRUPT, "too short"),
+    ("parm-dtype-5", lambda f: edit_field(f["prompt"], b"PARM", "<IIQQ", 0, 5), False, FORMAT,
+     "dtype 5"),
+    ("parm-codec-7", lambda f: edit_field(f["prompt"], b"PARM", "<IIQQ", 1, 7), False, FORMAT,
+     "codec 7"),
+    ("parm-count", lambda f: edit_field(f["prompt"], b"PARM", "<IIQQ", 2, 23), False, CORRUPT,
+     "elements declared"),
+    ("parm-data-length-field", lambda f: edit_field(f["prompt"], b"PARM", "<IIQQ", 3, 95),
+     False, CORRUPT, "data bytes declared"),
+    ("parm-stored-short", lambda f: edit_section(
+        f["prompt"], b"PARM", lambda b: struct.pack("<IIQQ", 0, 0, f["n"], 4 * f["n"] - 4) +
+        bytes(b[24:-4])), False, CORRUPT, "cannot hold"),
+    ("checkpoint-parm-f16", lambda f: rebuild(f["ck"], [
+        x if x[0] != b"PARM" else [b"PARM", 1, dict((t, pl) for t, _, pl in
+                                                    split_sections(f["f16"]))[b"PARM"]]
+        for x in sections_of(f["ck"])]), True, FORMAT, "must be f32"),
+    ("memory-bound", lambda f: edit_section(with_shape(f["prompt"], n_tokens=4, dim=1 << 22),
+                                            b"PARM", lambda b: _zlib_parm(8 + 2 * (1 << 22),
+                                                                          33000)),
+     False, CORRUPT, "impossible for"),
+    ("meta-count-1025", lambda f: edit_section(f["prompt"], b"META",
+                                               lambda b: struct.pack("<I", 1025)),
+     False, CORRUPT, "1024"),
+    ("meta-nul", lambda f: with_meta(f["prompt"], [(b"k", b"a\0b")]), False, CORRUPT, "bad value"),
+    ("meta-stray-bytes", lambda f: edit_section(f["prompt"], b"META",
+                                                lambda b: meta_payload([]) + b"x"),
+     False, CORRUPT, "stray"),
+    ("meta-repeated-key", lambda f: with_meta(f["prompt"], [(b"k", b"1"), (b"k", b"2")]),
+     False, CORRUPT, "twice"),
+    ("meta-overlong-utf8", lambda f: with_meta(f["prompt"], [(b"k", b"\xc0\x80")]), False,
+     CORRUPT, "not UTF-8"),
+    ("meta-surrogate", lambda f: with_meta(f["prompt"], [(b"k", b"\xed\xa0\x80")]), False,
+     CORRUPT, "not UTF-8"),
+    ("meta-past-10ffff", lambda f: with_meta(f["prompt"], [(b"\xf4\x90\x80\x80", b"v")]), False,
+     CORRUPT, "key that is not UTF-8"),
+    ("meta-cut-short", lambda f: with_meta(f["prompt"], [(b"k", b"\xe2\x82")]), False, CORRUPT,
+     "not UTF-8"),
+    ("meta-lone-continuation", lambda f: with_meta(f["prompt"], [(b"k", b"a\x80")]), False,
+     CORRUPT, "not UTF-8"),
+    # (each keeps the parameter count of 24, so that only the shape's validity fails)
+    ("shape-rank-over-dim", lambda f: with_shape(f["prompt"], n_tokens=1, rank=22, dim=1),
+     False, CORRUPT, "bad shape"),
+    ("shape-identity-rank", lambda f: with_shape(f["prompt"], kind=KIND_IDENTITY, fp=0), False,
+     CORRUPT, "bad shape"),
+    ("shape-groups", lambda f: with_shape(f["prompt"], n_groups=3), False, CORRUPT, "bad shape"),
+    ("shape-zero-tokens", lambda f: with_shape(f["prompt"], n_tokens=0, dim=12), False,
+     CORRUPT, "bad shape"),
+    ("shape-kind-9", lambda f: with_shape(f["prompt"], kind=9), False, CORRUPT, "bad shape"),
+    ("shape-flag-bit-2", lambda f: with_shape(f["prompt"], flags=4), False, CORRUPT,
+     "bad shape"),
+    ("fingerprint", lambda f: with_shape(f["prompt"], seed=8), False, MISMATCH, "fingerprint"),
+    ("zlib-garbage", lambda f: edit_section(f["prompt"], b"PARM",
+                                            lambda b: _zlib_parm(f["n"], 20)),
+     False, CORRUPT, "inflate"),
+    ("nan-parameter", lambda f: edit_section(
+        f["prompt"], b"PARM", lambda b: stored_tensor([np.nan] + [0.5] * (f["n"] - 1))),
+     False, CORRUPT, "not finite"),
+    ("optm-80-bytes", lambda f: edit_section(f["ck"], b"OPTM", lambda b: bytes(b[:80])), True,
+     CORRUPT, "at least 88"),
+    ("optm-weight-decay", lambda f: edit_field(f["ck"], b"OPTM", OPTM_FMT, 6, -1.0), True,
+     CORRUPT, "weight decay"),
+    ("optm-steps", lambda f: edit_field(f["ck"], b"OPTM", OPTM_FMT, 11, (1 << 53) + 1), True,
+     CORRUPT, "step count"),
+    ("optm-kind-3", lambda f: edit_field(f["ck"], b"OPTM", OPTM_FMT, 0, 3), True, CORRUPT,
+     "optimizer kind"),
+    ("optm-schedule-3", lambda f: edit_field(f["ck"], b"OPTM", OPTM_FMT, 1, 3), True, CORRUPT,
+     "schedule"),
+    ("optm-lr-0", lambda f: edit_field(f["ck"], b"OPTM", OPTM_FMT, 2, 0.0), True, CORRUPT, "lr"),
+    ("optm-beta1-1", lambda f: edit_field(f["ck"], b"OPTM", OPTM_FMT, 3, 1.0), True, CORRUPT,
+     "betas"),
+    ("optm-beta2-negative", lambda f: edit_field(f["ck"], b"OPTM", OPTM_FMT, 4, -0.1), True,
+     CORRUPT, "betas"),
+    ("optm-eps-0", lambda f: edit_field(f["ck"], b"OPTM", OPTM_FMT, 5, 0.0), True, CORRUPT,
+     "eps"),
+    ("optm-momentum-1", lambda f: edit_field(f["ck"], b"OPTM", OPTM_FMT, 7, 1.0), True,
+     CORRUPT, "momentum"),
+    ("optm-clip-inf", lambda f: edit_field(f["ck"], b"OPTM", OPTM_FMT, 8, math.inf), True,
+     CORRUPT, "max_grad_norm"),
+    ("optm-total-not-past-warmup", lambda f: edit_field(f["ck"], b"OPTM", OPTM_FMT, 10, 1),
+     True, CORRUPT, "total_steps"),
+    ("mom1-f16", lambda f: edit_section(f["ck"], b"MOM1",
+                                        lambda b: stored_tensor([0.0] * f["n"], dtype=1)),
+     True, FORMAT, "moments must be f32"),
+    ("mom1-nan", lambda f: edit_section(f["ck"], b"MOM1",
+                                        lambda b: stored_tensor([np.nan] * f["n"])),
+     True, CORRUPT, "not finite"),
+    ("mom2-negative", lambda f: edit_section(f["ck"], b"MOM2",
+                                             lambda b: stored_tensor([-1.0] * f["n"])),
+     True, CORRUPT, "negative"),
+]
+
+# rows whose rule the decoder above does not implement (semantic checks of the library)
+LIBRARY_ONLY = {"memory-bound", "shape-rank-over-dim", "shape-identity-rank", "shape-groups",
+                "shape-zero-tokens", "shape-kind-9", "shape-flag-bit-2", "nan-parameter",
+                "optm-weight-decay", "optm-steps", "optm-kind-3", "optm-schedule-3", "optm-lr-0",
+                "optm-beta1-1", "optm-beta2-negative", "optm-eps-0", "optm-momentum-1",
+                "optm-clip-inf", "optm-total-not-past-warmup", "mom1-nan", "mom2-negative",
+                "checkpoint-load-of-a-prompt", "more-params-than-1032-per-byte"}
+
+
+@pytest.mark.parametrize("row", ERROR_TABLE, ids=[r[0] for r in ERROR_TABLE])
+def test_each_check_gives_its_documented_error(lib, files, tmp_path, row):
+    name, forge, checkpoint, code, words = row
+    blob = forge(files)
+    rc, msg = lib_load(lib, blob, checkpoint, tmp_path)
+    assert rc == code, f"{name}: rc {rc}, documented {code} ({msg})"
+    assert words in msg, f"{name}: message {msg!r} does not say {words!r}"
+    if name not in LIBRARY_ONLY:
+        with pytest.raises(FormatError):
+            decode_file(blob)
+
+
+def test_the_untouched_files_load(lib, files, tmp_path):
+    assert lib_load(lib, files["prompt"], False, tmp_path) == (OK, "")
+    assert lib_load(lib, files["ck"], True, tmp_path) == (OK, "")
+    decode_file(files["prompt"]), decode_file(files["ck"])
+
+
+def test_sections_grow_only_at_their_end_and_readers_ignore_the_extra(lib, files, tmp_path):
+    """A later minor version may append fields to SHAP and OPTM: the first bytes are read,
+    the rest ignored; the prompt and the optimizer state load unchanged."""
+    longer = edit_section(files["prompt"], b"SHAP", lambda b: bytes(b) + b"\x01" * 8)
+    assert lib_load(lib, longer, False, tmp_path) == (OK, "")
+    assert decode_file(longer)["shape"] == decode_file(files["prompt"])["shape"]
+    longer = edit_section(files["ck"], b"OPTM", lambda b: bytes(b) + b"\xff" * 8)
+    assert lib_load(lib, longer, True, tmp_path) == (OK, "")
+    assert decode_file(longer)["optm"] == decode_file(files["ck"])["optm"]
+
+
+def test_64_sections_load_and_a_checkpoint_prompt_is_read_by_prompt_readers(lib, files, tmp_path):
+    many = rebuild(files["prompt"], sections_of(files["prompt"]) +
+                   [[b"X%03d" % i, 0, b"x"] for i in range(61)])
+    assert len(split_sections(many)) == 64
+    assert lib_load(lib, many, False, tmp_path) == (OK, "")
+    assert len(decode_file(many)["unknown"]) == 61
+    # a prompt reader takes the prompt of a checkpoint, but not one with an f16 PARM
+    assert lib_load(lib, files["ck"], False, tmp_path) == (OK, "")
+    f16 = dict((t, pl) for t, _, pl in split_sections(files["f16"]))[b"PARM"]
+    bad = rebuild(files["ck"], [x if x[0] != b"PARM" else [b"PARM", 1, f16]
+                                for x in sections_of(files["ck"])])
+    assert lib_load(lib, bad, False, tmp_path)[0] == FORMAT
+
+
+def test_zlib_bound_is_exact_in_integers(lib, files, tmp_path):
+    """count*e <= 1032*D + 64: at the bound the data is let through to zlib (which then
+    finds it is not a stream); one element byte past it, refused before inflating."""
+    D = 2
+    at_bound = 1032 * D + 64  # count*4 for f32: pick a shape whose count*4 is near it
+    # n_tokens * rank + 2 * dim elements; rank 1, dim 1 -> n + 2 elements of 4 bytes
+    for count_bytes, words in ((at_bound, "inflate"), (at_bound + 4, "cannot hold")):
+        count = count_bytes // 4
+        blob = edit_section(with_shape(files["prompt"], n_tokens=count - 2, rank=1, dim=1,
+                                       kind=KIND_IDENTITY, fp=0),
+                            b"PARM", lambda b: _zlib_parm(count, D))
+        rc, msg = lib_load(lib, blob, False, tmp_path)
+        assert rc == CORRUPT and words in msg, (count_bytes, msg)
+    assert (1032 * D + 64) % 4 == 0
+
+
+def test_metadata_must_be_utf8_when_set(make_prompt, lib):
+    p = make_prompt(4, 2, 8)
+    for bad in (b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"a\x80", b"\xff"):
+        assert lib.ulpt_prompt_set_meta(p.h, b"k", bad) == INVALID, bad
+        assert b"not UTF-8" in lib.ulpt_last_error()
+        assert lib.ulpt_prompt_set_meta(p.h, bad, b"v") == INVALID, bad
+    for good in ("é", "€", "𝄞", "\U0010ffff", "\ud7ff", "\ue000", ""):
+        assert lib.ulpt_prompt_set_meta(p.h, b"k", good.encode()) == OK, good
+
+
+def test_new_prompt_starts_with_unit_scale_and_zero_shift(make_prompt):
+    """PROJECTION.md section 2: Z from its stream, every s exactly 1, every b exactly 0."""
+    p = make_prompt(5, 2, 6, 1, 9, KIND_XAVIER, 0, init_seed=1, init_std=0.5)
+    x = p.params()
+    z = np.array(normal_draws(1, 2, 0, 10, float(np.float32(0.5))), dtype=np.float32)
+    assert x[:10].tolist() == z.tolist()
+    assert x[10:16].tolist() == [1.0] * 6 and x[16:22].tolist() == [0.0] * 6
+    q = make_prompt(5, 2, 6, 1, 9, KIND_XAVIER, 1, init_seed=1, init_std=0.5)  # no scale
+    assert q.num_params() == 16 and q.params()[10:].tolist() == [0.0] * 6

@@ -1,5 +1,6 @@
 # check.mk -- `make check`: the steps in CHECK_STEPS, run in order.  A new kind of test
-# is one rule here (or in its own tools/mk file) and one `CHECK_STEPS += check-NAME`.
+# is one rule here (or in its own tools/mk file) and one `CHECK_STEPS += check-NAME`,
+# anywhere.
 
 CHECK_STEPS := check-unit check-tinylm check-warnings check-abi check-exports check-install \
     check-pytest
@@ -8,7 +9,9 @@ CHECK_STEPS := check-unit check-tinylm check-warnings check-abi check-exports ch
 check:
 	@sh .ci/install-deps test
 	@$(MAKE) --no-print-directory check-run
-check-run: $(CHECK_STEPS)
+# Expanded when make runs it, so that steps added by files included later count too.
+.SECONDEXPANSION:
+check-run: $$(CHECK_STEPS)
 
 # ---- the Check suite of the library: every tests/test_*.c, which register themselves ----
 
@@ -16,7 +19,7 @@ TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_OBJS := $(patsubst tests/%.c,tests/obj/%.o,$(TEST_SRCS))
 TEST_CFLAGS = -std=c11 $(WARN) -Wno-missing-prototypes -Iinclude -Ilib $(CHECK_CFLAGS)
 
-tests/obj/%.o: tests/%.c tests/test.h $(LIB_HDRS)
+tests/obj/%.o: tests/%.c $(wildcard tests/*.h) $(LIB_HDRS)
 	@mkdir -p tests/obj
 	$(CC) $(CFLAGS) $(TEST_CFLAGS) -c $< -o $@
 

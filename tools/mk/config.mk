@@ -25,7 +25,7 @@ DEP_CFLAGS = $(BLAS_CFLAGS) $(ZLIB_CFLAGS)
 DEP_LIBS = $(BLAS_LIBS) $(ZLIB_LIBS) -lm -pthread
 
 SRCS := $(wildcard lib/*.c)
-LIB_HDRS := lib/internal.h include/ulpt.h
+LIB_HDRS := $(wildcard lib/*.h) include/ulpt.h
 
 # ---- packages ---------------------------------------------------------------------------
 # .ci/install-deps knows which Debian packages each purpose needs (build, demo, test,

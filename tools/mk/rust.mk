@@ -8,10 +8,8 @@
 CARGO := /usr/bin/cargo
 RUST_ENV = ULPT_LIB_DIR=$(CURDIR)/lib ULPT_INCLUDE_DIR=$(CURDIR)/include
 RUST_LOG := bindings/rust/target/check-rust.log
-# A step of `make check`, after those of check.mk (whose check-run rule has already
-# expanded CHECK_STEPS when this file is read).
+# A step of `make check`, after those of check.mk.
 CHECK_STEPS += check-rust
-check-run: check-rust
 
 .PHONY: check-rust check-rust-valgrind
 check-rust: need-test all

@@ -43,7 +43,7 @@ $1_LINK ?= $$($1_FLAGS)
 $1_LIB := $(patsubst %.c,tests/build/$1/%.o,$(SRCS))
 $1_TLM := $(patsubst %.c,tests/build/$1/%.o,$(TLM_SRCS))
 
-tests/build/$1/%.o: %.c $(LIB_HDRS) tests/test.h
+tests/build/$1/%.o: %.c $(LIB_HDRS) $(wildcard tests/*.h)
 	@mkdir -p $$(@D)
 	$$($1_CC) $$($1_FLAGS) $$(VARIANT_CFLAGS) -c $$< -o $$@
 

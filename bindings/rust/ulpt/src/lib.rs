@@ -68,7 +68,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use file::{inspect, FileInfo};
 pub use optimizer::{load_checkpoint, Optimizer, OptimizerState};
 pub use options::{
-    Dtype, FileKind, OptimizerKind, OptimizerOptions, ProjectionKind, PromptOptions, SaveOptions,
+    Dtype, FileKind, FitOptions, OptimizerKind, OptimizerOptions, ProjectionKind, PromptOptions, SaveOptions,
     Schedule,
 };
 pub use projection::{Projection, ProjectionRef};

@@ -313,6 +313,40 @@ impl SaveOptions {
     }
 }
 
+/// How [`Prompt::init_from_embeddings`](crate::Prompt::init_from_embeddings) fits
+/// (`ulpt_fit_options`): at most `max_iters` rounds of alternating least squares,
+/// stopping once a round lowers ‖E − T‖² by less than `tol` times its previous value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitOptions {
+    /// Rounds of alternating least squares (≥ 1).
+    pub max_iters: u32,
+    /// Relative decrease below which the rounds stop (≥ 0; 0 runs every round).
+    pub tol: f64,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        let mut raw = sys::ulpt_fit_options::default();
+        // SAFETY: raw is a valid ulpt_fit_options of the version passed.
+        let rc = unsafe { sys::ulpt_fit_options_init(&mut raw, sys::ULPT_FIT_OPTIONS_VERSION) };
+        if rc != sys::ULPT_OK {
+            init_failed("ulpt_fit_options_init", rc);
+        }
+        FitOptions { max_iters: raw.max_iters, tol: raw.tol }
+    }
+}
+
+impl FitOptions {
+    pub(crate) fn to_raw(&self) -> Result<sys::ulpt_fit_options> {
+        let mut raw = sys::ulpt_fit_options::default();
+        // SAFETY: as in default().
+        check(unsafe { sys::ulpt_fit_options_init(&mut raw, sys::ULPT_FIT_OPTIONS_VERSION) })?;
+        raw.max_iters = self.max_iters;
+        raw.tol = self.tol;
+        Ok(raw)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ulpt_sys as sys;
 
 use crate::error::{check, Error, Result};
-use crate::options::{PromptOptions, SaveOptions};
+use crate::options::{FitOptions, PromptOptions, SaveOptions};
 use crate::projection::ProjectionRef;
 
 /// Every prompt gets a number never reused, so that an [`OptimizerState`] can only be
@@ -219,6 +219,37 @@ impl Prompt {
         // SAFETY: out holds every row the call writes (checked above, or the library
         // refuses ld < dim before writing).
         check(unsafe { sys::ulpt_prompt_forward(self.as_ptr(), out.as_mut_ptr(), ld) })
+    }
+
+    /// Set Z, s and b to the least-squares fit of E to `target` (n_tokens rows `ld`
+    /// floats apart, e.g. the host's embeddings of a task description), within the
+    /// prompt's groups and flags (`ulpt_prompt_init_from_embeddings`): alternating least
+    /// squares from s = 1 and b = the mean row, never raising the residual, deterministic.
+    /// Returns ‖E − T‖ / ‖T‖ for the parameters stored.
+    ///
+    /// Errors: [`Invalid`](crate::ErrorKind::Invalid) (a short slice, a stride below dim,
+    /// bad options); [`NonFinite`](crate::ErrorKind::NonFinite) (a NaN or infinity in the
+    /// target).  On error the prompt is unchanged.
+    ///
+    /// ```
+    /// use ulpt::{FitOptions, Prompt, PromptOptions};
+    /// let mut src = Prompt::new(&PromptOptions { init_seed: 1, ..PromptOptions::new(4, 32) })?;
+    /// let target = src.embeddings()?; // a target the structure can reach exactly
+    /// let mut p = Prompt::new(&PromptOptions { init_seed: 2, ..PromptOptions::new(4, 32) })?;
+    /// let residual = p.init_from_embeddings(&target, 32, &FitOptions::default())?;
+    /// assert!(residual < 1e-5);
+    /// # Ok::<(), ulpt::Error>(())
+    /// ```
+    pub fn init_from_embeddings(&mut self, target: &[f32], ld: usize, opts: &FitOptions) -> Result<f64> {
+        check_strided("Prompt::init_from_embeddings", "target", target.len(), self.n_tokens(), self.dim(), ld)?;
+        let raw = opts.to_raw()?;
+        let mut residual = 0.0f64;
+        // SAFETY: target holds every row the call reads (checked above, or the library
+        // refuses ld < dim before reading); a live prompt, exclusively borrowed.
+        check(unsafe {
+            sys::ulpt_prompt_init_from_embeddings(self.as_mut_ptr(), target.as_ptr(), ld, &raw, &mut residual)
+        })?;
+        Ok(residual)
     }
 
     /// E as a new vector of n_tokens × dim floats.

@@ -1,4 +1,6 @@
-/* alloc.c -- the allocation hook and BLAS threading: how libulpt fits into a host. */
+/* embed.c -- how libulpt fits into a host (the header's "Embedding" section): the
+ * allocation hook every object and buffer goes through, ulpt_free for the buffers handed
+ * to the caller, and the BLAS thread count. */
 #include "internal.h"
 
 #include <cblas.h>
@@ -66,6 +68,24 @@ int ulpt__mul(size_t a, size_t b, size_t *out)
         return 0;
     *out = a * b;
     return 1;
+}
+
+/* A buffer handed to the caller starts ULPT_BUFFER_PREFIX bytes into its allocation;
+ * the allocator that made it sits in front, so ulpt_free needs nothing else. */
+void *ulpt__buffer_hand_out(const ulpt_allocator *a, unsigned char *base)
+{
+    memcpy(base, a, sizeof *a);
+    return base + ULPT_BUFFER_PREFIX;
+}
+
+void ulpt_free(void *ptr)
+{
+    if (!ptr)
+        return;
+    unsigned char *base = (unsigned char *)ptr - ULPT_BUFFER_PREFIX;
+    ulpt_allocator a;
+    memcpy(&a, base, sizeof a);
+    ulpt__free(&a, base);
 }
 
 int ulpt_set_num_threads(int n)

@@ -1,0 +1,399 @@
+/* file.c -- prompt files: the SHAP section, the checks a load makes in the order
+ * docs/FORMAT.md gives them, and the public save, load and inspect calls.
+ *
+ * Loading checks the container, then the shape and the memory it implies before it
+ * allocates anything; then it builds the prompt and checks the tensors, the fingerprint
+ * and the values against it, freeing everything if one of them is wrong. */
+#include "format.h"
+
+#include <math.h>
+#include <stdio.h>
+
+enum { /* SHAP fields */
+    SHAP_N_TOKENS = 0,
+    SHAP_RANK = 4,
+    SHAP_DIM = 8,
+    SHAP_GROUPS = 12,
+    SHAP_SEED = 16,
+    SHAP_KIND = 24,
+    SHAP_FLAGS = 28,
+    SHAP_FINGERPRINT = 32,
+    SHAP_RESERVED = 36,
+    SHAP_N_PARAMS = 40,
+    SHAP_BYTES = 48, /* in format 1.0; later minor versions may append fields */
+};
+
+/* What a load may hold at once: max(ALLOC_FLOOR, MAX_INFLATE x the file's size). */
+#define ALLOC_FLOOR (64.0 * 1024 * 1024)
+
+/* ---- the projection fingerprint ----------------------------------------------------- */
+
+/* CRC-32 of every group's P as little-endian float32 bytes, in group order; 0 for the
+ * identity, which has nothing to check. */
+static uint32_t fingerprint(const ulpt_prompt *p)
+{
+    uint32_t crc = 0;
+    if (p->kind == ULPT_PROJ_IDENTITY)
+        return 0;
+    unsigned char buf[4096];
+    const size_t per = sizeof buf / 4;
+    for (uint32_t g = 0; g < p->groups; g++) {
+        const float *x = ulpt_projection_data(p->proj[g]);
+        size_t n = (size_t)p->r * p->d;
+        for (size_t i = 0; i < n; i += per) {
+            size_t k = n - i < per ? n - i : per;
+            ulpt__f32_bytes(x + i, k, buf);
+            crc = ulpt__crc32(crc, buf, k * 4);
+        }
+    }
+    return crc;
+}
+
+/* ---- encoding ----------------------------------------------------------------------- */
+
+static void write_shape(unsigned char *w, const void *ctx)
+{
+    const ulpt_prompt *p = ctx;
+    ulpt__put32(w + SHAP_N_TOKENS, p->n);
+    ulpt__put32(w + SHAP_RANK, p->r);
+    ulpt__put32(w + SHAP_DIM, p->d);
+    ulpt__put32(w + SHAP_GROUPS, p->groups);
+    ulpt__put64(w + SHAP_SEED, p->seed);
+    ulpt__put32(w + SHAP_KIND, (uint32_t)p->kind);
+    ulpt__put32(w + SHAP_FLAGS, p->flags);
+    ulpt__put32(w + SHAP_FINGERPRINT, fingerprint(p));
+    ulpt__put32(w + SHAP_RESERVED, 0);
+    ulpt__put64(w + SHAP_N_PARAMS, p->n_params);
+}
+
+int ulpt__file_encode(const char *func, const ulpt_allocator *a, const ulpt_prompt *p, int dtype,
+                      int level, const ulpt_section_out *extra, int n_extra, size_t prefix,
+                      unsigned char **base, size_t *len)
+{
+    /* a file never holds what a load would refuse, and nothing is lost silently */
+    char name[48];
+    size_t bad = ulpt__first_nonfinite(p);
+    if (bad < p->n_params) {
+        ulpt__param_name(p, bad, name, sizeof name);
+        return ulpt__error(ULPT_ERR_NONFINITE, func, "parameter %s is %g", name,
+                           (double)p->params[bad]);
+    }
+    for (size_t i = 0; dtype != ULPT_DTYPE_F32 && i < p->n_params; i++)
+        if (isinf(ulpt__dtype_round(p->params[i], dtype))) {
+            ulpt__param_name(p, i, name, sizeof name);
+            return ulpt__error(ULPT_ERR_NONFINITE, func,
+                               "parameter %s = %g overflows %s; save as f32", name,
+                               (double)p->params[i], dtype == ULPT_DTYPE_F16 ? "f16" : "bf16");
+        }
+    ulpt_tensor parm;
+    int rc = ulpt__tensor_encode(func, a, p->params, p->n_params, dtype, level, &parm);
+    if (rc)
+        return rc;
+    ulpt_section_out s[MAX_SECTIONS] = {
+        { TAG_SHAP, SECTION_REQUIRED, SHAP_BYTES, write_shape, p },
+        ulpt__meta_section(&p->meta),
+        ulpt__tensor_section(TAG_PARM, &parm),
+    };
+    int n = 3;
+    for (int i = 0; i < n_extra && n < (int)(sizeof s / sizeof s[0]); i++)
+        s[n++] = extra[i];
+    rc = ulpt__container_write(func, a, extra ? ULPT_FILE_CHECKPOINT : ULPT_FILE_PROMPT, s, n,
+                               prefix, base, len);
+    ulpt__tensor_free(a, &parm);
+    return rc;
+}
+
+/* ---- decoding ----------------------------------------------------------------------- */
+
+#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
+
+/* The sections each kind of file must have and must not have (end of check 3). */
+static int check_sections(const char *func, const ulpt_container *c)
+{
+    if (!c->shap.data || !c->parm.data)
+        return CORRUPT("the %s section is missing", !c->shap.data ? "shape" : "parameter");
+    if (c->shap.len < SHAP_BYTES)
+        return CORRUPT("shape section of %zu bytes, expected at least %d", c->shap.len,
+                       SHAP_BYTES);
+    if (c->kind == ULPT_FILE_CHECKPOINT && (!c->optm.data || !c->mom1.data || !c->mom2.data))
+        return CORRUPT("checkpoint without complete optimizer sections");
+    if (c->kind == ULPT_FILE_PROMPT && (c->optm.data || c->mom1.data || c->mom2.data))
+        return CORRUPT("a prompt file with optimizer sections");
+    if (ulpt__get32(c->shap.data + SHAP_RESERVED) != 0)
+        return CORRUPT("the shape's reserved field is not 0");
+    return ULPT_OK;
+}
+
+static void shape_options(const ulpt_section *s, ulpt_prompt_options *o)
+{
+    const unsigned char *p = s->data;
+    *o = (ulpt_prompt_options)ULPT_PROMPT_OPTIONS_INIT;
+    o->n_tokens = ulpt__get32(p + SHAP_N_TOKENS);
+    o->rank = ulpt__get32(p + SHAP_RANK);
+    o->dim = ulpt__get32(p + SHAP_DIM);
+    o->n_groups = ulpt__get32(p + SHAP_GROUPS);
+    o->projection_seed = ulpt__get64(p + SHAP_SEED);
+    o->projection_kind = (int)ulpt__get32(p + SHAP_KIND);
+    o->flags = ulpt__get32(p + SHAP_FLAGS);
+}
+
+/* An upper bound, in bytes, of everything a load of this shape holds at once: the file,
+ * the prompt (parameters, gradients, scratch, projections), the optimizer of a
+ * checkpoint, and one tensor's inflate buffer. */
+static double memory_needed(const ulpt_prompt_options *o, int checkpoint, size_t file_len)
+{
+    double n = o->n_tokens, r = o->rank, d = o->dim, g = o->n_groups ? o->n_groups : 1;
+    double params = n * r + 2 * d;
+    double floats = 3 * params + (n / g + 1) * (r + 1) + (2 * r + 1) * d;
+    if (o->projection_kind != ULPT_PROJ_IDENTITY)
+        floats += g * r * d;
+    if (checkpoint)
+        floats += 3 * params + 2 * n * d;
+    return 4 * floats + 4096 * g + (double)file_len;
+}
+
+/* Checks 4-6: counts, the parameter tensor's header, memory, metadata.  Nothing is
+ * allocated; a forged shape cannot outgrow the bytes behind it. */
+static int check_shape(const char *func, const ulpt_container *c, size_t len, int checkpoint,
+                       const ulpt_prompt_options *po, ulpt_tensor *tp)
+{
+    double count = (double)po->n_tokens * po->rank +
+                   (double)po->dim * !(po->flags & ULPT_NO_SCALE) +
+                   (double)po->dim * !(po->flags & ULPT_NO_SHIFT);
+    uint64_t declared = ulpt__get64(c->shap.data + SHAP_N_PARAMS);
+    if ((double)declared != count)
+        return CORRUPT("shape declares %llu parameters, its fields give %.0f",
+                       (unsigned long long)declared, count);
+    if (count > (double)len * MAX_INFLATE) /* also keeps count within size_t */
+        return CORRUPT("%.0f parameters cannot come from a %zu-byte file", count, len);
+    int rc = ulpt__tensor_check(func, &c->parm, (size_t)count, "parameters", tp);
+    if (rc)
+        return rc;
+    /* so that training resumes bit-identically; every reader checks it, even one that
+       wants only the prompt of a checkpoint */
+    if (c->kind == ULPT_FILE_CHECKPOINT && tp->dtype != ULPT_DTYPE_F32)
+        return ulpt__error(ULPT_ERR_FORMAT, func, "checkpoint parameters must be f32");
+    double need = memory_needed(po, checkpoint, len), allowed = (double)len * MAX_INFLATE;
+    if (need > (allowed > ALLOC_FLOOR ? allowed : ALLOC_FLOOR))
+        return CORRUPT("shape %u x %u x %u needs %.0f bytes, impossible for a %zu-byte file",
+                       po->n_tokens, po->rank, po->dim, need, len);
+    return ulpt__meta_check(func, &c->meta);
+}
+
+/* Checks 6-8 for the prompt: build it, then the fingerprint, the values, the metadata. */
+static int build(const char *func, const ulpt_container *c, const ulpt_prompt_options *po,
+                 const ulpt_tensor *tp, ulpt_prompt **out)
+{
+    ulpt_prompt *p = NULL;
+    int rc = ulpt_prompt_create(&p, po);
+    if (rc) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", ulpt_last_error()); /* not format from itself */
+        return rc == ULPT_ERR_NOMEM ? rc : CORRUPT("bad shape (%s)", why);
+    }
+    uint32_t stored = ulpt__get32(c->shap.data + SHAP_FINGERPRINT), regenerated = fingerprint(p);
+    if (stored != regenerated)
+        rc = ulpt__error(ULPT_ERR_MISMATCH, func,
+                         "the regenerated projection differs from the one this prompt was "
+                         "trained with (fingerprint %08x, stored %08x)",
+                         (unsigned)regenerated, (unsigned)stored);
+    if (!rc)
+        rc = ulpt__tensor_decode(func, &p->al, tp, p->params);
+    if (!rc && ulpt__first_nonfinite(p) < p->n_params) {
+        char name[48];
+        ulpt__param_name(p, ulpt__first_nonfinite(p), name, sizeof name);
+        rc = CORRUPT("parameter %s is not finite; libulpt never writes such a file", name);
+    }
+    if (!rc)
+        rc = ulpt__meta_load(func, p, &c->meta);
+    if (rc)
+        ulpt_prompt_free(p);
+    else
+        *out = p;
+    return rc;
+}
+
+int ulpt__file_decode(const char *func, const unsigned char *b, size_t len, ulpt_prompt **out,
+                      ulpt_optimizer **opt, ulpt_file_info *info)
+{
+    ulpt_container c;
+    int rc = ulpt__container_read(func, b, len, &c);
+    if (!rc)
+        rc = check_sections(func, &c);
+    if (rc)
+        return rc;
+    if (opt && c.kind != ULPT_FILE_CHECKPOINT)
+        return ulpt__error(ULPT_ERR_FORMAT, func, "a prompt file, not a checkpoint");
+    ulpt_prompt_options po;
+    ulpt_tensor tp;
+    shape_options(&c.shap, &po);
+    ulpt_prompt *p = NULL;
+    ulpt_optimizer *o = NULL;
+    if ((rc = check_shape(func, &c, len, opt != NULL, &po, &tp)) ||
+        (rc = build(func, &c, &po, &tp, &p)))
+        return rc;
+    if (opt && (rc = ulpt__checkpoint_decode(func, &c, p, &o))) {
+        ulpt_prompt_free(p);
+        return rc;
+    }
+    if (info) {
+        info->kind = c.kind;
+        info->format_major = c.major;
+        info->format_minor = c.minor;
+        info->dtype = tp.dtype;
+        info->file_bytes = len;
+        info->stored_bytes = tp.len;
+    }
+    *out = p;
+    if (opt)
+        *opt = o;
+    return ULPT_OK;
+}
+
+/* ---- the public calls --------------------------------------------------------------- */
+
+static const size_t save_options_size[ULPT_SAVE_OPTIONS_VERSION + 1] = {
+    0, sizeof(ulpt_save_options),
+};
+static const ulpt_save_options save_defaults = ULPT_SAVE_OPTIONS_INIT;
+static const ulpt_versioned save_options_v = {
+    "save options", ULPT_SAVE_OPTIONS_VERSION, save_options_size, &save_defaults,
+};
+
+static const size_t file_info_size[ULPT_FILE_INFO_VERSION + 1] = { 0, sizeof(ulpt_file_info) };
+static const ulpt_file_info file_info_empty = ULPT_FILE_INFO_INIT;
+static const ulpt_versioned file_info_v = {
+    "info", ULPT_FILE_INFO_VERSION, file_info_size, &file_info_empty,
+};
+
+int ulpt_save_options_init(ulpt_save_options *opts, unsigned version)
+{
+    if (!opts)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
+    return ulpt__versioned_write(__func__, &save_options_v, opts, version, &save_defaults);
+}
+
+int ulpt_file_info_init(ulpt_file_info *info, unsigned version)
+{
+    if (!info)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "info is NULL");
+    return ulpt__versioned_write(__func__, &file_info_v, info, version, &file_info_empty);
+}
+
+/* A prompt file in a new allocation from *a, `prefix` bytes in. */
+static int encode_prompt(const char *func, const ulpt_prompt *p, const ulpt_save_options *opts,
+                         size_t prefix, ulpt_allocator *a, unsigned char **base, size_t *len)
+{
+    ulpt_save_options so;
+    int rc = ulpt__versioned_read(func, &save_options_v, opts, &so);
+    if (rc)
+        return rc;
+    if (so.dtype < ULPT_DTYPE_F32 || so.dtype > ULPT_DTYPE_BF16)
+        return ulpt__error(ULPT_ERR_INVALID, func, "unknown dtype %d", so.dtype);
+    if (so.level < 0 || so.level > 9)
+        return ulpt__error(ULPT_ERR_INVALID, func, "zlib level %d is outside 0..9", so.level);
+    *a = ulpt__allocator();
+    return ulpt__file_encode(func, a, p, so.dtype, so.level, NULL, 0, prefix, base, len);
+}
+
+int ulpt_prompt_save_buffer(const ulpt_prompt *p, void **buf, size_t *len,
+                            const ulpt_save_options *opts)
+{
+    if (!p || !buf || !len)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : !buf ? "buf" : "len");
+    ulpt_allocator a;
+    unsigned char *base;
+    int rc = encode_prompt(__func__, p, opts, ULPT_BUFFER_PREFIX, &a, &base, len);
+    if (!rc)
+        *buf = ulpt__buffer_hand_out(&a, base);
+    return rc;
+}
+
+int ulpt_prompt_save(const ulpt_prompt *p, const char *path, const ulpt_save_options *opts)
+{
+    if (!p || !path)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : "path");
+    ulpt_allocator a;
+    unsigned char *data;
+    size_t n;
+    int rc = encode_prompt(__func__, p, opts, 0, &a, &data, &n);
+    if (rc)
+        return rc;
+    rc = ulpt__write_atomic(__func__, path, data, n);
+    ulpt__free(&a, data);
+    return rc;
+}
+
+int ulpt_prompt_load_buffer(ulpt_prompt **out, const void *buf, size_t len)
+{
+    if (!out || !buf)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "buf");
+    return ulpt__file_decode(__func__, buf, len, out, NULL, NULL);
+}
+
+int ulpt__file_load(const char *func, const char *path, ulpt_prompt **out, ulpt_optimizer **opt,
+                    ulpt_file_info *info)
+{
+    ulpt_allocator a = ulpt__allocator();
+    void *data;
+    size_t len;
+    int rc = ulpt__read_file(func, &a, path, &data, &len);
+    if (rc)
+        return rc;
+    rc = ulpt__file_decode(func, data, len, out, opt, info);
+    ulpt__free(&a, data);
+    return rc;
+}
+
+int ulpt_prompt_load(ulpt_prompt **out, const char *path)
+{
+    if (!out || !path)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "path");
+    return ulpt__file_load(__func__, path, out, NULL, NULL);
+}
+
+int ulpt_prompt_load_for_model(ulpt_prompt **out, const char *path, const char *model)
+{
+    if (!out || !path || !model)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : !path ? "path" : "model");
+    ulpt_prompt *p;
+    int rc = ulpt__file_load(__func__, path, &p, NULL, NULL);
+    if (rc)
+        return rc;
+    const char *tuned = ulpt_prompt_get_meta(p, "model");
+    if (!tuned || strcmp(tuned, model) != 0) {
+        rc = ULPT_FAIL(ULPT_ERR_MISMATCH, "%s was tuned for model \"%s\", not \"%s\"", path,
+                       tuned ? tuned : "(none recorded)", model);
+        ulpt_prompt_free(p);
+        return rc;
+    }
+    *out = p;
+    return ULPT_OK;
+}
+
+int ulpt_file_inspect(const char *path, ulpt_file_info *info)
+{
+    if (!path || !info)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !path ? "path" : "info");
+    ulpt_file_info tmp;
+    int rc = ulpt__versioned_read(__func__, &file_info_v, info, &tmp);
+    if (rc)
+        return rc;
+    ulpt_allocator a = ulpt__allocator();
+    void *data;
+    size_t len;
+    if ((rc = ulpt__read_file(__func__, &a, path, &data, &len)) != ULPT_OK)
+        return rc;
+    /* a checkpoint is checked with its optimizer sections, a prompt file without */
+    const unsigned char *b = data;
+    int checkpoint = len >= HEADER_BYTES && ulpt__get32(b + HDR_KIND) == ULPT_FILE_CHECKPOINT;
+    ulpt_prompt *p = NULL;
+    ulpt_optimizer *o = NULL;
+    rc = ulpt__file_decode(__func__, b, len, &p, checkpoint ? &o : NULL, &tmp);
+    ulpt__free(&a, data);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+    if (!rc) /* only the fields the caller's version has */
+        ulpt__versioned_write(__func__, &file_info_v, info, info->version, &tmp);
+    return rc;
+}
