@@ -100,7 +100,7 @@ uint16_t ulpt__f32_to_f16(float f);
 float ulpt__f16_to_f32(uint16_t h);
 uint16_t ulpt__f32_to_bf16(float f);
 float ulpt__bf16_to_f32(uint16_t b);
-/* count floats at once, bit for bit as the scalar conversions */
+/* count floats at once, bit for bit as the scalar conversions (NaN payloads aside) */
 void ulpt__f32_to_f16_n(const float *restrict x, uint16_t *restrict out, size_t count);
 void ulpt__f32_to_bf16_n(const float *restrict x, uint16_t *restrict out, size_t count);
 
