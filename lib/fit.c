@@ -25,18 +25,16 @@
 static const size_t fit_options_size[ULPT_FIT_OPTIONS_VERSION + 1] = {
     0, sizeof(ulpt_fit_options),
 };
+static const ulpt_fit_options defaults = ULPT_FIT_OPTIONS_INIT;
+static const ulpt_versioned options_v = {
+    "options", ULPT_FIT_OPTIONS_VERSION, fit_options_size, &defaults,
+};
 
 int ulpt_fit_options_init(ulpt_fit_options *opts, unsigned version)
 {
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    if (version < 1 || version > ULPT_FIT_OPTIONS_VERSION)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
-                         version, ULPT_FIT_OPTIONS_VERSION);
-    const ulpt_fit_options defaults = ULPT_FIT_OPTIONS_INIT;
-    memcpy(opts, &defaults, fit_options_size[version]);
-    opts->version = version;
-    return ULPT_OK;
+    return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
 }
 
 /* Eigendecomposition of the symmetric r x r matrix a (destroyed: its diagonal becomes
@@ -210,13 +208,10 @@ int ulpt_prompt_init_from_embeddings(ulpt_prompt *p, const float *target, size_t
     if (ld < p->d || ld > INT_MAX)
         return ULPT_FAIL(ULPT_ERR_INVALID, "row stride %zu is outside [dim %u, %d]", ld, p->d,
                          INT_MAX);
-    ulpt_fit_options o = ULPT_FIT_OPTIONS_INIT;
-    if (in) {
-        if (in->version < 1 || in->version > ULPT_FIT_OPTIONS_VERSION)
-            return ULPT_FAIL(ULPT_ERR_INVALID, "unknown options version %u (this library knows 1..%d)",
-                             in->version, ULPT_FIT_OPTIONS_VERSION);
-        memcpy(&o, in, fit_options_size[in->version]);
-    }
+    ulpt_fit_options o;
+    int rc = ulpt__versioned_read(__func__, &options_v, in, &o);
+    if (rc)
+        return rc;
     if (o.max_iters < 1)
         return ULPT_FAIL(ULPT_ERR_INVALID, "max_iters is 0; at least one round is needed");
     if (!(o.tol >= 0) || !isfinite(o.tol))
@@ -267,7 +262,7 @@ int ulpt_prompt_init_from_embeddings(ulpt_prompt *p, const float *target, size_t
     }
 
     /* to float; a value past float's range is refused rather than stored as inf */
-    int rc = ULPT_OK;
+    rc = ULPT_OK;
     for (size_t k = 0; k < p->n_params; k++) {
         size_t nzp = n * r;
         double v = k < nzp ? f.z[k] : p->s && k < nzp + d ? f.s[k - nzp] : f.b[k - nzp - (p->s ? d : 0)];

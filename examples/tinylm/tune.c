@@ -2,6 +2,8 @@
  * libulpt.  This is the example host: libulpt writes the prompt rows E, the host embeds
  * the text behind them, runs tinylm forward and backward and hands back the loss and
  * dL/dE (host_loss below); libulpt back-propagates into its parameters and steps AdamW.
+ * With --zo it trains from losses alone: libulpt hands over the 2q perturbed prompts of
+ * a forward-only step and the host scores each on the step's batch (host_losses).
  *
  *     tune [options] TASKDIR      TASKDIR holds train.tsv, test.tsv and (for --valid)
  *                                 valid.tsv, as examples/tinylm/tasks.py writes them
@@ -40,6 +42,9 @@ static const char usage_text[] =
     "  --steps S         training steps (default 200); --batch B (default 16)\n"
     "  --lr LR           AdamW peak learning rate (default 0.03); 10% warmup, linear decay\n"
     "  --seed K          seeds the prompt's initialization, projection and data order (1)\n"
+    "  --zo              forward-only training: losses of perturbed prompts, no backward\n"
+    "  --eps E           --zo perturbation size (default 1e-3)\n"
+    "  --directions Q    --zo directions per step, 2Q forward passes a batch (default 1)\n"
     "  --threads T       worker threads, each with its own copy of the model (default 2)\n"
     "  --save PATH       write the tuned prompt there (f32 prompt file)\n"
     "  --load PATH       evaluate a saved prompt instead of tuning one\n"
@@ -98,6 +103,7 @@ typedef struct {
     tlm_model *model;
     float *rows, *drows, *grad; /* T x C input rows, their gradient, this worker's dL/dE */
     double loss;
+    double *losses;             /* this worker's loss sum of each prompt (--zo: several) */
     int correct, failed;
     char error[4608];           /* why this worker failed (tlm's messages are per thread) */
 } worker;
@@ -111,27 +117,34 @@ struct host {
     const split *source;         /* the split they come from, for messages */
     size_t batch_n;
     const float *e;              /* prompt rows (n_tokens x C); NULL: none (baseline, --method none) */
+    uint32_t n_prompts;          /* prompts at e, one after the other: > 1 only for --zo */
+    uint32_t max_prompts;        /* room in each worker's losses */
     int want_grad;
     double callback_seconds;     /* time spent in host_loss, for the libulpt share */
     char error[4608];            /* why the last run_batch failed */
 };
 
-/* Loss and (if wanted) dL/dE of this worker's share of the batch: examples id, id+T, ... */
+/* Loss and (if wanted) dL/dE of this worker's share of the batch: examples id, id+T, ...
+ * With n_prompts > 1 (--zo) the work is every (prompt, example) pair, in the same
+ * round-robin, and each prompt's loss is summed apart. */
 static void *work(void *arg)
 {
     worker *w = arg;
     host *h = w->h;
     const size_t C = h->C, n = h->e ? h->n_tokens : 0; /* no prompt rows: evaluation */
+    const size_t units = h->batch_n * h->n_prompts;
     w->loss = 0;
     w->correct = 0;
     w->failed = 0;
     if (h->want_grad)
         memset(w->grad, 0, sizeof(float) * n * C);
-    for (size_t i = (size_t)w->id; i < h->batch_n; i += (size_t)h->n_threads) {
+    memset(w->losses, 0, sizeof(double) * h->n_prompts);
+    for (size_t unit = (size_t)w->id; unit < units; unit += (size_t)h->n_threads) {
+        const size_t prompt = unit / h->batch_n, i = unit % h->batch_n;
         const example *x = h->batch[i];
         uint32_t len = (uint32_t)n + x->len + 1;
         if (n)
-            memcpy(w->rows, h->e, sizeof(float) * n * C);
+            memcpy(w->rows, h->e + prompt * n * C, sizeof(float) * n * C);
         for (uint32_t t = 0; t <= x->len; t++)
             memcpy(w->rows + (n + t) * C,
                    tlm_token_embedding(w->model, t < x->len ? x->text[t] : SEPARATOR),
@@ -148,6 +161,7 @@ static void *work(void *arg)
             return NULL;
         }
         w->loss += l;
+        w->losses[prompt] += l;
         w->correct += pred == x->label;
         if (h->want_grad)
             for (size_t k = 0; k < n * C; k++)
@@ -185,7 +199,7 @@ static int run_batch(host *h, double *loss, int *correct, float *grad)
             for (size_t k = 0; k < nc; k++)
                 grad[k] += h->w[t].grad[k] / (float)h->batch_n;
     }
-    *loss = total / (double)h->batch_n;
+    *loss = total / (double)(h->batch_n * h->n_prompts);
     *correct = right;
     return 0;
 }
@@ -201,6 +215,31 @@ static int host_loss(void *user, const float *e, uint32_t n, uint32_t d, float *
     h->e = e;
     h->want_grad = 1;
     int correct, rc = run_batch(h, loss, &correct, grad);
+    h->callback_seconds += now() - t0;
+    return rc;
+}
+
+/* libulpt's forward-only callback: the mean cross-entropy of the step's batch under each
+ * of `count` perturbed prompts, all scored in one parallel pass over the workers. */
+static int host_losses(void *user, const float *e, uint32_t count, uint32_t n, uint32_t d,
+                       double *losses)
+{
+    host *h = user;
+    double t0 = now(), total;
+    if (n != h->n_tokens || d != h->C || count > h->max_prompts)
+        return -1;
+    h->e = e;
+    h->n_prompts = count;
+    h->want_grad = 0;
+    int correct, rc = run_batch(h, &total, &correct, NULL);
+    h->n_prompts = 1;
+    if (rc == 0)
+        for (uint32_t c = 0; c < count; c++) {
+            losses[c] = 0;
+            for (int t = 0; t < h->n_threads; t++)
+                losses[c] += h->w[t].losses[c];
+            losses[c] /= (double)h->batch_n;
+        }
     h->callback_seconds += now() - t0;
     return rc;
 }
@@ -234,12 +273,16 @@ static void host_free(host *h)
         free(h->w[t].rows);
         free(h->w[t].drows);
         free(h->w[t].grad);
+        free(h->w[t].losses);
     }
 }
 
-static int host_init(host *h, const char *model_path, int threads, uint32_t n_tokens)
+static int host_init(host *h, const char *model_path, int threads, uint32_t n_tokens,
+                     uint32_t max_prompts)
 {
     memset(h, 0, sizeof *h);
+    h->n_prompts = 1;
+    h->max_prompts = max_prompts;
     for (int t = 0; t < threads; t++) {
         worker *w = &h->w[t];
         *w = (worker){ .h = h, .id = t };
@@ -253,7 +296,8 @@ static int host_init(host *h, const char *model_path, int threads, uint32_t n_to
         w->rows = malloc(sizeof(float) * c->max_len * c->width);
         w->drows = malloc(sizeof(float) * c->max_len * c->width);
         w->grad = malloc(sizeof(float) * (n_tokens ? n_tokens : 1) * c->width);
-        if (!w->rows || !w->drows || !w->grad) {
+        w->losses = malloc(sizeof(double) * max_prompts);
+        if (!w->rows || !w->drows || !w->grad || !w->losses) {
             host_free(h);
             return fail("out of memory");
         }
@@ -266,9 +310,9 @@ static int host_init(host *h, const char *model_path, int threads, uint32_t n_to
 
 typedef struct {
     const char *model, *taskdir, *method, *save, *load;
-    uint32_t tokens, rank, steps, batch;
-    int no_scale_shift, threads, valid, json, quiet, skip_baseline;
-    double lr;
+    uint32_t tokens, rank, steps, batch, directions;
+    int no_scale_shift, threads, valid, json, quiet, skip_baseline, zo;
+    double lr, eps;
     uint64_t seed;
 } options;
 
@@ -322,7 +366,7 @@ static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){ .model = NULL, .method = "ulpt", .tokens = 16,
                     .rank = 2, .steps = 200, .batch = 16, .threads = 2, .lr = 0.03,
-                    .seed = 1 };
+                    .seed = 1, .directions = 1, .eps = 1e-3 };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -340,6 +384,8 @@ static int parse_args(int argc, char **argv, options *o)
             o->skip_baseline = 1;
         } else if (!strcmp(a, "--quiet")) {
             o->quiet = 1;
+        } else if (!strcmp(a, "--zo")) {
+            o->zo = 1;
         } else if (a[0] == '-' && a[1] == '-') {
             if (!v)
                 return fail("%s needs a value", a);
@@ -375,6 +421,14 @@ static int parse_args(int argc, char **argv, options *o)
                 o->lr = strtod(v, &end);
                 if (end == v || *end || !(o->lr > 0) || !isfinite(o->lr))
                     return fail("--lr must be a positive number, not \"%s\"", v);
+            } else if (!strcmp(a, "--directions")) {
+                if (parse_u32(v, 1, 1024, &o->directions, "--directions"))
+                    return 1;
+            } else if (!strcmp(a, "--eps")) {
+                char *end;
+                o->eps = strtod(v, &end);
+                if (end == v || *end || !(o->eps > 0) || !isfinite(o->eps))
+                    return fail("--eps must be a positive number, not \"%s\"", v);
             } else if (!strcmp(a, "--save")) {
                 o->save = v;
             } else if (!strcmp(a, "--load")) {
@@ -423,6 +477,7 @@ int main(int argc, char **argv)
     host h;
     ulpt_prompt *prompt = NULL;
     ulpt_optimizer *opt = NULL;
+    ulpt_zo *zo = NULL;
     float *e = NULL;
     size_t *order = NULL;
     int rc = 0;
@@ -433,7 +488,7 @@ int main(int argc, char **argv)
         o.tokens = ulpt_prompt_n_tokens(prompt);
     }
     const uint32_t n_tokens = none ? 0 : o.tokens;
-    if (host_init(&h, o.model, o.threads, n_tokens)) {
+    if (host_init(&h, o.model, o.threads, n_tokens, 2 * o.directions)) {
         ulpt_prompt_free(prompt);
         return 1;
     }
@@ -524,12 +579,20 @@ int main(int argc, char **argv)
         oo.warmup_steps = o.steps / 10;
         oo.total_steps = o.steps;
         ULPT_TRY(ulpt_optimizer_create(&opt, prompt, &oo));
+        if (o.zo) {
+            ulpt_zo_options zoo = ULPT_ZO_OPTIONS_INIT; /* Rademacher, Z, s and b */
+            zoo.epsilon = o.eps;
+            zoo.directions = o.directions;
+            zoo.seed = o.seed;
+            ULPT_TRY(ulpt_zo_create(&zo, prompt, opt, &zoo));
+        }
 
         if (!o.json)
-            printf("tuning %s: %" PRIu32 " soft tokens, %zu trainable parameters "
+            printf("tuning %s%s: %" PRIu32 " soft tokens, %zu trainable parameters "
                    "(vanilla prompt tuning: %" PRIu32 ")\n",
-                   vanilla ? "a vanilla prompt" : "a ULPT prompt", o.tokens,
-                   ulpt_prompt_num_params(prompt), o.tokens * cfg->width);
+                   vanilla ? "a vanilla prompt" : "a ULPT prompt",
+                   o.zo ? " forward-only" : "", o.tokens, ulpt_prompt_num_params(prompt),
+                   o.tokens * cfg->width);
         order = malloc(sizeof *order * train.n);
         const example **batch = malloc(sizeof *batch * o.batch);
         if (!order || !batch) {
@@ -554,7 +617,8 @@ int main(int argc, char **argv)
                 batch[b] = &train.ex[order[next++]];
             }
             float lr = ulpt_optimizer_lr(opt);
-            if (ulpt_train_step(prompt, opt, host_loss, &h, &loss) != ULPT_OK) {
+            if ((zo ? ulpt_zo_step(&loss, zo, host_losses, &h)
+                    : ulpt_train_step(prompt, opt, host_loss, &h, &loss)) != ULPT_OK) {
                 free(batch);
                 rc = fail("step %" PRIu32 ": %s%s%s", step, ulpt_last_error(),
                           h.error[0] ? ": " : "", h.error);
@@ -601,14 +665,21 @@ int main(int argc, char **argv)
                ", \"params\": %zu, \"file_bytes\": %lld, \"majority\": %.6f"
                ", \"acc_no_prompt\": %.6f, \"acc_test\": %.6f, \"acc_valid\": %.6f"
                ", \"loss_first\": %.6f, \"loss_last\": %.6f, \"train_seconds\": %.3f"
-               ", \"ulpt_seconds\": %.4f}\n",
+               ", \"ulpt_seconds\": %.4f, \"forward_only\": %s, \"directions\": %" PRIu32
+               ", \"eps\": %g}\n",
                task, o.load ? "loaded" : o.method, n_tokens, prompt ? ulpt_prompt_rank(prompt) : 0,
                prompt && !(ulpt_prompt_flags(prompt) & (ULPT_NO_SCALE | ULPT_NO_SHIFT))
                    ? "true" : "false",
                o.seed, o.lr, none || o.load ? 0 : o.steps, o.batch, params, file_bytes, majority(&test), acc_before,
-               acc_after, acc_valid, first, loss, train_seconds, ulpt_seconds);
+               acc_after, acc_valid, first, loss, train_seconds, ulpt_seconds,
+               zo ? "true" : "false", zo ? o.directions : 0, zo ? o.eps : 0.0);
     } else if (prompt) {
-        if (!o.load)
+        if (!o.load && zo)
+            printf("tuned forward-only in %.1f s (%" PRIu32 " steps x %" PRIu32
+                   " forward passes of the batch; at most %.3f%% of the time inside libulpt); "
+                   "loss %.4f -> %.4f\n", train_seconds, o.steps, 2 * o.directions,
+                   100 * ulpt_seconds / train_seconds, first, loss);
+        else if (!o.load)
             printf("tuned in %.1f s (at most %.3f%% of it inside libulpt); loss %.4f -> %.4f\n",
                    train_seconds, 100 * ulpt_seconds / train_seconds, first, loss);
         printf("%s prompt: test accuracy %.1f%%  (", o.load ? "loaded" : "tuned",
@@ -626,6 +697,7 @@ int main(int argc, char **argv)
 out:
     free(order);
     free(e);
+    ulpt_zo_free(zo);
     ulpt_optimizer_free(opt);
     ulpt_prompt_free(prompt);
     host_free(&h);

@@ -13,7 +13,6 @@ torch = pytest.importorskip("torch")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..", "..")
-sys.path.insert(0, os.path.join(ROOT, "bindings", "python"))
 sys.path.insert(0, os.path.join(ROOT, "examples", "tinylm"))
 import tinylm_torch as tl  # noqa: E402
 import ulpt  # noqa: E402
@@ -102,6 +101,27 @@ def test_tuning_lowers_the_loss_and_the_host_matches_pytorch(task, model, tmp_pa
     none = tune_json(os.path.join(FIXTURES, task), "--method", "none")
     _, acc_none = torch_host(model, None, task, "test")
     assert abs(none["acc_test"] - acc_none) < 1e-6 and none["params"] == 0
+
+
+def test_forward_only_tuning_scores_the_perturbed_prompts_and_learns(model):
+    d = os.path.join(FIXTURES, "names")
+    # the whole training fixture in every batch: the first loss is the mean over the 2q
+    # perturbed prompts theta +- eps*u, which is the initial prompt's loss up to O(eps^2)
+    r = tune_json(d, "--zo", "--directions", 2, "--eps", 1e-3, "--steps", 60, "--batch", 24,
+                  "--lr", 0.05, "--seed", 7)
+    assert r["forward_only"] is True and r["directions"] == 2 and r["eps"] == 1e-3
+    p0 = ulpt.Prompt(n_tokens=16, rank=2, dim=128, projection_seed=7, init_seed=7)
+    loss0, _ = torch_host(model, p0.forward(), "names", "train")
+    assert abs(loss0 - r["loss_first"]) < 1e-4 * max(1.0, loss0)
+    assert r["loss_last"] < r["loss_first"] - 0.02
+    # the (prompt, example) pairs spread over any number of workers give the same run
+    a = tune_json(d, "--zo", "--directions", 3, "--steps", 5, "--seed", 3, "--threads", 1)
+    b = tune_json(d, "--zo", "--directions", 3, "--steps", 5, "--seed", 3, "--threads", 3)
+    assert a["loss_last"] == pytest.approx(b["loss_last"], rel=1e-5)
+    assert a["acc_test"] == b["acc_test"]
+    for bad in (["--eps", "0"], ["--eps", "nan"], ["--directions", "0"]):
+        e = tune(d, "--zo", *bad)
+        assert e.returncode == 2 and bad[0] in e.stderr and e.stderr.count("\n") == 1
 
 
 def test_methods_train_what_they_say(tmp_path):

@@ -2,8 +2,7 @@
 # is one rule here (or in its own tools/mk file) and one `CHECK_STEPS += check-NAME`,
 # anywhere.
 
-CHECK_STEPS := check-unit check-tinylm check-warnings check-abi check-exports check-install \
-    check-pytest
+CHECK_STEPS := check-unit check-tinylm check-warnings check-abi check-exports check-install
 
 .PHONY: check check-run $(CHECK_STEPS)
 check:
@@ -52,9 +51,6 @@ check-exports: all
 check-install: all
 	sh tests/check-install.sh
 
-check-pytest: need-test all examples/tinylm/tlm examples/tinylm/tune
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests/python
-
 # ---- ABI guard ----------------------------------------------------------------------------
 # tests/abi/check-abi.sh (the library is built with -g, which abidiff needs):
 #   tests/abi/libulpt-1.0.abi  what 1.0.0 shipped, frozen: 1.0 symbols may not be removed,
@@ -76,12 +72,16 @@ abi-baseline: need-test all
 
 # ---- benchmark ----------------------------------------------------------------------------
 .PHONY: bench
-tests/bench_step: tests/bench_step.c $(STATIC)
-	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
+# bench_step reads internal.h for the switch that times each kernel path (--crossover).
+tests/bench_step: tests/bench_step.c $(STATIC) $(LIB_HDRS)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -Ilib -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
 
 tests/bench_bank: tests/bench_bank.c $(STATIC)
 	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
 
+# PyTorch's figures come in the same run when Debian's python3-torch is installed.
 bench: need-build tests/bench_step tests/bench_bank
-	./tests/bench_step
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then ./tests/bench_step --torch $(PYTHON); \
+	else echo "bench: no PyTorch ($(PYTHON) -c 'import torch' failed): libulpt figures only"; \
+	    ./tests/bench_step; fi
 	./tests/bench_bank

@@ -3,10 +3,8 @@
 # and its test, the check-mpi step of `make check`.  Built with mpicc from Debian's OpenMPI.
 
 MPICC ?= mpicc
-# A step of `make check`, after those of check.mk (whose check-run rule has already
-# expanded CHECK_STEPS when this file is read).
+# A step of `make check`, after those of check.mk.
 CHECK_STEPS += check-mpi
-check-run: check-mpi
 .PHONY: check-mpi
 
 examples/mpi/tune_mpi: examples/mpi/tune_mpi.c $(TLM_DEPS) $(TASK_DEPS) $(SHARED) include/ulpt.h

@@ -110,6 +110,9 @@ fuzz: need-test $(STATIC) $(foreach t,$(FUZZ_TARGETS),tests/build/fuzz/fuzz_$t)
 # Line and branch coverage of lib/ by the Check suite (gcov + gcovr); counts start at zero.
 coverage: need-test tests/build/cov/test_ulpt
 	@find tests/build/cov -name '*.gcda' -delete
+	@for g in tests/build/cov/lib/*.gcno; do \
+	    [ -e "lib/$$(basename "$$g" .gcno).c" ] || rm -f "$${g%.gcno}.gcno" "$${g%.gcno}.o"; \
+	done # files of sources since removed
 	./tests/build/cov/test_ulpt > tests/build/cov/run.log 2>&1 || { tail -20 tests/build/cov/run.log; exit 1; }
 	gcovr --root . --filter 'lib/' --object-directory tests/build/cov/lib --branches | tail -n 3
 	gcovr --root . --filter 'lib/' --object-directory tests/build/cov/lib --txt - | tail -n 20
