@@ -148,10 +148,11 @@ int engine_run(engine *e, const engine_request *req, int n, float *logits, float
     if (all_logits && n != 1)
         return fail("all positions' logits are for one request at a time");
     for (int i = 0; i < n; i++) {
-        if (req[i].len < 1 || (req[i].n_rows && !req[i].rows) ||
-            req[i].n_rows + (uint64_t)req[i].len > e->max_len)
-            return fail("request %d: %u prompt rows and %u bytes do not fit a context of %u",
-                        i, req[i].n_rows, req[i].len, e->max_len);
+        uint64_t bytes = req[i].len + (uint64_t)(req[i].tail >= 0);
+        if (bytes < 1 || (req[i].n_rows && !req[i].rows) || (req[i].len && !req[i].text) ||
+            req[i].tail > 255 || req[i].n_rows + bytes > e->max_len)
+            return fail("request %d: %u prompt rows and %llu bytes do not fit a context of %u",
+                        i, req[i].n_rows, (unsigned long long)bytes, e->max_len);
     }
     const size_t V = e->n_vocab, d = e->n_embd;
     llama_memory_clear(llama_get_memory(e->ctx), true);
@@ -178,9 +179,10 @@ int engine_run(engine *e, const engine_request *req, int n, float *logits, float
     b = &e->tokens;
     b->n_tokens = 0;
     for (int i = 0; i < n; i++) {
-        for (uint32_t t = 0; t < req[i].len; t++) {
-            b->token[b->n_tokens] = req[i].text[t];
-            int is_last = t + 1 == req[i].len;
+        uint32_t len = req[i].len + (req[i].tail >= 0);
+        for (uint32_t t = 0; t < len; t++) {
+            b->token[b->n_tokens] = t < req[i].len ? req[i].text[t] : req[i].tail;
+            int is_last = t + 1 == len;
             if (is_last)
                 e->last[i] = b->n_tokens;
             put(b, (llama_pos)(req[i].n_rows + t), i, is_last || all_logits != NULL);

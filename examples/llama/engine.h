@@ -23,8 +23,10 @@ typedef struct engine engine;
 typedef struct {
     const float *rows;   /* prompt rows, n_rows x n_embd (row stride n_embd); NULL if none */
     uint32_t n_rows;
-    const uint8_t *text; /* the input bytes, separator included */
-    uint32_t len;        /* >= 1; n_rows + len <= engine_max_len() */
+    const uint8_t *text; /* the input bytes */
+    uint32_t len;
+    int tail;            /* a byte decoded after them (a task's separator), or -1 for none;
+                            1 <= n_rows + len + (tail >= 0) <= engine_max_len() */
 } engine_request;
 
 /* Loads a GGUF model and makes a context for up to max_seqs sequences at once, each up to

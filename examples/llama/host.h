@@ -7,6 +7,11 @@
 
 #include <stdint.h>
 
+#include "task.h"
+
+/* The byte after each example's text (docs/TINYLM.md, "Tasks"). */
+#define TASK_SEPARATOR '\n'
+
 typedef struct {
     const char *cmd, *gguf, *tlm, *prompt, *save, *gelu_zero_gguf, *args[2];
     int n_args, batch, threads, json, verbose;
@@ -19,6 +24,12 @@ int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Monotonic seconds. */
 double now(void);
+
+/* The verbalizer of a split: its labels' first bytes. */
+void task_verbalizer(const task_split *s, uint8_t v[2]);
+
+/* The label with the larger logit, the first on a tie (tinylm's rule). */
+int task_predict(const float *logits, const uint8_t v[2]);
 
 int cmd_check(const options *o);
 int cmd_serve(const options *o);

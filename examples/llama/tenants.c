@@ -32,6 +32,7 @@ typedef struct {
 typedef struct {
     char name[256];
     task_split test;
+    uint8_t verbalizer[2];
 } task_entry;
 
 /* Bytes the process has allocated and not freed (glibc). */
@@ -110,7 +111,7 @@ static int run_batch(batch_ctx *b, size_t k0, int n)
         const task_example *x = request_example(b, k);
         float *E = b->rows + (size_t)j * b->max_rows * b->C;
         b->mat[j] = (ulpt_bank_request){ t->id, E, b->C };
-        b->req[j] = (engine_request){ E, t->n_rows, x->input, x->len };
+        b->req[j] = (engine_request){ E, t->n_rows, x->text, x->len, TASK_SEPARATOR };
         b->owner[j] = (int)(k % (size_t)b->n_ten);
     }
     if (ulpt_bank_materialise(b->bank, b->mat, (size_t)n, ULPT_DTYPE_F32) != ULPT_OK)
@@ -195,11 +196,13 @@ int cmd_tenants(const options *o)
         if (t->task < 0) {
             char taskdir[4096];
             snprintf(taskdir, sizeof taskdir, "%s/%s", root, task);
-            if (task_load(&tasks[n_tasks].test, taskdir, "test", T - 1, err, sizeof err)) {
+            if (task_split_load(&tasks[n_tasks].test, taskdir, "test", T - 2, V, err,
+                                sizeof err)) {
                 fail("%s (the task of %s)", err, t->path);
                 goto out;
             }
             snprintf(tasks[n_tasks].name, sizeof tasks[n_tasks].name, "%s", task);
+            task_verbalizer(&tasks[n_tasks].test, tasks[n_tasks].verbalizer);
             t->task = n_tasks++;
         }
         if (n_rows > max_rows)
@@ -214,7 +217,7 @@ int cmd_tenants(const options *o)
     }
     for (int k = 0; k < n_tasks; k++)
         for (size_t i = 0; i < tasks[k].test.n; i++)
-            if (tasks[k].test.ex[i].len + max_rows > T) {
+            if (tasks[k].test.ex[i].len + 1 + max_rows > T) {
                 fail("%s: an example of %u bytes does not fit behind %u prompt rows",
                      tasks[k].test.path, tasks[k].test.ex[i].len, max_rows);
                 goto out;
@@ -254,9 +257,9 @@ int cmd_tenants(const options *o)
                 for (int j = 0; j < n; j++) {
                     if (run_batch(&bc, k0 + (size_t)j, 1))
                         goto out;
-                    const task_split *s = &tasks[ten[owner[0]].task].test;
-                    single[2 * (k0 + (size_t)j)] = logits[s->verbalizer[0]];
-                    single[2 * (k0 + (size_t)j) + 1] = logits[s->verbalizer[1]];
+                    const uint8_t *v = tasks[ten[owner[0]].task].verbalizer;
+                    single[2 * (k0 + (size_t)j)] = logits[v[0]];
+                    single[2 * (k0 + (size_t)j) + 1] = logits[v[1]];
                 }
                 seconds[0] += now() - t0;
             } else {
@@ -270,9 +273,9 @@ int cmd_tenants(const options *o)
         for (int j = 0; j < n; j++) {
             size_t k = k0 + (size_t)j;
             tenant *t = &ten[batched_owner[j]];
-            const task_split *s = &tasks[t->task].test;
+            const uint8_t *v = tasks[t->task].verbalizer;
             const float *l = batched + (size_t)j * V;
-            float pair[2] = { l[s->verbalizer[0]], l[s->verbalizer[1]] };
+            float pair[2] = { l[v[0]], l[v[1]] };
             int p1 = pair[1] > pair[0], p0 = single[2 * k + 1] > single[2 * k];
             disagree += p1 != p0;
             for (int c = 0; c < 2; c++)
@@ -330,7 +333,7 @@ out:
     ulpt_prompt_free(p);
     free(mat);
     for (int k = 0; k < n_tasks; k++)
-        task_free(&tasks[k].test);
+        task_split_free(&tasks[k].test);
     for (int f = 0; f < n_files; f++)
         free(files[f]);
     free(files);

@@ -53,8 +53,8 @@ static int zo_losses(void *user, const float *emb, uint32_t count, uint32_t n_to
         int n = (int)(total - start < (size_t)h->max_seqs ? total - start : (size_t)h->max_seqs);
         for (int j = 0; j < n; j++) {
             size_t c = (start + (size_t)j) / h->m, i = (start + (size_t)j) % h->m;
-            h->req[j] = (engine_request){ emb + c * n_tokens * dim, n_tokens, h->batch[i]->input,
-                                          h->batch[i]->len };
+            h->req[j] = (engine_request){ emb + c * n_tokens * dim, n_tokens, h->batch[i]->text,
+                                          h->batch[i]->len, TASK_SEPARATOR };
         }
         double t0 = now();
         if (engine_run(h->e, h->req, n, h->logits, NULL)) {
@@ -83,24 +83,16 @@ static int accuracy(zo_host *h, const task_split *s, const float *E, uint32_t n_
     for (size_t i = 0; i < s->n; i += (size_t)h->max_seqs) {
         int n = (int)(s->n - i < (size_t)h->max_seqs ? s->n - i : (size_t)h->max_seqs);
         for (int j = 0; j < n; j++)
-            h->req[j] = (engine_request){ E, n_rows, s->ex[i + (size_t)j].input,
-                                          s->ex[i + (size_t)j].len };
+            h->req[j] = (engine_request){ E, n_rows, s->ex[i + (size_t)j].text,
+                                          s->ex[i + (size_t)j].len, TASK_SEPARATOR };
         if (engine_run(h->e, h->req, n, h->logits, NULL))
             return fail("%s", engine_error());
         for (int j = 0; j < n; j++)
-            right += task_predict(h->logits + (size_t)j * V, s->verbalizer) ==
+            right += task_predict(h->logits + (size_t)j * V, h->verbalizer) ==
                      s->ex[i + (size_t)j].label;
     }
     *acc = (double)right / (double)s->n;
     return 0;
-}
-
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15u);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
-    return z ^ (z >> 31);
 }
 
 /* The last path component of dir, for the prompt's "task". */
@@ -150,16 +142,16 @@ int cmd_tune(const options *o)
         fail("--tokens %u leaves no room for text in a context of %u", o->tokens, T);
         goto out;
     }
-    if (task_load(&train, o->args[0], "train", T - o->tokens - 1, err, sizeof err) ||
-        task_load(&test, o->args[0], "test", T - o->tokens - 1, err, sizeof err)) {
+    if (task_split_load(&train, o->args[0], "train", T - o->tokens - 1, V, err, sizeof err) ||
+        task_split_load(&test, o->args[0], "test", T - o->tokens - 1, V, err, sizeof err)) {
         fail("%s", err);
         goto out;
     }
-    if (memcmp(train.verbalizer, test.verbalizer, 2)) {
+    if (strcmp(train.names[0], test.names[0]) || strcmp(train.names[1], test.names[1])) {
         fail("%s and %s have different labels", train.path, test.path);
         goto out;
     }
-    memcpy(h.verbalizer, test.verbalizer, 2);
+    task_verbalizer(&test, h.verbalizer);
     h.m = m;
     h.batch = malloc(sizeof *h.batch * m);
     h.req = malloc(sizeof *h.req * (size_t)h.max_seqs);
@@ -212,11 +204,7 @@ int cmd_tune(const options *o)
     for (uint32_t step = 1; step <= o->steps; step++) {
         for (uint32_t b = 0; b < m; b++) { /* epochs of a fresh permutation, as tune does */
             if (next == train.n) {
-                for (size_t i = train.n; i > 1; i--) {
-                    size_t j = (size_t)(splitmix(&state) % i), t = order[i - 1];
-                    order[i - 1] = order[j];
-                    order[j] = t;
-                }
+                task_shuffle(order, train.n, &state);
                 next = 0;
             }
             h.batch[b] = &train.ex[order[next++]];
@@ -265,8 +253,8 @@ out:
     free(h.batch);
     free(h.req);
     free(h.logits);
-    task_free(&train);
-    task_free(&test);
+    task_split_free(&train);
+    task_split_free(&test);
     engine_free(h.e);
     return rc;
 }

@@ -174,17 +174,32 @@ static int parse_args(int argc, char **argv, options *o)
     return 0;
 }
 
+void task_verbalizer(const task_split *s, uint8_t v[2])
+{
+    v[0] = (uint8_t)s->names[0][0];
+    v[1] = (uint8_t)s->names[1][0];
+}
+
+int task_predict(const float *logits, const uint8_t v[2])
+{
+    return logits[v[1]] > logits[v[0]];
+}
+
 /* ---- the reference: tinylm's C forward over the same rows --------------------------- */
 
-/* Rows [E ; wte[bytes]] for tinylm, n_rows + len rows of width C. */
-static void tinylm_rows(const tlm_model *m, const float *e, uint32_t n_rows, const uint8_t *text,
-                        uint32_t len, float *rows)
+/* Rows [E ; wte[bytes] ; wte[tail]] for tinylm (no tail row when tail < 0), of width C;
+ * returns their count. */
+static uint32_t tinylm_rows(const tlm_model *m, const float *e, uint32_t n_rows,
+                            const uint8_t *text, uint32_t len, int tail, float *rows)
 {
     const size_t C = tlm_config_of(m)->width;
     if (n_rows)
         memcpy(rows, e, sizeof(float) * n_rows * C);
     for (uint32_t t = 0; t < len; t++)
         memcpy(rows + (n_rows + t) * C, tlm_token_embedding(m, text[t]), sizeof(float) * C);
+    if (tail >= 0)
+        memcpy(rows + (n_rows + len) * C, tlm_token_embedding(m, tail), sizeof(float) * C);
+    return n_rows + len + (tail >= 0);
 }
 
 /* Largest |a - b| over count values, and largest |a - b| / max|a| row by row (rows of
@@ -330,12 +345,12 @@ int cmd_check(const options *o)
             const uint8_t *text = (const uint8_t *)check_texts[k];
             uint32_t len = (uint32_t)strlen(check_texts[k]);
             uint32_t nr = with_prompt ? n_rows : 0, n = nr + len;
-            engine_request r = { with_prompt ? E : NULL, nr, text, len };
+            engine_request r = { with_prompt ? E : NULL, nr, text, len, -1 };
             if (engine_run(e, &r, 1, last, got)) {
                 fail("%s", engine_error());
                 goto out;
             }
-            tinylm_rows(m, E, nr, text, len, rows);
+            tinylm_rows(m, E, nr, text, len, -1, rows);
             tlm_set_gelu_half(m, 0);
             if (tlm_forward(m, rows, n, ref)) {
                 fail("%s", tlm_last_error());
@@ -376,8 +391,8 @@ int cmd_check(const options *o)
                 const uint8_t *text = (const uint8_t *)check_texts[k];
                 uint32_t len = (uint32_t)strlen(check_texts[k]);
                 uint32_t nr = with_prompt ? n_rows : 0, n = nr + len;
-                engine_request r = { with_prompt ? E : NULL, nr, text, len };
-                tinylm_rows(m, E, nr, text, len, rows);
+                engine_request r = { with_prompt ? E : NULL, nr, text, len, -1 };
+                tinylm_rows(m, E, nr, text, len, -1, rows);
                 if (engine_run(z, &r, 1, last, got) || tlm_forward(m, rows, n, ref)) {
                     fail("%s", engine_error()[0] ? engine_error() : tlm_last_error());
                     engine_free(z);
@@ -472,10 +487,12 @@ int cmd_serve(const options *o)
              n_rows, ulpt_prompt_dim(p), C, T);
         goto out;
     }
-    if (task_load(&test, o->args[0], "test", T - n_rows - 1, err, sizeof err)) {
+    if (task_split_load(&test, o->args[0], "test", T - n_rows - 1, V, err, sizeof err)) {
         fail("%s", err);
         goto out;
     }
+    uint8_t verb[2];
+    task_verbalizer(&test, verb);
     if (o->tlm) {
         if (tlm_load(&m, o->tlm)) {
             fail("%s", tlm_last_error());
@@ -505,7 +522,8 @@ int cmd_serve(const options *o)
     for (size_t i = 0; i < test.n; i += (size_t)o->batch) {
         int n = (int)(test.n - i < (size_t)o->batch ? test.n - i : (size_t)o->batch);
         for (int k = 0; k < n; k++)
-            req[k] = (engine_request){ E, n_rows, test.ex[i + k].input, test.ex[i + k].len };
+            req[k] = (engine_request){ E, n_rows, test.ex[i + k].text, test.ex[i + k].len,
+                                       TASK_SEPARATOR };
         double t0 = now();
         if (engine_run(e, req, n, logits, NULL)) {
             fail("%s", engine_error());
@@ -515,26 +533,24 @@ int cmd_serve(const options *o)
         for (int k = 0; k < n; k++) {
             const task_example *x = &test.ex[i + k];
             const float *l = logits + (size_t)k * V;
-            int pred = task_predict(l, test.verbalizer);
+            int pred = task_predict(l, verb);
             right += pred == x->label;
             if (!m)
                 continue;
-            uint32_t len = n_rows + x->len;
-            tinylm_rows(m, E, n_rows, x->input, x->len, rows);
+            uint32_t len = tinylm_rows(m, E, n_rows, x->text, x->len, TASK_SEPARATOR, rows);
             if (tlm_forward(m, rows, len, ref)) {
                 fail("%s", tlm_last_error());
                 goto out;
             }
             const float *r = ref + (size_t)(len - 1) * V;
-            int pred_ref = task_predict(r, test.verbalizer);
+            int pred_ref = task_predict(r, verb);
             right_ref += pred_ref == x->label;
             agree += pred == pred_ref;
             for (int c = 0; c < 2; c++) {
-                uint8_t b = test.verbalizer[c];
+                uint8_t b = verb[c];
                 double d = fabs((double)l[b] - r[b]);
                 max_abs = fmax(max_abs, d);
-                max_rel = fmax(max_rel, d / fmax(fabs(r[test.verbalizer[0]]),
-                                                 fabs(r[test.verbalizer[1]])));
+                max_rel = fmax(max_rel, d / fmax(fabs(r[verb[0]]), fabs(r[verb[1]])));
             }
         }
     }
@@ -567,7 +583,7 @@ out:
     free(rows);
     free(ref);
     free(req);
-    task_free(&test);
+    task_split_free(&test);
     ulpt_prompt_free(p);
     tlm_free(m);
     engine_free(e);
