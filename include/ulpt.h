@@ -499,6 +499,25 @@ ULPT_API int ulpt_zo_get_options(ulpt_zo_options *opts, const ulpt_zo *zo);
 ULPT_API ulpt_prompt *ulpt_zo_prompt(const ulpt_zo *zo);
 ULPT_API ulpt_optimizer *ulpt_zo_optimizer(const ulpt_zo *zo);
 
+/* Forward-only checkpoints: ulpt_checkpoint_save's file (the prompt, the optimizer's
+ * options, step count and moments) plus the handle's options and stream position in a
+ * ZOST section (format 1.1, docs/FORMAT.md), atomically.  Training N steps straight and
+ * N/2 + save + load + N/2 give bit-identical parameters and the same position.  Such a
+ * file is also an ordinary checkpoint: ulpt_checkpoint_load (and libulpt 1.0) reads its
+ * prompt and optimizer and skips the forward-only state.
+ * Errors: as ulpt_checkpoint_save (ULPT_ERR_INVALID for NULL zo or path). */
+ULPT_API int ulpt_zo_checkpoint_save(const ulpt_zo *zo, const char *path);
+
+/* Load a forward-only checkpoint: creates the prompt, its optimizer and a handle for
+ * them with the stored options and position (free all three as usual: handle, then
+ * optimizer, then prompt).  The out-parameters are written only on success.
+ * Errors: as ulpt_checkpoint_load; ULPT_ERR_INVALID for a NULL argument;
+ * ULPT_ERR_FORMAT for a checkpoint without forward-only state (an ordinary or a format
+ * 1.0 checkpoint: load it with ulpt_checkpoint_load and call ulpt_zo_create);
+ * ULPT_ERR_CORRUPT for forward-only state that ulpt_zo_create would refuse. */
+ULPT_API int ulpt_zo_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, ulpt_zo **zo,
+                                     const char *path);
+
 /* ---------------------------------------------------------------------------------
  * Metadata: string key/value pairs a prompt carries into its files
  *

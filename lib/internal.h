@@ -68,6 +68,16 @@ void ulpt__normal_fill(float *out, size_t count, uint64_t seed, uint32_t c2, uin
  * count elements (count <= 2^34), Rademacher +-1 or, with gaussian, N(0,1). */
 void ulpt__zo_direction(float *out, size_t count, uint64_t seed, uint64_t index, int gaussian);
 
+/* ---- forward-only training (zo.c) ----------------------------------------------------- */
+
+/* Check options (a full current-version struct) as ulpt_zo_create does, naming the
+ * field in an ULPT_ERR_INVALID from func; batch 0 becomes 2q. */
+int ulpt__zo_check_options(const char *func, ulpt_zo_options *o);
+
+/* Bytes ulpt_zo_create takes for these options (batch resolved), a prompt of n_params
+ * parameters and n_tokens x dim = nd rows: the load bound of a checkpoint counts them. */
+double ulpt__zo_memory(const ulpt_zo_options *o, double n_params, double nd);
+
 /* ---- projection internals (projection.c) ---------------------------------------- */
 
 /* Take one more reference (prompts keep their projections alive). */
