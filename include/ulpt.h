@@ -337,8 +337,9 @@ typedef struct ulpt_optimizer_options {
 ULPT_API int ulpt_optimizer_options_init(ulpt_optimizer_options *opts, unsigned version);
 
 /* Create an optimizer for `prompt` (opts NULL = defaults).  The prompt must outlive the
- * optimizer.  Allocates the moment buffers and the n_tokens x dim buffers that
- * ulpt_train_step uses, so that no step allocates.
+ * optimizer.  Allocates the moment buffers, and has the prompt take the two n_tokens x
+ * dim buffers ulpt_train_step exchanges with the host (E and G; the prompt keeps them
+ * until it is freed), so that no step allocates.  Needs exclusive access to the prompt.
  * Errors: ULPT_ERR_INVALID (NULL prompt or out, unknown version, kind or schedule,
  * hyperparameters out of range or not finite, total_steps <= warmup_steps for the
  * linear and cosine schedules), ULPT_ERR_NOMEM. */
@@ -376,13 +377,14 @@ ULPT_API ulpt_prompt *ulpt_optimizer_prompt(const ulpt_optimizer *o);
 typedef int (*ulpt_loss_fn)(void *user, const float *embeddings, uint32_t n_tokens,
                             uint32_t dim, float *grad, double *loss);
 
-/* One training step: forward, callback, check the loss and gradient are finite, zero
- * the prompt's gradients, backward, optimizer step.  *loss (may be NULL) gets the
- * callback's loss.  `o` must have been created for `p`.
+/* One training step: forward, callback, check the loss is finite, zero the prompt's
+ * gradients, backward (which also checks G is finite), optimizer step.  *loss (may be
+ * NULL) gets the callback's loss.  `o` must have been created for `p`.
  * Errors: ULPT_ERR_INVALID (NULL argument, `o` not made for `p`), ULPT_ERR_CALLBACK
- * (the callback returned nonzero), ULPT_ERR_NONFINITE (loss or a gradient NaN or
- * infinite).  On any failure the parameters, gradients and optimizer state are
- * unchanged. */
+ * (the callback returned nonzero), ULPT_ERR_NONFINITE (a parameter NaN or infinite,
+ * named, before the callback is called; the loss or an element of G NaN or infinite;
+ * the gradient overflowing in backward).  On any failure the parameters, gradients and
+ * optimizer state are unchanged. */
 ULPT_API int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn,
                              void *user, double *loss);
 
@@ -651,7 +653,8 @@ ULPT_API int ulpt_file_inspect(const char *path, ulpt_file_info *info);
 /* Write the materialised prompt E (n_tokens x dim) as a safetensors file with one F32
  * tensor "prompt_embeddings" -- the tensor a Hugging Face PEFT prompt-tuning adapter
  * keeps in adapter_model.safetensors -- atomically.
- * Errors: ULPT_ERR_INVALID, ULPT_ERR_NOMEM, ULPT_ERR_IO. */
+ * Errors: ULPT_ERR_INVALID, ULPT_ERR_NOMEM, ULPT_ERR_IO, ULPT_ERR_NONFINITE (a parameter
+ * is NaN or infinite, named as by ulpt_prompt_forward; nothing is written). */
 ULPT_API int ulpt_prompt_export_safetensors(const ulpt_prompt *p, const char *path);
 
 /* ---------------------------------------------------------------------------------

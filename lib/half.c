@@ -66,9 +66,9 @@ uint16_t ulpt__f32_to_bf16(float f)
 float ulpt__bf16_to_f32(uint16_t b) { return float_of((uint32_t)b << 16); }
 
 /* Whole rows (the bank's half-precision output): the same results as the scalar
- * functions above, bit for bit, written as selects without branches so that the compiler
- * vectorises them. */
-void ulpt__f32_to_f16_n(const float *restrict x, uint16_t *restrict out, size_t count)
+ * functions above, bit for bit (a NaN stays a NaN of the same sign, its payload may
+ * differ), written as selects without branches so that the compiler vectorises them. */
+static void f32_to_f16_portable(const float *restrict x, uint16_t *restrict out, size_t count)
 {
     for (size_t i = 0; i < count; i++) {
         uint32_t u = bits_of(x[i]), sign = (u >> 16) & 0x8000u, ax = u & 0x7fffffffu;
@@ -84,7 +84,64 @@ void ulpt__f32_to_f16_n(const float *restrict x, uint16_t *restrict out, size_t 
     }
 }
 
-void ulpt__f32_to_bf16_n(const float *restrict x, uint16_t *restrict out, size_t count)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#include <stdatomic.h>
+
+#define CPU_F16C 1 /* with AVX */
+#define CPU_AVX2 2
+
+/* What the CPU (and the OS, which must save the YMM registers) supports; asked once. */
+static int cpu_has(int feature)
+{
+    static atomic_int cached = -1;
+    int m = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (m < 0) {
+        unsigned a, b, c, d;
+        m = 0;
+        if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_OSXSAVE) && (c & bit_AVX)) {
+            unsigned lo, hi;
+            __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+            if ((lo & 6) == 6) {
+                m |= c & bit_F16C ? CPU_F16C : 0;
+                if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_AVX2))
+                    m |= CPU_AVX2;
+            }
+        }
+        atomic_store_explicit(&cached, m, memory_order_relaxed);
+    }
+    return m & feature;
+}
+
+/* x86's F16C instruction rounds to nearest even as the scalar code does; chosen at run
+ * time, so the library itself still runs on any x86-64. */
+__attribute__((target("avx,f16c"))) static void f32_to_f16_f16c(const float *x, uint16_t *out,
+                                                                 size_t count)
+{
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8)
+        _mm_storeu_si128((__m128i *)(out + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    f32_to_f16_portable(x + i, out + i, count - i);
+}
+
+void ulpt__f32_to_f16_n(const float *restrict x, uint16_t *restrict out, size_t count)
+{
+    if (cpu_has(CPU_F16C))
+        f32_to_f16_f16c(x, out, count);
+    else
+        f32_to_f16_portable(x, out, count);
+}
+#else
+void ulpt__f32_to_f16_n(const float *restrict x, uint16_t *restrict out, size_t count)
+{
+    f32_to_f16_portable(x, out, count);
+}
+#endif
+
+static inline void f32_to_bf16_rows(const float *restrict x, uint16_t *restrict out,
+                                    size_t count)
 {
     for (size_t i = 0; i < count; i++) {
         uint32_t u = bits_of(x[i]);
@@ -93,3 +150,26 @@ void ulpt__f32_to_bf16_n(const float *restrict x, uint16_t *restrict out, size_t
         out[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
     }
 }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* The same loop compiled for AVX2 too (packing 32-bit lanes to 16 is where SSE2 spends
+ * its time), chosen at run time. */
+__attribute__((target("avx2"))) static void f32_to_bf16_avx2(const float *restrict x,
+                                                             uint16_t *restrict out, size_t count)
+{
+    f32_to_bf16_rows(x, out, count);
+}
+
+void ulpt__f32_to_bf16_n(const float *restrict x, uint16_t *restrict out, size_t count)
+{
+    if (cpu_has(CPU_AVX2))
+        f32_to_bf16_avx2(x, out, count);
+    else
+        f32_to_bf16_rows(x, out, count);
+}
+#else
+void ulpt__f32_to_bf16_n(const float *restrict x, uint16_t *restrict out, size_t count)
+{
+    f32_to_bf16_rows(x, out, count);
+}
+#endif

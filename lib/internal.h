@@ -8,10 +8,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Internal functions whose result says whether they worked: ignoring it is a bug. */
+#if defined(__GNUC__) || defined(__clang__)
+#define ULPT__MUST_CHECK __attribute__((warn_unused_result))
+#else
+#define ULPT__MUST_CHECK
+#endif
+
 /* ---- errors (error.c) ----------------------------------------------------------- */
 
 /* Record "func: message" as this thread's last error and return code. */
-int ulpt__error(int code, const char *func, const char *fmt, ...)
+ULPT__MUST_CHECK int ulpt__error(int code, const char *func, const char *fmt, ...)
 #if defined(__GNUC__) || defined(__clang__)
     __attribute__((format(printf, 3, 4)))
 #endif
@@ -52,7 +59,7 @@ void ulpt__free(const ulpt_allocator *a, void *ptr);
 void *ulpt__buffer_hand_out(const ulpt_allocator *a, unsigned char *base);
 
 /* a*b without overflow into *out; 0 if it would overflow size_t. */
-int ulpt__mul(size_t a, size_t b, size_t *out);
+ULPT__MUST_CHECK int ulpt__mul(size_t a, size_t b, size_t *out);
 
 /* ---- the counter-based generator (philox.c) ------------------------------------- */
 
@@ -86,6 +93,39 @@ ulpt_projection *ulpt__projection_ref(ulpt_projection *p);
 /* Seed of projection group g of a prompt seeded with `seed`. */
 uint64_t ulpt__group_seed(uint64_t seed, uint32_t group);
 
+/* ---- the small-rank kernels (fused.c) ------------------------------------------- */
+
+/* The largest rank the fused kernels take; above it only the GEMM path runs. */
+#define ULPT__FUSED_MAX_RANK 16
+
+/* Which kernels forward and backward use.  AUTO chooses by shape (prompt.c, the
+ * crossover measured in docs/DESIGN.md); the others force one path, for the tests that
+ * cross-check the paths and for the benchmark.  Not thread-safe: set it while no other
+ * libulpt call runs.  Not public API. */
+enum {
+    ULPT__KERNEL_AUTO,
+    ULPT__KERNEL_GEMM,           /* CBLAS sgemm: the general path */
+    ULPT__KERNEL_FUSED,          /* fused loops, AVX2 copy where the CPU has it */
+    ULPT__KERNEL_FUSED_PORTABLE, /* fused loops, the baseline-ISA copy */
+};
+extern int ulpt__kernel_force;
+
+/* E[i,:] = b + sum_k z[i,k] (proj[k,:] (.) s) for `rows` rows (E row stride ld, z rows
+ * of r <= ULPT__FUSED_MAX_RANK, proj r x d); s and b NULL when absent. */
+void ulpt__fused_forward(float *restrict e, size_t ld, const float *restrict z, size_t rows,
+                         size_t r, const float *restrict proj, const float *restrict s,
+                         const float *restrict b, size_t d);
+
+/* One pass over G (rows x d, stride ld), proj r x d:  dz[i,k] += G[i,:] . (proj[k,:] (.) s),
+ * ds += sum_k proj[k,:] (.) (z^T G)[k,:] and db += sum_i G[i,:]; s, ds and db NULL when
+ * absent.  Returns 1 if the dz rows are all finite afterwards, 0 if not (a NaN or
+ * infinity in G always makes its row of dz non-finite). */
+ULPT__MUST_CHECK int ulpt__fused_backward(float *restrict dz, float *restrict ds,
+                                          float *restrict db, const float *restrict g,
+                                          size_t ld, const float *restrict z, size_t rows,
+                                          size_t r, const float *restrict proj,
+                                          const float *restrict s, size_t d);
+
 /* ---- files (io.c) ------------------------------------------------------------------- */
 
 /* The system calls a save makes, replaceable by tests to inject failures. */
@@ -98,11 +138,12 @@ extern ulpt_io_ops ulpt__io;
 
 /* Write len bytes to path atomically (temporary file, fsync, rename, fsync directory);
  * errors are reported as coming from func. */
-int ulpt__write_atomic(const char *func, const char *path, const void *data, size_t len);
+ULPT__MUST_CHECK int ulpt__write_atomic(const char *func, const char *path, const void *data,
+                                        size_t len);
 
 /* Read a whole regular file into a new buffer from a. */
-int ulpt__read_file(const char *func, const ulpt_allocator *a, const char *path, void **buf,
-                    size_t *len);
+ULPT__MUST_CHECK int ulpt__read_file(const char *func, const ulpt_allocator *a,
+                                     const char *path, void **buf, size_t *len);
 
 /* ---- half precision (half.c) ------------------------------------------------------- */
 
@@ -110,7 +151,7 @@ uint16_t ulpt__f32_to_f16(float f);
 float ulpt__f16_to_f32(uint16_t h);
 uint16_t ulpt__f32_to_bf16(float f);
 float ulpt__bf16_to_f32(uint16_t b);
-/* count floats at once, bit for bit as the scalar conversions */
+/* count floats at once, bit for bit as the scalar conversions (NaN payloads aside) */
 void ulpt__f32_to_f16_n(const float *restrict x, uint16_t *restrict out, size_t count);
 void ulpt__f32_to_bf16_n(const float *restrict x, uint16_t *restrict out, size_t count);
 
@@ -124,6 +165,19 @@ typedef struct {
 void ulpt__meta_clear(const ulpt_allocator *a, ulpt_meta *m);
 
 /* ---- the objects, shared by the files that serialise them -------------------------- */
+
+/* The working buffers of a loop that trains a prompt, owned by the prompt because
+ * they hold its quantities: its embeddings E (n_e slots of n_tokens x dim, written by
+ * forward, read by the host), their gradients G (n_g slots, written by the host, read
+ * by backward) and a copy of its gradients from before a step, to restore when the step
+ * fails.  Taken by ulpt__prompt_reserve when a trainer is created, so that no step
+ * allocates; freed with the prompt.  Rows are 64-byte aligned when dim is a multiple of
+ * 16 (the block is). */
+typedef struct {
+    void *block; /* the one allocation; the pointers below point into it */
+    float *e, *g, *saved_grads;
+    uint32_t n_e, n_g;
+} ulpt_work;
 
 struct ulpt_prompt {
     ulpt_allocator al;
@@ -140,6 +194,7 @@ struct ulpt_prompt {
        P_g diag(s) (r x d) */
     float *ws_z1, *ws_m, *ws_ps;
     ulpt_meta meta;
+    ulpt_work work;
 };
 
 struct ulpt_optimizer {
@@ -149,16 +204,13 @@ struct ulpt_optimizer {
     uint64_t steps;
     size_t n;     /* parameters */
     float *m, *v; /* Adam moments; SGD keeps its momentum buffer in m */
-    /* ulpt_train_step's buffers, taken here so that no step allocates:
-       E and G (n_tokens x dim) and a copy of the gradients to restore on failure */
-    float *e, *g, *saved_grads;
 };
 
 /* ---- numeric checks --------------------------------------------------------------- */
 
 /* 1 if all count floats are finite.  x*0 is NaN exactly for NaN and infinity; summing
  * those products has no branch, so it vectorises and runs at memory speed. */
-static inline int ulpt__all_finite(const float *x, size_t count)
+ULPT__MUST_CHECK static inline int ulpt__all_finite(const float *x, size_t count)
 {
     float acc[8] = { 0 };
     size_t i = 0;
@@ -175,7 +227,23 @@ static inline int ulpt__all_finite(const float *x, size_t count)
 /* ---- prompt internals (prompt.c) ----------------------------------------------------- */
 
 /* The index of the first parameter that is NaN or infinite, or num_params if none. */
-size_t ulpt__first_nonfinite(const ulpt_prompt *p);
+ULPT__MUST_CHECK size_t ulpt__first_nonfinite(const ulpt_prompt *p);
+
+/* Make p->work hold at least n_e E slots and n_g G slots (and the saved gradients);
+ * what it already holds is kept if large enough.  All or nothing: on ULPT_ERR_NOMEM
+ * (message set, naming func) the prompt is unchanged.  Needs exclusive access. */
+ULPT__MUST_CHECK int ulpt__prompt_reserve(const char *func, ulpt_prompt *p, uint32_t n_e,
+                                          uint32_t n_g);
+
+/* ulpt_prompt_forward, with errors reported as coming from func. */
+ULPT__MUST_CHECK int ulpt__prompt_forward(const char *func, const ulpt_prompt *p,
+                                          float *embeddings, size_t ld);
+
+/* ulpt_prompt_backward with errors reported as coming from func, and
+ * ULPT_ERR_NONFINITE (with no message set) when a gradient it added came out NaN or
+ * infinite: G held one, or a sum overflowed.  The gradients are changed either way. */
+ULPT__MUST_CHECK int ulpt__prompt_backward(const char *func, ulpt_prompt *p, const float *grad,
+                                           size_t ld);
 
 /* The name of parameter i in the flat layout: "Z[3][1]", "scale[7]", "shift[0]". */
 void ulpt__param_name(const ulpt_prompt *p, size_t i, char *buf, size_t size);

@@ -24,7 +24,7 @@ static int sys_rename(const char *from, const char *to) { return rename(from, to
 
 ulpt_io_ops ulpt__io = { sys_write, sys_fsync, sys_rename };
 
-static int io_error(const char *func, const char *what, const char *path)
+ULPT__MUST_CHECK static int io_error(const char *func, const char *what, const char *path)
 {
     return ulpt__error(ULPT_ERR_IO, func, "%s %s: %s", what, path, strerror(errno));
 }

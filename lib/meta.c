@@ -66,7 +66,7 @@ void ulpt__meta_clear(const ulpt_allocator *a, ulpt_meta *m)
 }
 
 /* Grow both arrays to hold one more pair; either may have moved, none is lost. */
-static int reserve(const ulpt_allocator *a, ulpt_meta *m)
+ULPT__MUST_CHECK static int reserve(const ulpt_allocator *a, ulpt_meta *m)
 {
     if (m->count < m->cap)
         return 1;

@@ -8,8 +8,9 @@
  *     dL/ds   = sum_g sum_k P_g[k,:] (.) M_g[k,:],     M_g = Z_g^T . G_g      (r x d)
  *     dL/dZ_g = G_g . (P_g diag s)^T                                       (n_g x r)
  *
- * Backward gets M_g and dL/db from one GEMM, [Z_g | 1]^T . G_g, so G is read twice
- * in all.  The identity projection (vanilla prompt tuning) has Z: n x d and no product. */
+ * Two paths compute this: the fused kernels of fused.c for small rank (one pass over E
+ * or G), and CBLAS GEMM for the rest; use_fused() picks one per call.  The identity
+ * projection (vanilla prompt tuning) has Z: n x d and no product. */
 #include "internal.h"
 
 #include <cblas.h>
@@ -18,10 +19,6 @@
 #include <stdio.h>
 #include <string.h>
 
-
-/* Rows per GEMM in forward: a block of E small enough (128 KiB) to still be in cache
- * when the scale and shift pass over it. */
-#define FORWARD_BLOCK_FLOATS 32768u
 
 /* Errors found while checking options name the public call that got them. */
 #define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, func, __VA_ARGS__)
@@ -43,7 +40,7 @@ int ulpt_prompt_options_init(ulpt_prompt_options *opts, unsigned version)
     return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
 }
 
-static int check_options(const char *func, const ulpt_prompt_options *o)
+ULPT__MUST_CHECK static int check_options(const char *func, const ulpt_prompt_options *o)
 {
     if (o->projection_kind < ULPT_PROJ_XAVIER_UNIFORM || o->projection_kind > ULPT_PROJ_IDENTITY)
         return BAD_OPTION("unknown projection kind %d", o->projection_kind);
@@ -67,7 +64,8 @@ static int check_options(const char *func, const ulpt_prompt_options *o)
 }
 
 /* Float counts of the one block holding params, grads and backward scratch. */
-static int layout(const ulpt_prompt_options *o, size_t *n_params, size_t *n_scratch)
+ULPT__MUST_CHECK static int layout(const ulpt_prompt_options *o, size_t *n_params,
+                                   size_t *n_scratch)
 {
     size_t nz, nd, z1 = 0, m = 0, ps = 0;
     size_t vecs = (size_t) !(o->flags & ULPT_NO_SCALE) + (size_t) !(o->flags & ULPT_NO_SHIFT);
@@ -90,8 +88,8 @@ static int layout(const ulpt_prompt_options *o, size_t *n_params, size_t *n_scra
 }
 
 /* The projections of a prompt: shared ones must be exactly those the options imply. */
-static int check_shared(const char *func, const ulpt_prompt_options *o,
-                        ulpt_projection *const *shared)
+ULPT__MUST_CHECK static int check_shared(const char *func, const ulpt_prompt_options *o,
+                                         ulpt_projection *const *shared)
 {
     for (uint32_t g = 0; g < o->n_groups; g++) {
         const ulpt_projection *pr = shared[g];
@@ -111,8 +109,9 @@ static int check_shared(const char *func, const ulpt_prompt_options *o,
     return ULPT_OK;
 }
 
-static int create(const char *func, ulpt_prompt **out, const ulpt_prompt_options *in,
-                  ulpt_projection *const *shared)
+ULPT__MUST_CHECK static int create(const char *func, ulpt_prompt **out,
+                                   const ulpt_prompt_options *in,
+                                   ulpt_projection *const *shared)
 {
     if (!out || !in)
         return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !out ? "out" : "opts");
@@ -205,6 +204,7 @@ void ulpt_prompt_free(ulpt_prompt *p)
             ulpt_projection_free(p->proj[g]);
     ulpt__free(&al, p->proj);
     ulpt__free(&al, p->params);
+    ulpt__free(&al, p->work.block);
     ulpt__meta_clear(&al, &p->meta);
     ulpt__free(&al, p);
 }
@@ -220,25 +220,6 @@ void ulpt__prompt_view(ulpt_prompt *v, uint32_t n, uint32_t r, uint32_t d, uint3
         .proj = (ulpt_projection **)proj, .n_params = (size_t)n * r,
         .params = (float *)z, .z = (float *)z, .s = (float *)s, .b = (float *)b,
     };
-}
-
-/* ---- forward -------------------------------------------------------------------- */
-
-/* e[i,:] = e[i,:] (.) s + b for `rows` rows; s or b may be NULL (absent). */
-static void scale_shift_rows(float *restrict e, size_t rows, size_t d, size_t ld,
-                             const float *restrict s, const float *restrict b)
-{
-    for (size_t i = 0; i < rows; i++, e += ld) {
-        if (s && b)
-            for (size_t j = 0; j < d; j++)
-                e[j] = e[j] * s[j] + b[j];
-        else if (s)
-            for (size_t j = 0; j < d; j++)
-                e[j] *= s[j];
-        else if (b)
-            for (size_t j = 0; j < d; j++)
-                e[j] += b[j];
-    }
 }
 
 size_t ulpt__first_nonfinite(const ulpt_prompt *p)
@@ -262,100 +243,241 @@ void ulpt__param_name(const ulpt_prompt *p, size_t i, char *buf, size_t size)
         snprintf(buf, size, "shift[%zu]", i - nz - (p->s ? p->d : 0));
 }
 
-int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t ld)
+/* ---- forward and backward -------------------------------------------------------- */
+
+/* The fused kernels (fused.c) below this rank, CBLAS GEMM above: the crossover measured
+ * by `make bench` and recorded in docs/DESIGN.md. */
+#define FUSED_AUTO_MAX_RANK 12
+
+static int use_fused(const ulpt_prompt *p)
+{
+    if (p->r > ULPT__FUSED_MAX_RANK)
+        return 0;
+    switch (ulpt__kernel_force) {
+    case ULPT__KERNEL_GEMM:
+        return 0;
+    case ULPT__KERNEL_FUSED:
+    case ULPT__KERNEL_FUSED_PORTABLE:
+        return 1;
+    default:
+        return p->r <= FUSED_AUTO_MAX_RANK;
+    }
+}
+
+/* Vanilla prompt tuning, Z: n x d:  E = Z (.) s + b;  dZ += G (.) s,  ds += Z (.) G,
+ * db += G.  Elementwise, one pass each way; backward returns 1 if dZ stayed finite. */
+static void identity_forward(const ulpt_prompt *p, float *e, size_t ld)
+{
+    const size_t d = p->d;
+    const float *restrict s = p->s, *restrict b = p->b;
+    for (size_t i = 0; i < p->n; i++) {
+        const float *restrict z = p->z + i * d;
+        float *restrict er = e + i * ld;
+        if (s && b)
+            for (size_t j = 0; j < d; j++)
+                er[j] = z[j] * s[j] + b[j];
+        else if (s)
+            for (size_t j = 0; j < d; j++)
+                er[j] = z[j] * s[j];
+        else if (b)
+            for (size_t j = 0; j < d; j++)
+                er[j] = z[j] + b[j];
+        else
+            memcpy(er, z, d * sizeof(float));
+    }
+}
+
+ULPT__MUST_CHECK static int identity_backward(ulpt_prompt *p, const float *grad, size_t ld)
+{
+    const size_t d = p->d;
+    const float *restrict s = p->s;
+    float *restrict gs = p->gs, *restrict gb = p->gb;
+    int finite = 1;
+    for (size_t i = 0; i < p->n; i++) {
+        const float *restrict g = grad + i * ld, *restrict z = p->z + i * d;
+        float *restrict gz = p->gz + i * d;
+        for (size_t j = 0; j < d; j++) {
+            gz[j] += s ? g[j] * s[j] : g[j];
+            if (gs)
+                gs[j] += z[j] * g[j];
+            if (gb)
+                gb[j] += g[j];
+        }
+        finite &= ulpt__all_finite(gz, d); /* the row is still in L1 */
+    }
+    return finite;
+}
+
+/* The GEMM path, one group: E_g = (Z_g . P_g), then (.) s + b over each block of rows
+ * while it is still in cache. */
+#define FORWARD_BLOCK_FLOATS 32768u /* 128 KiB of E */
+
+static void gemm_forward(const ulpt_prompt *p, const float *proj, const float *z, size_t rows,
+                         float *e, size_t ld)
+{
+    const size_t r = p->r, d = p->d;
+    const size_t block = d >= FORWARD_BLOCK_FLOATS ? 1 : FORWARD_BLOCK_FLOATS / d;
+    for (size_t i = 0; i < rows; i += block) {
+        const size_t m = rows - i < block ? rows - i : block;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)d, (int)r, 1.0f,
+                    z + i * r, (int)r, proj, (int)d, 0.0f, e + i * ld, (int)ld);
+        float *er = e + i * ld;
+        for (size_t ii = 0; ii < m; ii++, er += ld) {
+            if (p->s && p->b)
+                for (size_t j = 0; j < d; j++)
+                    er[j] = er[j] * p->s[j] + p->b[j];
+            else if (p->s)
+                for (size_t j = 0; j < d; j++)
+                    er[j] *= p->s[j];
+            else if (p->b)
+                for (size_t j = 0; j < d; j++)
+                    er[j] += p->b[j];
+        }
+    }
+}
+
+int ulpt__prompt_forward(const char *func, const ulpt_prompt *p, float *embeddings, size_t ld)
 {
     if (!p || !embeddings)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : "embeddings");
+        return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !p ? "prompt" : "embeddings");
     if (ld < p->d || ld > INT_MAX)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "row stride %zu is outside [dim %u, %d]", ld, p->d,
-                         INT_MAX);
+        return ulpt__error(ULPT_ERR_INVALID, func, "row stride %zu is outside [dim %u, %d]", ld,
+                           p->d, INT_MAX);
     size_t bad = ulpt__first_nonfinite(p); /* a few thousand floats: cheap next to E */
     if (bad < p->n_params) {
         char name[48];
         ulpt__param_name(p, bad, name, sizeof name);
-        return ULPT_FAIL(ULPT_ERR_NONFINITE, "parameter %s is %g", name, (double)p->params[bad]);
+        return ulpt__error(ULPT_ERR_NONFINITE, func, "parameter %s is %g", name,
+                           (double)p->params[bad]);
     }
-    const size_t n = p->n, r = p->r, d = p->d, ng = n / p->groups;
     if (p->kind == ULPT_PROJ_IDENTITY) {
-        for (size_t i = 0; i < n; i++)
-            memcpy(embeddings + i * ld, p->z + i * d, d * sizeof(float));
-        scale_shift_rows(embeddings, n, d, ld, p->s, p->b);
+        identity_forward(p, embeddings, ld);
         return ULPT_OK;
     }
-    size_t block = d >= FORWARD_BLOCK_FLOATS ? 1 : FORWARD_BLOCK_FLOATS / d;
+    const size_t r = p->r, d = p->d, ng = p->n / p->groups;
+    const int fused = use_fused(p);
     for (size_t g = 0; g < p->groups; g++) {
-        const float *proj = ulpt_projection_data(p->proj[g]);
-        for (size_t i = g * ng; i < (g + 1) * ng; i += block) {
-            size_t rows = (g + 1) * ng - i < block ? (g + 1) * ng - i : block;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)r, 1.0f,
-                        p->z + i * r, (int)r, proj, (int)d, 0.0f, embeddings + i * ld, (int)ld);
-            scale_shift_rows(embeddings + i * ld, rows, d, ld, p->s, p->b);
-        }
+        const float *proj = ulpt_projection_data(p->proj[g]), *z = p->z + g * ng * r;
+        float *e = embeddings + g * ng * ld;
+        if (fused)
+            ulpt__fused_forward(e, ld, z, ng, r, proj, p->s, p->b, d);
+        else
+            gemm_forward(p, proj, z, ng, e, ld);
     }
     return ULPT_OK;
 }
 
-/* ---- backward ------------------------------------------------------------------- */
-
-static void identity_backward(ulpt_prompt *p, const float *grad, size_t ld)
+/* The GEMM path, one group: M = [Z_g | 1]^T . G_g gives dL/ds (rows 0..r-1, with P_g)
+ * and dL/db (row r); dL/dZ_g += G_g . (P_g diag s)^T.  G is read twice.  Returns 1 if
+ * dZ_g is finite (BLAS propagates a NaN or infinity of G into it, as the fused path). */
+ULPT__MUST_CHECK static int gemm_backward(ulpt_prompt *p, const float *proj, size_t g,
+                                          const float *gg, size_t ld)
 {
-    const size_t d = p->d;
-    for (size_t i = 0; i < p->n; i++) {
-        const float *g = grad + i * ld, *z = p->z + i * d;
-        float *gz = p->gz + i * d;
-        for (size_t j = 0; j < d; j++)
-            gz[j] += p->s ? g[j] * p->s[j] : g[j];
-        if (p->gs)
-            for (size_t j = 0; j < d; j++)
-                p->gs[j] += z[j] * g[j];
-        if (p->gb)
-            for (size_t j = 0; j < d; j++)
-                p->gb[j] += g[j];
+    const size_t r = p->r, d = p->d, ng = p->n / p->groups;
+    const size_t k = r + (p->b ? 1 : 0); /* columns of [Z_g | 1] */
+    for (size_t i = 0; i < ng; i++) {
+        memcpy(p->ws_z1 + i * k, p->z + (g * ng + i) * r, r * sizeof(float));
+        if (p->b)
+            p->ws_z1[i * k + r] = 1.0f;
     }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)d, (int)ng, 1.0f, p->ws_z1,
+                (int)k, gg, (int)ld, 0.0f, p->ws_m, (int)d);
+    if (p->gs)
+        for (size_t kk = 0; kk < r; kk++)
+            for (size_t j = 0; j < d; j++)
+                p->gs[j] += proj[kk * d + j] * p->ws_m[kk * d + j];
+    if (p->gb)
+        for (size_t j = 0; j < d; j++)
+            p->gb[j] += p->ws_m[r * d + j];
+    const float *ps = proj;
+    if (p->s) {
+        for (size_t kk = 0; kk < r; kk++)
+            for (size_t j = 0; j < d; j++)
+                p->ws_ps[kk * d + j] = proj[kk * d + j] * p->s[j];
+        ps = p->ws_ps;
+    }
+    float *gz = p->gz + g * ng * r;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)ng, (int)r, (int)d, 1.0f, gg,
+                (int)ld, ps, (int)d, 1.0f, gz, (int)r);
+    return ulpt__all_finite(gz, ng * r);
+}
+
+/* The fused path, one group: one pass over G_g (fused.c).  dZ is summed in zeroed
+ * scratch and then added, so that two calls add exactly twice what one adds. */
+ULPT__MUST_CHECK static int fused_backward(ulpt_prompt *p, const float *proj, size_t g,
+                                           const float *gg, size_t ld)
+{
+    const size_t r = p->r, ng = p->n / p->groups;
+    float *dz = p->ws_z1, *gz = p->gz + g * ng * r;
+    memset(dz, 0, ng * r * sizeof(float));
+    int finite = ulpt__fused_backward(dz, p->gs, p->gb, gg, ld, p->z + g * ng * r, ng, r, proj,
+                                      p->s, p->d);
+    for (size_t i = 0; i < ng * r; i++)
+        gz[i] += dz[i];
+    return finite;
+}
+
+int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t ld)
+{
+    return ulpt__prompt_forward(__func__, p, embeddings, ld);
+}
+
+int ulpt__prompt_backward(const char *func, ulpt_prompt *p, const float *grad, size_t ld)
+{
+    if (!p || !grad)
+        return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !p ? "prompt" : "grad");
+    if (ld < p->d || ld > INT_MAX)
+        return ulpt__error(ULPT_ERR_INVALID, func, "row stride %zu is outside [dim %u, %d]", ld,
+                           p->d, INT_MAX);
+    int finite;
+    if (p->kind == ULPT_PROJ_IDENTITY) {
+        finite = identity_backward(p, grad, ld);
+    } else {
+        const size_t ng = p->n / p->groups;
+        const int fused = use_fused(p);
+        finite = 1;
+        for (size_t g = 0; g < p->groups; g++) {
+            const float *proj = ulpt_projection_data(p->proj[g]), *gg = grad + g * ng * ld;
+            finite &= fused ? fused_backward(p, proj, g, gg, ld)
+                            : gemm_backward(p, proj, g, gg, ld);
+        }
+    }
+    return finite ? ULPT_OK : ULPT_ERR_NONFINITE; /* the caller words the message */
 }
 
 int ulpt_prompt_backward(ulpt_prompt *p, const float *grad, size_t ld)
 {
-    if (!p || !grad)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : "grad");
-    if (ld < p->d || ld > INT_MAX)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "row stride %zu is outside [dim %u, %d]", ld, p->d,
-                         INT_MAX);
-    if (p->kind == ULPT_PROJ_IDENTITY) {
-        identity_backward(p, grad, ld);
+    int rc = ulpt__prompt_backward(__func__, p, grad, ld);
+    /* As documented, non-finite gradients are kept here; ulpt_optimizer_step refuses them. */
+    return rc == ULPT_ERR_NONFINITE ? ULPT_OK : rc;
+}
+
+/* ---- the working buffers of a training loop (internal.h) -------------------------- */
+
+int ulpt__prompt_reserve(const char *func, ulpt_prompt *p, uint32_t n_e, uint32_t n_g)
+{
+    ulpt_work *w = &p->work;
+    if (n_e < w->n_e)
+        n_e = w->n_e;
+    if (n_g < w->n_g)
+        n_g = w->n_g;
+    if (w->block && n_e == w->n_e && n_g == w->n_g)
         return ULPT_OK;
-    }
-    const size_t r = p->r, d = p->d, ng = p->n / p->groups;
-    const size_t k = r + (p->b ? 1 : 0); /* columns of [Z_g | 1] */
-    for (size_t g = 0; g < p->groups; g++) {
-        const float *proj = ulpt_projection_data(p->proj[g]);
-        const float *gg = grad + g * ng * ld;
-        for (size_t i = 0; i < ng; i++) {
-            memcpy(p->ws_z1 + i * k, p->z + (g * ng + i) * r, r * sizeof(float));
-            if (p->b)
-                p->ws_z1[i * k + r] = 1.0f;
-        }
-        /* M = [Z_g | 1]^T . G_g: rows 0..r-1 feed dL/ds, row r is dL/db. */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)d, (int)ng, 1.0f,
-                    p->ws_z1, (int)k, gg, (int)ld, 0.0f, p->ws_m, (int)d);
-        if (p->gs)
-            for (size_t kk = 0; kk < r; kk++)
-                for (size_t j = 0; j < d; j++)
-                    p->gs[j] += proj[kk * d + j] * p->ws_m[kk * d + j];
-        if (p->gb)
-            for (size_t j = 0; j < d; j++)
-                p->gb[j] += p->ws_m[r * d + j];
-        const float *ps = proj;
-        if (p->s) {
-            for (size_t kk = 0; kk < r; kk++)
-                for (size_t j = 0; j < d; j++)
-                    p->ws_ps[kk * d + j] = proj[kk * d + j] * p->s[j];
-            ps = p->ws_ps;
-        }
-        /* dL/dZ_g += G_g . (P_g diag s)^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)ng, (int)r, (int)d, 1.0f, gg,
-                    (int)ld, ps, (int)d, 1.0f, p->gz + g * ng * r, (int)r);
-    }
+    /* the prompt checked n_tokens * dim * sizeof(float) fits; 64 bytes for alignment */
+    const size_t nd = (size_t)p->n * p->d, slots = (size_t)n_e + n_g;
+    size_t floats, bytes;
+    if (!ulpt__mul(nd, slots, &floats) || floats > SIZE_MAX / sizeof(float) - p->n_params - 16 ||
+        !ulpt__mul(floats + p->n_params, sizeof(float), &bytes))
+        return ulpt__error(ULPT_ERR_INVALID, func, "%zu buffers of %u x %u floats are past "
+                           "addressable memory", slots, p->n, p->d);
+    void *block = ulpt__alloc(&p->al, bytes + 64);
+    if (!block)
+        return ulpt__error(ULPT_ERR_NOMEM, func, "no memory for %zu training buffers of %u x %u "
+                           "floats", slots, p->n, p->d);
+    float *base = (float *)(void *)((char *)block + (64 - (uintptr_t)block % 64) % 64);
+    ulpt__free(&p->al, w->block);
+    *w = (ulpt_work){.block = block, .e = base, .g = base + n_e * nd,
+                     .saved_grads = base + slots * nd, .n_e = n_e, .n_g = n_g};
     return ULPT_OK;
 }
 

@@ -32,7 +32,11 @@ int ulpt_prompt_export_safetensors(const ulpt_prompt *p, const char *path)
     memcpy(buf + 8, header, (size_t)hl);
     memset(buf + 8 + hl, ' ', padded - (size_t)hl);
     float *e = (float *)(void *)(buf + 8 + padded); /* 8-aligned by construction */
-    ulpt_prompt_forward(p, e, p->d);
+    int rc = ulpt__prompt_forward(__func__, p, e, p->d); /* refuses NaN parameters */
+    if (rc != ULPT_OK) {
+        ulpt__free(&a, buf);
+        return rc;
+    }
     for (size_t i = 0; i < nd; i++) { /* little-endian on every host */
         uint32_t u;
         memcpy(&u, &e[i], 4);
@@ -40,7 +44,7 @@ int ulpt_prompt_export_safetensors(const ulpt_prompt *p, const char *path)
         q[0] = (unsigned char)u, q[1] = (unsigned char)(u >> 8);
         q[2] = (unsigned char)(u >> 16), q[3] = (unsigned char)(u >> 24);
     }
-    int rc = ulpt__write_atomic(__func__, path, buf, total);
+    rc = ulpt__write_atomic(__func__, path, buf, total);
     ulpt__free(&a, buf);
     return rc;
 }

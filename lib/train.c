@@ -1,7 +1,10 @@
-/* train.c -- one training step driven by the host's loss callback.
+/* train.c -- one training step driven by the host's loss callback, in a straight line:
  *
- * forward -> host (loss, G) -> checks -> zero grad -> backward -> optimizer step.
- * Everything that can fail happens before the first write, or is undone, so a failed
+ *     forward (E)  ->  host (loss, G)  ->  backward (gradients)  ->  update (parameters)
+ *
+ * E and G are the prompt's working buffers (internal.h, taken by ulpt_optimizer_create).
+ * Everything before backward only reads the prompt; backward overwrites the gradients,
+ * so they are saved first and put back if backward or the update refuses, and a failed
  * step leaves parameters, gradients and optimizer state as they were. */
 #include "internal.h"
 
@@ -18,30 +21,39 @@ int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn, voi
                               : "loss_fn");
     if (o->prompt != p)
         return ULPT_FAIL(ULPT_ERR_INVALID, "the optimizer was created for another prompt");
-    float *e = o->e, *g = o->g, *saved = o->saved_grads; /* taken at creation */
-    const uint32_t n = ulpt_prompt_n_tokens(p), d = ulpt_prompt_dim(p);
-    const size_t nd = (size_t)n * d, np = ulpt_prompt_num_params(p);
+    const uint32_t n = p->n, d = p->d;
+    const size_t nd = (size_t)n * d, np = p->n_params;
+    float *e = p->work.e, *g = p->work.g;
 
-    ulpt_prompt_forward(p, e, d);
-    memset(g, 0, nd * sizeof(float));
+    /* forward: refuses NaN or infinite parameters, naming the first */
+    int rc = ulpt__prompt_forward(__func__, p, e, d);
+    if (rc != ULPT_OK)
+        return rc;
+
+    /* the host */
     double value = 0.0;
-    int rc = loss_fn(user, e, n, d, g, &value);
+    memset(g, 0, nd * sizeof(float));
+    rc = loss_fn(user, e, n, d, g, &value);
     if (rc != 0)
         return ULPT_FAIL(ULPT_ERR_CALLBACK, "the loss callback returned %d", rc);
     if (!isfinite(value))
         return ULPT_FAIL(ULPT_ERR_NONFINITE, "the loss callback returned a loss of %g", value);
-    if (!ulpt__all_finite(g, nd))
-        return ULPT_FAIL(ULPT_ERR_NONFINITE,
-                         "the loss callback returned a NaN or infinite gradient");
 
-    float *grads = ulpt_prompt_grads(p);
-    memcpy(saved, grads, np * sizeof(float));
+    /* backward: its pass over G is also the check that G is finite */
+    memcpy(p->work.saved_grads, p->grads, np * sizeof(float));
     ulpt_prompt_zero_grad(p);
-    ulpt_prompt_backward(p, g, d);
-    rc = ulpt_optimizer_step(o);
-    if (rc != 0) { /* finite G, but backward overflowed */
-        memcpy(grads, saved, np * sizeof(float));
-        return ULPT_FAIL(rc, "the gradient overflowed in backward; nothing was changed");
+    rc = ulpt__prompt_backward(__func__, p, g, d);
+
+    /* update: refuses a gradient that overflowed */
+    if (rc == ULPT_OK)
+        rc = ulpt_optimizer_step(o);
+    if (rc != ULPT_OK) {
+        memcpy(p->grads, p->work.saved_grads, np * sizeof(float));
+        if (!ulpt__all_finite(g, nd))
+            return ULPT_FAIL(ULPT_ERR_NONFINITE,
+                             "the loss callback returned a NaN or infinite gradient");
+        return ULPT_FAIL(ULPT_ERR_NONFINITE,
+                         "the gradient overflowed in backward; nothing was changed");
     }
     if (loss)
         *loss = value;

@@ -32,10 +32,10 @@ struct ulpt_zo {
     float eps;         /* float32(epsilon), the step actually taken */
     uint64_t position; /* index of the next direction */
     size_t n_params, n_pert; /* parameters; the perturbed ones come first: [0, n_pert) */
-    /* taken at creation so that no step allocates */
-    double *losses;        /* 2q */
-    float *theta, *saved_grads, *u; /* n_params each */
-    float *e;              /* k prompts, n_tokens x dim each */
+    /* taken at creation so that no step allocates; the k perturbed prompts a callback
+       call gets and the saved gradients are the prompt's working buffers (internal.h) */
+    double *losses;   /* 2q */
+    float *theta, *u; /* n_params each */
 };
 
 /* The bytes of ulpt_zo_options each version has (see prompt.c). */
@@ -93,12 +93,12 @@ int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *opt, const ulp
                          np);
     size_t nd, batch_floats, floats, bytes;
     if (!ulpt__mul(ulpt_prompt_n_tokens(p), ulpt_prompt_dim(p), &nd) ||
-        !ulpt__mul(nd, o.batch, &batch_floats) || np > (SIZE_MAX - batch_floats) / 3 ||
-        !ulpt__mul(3 * np + batch_floats, sizeof(float), &floats) ||
+        !ulpt__mul(nd, o.batch, &batch_floats) || np > (SIZE_MAX - batch_floats) / 2 ||
+        !ulpt__mul(2 * np + batch_floats, sizeof(float), &floats) ||
         floats > SIZE_MAX - 2 * sizeof(double) * o.directions)
         return ULPT_FAIL(ULPT_ERR_INVALID, "batch %u of %zu-float prompts is too large", o.batch,
                          nd);
-    bytes = floats + 2 * sizeof(double) * o.directions;
+    bytes = 2 * np * sizeof(float) + 2 * sizeof(double) * o.directions;
 
     ulpt_allocator al = ulpt__allocator();
     ulpt_zo *z = ulpt__calloc(&al, 1, sizeof *z);
@@ -106,6 +106,13 @@ int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *opt, const ulp
     if (!buf) {
         ulpt__free(&al, z);
         return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for %zu bytes of forward-only buffers", bytes);
+    }
+    /* last, the one step that changes the prompt (all or nothing): k slots of E */
+    rc = ulpt__prompt_reserve(func, p, o.batch, 0);
+    if (rc) {
+        ulpt__free(&al, buf);
+        ulpt__free(&al, z);
+        return rc;
     }
     z->al = al;
     z->prompt = p;
@@ -119,9 +126,7 @@ int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *opt, const ulp
                     : np;
     z->losses = buf; /* doubles first: the block is aligned for them */
     z->theta = (float *)(z->losses + 2 * (size_t)o.directions);
-    z->saved_grads = z->theta + np;
-    z->u = z->saved_grads + np;
-    z->e = z->u + np;
+    z->u = z->theta + np;
     *out = z;
     return ULPT_OK;
 }
@@ -156,7 +161,7 @@ static int call_host(ulpt_zo *z, ulpt_zo_loss_fn fn, void *user, uint32_t first,
     double *losses = z->losses + first;
     for (uint32_t c = 0; c < count; c++)
         losses[c] = NAN; /* one the host forgets to write fails the step */
-    int rc = fn(user, z->e, count, n, d, losses);
+    int rc = fn(user, z->prompt->work.e, count, n, d, losses);
     if (rc != 0)
         return STEP_FAIL(ULPT_ERR_CALLBACK, "the loss callback returned %d", rc);
     for (uint32_t c = 0; c < count; c++)
@@ -184,7 +189,7 @@ static int evaluate(ulpt_zo *z, ulpt_zo_loss_fn fn, void *user)
         const float sign = s % 2 ? -eps : eps;
         for (size_t i = 0; i < npert; i++)
             theta[i] = z->theta[i] + sign * z->u[i];
-        int rc = ulpt_prompt_forward(z->prompt, z->e + (size_t)(s - first) * nd, d);
+        int rc = ulpt_prompt_forward(z->prompt, z->prompt->work.e + (size_t)(s - first) * nd, d);
         memcpy(theta, z->theta, npert * sizeof(float));
         if (rc) { /* forward's message names the parameter */
             char why[512];
@@ -223,7 +228,7 @@ int ulpt_zo_step(double *loss, ulpt_zo *zo, ulpt_zo_loss_fn loss_fn, void *user)
                              zo->losses[2 * j], zo->losses[2 * j + 1]);
     }
     float *grads = ulpt_prompt_grads(zo->prompt);
-    memcpy(zo->saved_grads, grads, np * sizeof(float));
+    memcpy(zo->prompt->work.saved_grads, grads, np * sizeof(float));
     memset(grads, 0, np * sizeof(float));
     for (uint32_t j = 0; j < q; j++) {
         const float c = (float)((zo->losses[2 * j] - zo->losses[2 * j + 1]) /
@@ -234,7 +239,7 @@ int ulpt_zo_step(double *loss, ulpt_zo *zo, ulpt_zo_loss_fn loss_fn, void *user)
     }
     rc = ulpt_optimizer_step(zo->opt);
     if (rc) { /* finite losses, but the estimate overflowed */
-        memcpy(grads, zo->saved_grads, np * sizeof(float));
+        memcpy(grads, zo->prompt->work.saved_grads, np * sizeof(float));
         return ULPT_FAIL(rc, "the gradient estimate overflowed; nothing was changed");
     }
     zo->position += q;

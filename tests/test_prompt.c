@@ -1,6 +1,14 @@
 /* test_prompt.c -- forward against a double-precision reference, backward against
- * finite differences, and the identity projection as vanilla prompt tuning. */
+ * finite differences, each through every kernel path; the fused and GEMM paths against
+ * each other over many shapes; the identity projection as vanilla prompt tuning. */
 #include "test.h"
+
+#include "internal.h" /* ulpt__kernel_force, ulpt__prompt_backward */
+
+/* The kernel paths each numeric test runs through (internal.h). */
+static const int paths[] = {ULPT__KERNEL_AUTO, ULPT__KERNEL_GEMM, ULPT__KERNEL_FUSED,
+                            ULPT__KERNEL_FUSED_PORTABLE};
+#define N_PATHS ((int)(sizeof paths / sizeof paths[0]))
 
 TEST_TIMEOUT(60); /* seconds per test in this file */
 
@@ -38,8 +46,10 @@ static double *params_as_double(ulpt_prompt *p)
     return x;
 }
 
-TEST_LOOP(forward_matches_double_precision_reference, 0, N_CFG)
+TEST_LOOP(forward_matches_double_precision_reference, 0, N_CFG * N_PATHS)
 {
+    ulpt__kernel_force = paths[_i / N_CFG];
+    _i %= N_CFG;
     ulpt_prompt *p = cfg_prompt(_i);
     const size_t n = cfg[_i].n, d = cfg[_i].d, ld = d + 3;
     float *e = malloc(n * ld * sizeof *e);
@@ -57,6 +67,7 @@ TEST_LOOP(forward_matches_double_precision_reference, 0, N_CFG)
     }
     free(e), free(ref), free(x);
     ulpt_prompt_free(p);
+    ulpt__kernel_force = ULPT__KERNEL_AUTO;
 }
 
 /* L = sum(W (.) E) + 1/2 sum(E^2), so G = W + E: nonlinear in the parameters. */
@@ -71,8 +82,10 @@ static double loss_ref(ulpt_prompt *p, const double *x, const double *w)
     return l;
 }
 
-TEST_LOOP(backward_matches_finite_differences, 0, N_CFG)
+TEST_LOOP(backward_matches_finite_differences, 0, N_CFG * N_PATHS)
 {
+    ulpt__kernel_force = paths[_i / N_CFG];
+    _i %= N_CFG;
     ulpt_prompt *p = cfg_prompt(_i);
     const size_t n = cfg[_i].n, d = cfg[_i].d, np = ulpt_prompt_num_params(p);
     uint64_t st = 42;
@@ -100,10 +113,13 @@ TEST_LOOP(backward_matches_finite_differences, 0, N_CFG)
     }
     free(w), free(e), free(x), free(g);
     ulpt_prompt_free(p);
+    ulpt__kernel_force = ULPT__KERNEL_AUTO;
 }
 
-TEST_LOOP(backward_adds_to_the_gradients, 0, N_CFG)
+TEST_LOOP(backward_adds_to_the_gradients, 0, N_CFG * N_PATHS)
 {
+    ulpt__kernel_force = paths[_i / N_CFG];
+    _i %= N_CFG;
     ulpt_prompt *p = cfg_prompt(_i);
     const size_t n = cfg[_i].n, d = cfg[_i].d, np = ulpt_prompt_num_params(p), ld = d + 1;
     uint64_t st = 7;
@@ -121,6 +137,7 @@ TEST_LOOP(backward_adds_to_the_gradients, 0, N_CFG)
         ck_assert_float_eq(ulpt_prompt_grads(p)[i], 0.0f);
     free(g), free(once);
     ulpt_prompt_free(p);
+    ulpt__kernel_force = ULPT__KERNEL_AUTO;
 }
 
 TEST(new_prompt_has_unit_scale_zero_shift_and_zero_grads)
@@ -190,4 +207,171 @@ TEST(identity_kind_is_vanilla_prompt_tuning)
         ck_assert_float_eq(e[k], before[k] - 0.5f * g[k]);
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
+}
+
+/* ---- the fused kernels against the GEMM path ------------------------------------- */
+
+/* A random shape: every rank the fused kernels take and a few past them, dims around
+ * the vector width and the chunk width (odd ones included), 1..4 groups, every flag
+ * combination, and rows padded (ld > dim) or not. */
+typedef struct {
+    uint32_t n, r, d, groups;
+    int kind;
+    unsigned flags;
+    size_t ld;
+} shape;
+
+static shape random_shape(uint64_t *st)
+{
+    static const uint32_t dims[] = {1, 2, 3, 7, 15, 16, 17, 31, 33, 100, 127, 255, 257,
+                                    511, 513, 768, 769, 1001, 2048, 4096};
+    static const int kinds[] = {ULPT_PROJ_XAVIER_UNIFORM, ULPT_PROJ_KAIMING_UNIFORM,
+                                ULPT_PROJ_RADEMACHER, ULPT_PROJ_GAUSSIAN};
+    shape s;
+    const double u = 0.5 * (test_uniform(st) + 1);
+    s.d = dims[(size_t)(u * (sizeof dims / sizeof dims[0]))];
+    uint32_t r = 1 + (uint32_t)((0.5 * (test_uniform(st) + 1)) * 18); /* 1..18 */
+    s.r = r < s.d ? r : s.d;
+    s.groups = 1 + (uint32_t)((0.5 * (test_uniform(st) + 1)) * 4);
+    s.n = s.groups * (1 + (uint32_t)((0.5 * (test_uniform(st) + 1)) * (s.d > 1000 ? 8 : 25)));
+    s.kind = kinds[(size_t)((0.5 * (test_uniform(st) + 1)) * 4) & 3];
+    s.flags = (unsigned)((0.5 * (test_uniform(st) + 1)) * 4) & 3;
+    const int padded = test_uniform(st) > 0;
+    s.ld = s.d + (padded ? 1 + (size_t)(test_uniform(st) * 2 + 2) : 0); /* 0 or 1..4 */
+    return s;
+}
+
+/* Forward and backward of one path: E into e (n x ld), the gradients of G into grads. */
+static void run_path(ulpt_prompt *p, int path, const float *g, size_t ld, float *e, float *grads)
+{
+    ulpt__kernel_force = path;
+    ck_assert_int_eq(ulpt_prompt_forward(p, e, ld), ULPT_OK);
+    ulpt_prompt_zero_grad(p);
+    ck_assert_int_eq(ulpt__prompt_backward("test", p, g, ld), ULPT_OK);
+    memcpy(grads, ulpt_prompt_grads(p), ulpt_prompt_num_params(p) * sizeof *grads);
+    ulpt__kernel_force = ULPT__KERNEL_AUTO;
+}
+
+/* Each test case draws 40 shapes; the two fused copies (AVX2 where the CPU has it, and
+ * the baseline one) agree to the bit, and the fused and GEMM paths agree to float
+ * round-off, measured against the sum of the magnitudes of the terms (in double). */
+TEST_LOOP(fused_and_gemm_paths_agree_over_many_shapes, 0, 8)
+{
+    uint64_t st = 1000 + (uint64_t)_i;
+    for (int t = 0; t < test_reps(40); t++) {
+        shape sh = random_shape(&st);
+        ulpt_prompt *p = test_prompt(sh.n, sh.r, sh.d, sh.groups, sh.kind, sh.flags);
+        test_perturb(p, st);
+        const size_t n = sh.n, d = sh.d, r = sh.r, ld = sh.ld, np = ulpt_prompt_num_params(p);
+        const size_t ng = n / sh.groups;
+        float *g = malloc(n * ld * sizeof *g);
+        for (size_t k = 0; k < n * ld; k++)
+            g[k] = (float)test_uniform(&st);
+        float *e[3], *gr[3];
+        const int which[3] = {ULPT__KERNEL_GEMM, ULPT__KERNEL_FUSED, ULPT__KERNEL_FUSED_PORTABLE};
+        for (int k = 0; k < 3; k++) {
+            e[k] = malloc(n * ld * sizeof *e[k]);
+            for (size_t q = 0; q < n * ld; q++)
+                e[k][q] = -7.0f; /* padding sentinel */
+            gr[k] = malloc(np * sizeof *gr[k]);
+            run_path(p, which[k], g, ld, e[k], gr[k]);
+        }
+        ck_assert_mem_eq(e[1], e[2], n * ld * sizeof(float));
+        ck_assert_mem_eq(gr[1], gr[2], np * sizeof(float));
+
+        /* magnitudes: |E| <= sum_k |z P s| + |b|; gradients from |G| and the same */
+        const float *x = ulpt_prompt_params(p), *s = NULL, *b = NULL;
+        if (!(sh.flags & ULPT_NO_SCALE))
+            s = x + n * r;
+        if (!(sh.flags & ULPT_NO_SHIFT))
+            b = x + n * r + (s ? d : 0);
+        double *mag_s = calloc(d, sizeof(double)), *mag_b = calloc(d, sizeof(double));
+        for (size_t i = 0; i < n; i++) {
+            const float *P = ulpt_projection_data(ulpt_prompt_projection(p, (uint32_t)(i / ng)));
+            double mag_z[32] = {0};
+            for (size_t j = 0; j < d; j++) {
+                double sj = s ? fabs(s[j]) : 1, u = 0;
+                for (size_t k = 0; k < r; k++) {
+                    u += fabs(x[i * r + k] * P[k * d + j]);
+                    mag_z[k] += fabs(g[i * ld + j] * P[k * d + j]) * sj;
+                }
+                double em = u * sj + (b ? fabs(b[j]) : 0);
+                mag_s[j] += fabs(g[i * ld + j]) * u;
+                mag_b[j] += fabs(g[i * ld + j]);
+                for (int k = 0; k < 2; k++)
+                    ck_assert_msg(fabs(e[k][i * ld + j] - e[2][i * ld + j]) <= 4e-6 * em + 1e-30,
+                                  "n %u r %u d %u groups %u flags %u ld %zu: E[%zu][%zu] %.9g "
+                                  "(GEMM) vs %.9g (fused)", sh.n, sh.r, sh.d, sh.groups,
+                                  sh.flags, ld, i, j, e[0][i * ld + j], e[1][i * ld + j]);
+            }
+            for (size_t j = d; j < ld; j++)
+                for (int k = 0; k < 3; k++)
+                    ck_assert_float_eq(e[k][i * ld + j], -7.0f);
+            for (size_t k = 0; k < r; k++)
+                ck_assert_msg(fabs(gr[0][i * r + k] - gr[1][i * r + k]) <= 4e-6 * mag_z[k] + 1e-30,
+                              "n %u r %u d %u groups %u flags %u: dZ[%zu][%zu] %.9g vs %.9g",
+                              sh.n, sh.r, sh.d, sh.groups, sh.flags, i, k, gr[0][i * r + k],
+                              gr[1][i * r + k]);
+        }
+        for (size_t j = 0; j < d; j++) {
+            if (s)
+                ck_assert_msg(fabs(gr[0][n * r + j] - gr[1][n * r + j]) <= 4e-6 * mag_s[j] + 1e-30,
+                              "n %u r %u d %u: dscale[%zu] %.9g vs %.9g", sh.n, sh.r, sh.d, j,
+                              gr[0][n * r + j], gr[1][n * r + j]);
+            if (b) {
+                size_t o = n * r + (s ? d : 0) + j;
+                ck_assert_msg(fabs(gr[0][o] - gr[1][o]) <= 4e-6 * mag_b[j] + 1e-30,
+                              "n %u r %u d %u: dshift[%zu] %.9g vs %.9g", sh.n, sh.r, sh.d, j,
+                              gr[0][o], gr[1][o]);
+            }
+        }
+        free(mag_s), free(mag_b), free(g);
+        for (int k = 0; k < 3; k++)
+            free(e[k]), free(gr[k]);
+        ulpt_prompt_free(p);
+    }
+}
+
+/* A NaN or an infinity anywhere in G, including the columns past the last full vector
+ * and any group, is reported by every path's backward. */
+TEST_LOOP(nonfinite_g_is_caught_by_every_path, 0, N_PATHS)
+{
+    static const struct {
+        uint32_t n, r, d, groups;
+        int kind;
+        unsigned flags;
+    } shapes[] = {
+        {6, 2, 37, 3, ULPT_PROJ_XAVIER_UNIFORM, 0},
+        {4, 16, 300, 1, ULPT_PROJ_GAUSSIAN, ULPT_NO_SCALE},
+        {8, 3, 33, 2, ULPT_PROJ_RADEMACHER, ULPT_NO_SHIFT | ULPT_NO_SCALE},
+        {3, 20, 20, 1, ULPT_PROJ_IDENTITY, 0},
+    };
+    const float bad[] = {NAN, INFINITY, -INFINITY};
+    ulpt__kernel_force = paths[_i];
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        ulpt_prompt *p = test_prompt(shapes[c].n, shapes[c].r, shapes[c].d, shapes[c].groups,
+                                     shapes[c].kind, shapes[c].flags);
+        const size_t nd = (size_t)shapes[c].n * shapes[c].d;
+        float *g = malloc(nd * sizeof *g);
+        uint64_t st = 9;
+        for (size_t k = 0; k < nd; k++)
+            g[k] = (float)test_uniform(&st);
+        ulpt_prompt_zero_grad(p);
+        ck_assert_int_eq(ulpt__prompt_backward("test", p, g, shapes[c].d), ULPT_OK);
+        const size_t at[] = {0, nd / 2 + 1, nd - 1, shapes[c].d - 1};
+        for (size_t a = 0; a < 4; a++)
+            for (int v = 0; v < 3; v++) {
+                float keep = g[at[a]];
+                g[at[a]] = bad[v];
+                ulpt_prompt_zero_grad(p);
+                ck_assert_int_eq(ulpt__prompt_backward("test", p, g, shapes[c].d),
+                                 ULPT_ERR_NONFINITE);
+                /* the public call keeps its documented behaviour: added, not refused */
+                ck_assert_int_eq(ulpt_prompt_backward(p, g, shapes[c].d), ULPT_OK);
+                g[at[a]] = keep;
+            }
+        free(g);
+        ulpt_prompt_free(p);
+    }
+    ulpt__kernel_force = ULPT__KERNEL_AUTO;
 }

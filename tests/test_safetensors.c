@@ -28,3 +28,26 @@ TEST(safetensors_export_holds_the_embeddings)
     free(b);
     ulpt_prompt_free(p);
 }
+
+/* A NaN parameter is refused by name; the file already there keeps its bytes and no
+ * new file appears. */
+TEST(safetensors_export_refuses_a_nan_parameter_and_writes_nothing)
+{
+    ulpt_prompt *p = varied_prompt(5, 2, 24, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    char path[512], fresh[512]; /* scratch() reuses its buffer */
+    snprintf(path, sizeof path, "%s", scratch("nan.safetensors"));
+    snprintf(fresh, sizeof fresh, "%s", scratch("nan-fresh.safetensors"));
+    ck_assert_int_eq(ulpt_prompt_export_safetensors(p, path), ULPT_OK);
+    size_t len, len2;
+    unsigned char *before = read_all(path, &len);
+    ulpt_prompt_params(p)[5 * 2 + 24 + 7] = NAN; /* shift[7] */
+    ck_assert_int_eq(ulpt_prompt_export_safetensors(p, path), ULPT_ERR_NONFINITE);
+    ck_assert_str_eq(ulpt_last_error(), "ulpt_prompt_export_safetensors: parameter shift[7] is nan");
+    unsigned char *after = read_all(path, &len2);
+    ck_assert_uint_eq(len2, len);
+    ck_assert_mem_eq(after, before, len);
+    ck_assert_int_eq(ulpt_prompt_export_safetensors(p, fresh), ULPT_ERR_NONFINITE);
+    ck_assert_int_ne(access(fresh, F_OK), 0);
+    free(before), free(after);
+    ulpt_prompt_free(p);
+}

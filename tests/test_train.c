@@ -36,6 +36,17 @@ static int host_loss(void *user, const float *e, uint32_t n, uint32_t d, float *
     return 0;
 }
 
+/* A host whose G is finite but near FLT_MAX everywhere: backward's sums overflow. */
+static int huge_gradient_host(void *user, const float *e, uint32_t n, uint32_t d, float *grad,
+                              double *loss)
+{
+    (void)user, (void)e;
+    for (size_t k = 0; k < (size_t)n * d; k++)
+        grad[k] = 3e38f;
+    *loss = 1.0;
+    return 0;
+}
+
 static float *hidden_target(uint32_t n, uint32_t r, uint32_t d, uint32_t groups)
 {
     ulpt_prompt *t = test_prompt(n, r, d, groups, ULPT_PROJ_XAVIER_UNIFORM, 0);
@@ -127,6 +138,52 @@ TEST_LOOP(failed_step_leaves_parameters_gradients_and_state_bit_identical, 0, 4)
     ulpt_optimizer_free(oq);
     ulpt_prompt_free(p);
     ulpt_prompt_free(q);
+}
+
+/* A NaN parameter stops the step at forward: the host never sees an E (not even the
+ * previous step's), and nothing changes.  Likewise a G that is finite but so large
+ * that backward's sums overflow. */
+TEST_LOOP(step_refused_at_forward_or_by_overflow_changes_nothing, 0, 2)
+{
+    float *target = hidden_target(8, 2, 16, 1);
+    ulpt_prompt *p = test_prompt(8, 2, 16, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_optimizer *o;
+    ck_assert_int_eq(ulpt_optimizer_create(&o, p, NULL), ULPT_OK);
+    host h = {target, 0, 0};
+    for (int t = 0; t < 3; t++)
+        ck_assert_int_eq(ulpt_train_step(p, o, host_loss, &h, NULL), ULPT_OK);
+    const size_t np = ulpt_prompt_num_params(p), shift7 = 8 * 2 + 16 + 7;
+    float *x = ulpt_prompt_params(p);
+    float *params = malloc(np * sizeof *params), *grads = malloc(np * sizeof *grads);
+    const float keep = x[shift7];
+    if (_i == 0)
+        x[shift7] = NAN;
+    else
+        h.target = NULL; /* the host below writes huge finite gradients */
+    memcpy(params, x, np * sizeof *params);
+    memcpy(grads, ulpt_prompt_grads(p), np * sizeof *grads);
+    const int calls = h.calls;
+    double loss = 123.0;
+    if (_i == 0) {
+        ck_assert_int_eq(ulpt_train_step(p, o, host_loss, &h, &loss), ULPT_ERR_NONFINITE);
+        ck_assert_str_eq(ulpt_last_error(), "ulpt_train_step: parameter shift[7] is nan");
+        ck_assert_int_eq(h.calls, calls); /* the host was never called */
+    } else {
+        ck_assert_int_eq(ulpt_train_step(p, o, huge_gradient_host, &h, &loss),
+                         ULPT_ERR_NONFINITE);
+        ck_assert_str_eq(ulpt_last_error(), "ulpt_train_step: the gradient overflowed in "
+                                            "backward; nothing was changed");
+    }
+    ck_assert_double_eq(loss, 123.0);
+    ck_assert_mem_eq(ulpt_prompt_params(p), params, np * sizeof *params);
+    ck_assert_mem_eq(ulpt_prompt_grads(p), grads, np * sizeof *grads);
+    ck_assert_uint_eq(ulpt_optimizer_step_count(o), 3);
+    x[shift7] = keep;
+    h.target = target;
+    ck_assert_int_eq(ulpt_train_step(p, o, host_loss, &h, NULL), ULPT_OK);
+    free(params), free(grads), free(target);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
 }
 
 TEST(train_step_equals_forward_backward_step_by_hand)

@@ -76,12 +76,16 @@ abi-baseline: need-test all
 
 # ---- benchmark ----------------------------------------------------------------------------
 .PHONY: bench
-tests/bench_step: tests/bench_step.c $(STATIC)
-	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
+# bench_step reads internal.h for the switch that times each kernel path (--crossover).
+tests/bench_step: tests/bench_step.c $(STATIC) $(LIB_HDRS)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -Ilib -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
 
 tests/bench_bank: tests/bench_bank.c $(STATIC)
 	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -o $@ $< $(STATIC) $(DEP_LIBS) -pthread
 
+# PyTorch's figures come in the same run when Debian's python3-torch is installed.
 bench: need-build tests/bench_step tests/bench_bank
-	./tests/bench_step
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then ./tests/bench_step --torch $(PYTHON); \
+	else echo "bench: no PyTorch ($(PYTHON) -c 'import torch' failed): libulpt figures only"; \
+	    ./tests/bench_step; fi
 	./tests/bench_bank

@@ -346,3 +346,42 @@ impl FitOptions {
         Ok(raw)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_round_trip_through_their_c_values() {
+        for k in [
+            ProjectionKind::XavierUniform,
+            ProjectionKind::KaimingUniform,
+            ProjectionKind::Gaussian,
+            ProjectionKind::Rademacher,
+            ProjectionKind::Identity,
+        ] {
+            assert_eq!(ProjectionKind::from_raw(k.to_raw()), Some(k));
+        }
+        assert_eq!(ProjectionKind::Identity.to_raw(), sys::ULPT_PROJ_IDENTITY);
+        assert_eq!(OptimizerKind::AdamW.to_raw(), sys::ULPT_OPT_ADAMW);
+        assert_eq!(Schedule::Cosine.to_raw(), sys::ULPT_SCHED_COSINE);
+        assert_eq!(Dtype::Bf16.to_raw(), sys::ULPT_DTYPE_BF16);
+        assert_eq!(FileKind::Checkpoint.to_raw(), sys::ULPT_FILE_CHECKPOINT);
+        assert_eq!(ProjectionKind::from_raw(99), None);
+        assert_eq!(Dtype::from_raw(-1), None);
+    }
+
+    #[test]
+    fn options_convert_to_the_c_structs() {
+        let o = PromptOptions { no_shift: true, rank: 3, ..PromptOptions::new(6, 9) };
+        let raw = o.to_raw().unwrap();
+        assert_eq!(raw.version, sys::ULPT_PROMPT_OPTIONS_VERSION);
+        assert_eq!((raw.n_tokens, raw.rank, raw.dim, raw.flags), (6, 3, 9, sys::ULPT_NO_SHIFT));
+        let raw = OptimizerOptions::default().to_raw().unwrap();
+        assert_eq!(raw.weight_decay, sys::ULPT_WEIGHT_DECAY_DEFAULT);
+        let raw = OptimizerOptions { weight_decay: Some(0.5), ..Default::default() }.to_raw().unwrap();
+        assert_eq!(raw.weight_decay, 0.5);
+        let raw = SaveOptions { dtype: Dtype::F16, level: 0 }.to_raw().unwrap();
+        assert_eq!((raw.version, raw.dtype, raw.level), (sys::ULPT_SAVE_OPTIONS_VERSION, sys::ULPT_DTYPE_F16, 0));
+    }
+}

@@ -489,3 +489,37 @@ impl fmt::Debug for Prompt {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_blocks_must_fit() {
+        // 3 rows of 4 at stride 6: 2*6 + 4 = 16 floats
+        assert!(check_strided("f", "out", 16, 3, 4, 6).is_ok());
+        let err = check_strided("f", "out", 15, 3, 4, 6).unwrap_err();
+        assert_eq!(err.message(), "f: out has 15 floats; 3 rows of 4 at stride 6 need 16");
+        // a stride below the width is left to the library (which refuses it)
+        assert!(check_strided("f", "out", 0, 3, 4, 3).is_ok());
+        // overflow of (rows - 1) * ld is an error, not a wrap-around
+        let err = check_strided("f", "out", usize::MAX, 3, 4, usize::MAX).unwrap_err();
+        assert!(err.message().contains("overflows"), "{}", err);
+    }
+
+    #[test]
+    fn nul_bytes_are_refused() {
+        assert!(c_string("k", "ab").is_ok());
+        assert_eq!(c_string("the key", "a\0b").unwrap_err().message(), "the key contains a NUL byte");
+        let err = c_path("Prompt::save", Path::new("a\0b")).unwrap_err();
+        assert!(err.message().starts_with("Prompt::save: the path"), "{}", err);
+    }
+
+    #[test]
+    fn every_prompt_gets_its_own_id() {
+        let o = PromptOptions::new(1, 2);
+        let a = Prompt::new(&o).unwrap();
+        let b = Prompt::new(&o).unwrap();
+        assert_ne!(a.id(), b.id());
+    }
+}
