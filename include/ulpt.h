@@ -472,7 +472,7 @@ ULPT_API void ulpt_zo_free(ulpt_zo *zo);
  * calls, rounded up); check every loss is finite; replace the prompt's gradients with
  * the estimate g; ulpt_optimizer_step; advance the position by q.  *loss (may be NULL)
  * gets the mean of the 2q losses, an estimate of L(theta) (biased by O(eps^2)).  No
- * allocation.
+ * allocation.  Needs exclusive access to the handle, its prompt and its optimizer.
  * Errors: ULPT_ERR_INVALID (NULL zo or loss_fn), ULPT_ERR_CALLBACK (the callback
  * returned nonzero), ULPT_ERR_NONFINITE (a loss NaN or infinite, a perturbed parameter
  * or the estimate overflowed, or theta itself is not finite).  On any failure the
