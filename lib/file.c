@@ -117,9 +117,10 @@ static int check_sections(const char *func, const ulpt_container *c)
                        SHAP_BYTES);
     if (c->kind == ULPT_FILE_CHECKPOINT && (!c->optm.data || !c->mom1.data || !c->mom2.data))
         return CORRUPT("checkpoint without complete optimizer sections");
-    if (c->kind == ULPT_FILE_PROMPT && (c->optm.data || c->mom1.data || c->mom2.data ||
-                                        c->zost.data))
-        return CORRUPT("a prompt file with optimizer or forward-only sections");
+    if (c->kind == ULPT_FILE_PROMPT && (c->optm.data || c->mom1.data || c->mom2.data))
+        return CORRUPT("a prompt file with optimizer sections");
+    if (c->kind == ULPT_FILE_PROMPT && c->zost.data)
+        return CORRUPT("a prompt file with a forward-only section (ZOST)");
     if (ulpt__get32(c->shap.data + SHAP_RESERVED) != 0)
         return CORRUPT("the shape's reserved field is not 0");
     return ULPT_OK;
