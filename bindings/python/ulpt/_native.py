@@ -154,6 +154,8 @@ SIGNATURES = {
     "ulpt_zo_get_options": (c_int, [POINTER(ulpt_zo_options), _P]),
     "ulpt_zo_prompt": (_P, [_P]),
     "ulpt_zo_optimizer": (_P, [_P]),
+    "ulpt_zo_checkpoint_save": (c_int, [_P, c_char_p]),
+    "ulpt_zo_checkpoint_load": (c_int, [POINTER(_P), POINTER(_P), POINTER(_P), c_char_p]),
     "ulpt_fit_options_init": (c_int, [POINTER(ulpt_fit_options), c_uint]),
     "ulpt_prompt_init_from_embeddings": (c_int, [_P, c_void_p, c_size_t,
                                                  POINTER(ulpt_fit_options),

@@ -16,8 +16,8 @@ import numpy as np
 
 from . import _native
 from ._native import lib
-from .core import (_REQUIRED, _U32, _U64, _Handle, _Object, _Use, _int, _matrix, _real,
-                   _set_kwdefaults, _view, Optimizer, Prompt)
+from .core import (_REQUIRED, _U32, _U64, _Handle, _Object, _Use, _int, _matrix, _path,
+                   _real, _set_kwdefaults, _view, Optimizer, PathLike, Prompt)
 from .enums import coerce
 from .errors import ERR_CALLBACK, check, error, wrong_type
 
@@ -195,6 +195,40 @@ class ZOTrainer(_Object):
                             % (type(failure).__name__, failure)) from failure
             check(rc)
         return loss.value
+
+    # -- checkpoints
+
+    def save_checkpoint(self, path: PathLike) -> None:
+        """Save the optimizer's checkpoint plus this trainer's options and stream position
+        (ulpt_zo_checkpoint_save, file format 1.1), atomically; ZOTrainer.load_checkpoint
+        resumes it bit-identically, Optimizer.load_checkpoint reads it as an ordinary
+        checkpoint.  Raises FileIOError, NonFiniteError."""
+        raw = _path(path)
+        h = self._handle()
+        handles = ((h, "ZOTrainer.save_checkpoint"), (self._oh, "ZOTrainer.save_checkpoint"),
+                   (self._ph, "ZOTrainer.save_checkpoint"))
+        with _Use(handles, False):
+            check(lib.ulpt_zo_checkpoint_save(h.ptr, raw), path)
+
+    @classmethod
+    def load_checkpoint(cls, path: PathLike) -> "ZOTrainer":
+        """A new trainer resumed from a forward-only checkpoint (ulpt_zo_checkpoint_load),
+        with its restored optimizer (``.optimizer``) and prompt (``.prompt``).  Raises as
+        Optimizer.load_checkpoint; FormatError for a checkpoint without forward-only
+        state (load it with Optimizer.load_checkpoint and make a ZOTrainer)."""
+        raw, pp, op, zp = _path(path), c_void_p(), c_void_p(), c_void_p()
+        check(lib.ulpt_zo_checkpoint_load(byref(pp), byref(op), byref(zp), raw), path)
+        # the options and position move to a trainer of the Python objects
+        opts = zo_defaults()
+        rc = lib.ulpt_zo_get_options(byref(opts), zp.value)
+        position = lib.ulpt_zo_position(zp.value)
+        lib.ulpt_zo_free(zp.value)
+        prompt = Prompt._from_ptr(pp.value)
+        optimizer = Optimizer.__new__(Optimizer)._bind(op.value, prompt)
+        check(rc)
+        o = ZOOptions(opts.epsilon, opts.directions, opts.batch,
+                      ZODistribution(opts.distribution), ZOPerturb(opts.perturb), opts.seed)
+        return _restore(optimizer, o, position)
 
     # copies rebuild the trainer around a copy of the optimizer (a checkpoint) with the
     # same options and stream position
