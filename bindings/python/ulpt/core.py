@@ -608,11 +608,21 @@ class Prompt(_Object):
 
     @meta.setter
     def meta(self, values: Mapping) -> None:
-        m = self.meta
-        for key in list(m):
-            del m[key]
-        for key, value in values.items():
-            m[key] = value
+        """Replace all metadata; on an error the old metadata is restored."""
+        new = [(_text("key", k), _text("value", v)) for k, v in dict(values).items()]
+        raw = self.meta_bytes
+        old = list(raw.items())
+        try:
+            for key in list(raw):
+                del raw[key]
+            for key, value in new:
+                raw[key] = value
+        except BaseException:
+            for key in list(raw):
+                del raw[key]
+            for key, value in old:
+                raw[key] = value
+            raise
 
     @property
     def meta_bytes(self) -> Metadata:
