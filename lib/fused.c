@@ -295,19 +295,24 @@ ULPT__MUST_CHECK __attribute__((target("avx2"))) static int backward_avx2(BACKWA
 {
     return backward_body(dz, ds, db, g, ld, z, rows, r, proj, s, d);
 }
-static int use_avx2(void)
+#endif
+
+int ulpt__use_avx2(void)
 {
+#ifdef HAVE_AVX2
     if (ulpt__kernel_force == ULPT__KERNEL_FUSED_PORTABLE)
         return 0;
     __builtin_cpu_init(); /* idempotent; needed if called before constructors ran */
     return __builtin_cpu_supports("avx2");
-}
+#else
+    return 0;
 #endif
+}
 
 void ulpt__fused_forward(FORWARD_ARGS)
 {
 #ifdef HAVE_AVX2
-    if (use_avx2()) {
+    if (ulpt__use_avx2()) {
         forward_avx2(e, ld, z, rows, r, proj, s, b, d);
         return;
     }
@@ -318,7 +323,7 @@ void ulpt__fused_forward(FORWARD_ARGS)
 int ulpt__fused_backward(BACKWARD_ARGS)
 {
 #ifdef HAVE_AVX2
-    if (use_avx2())
+    if (ulpt__use_avx2())
         return backward_avx2(dz, ds, db, g, ld, z, rows, r, proj, s, d);
 #endif
     return backward_portable(dz, ds, db, g, ld, z, rows, r, proj, s, d);
