@@ -212,14 +212,14 @@ struct ulpt_optimizer {
  * those products has no branch, so it vectorises and runs at memory speed. */
 ULPT__MUST_CHECK static inline int ulpt__all_finite(const float *x, size_t count)
 {
-    float acc[8] = { 0 };
+    float acc[32] = { 0 }; /* 32 lanes: enough independent adds to hide their latency */
     size_t i = 0;
-    for (; i + 8 <= count; i += 8)
-        for (int l = 0; l < 8; l++)
+    for (; i + 32 <= count; i += 32)
+        for (int l = 0; l < 32; l++)
             acc[l] += x[i + l] * 0.0f;
     for (; i < count; i++)
         acc[0] += x[i] * 0.0f;
-    for (int l = 1; l < 8; l++)
+    for (int l = 1; l < 32; l++)
         acc[0] += acc[l];
     return acc[0] == 0.0f;
 }

@@ -296,13 +296,18 @@ ULPT__MUST_CHECK static int identity_backward(ulpt_prompt *p, const float *grad,
     for (size_t i = 0; i < p->n; i++) {
         const float *restrict g = grad + i * ld, *restrict z = p->z + i * d;
         float *restrict gz = p->gz + i * d;
-        for (size_t j = 0; j < d; j++) {
-            gz[j] += s ? g[j] * s[j] : g[j];
-            if (gs)
+        if (s) /* one loop each, so that each vectorises */
+            for (size_t j = 0; j < d; j++)
+                gz[j] += g[j] * s[j];
+        else
+            for (size_t j = 0; j < d; j++)
+                gz[j] += g[j];
+        if (gs)
+            for (size_t j = 0; j < d; j++)
                 gs[j] += z[j] * g[j];
-            if (gb)
+        if (gb)
+            for (size_t j = 0; j < d; j++)
                 gb[j] += g[j];
-        }
         finite &= ulpt__all_finite(gz, d); /* the row is still in L1 */
     }
     return finite;
