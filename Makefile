@@ -17,10 +17,13 @@
 #   make check-asan, check-ubsan, check-tsan, check-valgrind, fuzz, coverage
 #                     the suite under sanitizers and valgrind, libFuzzer, gcov
 #   make check-abi    the exported ABI against the committed baseline (abi-baseline renews it)
+#   make check-python the Python package installed into a scratch venv, tests/python on it
+#   make bench-python the Python callback path against the by-hand loop
 #   make check-mpi    data-parallel training on 1, 2 and 4 MPI ranks (a step of make check)
 #   make check-rust, check-rust-valgrind
 #                     the Rust crates' tests, example and docs; their tests under valgrind
-#   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc, ulpt(1)
+#   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc, ulpt(1),
+#                     the Python package (PYTHONDIR=)
 #   make uninstall, make clean
 
 .DEFAULT_GOAL := all
@@ -32,4 +35,5 @@ include tools/mk/check.mk       # check and its CHECK_STEPS, check-abi, bench
 include tools/mk/mpi.mk         # data-parallel training over MPI: tune_mpi, check-mpi
 include tools/mk/rust.mk        # the Rust crates: check-rust (a check step), check-rust-valgrind
 include tools/mk/variants.mk    # sanitizer, fuzz and coverage builds: how each differs
+include tools/mk/python.mk      # the Python package: check-python, bench-python
 include tools/mk/install.mk     # install, uninstall, clean

@@ -364,6 +364,10 @@ ULPT_API uint64_t ulpt_optimizer_step_count(const ulpt_optimizer *o);
 /* The learning rate the next step will use, lr*m(step_count) (0 for NULL). */
 ULPT_API float ulpt_optimizer_lr(const ulpt_optimizer *o);
 
+/* The same rate in the double precision the step computes it in (ulpt_optimizer_lr
+ * rounds it to float); for bindings whose floats are doubles.  0 for NULL.  Since 1.1. */
+ULPT_API double ulpt_optimizer_lr_double(const ulpt_optimizer *o);
+
 /* The prompt the optimizer updates (NULL for NULL). */
 ULPT_API ulpt_prompt *ulpt_optimizer_prompt(const ulpt_optimizer *o);
 

@@ -206,4 +206,5 @@ int ulpt_optimizer_step(ulpt_optimizer *o)
 
 uint64_t ulpt_optimizer_step_count(const ulpt_optimizer *o) { return o ? o->steps : 0; }
 float ulpt_optimizer_lr(const ulpt_optimizer *o) { return o ? (float)current_lr(o) : 0.0f; }
+double ulpt_optimizer_lr_double(const ulpt_optimizer *o) { return o ? current_lr(o) : 0.0; }
 ulpt_prompt *ulpt_optimizer_prompt(const ulpt_optimizer *o) { return o ? o->prompt : NULL; }

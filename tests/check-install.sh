@@ -45,5 +45,18 @@ if ldd "$tmp/hello-static" | grep -q libulpt; then
     exit 1
 fi
 "$prefix/bin/ulpt" --version | grep -q '^ulpt 1\.'
+# The Python package, in PREFIX/lib/pythonX.Y/dist-packages, finds PREFIX/lib/libulpt.so.1
+# beside it with no help from the environment (unless a system copy comes first).
+pydir=$(echo "$prefix"/lib/python3*/dist-packages)
+test -f "$pydir/ulpt/__init__.py" && test -d "$pydir"/ulpt-*.dist-info
+test -f "$tmp"/stage/usr/local/lib/python3*/dist-packages/ulpt/__init__.py
+found=$(cd / && env -u ULPT_LIBRARY -u LD_LIBRARY_PATH PYTHONPATH="$pydir" ${PYTHON:-/usr/bin/python3} \
+    -c 'import ulpt; print(ulpt.version(), ulpt.library_path)')
+case "$found" in
+"1."*" $prefix/lib/libulpt.so.1") ;;
+*" libulpt.so.1") ldconfig -p | grep -q libulpt.so.1 ||
+    { echo "check-install: FAIL: the Python package loaded $found" >&2; exit 1; } ;;
+*) echo "check-install: FAIL: the Python package loaded $found" >&2; exit 1 ;;
+esac
 test -f "$prefix/share/man/man1/ulpt.1"
-echo "check-install: ok: pkg-config builds against the installed copy (shared and static) run; ulpt(1) runs"
+echo "check-install: ok: pkg-config builds against the installed copy (shared and static) run; ulpt(1) runs; the Python package imports"

@@ -205,6 +205,7 @@ TEST(null_and_short_stride_arguments_are_refused)
     ck_assert_ptr_null(ulpt_prompt_projection(NULL, 0));
     ck_assert_ptr_null(ulpt_projection_data(NULL));
     ck_assert_uint_eq(ulpt_optimizer_step_count(NULL), 0);
+    ck_assert(ulpt_optimizer_lr(NULL) == 0.0f && ulpt_optimizer_lr_double(NULL) == 0.0);
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }

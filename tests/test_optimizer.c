@@ -127,6 +127,9 @@ TEST_LOOP(schedules_follow_the_warmup_and_decay_formulas, 0, 16)
         ck_assert_int_eq(ulpt_optimizer_step(o), ULPT_OK);
     ck_assert_uint_eq(ulpt_optimizer_step_count(o), c[_i].t);
     ck_assert_double_eq_tol(ulpt_optimizer_lr(o), c[_i].m, 1e-7);
+    /* the double is the rate itself, the float its rounding */
+    ck_assert_double_eq_tol(ulpt_optimizer_lr_double(o), c[_i].m, 1e-15);
+    ck_assert(ulpt_optimizer_lr(o) == (float)ulpt_optimizer_lr_double(o));
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }

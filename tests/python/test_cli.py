@@ -3,14 +3,13 @@ import json
 import os
 import struct
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import ulpt
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "bindings", "python"))
-import ulpt  # noqa: E402
 
 TOOL = os.path.join(HERE, "..", "..", "tools", "ulpt")
 
@@ -66,7 +65,7 @@ def test_convert_to_f16_halves_and_keeps_values(prompt_file, tmp_path):
     path, p = prompt_file
     out = tmp_path / "h.ulpt"
     assert run("convert", "--dtype", "f16", path, out).returncode == 0
-    assert ulpt.inspect(out)["dtype"] == ulpt.DTYPE_F16
+    assert ulpt.inspect(out).dtype == ulpt.DTYPE_F16
     q = ulpt.Prompt.load(out)
     np.testing.assert_allclose(q.params, p.params.astype(np.float16).astype(np.float32))
     assert q.meta == p.meta
@@ -88,7 +87,7 @@ def test_convert_takes_the_prompt_out_of_a_checkpoint_but_never_over_it(prompt_f
     out = tmp_path / "prompt-only.ulpt"
     r = run("convert", "--dtype", "f32", ckpt, out)
     assert r.returncode == 0 and "prompt only" in r.stderr
-    assert ulpt.inspect(out)["kind"] == ulpt.FILE_PROMPT
+    assert ulpt.inspect(out).kind == ulpt.FILE_PROMPT
     np.testing.assert_array_equal(ulpt.Prompt.load(out).params, p.params)
 
 
@@ -103,7 +102,8 @@ def test_export_peft_config_is_valid_json_for_any_model_name(tmp_path):
     assert cfg["base_model_name_or_path"] == "caf\u00e9 \t \"x\" \u2028 end"
     # a name that is not UTF-8 cannot get into a file: the library refuses to set it
     # (ULPT_ERR_INVALID) and keeps the old one, which exports as before
-    assert ulpt.lib.ulpt_prompt_set_meta(p.handle, b"model", b"bad \xff\xfe and cut \xe2\x80") == -1
+    with pytest.raises(ulpt.InvalidArgumentError):
+        p.meta_bytes[b"model"] = b"bad \xff\xfe and cut \xe2\x80"
     p.save(path)
     assert run("export-peft", path, tmp_path / "b").returncode == 0
     cfg = json.loads((tmp_path / "b" / "adapter_config.json").read_bytes().decode("utf-8"))

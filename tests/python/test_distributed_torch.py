@@ -23,9 +23,7 @@ import pytest
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "bindings", "python"))
-import ulpt  # noqa: E402
+import ulpt
 
 N_TOKENS, DIM, EXAMPLES, BATCH, STEPS, LR = 4, 32, 24, 8, 20, 0.05
 TOL = 1e-5

@@ -9,8 +9,6 @@ Run from the repository root:  /usr/bin/python3 -m pytest -q tests/python
 """
 
 import math
-import os
-import sys
 import zlib
 
 import numpy as np
@@ -18,9 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                "..", "..", "bindings", "python"))
-import ulpt  # noqa: E402
+import ulpt
+from ulpt._native import lib
 
 torch.set_num_threads(1)
 
@@ -51,7 +48,7 @@ def projections(prompt):
     """The library's own P_g as float64 arrays (identity: np.eye)."""
     out = []
     for g in range(prompt.n_groups):
-        P = prompt.projection(g)
+        P = prompt.projection(g).matrix
         out.append(np.eye(prompt.dim) if P is None else P.astype(np.float64))
     return out
 
@@ -124,21 +121,21 @@ def test_prompt_projection_groups_have_documented_seed_kind_and_shape(config):
             == (n, r, d, g, flags)
         assert prompt.num_params == n * r + d * (not flags & ulpt.NO_SCALE) \
             + d * (not flags & ulpt.NO_SHIFT)
-        lib = ulpt.lib
         mats = []
         for group in range(g):
-            h = prompt.projection_handle(group)
-            assert lib.ulpt_projection_seed(h) == (PROJ_SEED + group * GOLDEN) % 2**64
-            assert (lib.ulpt_projection_rank(h), lib.ulpt_projection_dim(h),
-                    lib.ulpt_projection_kind(h)) == (r, d, kind)
-            mats.append(prompt.projection(group))
-        assert prompt.projection_handle(g) is None
+            proj = prompt.projection(group)
+            assert proj.seed == (PROJ_SEED + group * GOLDEN) % 2**64
+            assert (proj.rank, proj.dim, proj.kind) == (r, d, kind)
+            mats.append(proj.matrix)
+        with pytest.raises(IndexError):
+            prompt.projection(g)
         if kind == ulpt.PROJ_IDENTITY:
             assert all(m is None for m in mats)
         else:
             # Each group's P is the standalone projection of its seed, and groups differ.
             for group, m in enumerate(mats):
-                with ulpt.Projection((PROJ_SEED + group * GOLDEN) % 2**64, r, d, kind) as ref:
+                with ulpt.Projection(seed=(PROJ_SEED + group * GOLDEN) % 2**64, rank=r,
+                                     dim=d, kind=kind) as ref:
                     np.testing.assert_array_equal(m, ref.matrix)
             if g > 1:
                 assert not np.array_equal(mats[0], mats[1])
@@ -175,10 +172,9 @@ def test_forward_and_backward_honour_row_stride_and_leave_padding_untouched():
     rng = np.random.default_rng(3)
     with perturbed_prompt(config, rng) as prompt:
         n, d, ld = prompt.n_tokens, prompt.dim, 20
-        fp = ulpt.ctypes.POINTER(ulpt.ctypes.c_float)
 
         buf = np.full((n, ld), 123.5, dtype=np.float32)
-        assert ulpt.lib.ulpt_prompt_forward(prompt.handle, buf.ctypes.data_as(fp), ld) == 0
+        assert lib.ulpt_prompt_forward(prompt.handle, buf.ctypes.data, ld) == 0
         np.testing.assert_array_equal(buf[:, :d], prompt.forward())
         assert (buf[:, d:] == 123.5).all()
 
@@ -189,13 +185,16 @@ def test_forward_and_backward_honour_row_stride_and_leave_padding_untouched():
         prompt.backward(G)
         dense = prompt.grads.copy()
         prompt.zero_grad()
-        assert ulpt.lib.ulpt_prompt_backward(prompt.handle, Gpad.ctypes.data_as(fp), ld) == 0
+        assert lib.ulpt_prompt_backward(prompt.handle, Gpad.ctypes.data, ld) == 0
         np.testing.assert_array_equal(prompt.grads, dense)
 
-        with pytest.raises(ulpt.UlptError) as err:
-            ulpt._check(ulpt.lib.ulpt_prompt_forward(prompt.handle, buf.ctypes.data_as(fp),
-                                                     d - 1))
-        assert err.value.code == ulpt.ERR_INVALID
+        with pytest.raises(ulpt.InvalidArgumentError) as err:
+            ulpt.check(lib.ulpt_prompt_forward(prompt.handle, buf.ctypes.data, d - 1))
+        assert err.value.code == ulpt.ERR_INVALID and "row stride 12" in str(err.value)
+        # The binding itself accepts any row stride >= dim and refuses smaller ones.
+        buf[:] = 7.0
+        np.testing.assert_array_equal(prompt.forward(out=buf[:, :d]), prompt.forward())
+        assert (buf[:, d:] == 7.0).all()
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -276,7 +275,7 @@ def run_against_torch(opt_name, sched_name, clip, steps=N_STEPS, nan_at=None):
             bad[3] = np.nan
             before = prompt.params.copy()
             prompt.grads[:] = bad
-            with pytest.raises(ulpt.UlptError) as err:
+            with pytest.raises(ulpt.NonFiniteError) as err:
                 opt.step()
             assert err.value.code == ulpt.ERR_NONFINITE
             np.testing.assert_array_equal(prompt.params, before)
@@ -362,18 +361,17 @@ def test_optimizer_defaults_match_torch_for_each_kind(kind):
         np.testing.assert_allclose(prompt.params, param.detach().numpy(), rtol=1e-6, atol=1e-7)
 
 
-def test_option_helpers_return_header_defaults():
-    p = ulpt.prompt_options()
+def test_option_defaults_are_the_header_macros():
+    p = ulpt.prompt_defaults()
     assert (p.version, p.n_tokens, p.rank, p.dim, p.n_groups, p.projection_seed,
             p.projection_kind, p.init_seed, p.init_std, p.flags) == \
         (1, 0, 2, 0, 1, 0, ulpt.PROJ_XAVIER_UNIFORM, 0, 1.0, 0)
-    o = ulpt.optimizer_options(lr=0.5)
+    o = ulpt.optimizer_defaults()
     assert (o.version, o.kind, o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.momentum,
             o.max_grad_norm, o.schedule, o.warmup_steps, o.total_steps) == \
-        (1, ulpt.OPT_ADAMW, 0.5, 0.9, 0.999, 1e-8, ulpt.WEIGHT_DECAY_DEFAULT, 0.0, 0.0,
-         ulpt.SCHED_CONSTANT, 0, 0)
+        (1, ulpt.OPT_ADAMW, 1e-3, 0.9, 0.999, 1e-8, -1.0, 0.0, 0.0, ulpt.SCHED_CONSTANT, 0, 0)
     with pytest.raises(TypeError):
-        ulpt.optimizer_options(learning_rate=1.0)
+        ulpt.Optimizer(ulpt.Prompt(n_tokens=1, dim=2), learning_rate=1.0)
 
 
 # ----------------------------------------------------------------------------- train step
@@ -441,7 +439,7 @@ def test_train_step_with_raising_loss_fn_raises_callback_error_and_changes_nothi
         def bad(E):
             raise RuntimeError("host model failed")
 
-        with pytest.raises(ulpt.UlptError) as err:
+        with pytest.raises(ulpt.CallbackError) as err:
             opt.train_step(bad)
         assert err.value.code == ulpt.ERR_CALLBACK
         assert isinstance(err.value.__cause__, RuntimeError)
@@ -449,14 +447,15 @@ def test_train_step_with_raising_loss_fn_raises_callback_error_and_changes_nothi
         def wrong_shape(E):
             return 1.0, np.zeros(3, np.float32)
 
-        with pytest.raises(ulpt.UlptError) as err:
+        with pytest.raises(ulpt.CallbackError) as err:
             opt.train_step(wrong_shape)
         assert err.value.code == ulpt.ERR_CALLBACK
+        assert isinstance(err.value.__cause__, ulpt.InvalidArgumentError)
 
         def nan_loss(E):
             return float("nan"), np.zeros_like(E)
 
-        with pytest.raises(ulpt.UlptError) as err:
+        with pytest.raises(ulpt.NonFiniteError) as err:
             opt.train_step(nan_loss)
         assert err.value.code == ulpt.ERR_NONFINITE
 

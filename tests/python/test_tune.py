@@ -13,7 +13,6 @@ torch = pytest.importorskip("torch")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..", "..")
-sys.path.insert(0, os.path.join(ROOT, "bindings", "python"))
 sys.path.insert(0, os.path.join(ROOT, "examples", "tinylm"))
 import tinylm_torch as tl  # noqa: E402
 import ulpt  # noqa: E402

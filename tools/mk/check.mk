@@ -2,8 +2,7 @@
 # is one rule here (or in its own tools/mk file) and one `CHECK_STEPS += check-NAME`,
 # anywhere.
 
-CHECK_STEPS := check-unit check-tinylm check-warnings check-abi check-exports check-install \
-    check-pytest
+CHECK_STEPS := check-unit check-tinylm check-warnings check-abi check-exports check-install
 
 .PHONY: check check-run $(CHECK_STEPS)
 check:
@@ -51,9 +50,6 @@ check-exports: all
 
 check-install: all
 	sh tests/check-install.sh
-
-check-pytest: need-test all examples/tinylm/tlm examples/tinylm/tune
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests/python
 
 # ---- ABI guard ----------------------------------------------------------------------------
 # tests/abi/check-abi.sh (the library is built with -g, which abidiff needs):

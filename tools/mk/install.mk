@@ -21,15 +21,17 @@ install: all
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 	    pkgconfig/ulpt.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ulpt.pc
+	sh bindings/python/install.sh $(PYTHON) $(DESTDIR)$(PYTHONDIR)
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/ulpt.h $(DESTDIR)$(LIBDIR)/libulpt.so* \
 	    $(DESTDIR)$(LIBDIR)/libulpt.a $(DESTDIR)$(LIBDIR)/pkgconfig/ulpt.pc \
 	    $(DESTDIR)$(BINDIR)/ulpt $(DESTDIR)$(MANDIR)/man1/ulpt.1
+	rm -rf $(DESTDIR)$(PYTHONDIR)/ulpt $(DESTDIR)$(PYTHONDIR)/ulpt-*.dist-info
 
 clean:
 	rm -rf lib/obj tests/obj tests/build lib/libulpt.so* $(STATIC) tests/fuzz/work \
 	    tests/test_ulpt tests/bench_step tests/bench_bank tests/tinylm/test_tinylm tests/abi/out bindings/rust/target \
 	    examples/quickstart examples/tinylm/tune examples/tinylm/tlm \
 	    examples/mpi/tune_mpi tests/mpi/param_diff tests/mpi/nan_model \
-	    tools/ulpt
+	    tools/ulpt bindings/python/build bindings/python/ulpt.egg-info

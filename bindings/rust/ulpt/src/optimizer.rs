@@ -142,6 +142,13 @@ impl<'p> Optimizer<'p> {
         unsafe { sys::ulpt_optimizer_lr(self.raw.as_ptr()) }
     }
 
+    /// The same rate in the double precision the step computes it in
+    /// (`ulpt_optimizer_lr_double`; [`lr`](Self::lr) rounds it to `f32`).
+    pub fn lr_f64(&self) -> f64 {
+        // SAFETY: as step_count().
+        unsafe { sys::ulpt_optimizer_lr_double(self.raw.as_ptr()) }
+    }
+
     /// One training step (`ulpt_train_step`): write E, call `loss_fn(E, G)` — the host
     /// runs its model and writes ∂L/∂E into G (which arrives zeroed), returning the
     /// loss — then back-propagate and step.  Returns the loss.
@@ -256,6 +263,12 @@ impl OptimizerState {
     pub fn lr(&self) -> f32 {
         // SAFETY: as step_count().
         unsafe { sys::ulpt_optimizer_lr(self.raw.as_ptr()) }
+    }
+
+    /// The same rate in double precision (`ulpt_optimizer_lr_double`).
+    pub fn lr_f64(&self) -> f64 {
+        // SAFETY: as step_count().
+        unsafe { sys::ulpt_optimizer_lr_double(self.raw.as_ptr()) }
     }
 
     pub(crate) fn from_raw(raw: *mut sys::ulpt_optimizer, prompt: &Prompt) -> OptimizerState {

@@ -335,6 +335,9 @@ fn schedule_sets_the_learning_rate() {
     let want = [0.0, 0.05, 0.1, 0.075, 0.05, 0.025, 0.0];
     for (t, w) in want.iter().enumerate() {
         assert!((f64::from(o.lr()) - w).abs() < 1e-7, "step {}: lr {} != {}", t, o.lr(), w);
+        // the double is the rate itself, the f32 its rounding
+        assert!((o.lr_f64() - w).abs() < 1e-15, "step {}: lr_f64 {} != {}", t, o.lr_f64(), w);
+        assert_eq!(o.lr(), o.lr_f64() as f32);
         o.train_step(quadratic).unwrap();
     }
 }
@@ -582,7 +585,9 @@ fn checkpoints_resume_bit_identically() {
     // into_state releases the prompt and keeps the moments
     let mut o = Optimizer::new(&mut prompt, &oo).unwrap();
     o.train_step(quadratic).unwrap();
+    let (lr, lr_f64) = (o.lr(), o.lr_f64());
     let state = o.into_state();
+    assert_eq!((state.lr(), state.lr_f64()), (lr, lr_f64));
     prompt.set_meta("note", "while detached").unwrap();
     let o = state.resume(&mut prompt).unwrap();
     assert_eq!(o.step_count(), 1);

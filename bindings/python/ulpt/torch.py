@@ -1,0 +1,156 @@
+"""The PyTorch bridge: a ULPT prompt as a ``torch.nn.Module``.
+
+::
+
+    import torch, ulpt.torch
+
+    soft = ulpt.torch.ULPTPrompt(n_tokens=20, dim=model.config.hidden_size)
+    opt = torch.optim.AdamW(soft.parameters(), lr=3e-2)
+    embeds = model.get_input_embeddings()(input_ids)            # (batch, seq, dim)
+    out = model(inputs_embeds=soft.prepend(embeds), ...)       # (batch, 20 + seq, dim)
+    out.loss.backward(); opt.step(); opt.zero_grad()
+
+``forward()`` returns E (n_tokens, dim) through an autograd Function whose backward is
+libulpt's.  The trainable numbers Z (n_tokens, rank), s and b (dim) are
+``torch.nn.Parameter``s that share memory with the library (zero copy), so
+``state_dict()``, torch optimizers, schedulers and gradient clipping work on them, and the
+library's own optimizer (``ulpt.Optimizer(soft.prompt)``) sees what torch changes and vice
+versa.  The parameters live on the CPU in float32: move E, not the module, to another
+device or dtype (``soft.prepend`` casts E to the embeddings' device and dtype).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .core import Prompt
+from .errors import MismatchError, ERR_MISMATCH
+
+__all__ = ["ULPTPrompt", "ULPTFunction"]
+
+
+class ULPTFunction(torch.autograd.Function):
+    """E = (Z . P) * s + b for a ULPTPrompt; backward is ulpt_prompt_backward.
+
+    ``ULPTFunction.apply(module, Z, s, b)`` (s, b omitted when the prompt has none).  The
+    library's gradient buffer keeps accumulating as libulpt's own backward does, so
+    ``ulpt.Optimizer`` can step on it too; autograd gets this call's share."""
+
+    @staticmethod
+    def forward(ctx, module: "ULPTPrompt", *params: torch.Tensor) -> torch.Tensor:
+        module._check_shared()
+        ctx.module = module
+        return torch.from_numpy(module.prompt.forward())
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_e: torch.Tensor):
+        prompt = ctx.module.prompt
+        g = grad_e.detach().to(device="cpu", dtype=torch.float32).numpy()
+        grads = prompt.grads
+        before = grads.copy()
+        prompt.zero_grad()
+        prompt.backward(g)
+        mine = grads.copy()
+        grads += before
+        out = [torch.from_numpy(x.copy()) for x in prompt.split(mine) if x is not None]
+        return (None, *out)
+
+
+class ULPTPrompt(torch.nn.Module):
+    """A ULPT prompt as a module: ``forward()`` -> E, an (n_tokens, dim) float32 tensor.
+
+    Give an existing ``prompt`` (a ulpt.Prompt, shared, not copied) or the keyword
+    options of ulpt.Prompt (n_tokens, dim, rank, projection_seed, ...).  Parameters:
+    ``Z`` (n_tokens, rank), ``s`` and ``b`` (dim,), absent with NO_SCALE / NO_SHIFT.
+    The state dict also records the prompt's shape and projection, and refuses
+    (MismatchError) to load into a prompt of another shape or projection."""
+
+    def __init__(self, prompt: Optional[Prompt] = None, **options: Any):
+        super().__init__()
+        if prompt is None:
+            prompt = Prompt(**options)
+        elif options:
+            raise TypeError("give either a prompt or its options, not both")
+        self.prompt = prompt
+        z, s, b = prompt.split(prompt.params)
+        self.Z = torch.nn.Parameter(torch.from_numpy(z))
+        self.s = None if s is None else torch.nn.Parameter(torch.from_numpy(s))
+        self.b = None if b is None else torch.nn.Parameter(torch.from_numpy(b))
+        self._address = prompt.params.ctypes.data
+
+    def _check_shared(self):
+        if self.Z.data_ptr() != self._address or self.Z.dtype != torch.float32:
+            raise RuntimeError("ULPTPrompt's parameters no longer share libulpt's memory "
+                               "(the module was moved to another device or dtype); move "
+                               "its output E instead")
+
+    def forward(self) -> torch.Tensor:
+        """E, (n_tokens, dim) float32 on the CPU."""
+        params = [p for p in (self.Z, self.s, self.b) if p is not None]
+        return ULPTFunction.apply(self, *params)
+
+    def prepend(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """``[E; inputs_embeds]`` along the sequence: (batch, seq, dim) ->
+        (batch, n_tokens + seq, dim), E cast to the embeddings' device and dtype."""
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.prompt.dim:
+            raise ValueError("inputs_embeds must be (batch, seq, %d), got %s"
+                             % (self.prompt.dim, tuple(inputs_embeds.shape)))
+        e = self().to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
+        e = e.unsqueeze(0).expand(inputs_embeds.shape[0], -1, -1)
+        return torch.cat([e, inputs_embeds], dim=1)
+
+    def extend_attention_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq) -> (batch, n_tokens + seq), ones for the prompt's positions."""
+        ones = attention_mask.new_ones(attention_mask.shape[0], self.prompt.n_tokens)
+        return torch.cat([ones, attention_mask], dim=1)
+
+    def _identity(self) -> dict:
+        p = self.prompt
+        proj = p.projection(0)
+        return {"n_tokens": p.n_tokens, "rank": p.rank, "dim": p.dim, "n_groups": p.n_groups,
+                "flags": int(p.flags), "projection_seed": proj.seed,
+                "projection_kind": int(proj.kind)}
+
+    def get_extra_state(self) -> dict:
+        return self._identity()
+
+    def set_extra_state(self, state: dict) -> None:
+        mine = self._identity()
+        if dict(state) != mine:
+            raise MismatchError(ERR_MISMATCH, "state_dict is for a prompt %s, this one is %s"
+                                % (dict(state), mine))
+
+    def save_pretrained(self, directory, **kwargs) -> None:
+        """Prompt.save_pretrained (the .ulpt file and a PEFT prompt-tuning adapter)."""
+        self.prompt.save_pretrained(directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, directory) -> "ULPTPrompt":
+        """A module around Prompt.from_pretrained(directory)."""
+        return cls(Prompt.from_pretrained(directory))
+
+    def extra_repr(self) -> str:
+        p = self.prompt
+        return "n_tokens=%d, rank=%d, dim=%d, n_groups=%d, params=%d" % (
+            p.n_tokens, p.rank, p.dim, p.n_groups, p.num_params)
+
+    # Copies and pickles rebuild the sharing around a copy of the prompt (which goes
+    # through the prompt file format); copying the Parameters alone would cut them off.
+    def __deepcopy__(self, memo) -> "ULPTPrompt":
+        new = _rebuild(copy.deepcopy(self.prompt, memo), self.training)
+        memo[id(self)] = new
+        return new
+
+    def __reduce__(self):
+        return (_rebuild, (self.prompt, self.training))
+
+
+def _rebuild(prompt: Prompt, training: bool) -> ULPTPrompt:
+    module = ULPTPrompt(prompt)
+    module.train(training)
+    return module

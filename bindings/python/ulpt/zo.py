@@ -1,0 +1,231 @@
+"""Forward-only (zeroth-order) training: ulpt_zo_* as ``ulpt.ZOTrainer``.
+
+For hosts that can run their model forward but not backward: each step asks for the
+losses of 2q perturbed prompts theta +- eps*u_j and steps the optimizer on the two-point
+estimate of the gradient (include/ulpt.h, "Forward-only training").
+"""
+
+from __future__ import annotations
+
+import enum
+from ctypes import byref, c_double, c_void_p
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import _native
+from ._native import lib
+from .core import (_REQUIRED, _U32, _U64, _Handle, _Object, _Use, _int, _matrix, _real,
+                   _set_kwdefaults, _view, Optimizer, Prompt)
+from .enums import coerce
+from .errors import ERR_CALLBACK, check, error, wrong_type
+
+
+class ZODistribution(enum.IntEnum):
+    """How each direction u is drawn (ULPT_ZO_*)."""
+    RADEMACHER = 0  #: u_i = +-1
+    GAUSSIAN = 1    #: u_i ~ N(0, 1)
+
+
+class ZOPerturb(enum.IntEnum):
+    """Which parameters are perturbed (ULPT_ZO_PERTURB_*)."""
+    ALL = 0  #: Z, s and b
+    Z = 1    #: Z only; s and b get a zero gradient
+
+
+@dataclass(frozen=True)
+class ZOOptions:
+    """A trainer's options as ulpt_zo_get_options reports them (batch resolved)."""
+    epsilon: float
+    directions: int
+    batch: int
+    distribution: ZODistribution
+    perturb: ZOPerturb
+    seed: int
+
+
+def zo_defaults() -> _native.ulpt_zo_options:
+    """ulpt_zo_options as ulpt_zo_options_init fills them."""
+    opts = _native.ulpt_zo_options()
+    check(lib.ulpt_zo_options_init(byref(opts), 1))
+    return opts
+
+
+class _Serving:
+    __slots__ = ("fn", "wants_out", "failure", "handle", "shape", "e_addr", "E")
+
+    def __init__(self, handle, shape):
+        self.fn = None
+        self.wants_out = False
+        self.failure = None
+        self.handle = handle
+        self.shape = shape       # (n_tokens, dim)
+        self.e_addr = None
+        self.E = None
+
+
+def _callback(st: _Serving, k: int):
+    def zo_callback(user, e, count, n, d, losses):
+        try:
+            if e != st.e_addr:
+                st.E = _view(st.handle, e, (k,) + st.shape, writable=False)
+                st.e_addr = e
+            E = st.E[:count]
+            out = np.frombuffer((c_double * count).from_address(losses), dtype=np.float64)
+            if st.wants_out:
+                result = st.fn(E, out)
+            else:
+                result = st.fn(E)
+            if result is not None:
+                out[:] = _matrix("the returned losses", result, (count,))
+            return 0
+        except BaseException as exc:  # nothing may cross into C
+            st.failure = exc
+            return 1
+
+    return zo_callback
+
+
+class ZOTrainer(_Object):
+    """Forward-only training of an optimizer's prompt.
+
+    ``ZOTrainer(optimizer, *, epsilon, directions, batch, distribution, perturb, seed)``;
+    defaults are the library's (ulpt_zo_options_init): epsilon 1e-3 (the perturbation
+    size, > 0), 1 direction a step (2 losses), batch 0 = all 2q prompts in one callback
+    call, Rademacher directions, every parameter perturbed, seed 0.  The trainer keeps
+    its optimizer and prompt alive.  Raises InvalidArgumentError for bad options."""
+
+    def __init__(self, optimizer: Optimizer, *, epsilon: float = _REQUIRED,
+                 directions: int = _REQUIRED, batch: int = _REQUIRED,
+                 distribution: ZODistribution = _REQUIRED, perturb: ZOPerturb = _REQUIRED,
+                 seed: int = _REQUIRED):
+        if not isinstance(optimizer, Optimizer):
+            raise wrong_type("optimizer must be a ulpt.Optimizer, got %s"
+                             % type(optimizer).__name__)
+        opts = zo_defaults()
+        opts.epsilon = _real("epsilon", epsilon)
+        opts.directions = _int("directions", directions, 1, _U32)
+        opts.batch = _int("batch", batch, 0, _U32)
+        opts.distribution = coerce(ZODistribution, distribution, "distribution")
+        opts.perturb = coerce(ZOPerturb, perturb, "perturb")
+        opts.seed = _int("seed", seed, 0, _U64)
+        oh = optimizer._handle()
+        ph = optimizer._ph
+        ptr = c_void_p()
+        with _Use(((oh, "ZOTrainer"), (ph, "ZOTrainer")), True):
+            check(lib.ulpt_zo_create(byref(ptr), ph.ptr, oh.ptr, byref(opts)))
+        self._h = _Handle(ptr.value, lib.ulpt_zo_free, (oh, ph))
+        if lib.ulpt_zo_optimizer(ptr.value) != oh.ptr or lib.ulpt_zo_prompt(ptr.value) != ph.ptr:
+            raise RuntimeError("ulpt: the trainer does not serve this optimizer")
+        self._oh, self._ph = oh, ph
+        self.optimizer = optimizer
+        self._serving = _Serving(self._h, optimizer.prompt.shape)
+        self._c_callback = _native.ZO_LOSS_FN(_callback(self._serving, self.options.batch))
+
+    @property
+    def prompt(self) -> Prompt:
+        """The prompt being trained (the optimizer's)."""
+        return self.optimizer.prompt
+
+    @property
+    def options(self) -> ZOOptions:
+        """The options in use (ulpt_zo_get_options; batch is the resolved k)."""
+        opts = zo_defaults()
+        check(lib.ulpt_zo_get_options(byref(opts), self._handle().ptr))
+        return ZOOptions(opts.epsilon, opts.directions, opts.batch,
+                         ZODistribution(opts.distribution), ZOPerturb(opts.perturb), opts.seed)
+
+    @property
+    def position(self) -> int:
+        """The index of the next direction of the stream (q per step taken)."""
+        return lib.ulpt_zo_position(self._handle().ptr)
+
+    @position.setter
+    def position(self, value: int) -> None:
+        value = _int("position", value, 0, _U64)
+        h = self._handle()
+        with _Use(((h, "ZOTrainer.position"),), True):
+            check(lib.ulpt_zo_set_position(h.ptr, value))
+
+    def direction(self, index: int) -> np.ndarray:
+        """Direction `index` of the stream, u_index: a new float32 array laid out as
+        ``prompt.params`` (0 outside the perturbed parts)."""
+        index = _int("index", index, 0, _U64)
+        h = self._handle()
+        out = np.empty(self.prompt.num_params, np.float32)
+        with _Use(((h, "ZOTrainer.direction"),), False):
+            check(lib.ulpt_zo_direction(out.ctypes.data, h.ptr, index))
+        return out
+
+    def step(self, loss_fn: Callable) -> float:
+        """One forward-only step; returns the mean of the 2q losses (an estimate of the
+        loss at the current prompt).
+
+        ``loss_fn(E)`` gets E, a read-only (count, n_tokens, dim) float32 view of `count`
+        perturbed prompts (prompt 2j is theta + eps*u_j, 2j+1 is theta - eps*u_j, counted
+        over the step), runs the model on the SAME minibatch with each and returns their
+        `count` losses; or ``loss_fn(E, losses)`` writes them into the float64 view
+        ``losses`` and returns None.  Failures change nothing (parameters, gradients,
+        optimizer, position); exceptions propagate as in Optimizer.train_step."""
+        st = self._serving
+        if loss_fn is not st.fn:
+            if not callable(loss_fn):
+                raise wrong_type("loss_fn must be callable, got %s" % type(loss_fn).__name__)
+            from .core import _wants_grad
+            st.wants_out = _wants_grad(loss_fn)
+            st.fn = loss_fn
+        h = self._handle()
+        handles = ((h, "ZOTrainer.step"), (self._oh, "ZOTrainer.step"),
+                   (self._ph, "ZOTrainer.step"))
+        loss = c_double()
+        with _Use(handles, True):
+            self._ph.serving = True
+            st.failure = None
+            try:
+                rc = lib.ulpt_zo_step(byref(loss), h.ptr, self._c_callback, None)
+            finally:
+                self._ph.serving = False
+            failure, st.failure = st.failure, None
+        if rc:
+            if rc == ERR_CALLBACK and failure is not None:
+                if not isinstance(failure, Exception):
+                    raise failure  # KeyboardInterrupt, SystemExit, GeneratorExit
+                raise error(rc, lib.ulpt_last_error().decode("utf-8", "replace") + ": %s: %s"
+                            % (type(failure).__name__, failure)) from failure
+            check(rc)
+        return loss.value
+
+    # copies rebuild the trainer around a copy of the optimizer (a checkpoint) with the
+    # same options and stream position
+    def __reduce__(self):
+        o = self.options
+        return (_restore, (self.optimizer, o, self.position))
+
+    def __deepcopy__(self, memo):
+        import copy
+        o = self.options
+        return _restore(copy.deepcopy(self.optimizer, memo), o, self.position)
+
+    def __repr__(self):
+        if self.closed:
+            return "<ulpt.ZOTrainer closed>"
+        o = self.options
+        return ("<ulpt.ZOTrainer epsilon=%g directions=%d batch=%d %s perturb=%s seed=%d "
+                "position=%d>" % (o.epsilon, o.directions, o.batch, o.distribution.name.lower(),
+                                  o.perturb.name.lower(), o.seed, self.position))
+
+
+def _restore(optimizer, o: ZOOptions, position):
+    z = ZOTrainer(optimizer, epsilon=o.epsilon, directions=o.directions, batch=o.batch,
+                  distribution=o.distribution, perturb=o.perturb, seed=o.seed)
+    z.position = position
+    return z
+
+
+_zd = zo_defaults()
+_set_kwdefaults(ZOTrainer.__init__, dict(
+    epsilon=_zd.epsilon, directions=_zd.directions, batch=_zd.batch,
+    distribution=ZODistribution(_zd.distribution), perturb=ZOPerturb(_zd.perturb),
+    seed=_zd.seed))
+del _zd

@@ -1,0 +1,21 @@
+#!/bin/sh
+# The Python lifetime tests (tests/python/test_lifetimes.py) under valgrind's memcheck:
+# any invalid read or write, use after free or double free fails the run.  Python's own
+# allocator is switched off so that memcheck sees every block; leaks are not counted
+# (the interpreter keeps its modules until exit).
+set -eu
+PYTHON=${PYTHON:-/usr/bin/python3}
+export LD_LIBRARY_PATH="$(pwd)/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PYTHONPATH="$(pwd)/bindings/python${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONMALLOC=malloc OPENBLAS_NUM_THREADS=1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! valgrind --error-exitcode=99 --leak-check=no --log-file="$log" \
+        "$PYTHON" -m pytest -q -p no:cacheprovider tests/python/test_lifetimes.py; then
+    cat "$log"
+    echo "check-python-valgrind: FAIL" >&2
+    exit 1
+fi
+errors=$(sed -n 's/.*ERROR SUMMARY: \([0-9]*\) errors.*/\1/p' "$log" | tail -1)
+echo "check-python-valgrind: the lifetime tests under memcheck: ${errors:-?} errors"
+[ "${errors:-1}" = 0 ]
