@@ -22,6 +22,8 @@
 #   make check-mpi    data-parallel training on 1, 2 and 4 MPI ranks (a step of make check)
 #   make check-rust, check-rust-valgrind
 #                     the Rust crates' tests, example and docs; their tests under valgrind
+#   make llama-demo   serve and tune prompts inside llama.cpp (built once from the pinned
+#                     package, about 8 minutes); make check-llama is its test (CI)
 #   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc, ulpt(1),
 #                     the Python package (PYTHONDIR=)
 #   make uninstall, make clean
@@ -37,3 +39,4 @@ include tools/mk/rust.mk        # the Rust crates: check-rust (a check step), ch
 include tools/mk/variants.mk    # sanitizer, fuzz and coverage builds: how each differs
 include tools/mk/python.mk      # the Python package: check-python, bench-python
 include tools/mk/install.mk     # install, uninstall, clean
+include tools/mk/llama.mk       # llama.cpp hosts libulpt: llama, llama-demo, check-llama

@@ -133,6 +133,7 @@ struct tlm_model {
     float *lnf, *lnf_mean, *lnf_rstd, *logits, *dlogits, *rows;
     float *dres, *dln, *datty, *dqkv, *dfch, *datt;
     uint32_t n; /* rows of the last forward; 0 before the first */
+    int gelu_half; /* tlm_set_gelu_half */
 };
 
 /* Hands out the next `count` floats of a block. */
@@ -216,6 +217,7 @@ const tlm_config *tlm_config_of(const tlm_model *m) { return &m->cfg; }
 const tlm_meta *tlm_meta_of(const tlm_model *m) { return &m->meta; }
 float *tlm_params(tlm_model *m) { return m->params; }
 size_t tlm_num_params(const tlm_model *m) { return m->n_params; }
+void tlm_set_gelu_half(tlm_model *m, int on) { m->gelu_half = on != 0; }
 
 const float *tlm_token_embedding(const tlm_model *m, int byte)
 {
@@ -432,6 +434,53 @@ static void gelu_forward(float *out, const float *z, size_t count)
     }
 }
 
+/* x rounded to the nearest IEEE half (ties to even) and back: the value a half-precision
+ * table lookup sees.  Past the half range gives infinity, as the conversion does. */
+static float round_to_half(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    uint32_t sign = u & 0x80000000u, a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) /* inf or NaN: unchanged */
+        return x;
+    float y;
+    if (a < 0x38800000u) { /* below 2^-14: half subnormals are multiples of 2^-24 */
+        float f;
+        memcpy(&f, &a, 4);
+        y = nearbyintf(f * 16777216.0f) / 16777216.0f; /* default rounding: to even */
+    } else {
+        /* drop 13 of the 23 mantissa bits, rounding to nearest, ties to even */
+        uint32_t r = a + 0x0fffu + ((a >> 13) & 1u);
+        r &= ~0x1fffu;
+        if (r >= 0x47800000u) /* 65520 and up round past 65504, the largest half */
+            r = 0x7f800000u;
+        memcpy(&y, &r, 4);
+    }
+    uint32_t v;
+    memcpy(&v, &y, 4);
+    v |= sign;
+    memcpy(&y, &v, 4);
+    return y;
+}
+
+/* out (N) = GELU as a half-precision table gives it: fp16(gelu(fp16(z))), 0 for z <= -10,
+ * z for z >= 10, with gelu evaluated in float as 0.5 z (1 + tanh(sqrt(2/pi) z (1 +
+ * 0.044715 z^2))). */
+static void gelu_half_forward(float *out, const float *z, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        float x = z[i];
+        if (x <= -10.0f) {
+            out[i] = 0.0f;
+        } else if (x >= 10.0f) {
+            out[i] = x;
+        } else {
+            float h = round_to_half(x);
+            out[i] = round_to_half(0.5f * h * (1.0f + tanhf(GELU_SCALE * h * (1.0f + 0.044715f * h * h))));
+        }
+    }
+}
+
 /* dz (N) = dout * GELU'(z); dz may be dout */
 static void gelu_backward(float *dz, const float *z, const float *dout, size_t count)
 {
@@ -481,7 +530,10 @@ static void block_forward(tlm_model *m, uint32_t l, const float *x, float *out, 
     residual_forward(a.mid, x, n * C);
     layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.mid, p.ln2_w, p.ln2_b, n, C);
     matmul_forward(a.fch, a.ln2, p.fc_w, p.fc_b, n, C, F);
-    gelu_forward(a.fchg, a.fch, n * F);
+    if (m->gelu_half)
+        gelu_half_forward(a.fchg, a.fch, n * F);
+    else
+        gelu_forward(a.fchg, a.fch, n * F);
     matmul_forward(out, a.fchg, p.fcproj_w, p.fcproj_b, n, F, C);
     residual_forward(out, a.mid, n * C);
 }

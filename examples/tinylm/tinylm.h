@@ -88,6 +88,13 @@ size_t tlm_num_params(const tlm_model *m);
 /* wte[byte], C floats; NULL when byte is outside [0, V). */
 const float *tlm_token_embedding(const tlm_model *m, int byte);
 
+/* on != 0: the forward pass computes GELU as an engine that tabulates it in half
+ * precision does (llama.cpp's CPU backend): z rounded to IEEE half, GELU of that in float,
+ * the result rounded to half; 0 for z <= -10 and z for z >= 10.  With it, logits can be
+ * compared with such an engine down to float rounding.  The backward pass keeps the exact
+ * derivative.  on = 0 (the default) is the specification's tanh form. */
+void tlm_set_gelu_half(tlm_model *m, int on);
+
 /* rows: n x C input rows, 1 <= n <= T.  Writes logits: n x V.  Keeps the activations
  * for tlm_backward. */
 int tlm_forward(tlm_model *m, const float *rows, uint32_t n, float *logits);

@@ -297,6 +297,29 @@ START_TEST(a_prefix_has_the_logits_of_the_full_sequence)
 }
 END_TEST
 
+START_TEST(half_float_gelu_moves_logits_a_little_and_switches_off)
+{
+    tlm_model *m = random_model(&small_cfg, 16);
+    perturb(m, 17);
+    uint32_t n;
+    float *rows = input_rows(m, 2, text + 10, &n, 18);
+    size_t V = small_cfg.vocab;
+    float *a = malloc(n * V * sizeof *a), *b = malloc(n * V * sizeof *b);
+    ck_assert_int_eq(tlm_forward(m, rows, n, a), 0);
+    tlm_set_gelu_half(m, 1);
+    ck_assert_int_eq(tlm_forward(m, rows, n, b), 0);
+    double worst = 0;
+    for (size_t i = 0; i < n * V; i++) /* half floats keep 11 significant bits */
+        worst = fmax(worst, fabs((double)a[i] - b[i]) / (1 + fabs((double)a[i])));
+    ck_assert(worst > 0 && worst < 1e-2);
+    tlm_set_gelu_half(m, 0);
+    ck_assert_int_eq(tlm_forward(m, rows, n, b), 0);
+    ck_assert(memcmp(a, b, n * V * sizeof *a) == 0);
+    free(rows), free(a), free(b);
+    tlm_free(m);
+}
+END_TEST
+
 START_TEST(forward_and_backward_refuse_bad_arguments)
 {
     tlm_model *m = random_model(&small_cfg, 16);
@@ -721,6 +744,7 @@ static Suite *tinylm_suite(void)
     tcase_set_timeout(fwd, 60);
     tcase_add_test(fwd, changing_a_later_row_leaves_earlier_logits_unchanged);
     tcase_add_test(fwd, a_prefix_has_the_logits_of_the_full_sequence);
+    tcase_add_test(fwd, half_float_gelu_moves_logits_a_little_and_switches_off);
     tcase_add_test(fwd, forward_and_backward_refuse_bad_arguments);
     tcase_add_test(fwd, default_model_has_the_documented_size_and_init);
     tcase_add_test(fwd, create_refuses_a_bad_configuration);

@@ -1,0 +1,69 @@
+# llama.mk -- llama.cpp hosts libulpt (docs/LLAMA.md): the pinned llama.cpp built once,
+# tinylm converted to GGUF, the host examples/llama/ulpt-llama, its demo and its test.
+#
+# llama.cpp is fetched as the npm package node-llama-cpp at this exact version
+# (tools/fetch-package, checked against tools/packages.sha512) and built once, CPU only,
+# into LLAMA_CACHE: examples/llama/cache by default, or the environment's
+# ULPT_LLAMA_CACHE.  The directory is keyed by the version; later runs, and other clones
+# pointed at the same cache, reuse the build.
+
+.PHONY: llama llama-demo check-llama
+
+LLAMA_VERSION := 3.21.1
+LLAMA_CACHE ?= $(or $(ULPT_LLAMA_CACHE),examples/llama/cache)
+LLAMA_DIR := $(LLAMA_CACHE)/node-llama-cpp-$(LLAMA_VERSION)
+LLAMA_STAMP := $(LLAMA_DIR)/built
+LLAMA_SRC := $(LLAMA_DIR)/llama.cpp
+LLAMA_BIN = $(abspath $(LLAMA_DIR)/build/bin)
+LLAMA_GGUF := $(LLAMA_DIR)/tinylm.gguf
+LLAMA_GGUF_GELU0 := $(LLAMA_DIR)/tinylm-gelu-zero.gguf
+LLAMA_HOST := examples/llama/ulpt-llama
+LLAMA_HOST_SRCS := examples/llama/ulpt-llama.c examples/llama/engine.c examples/llama/task.c \
+    examples/llama/tenants.c examples/llama/tune.c
+LLAMA_HOST_DEPS := $(LLAMA_HOST_SRCS) examples/llama/engine.h examples/llama/task.h \
+    examples/llama/host.h $(TLM_DEPS)
+
+# The long build (about 8 minutes on two free cores), with progress as it goes.
+$(LLAMA_STAMP):
+	@sh .ci/install-deps --check llama
+	@sh examples/llama/build-llama.sh $(LLAMA_CACHE)
+
+llama: $(LLAMA_STAMP)
+
+# tinylm as GGUF (arch gpt2, float32, byte-level vocabulary), written with the gguf-py
+# package of the same llama.cpp source.
+$(LLAMA_GGUF): examples/llama/convert.py examples/tinylm/tinylm.tlm $(LLAMA_STAMP)
+	$(PYTHON) examples/llama/convert.py examples/tinylm/tinylm.tlm $@ --gguf-py $(LLAMA_SRC)/gguf-py
+
+# The test's variant with every GELU input far below -10, where GELU is exactly 0.
+$(LLAMA_GGUF_GELU0): examples/llama/convert.py examples/tinylm/tinylm.tlm $(LLAMA_STAMP)
+	$(PYTHON) examples/llama/convert.py examples/tinylm/tinylm.tlm $@ --gguf-py $(LLAMA_SRC)/gguf-py \
+	    --gelu-zero
+
+# The host: libulpt from the build tree, llama.cpp from the cache (-lllama -lggml
+# -lggml-base), tinylm's C forward for the comparisons.
+$(LLAMA_HOST): $(LLAMA_HOST_DEPS) $(SHARED) include/ulpt.h $(LLAMA_STAMP)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -Iexamples/tinylm -I$(LLAMA_SRC)/include \
+	    -I$(LLAMA_SRC)/ggml/include $(DEP_CFLAGS) -o $@ $(LLAMA_HOST_SRCS) $(TLM_SRCS) \
+	    $(call link_shared,../../lib) -L$(LLAMA_BIN) -lllama -lggml -lggml-base \
+	    -Wl,-rpath,$(LLAMA_BIN) $(DEP_LIBS) -pthread
+
+# End to end on a fresh clone: build llama.cpp once, convert tinylm, serve the prompt
+# `make demo` trains (and one for spam) through llama.cpp against tune --load, several
+# prompts at once, and a prompt tuned inside llama.cpp with forward passes only.
+llama-demo:
+	@sh .ci/install-deps llama
+	@$(MAKE) -s --no-print-directory all data examples/tinylm/tune $(LLAMA_STAMP)
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST)
+	@sh examples/llama/demo.sh $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST)
+
+# The llama.cpp test, which .ci/run runs after `make check` (it needs the long build):
+# the converted model's logits against tinylm's C forward, a prompt for another model
+# refused, batched tenants, and node-llama-cpp's tarball through the integrity check.
+check-llama:
+	@sh .ci/install-deps llama
+	@$(MAKE) -s --no-print-directory all $(LLAMA_STAMP)
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST)
+	ULPT_LLAMA_GGUF=$(LLAMA_GGUF) ULPT_LLAMA_GGUF_GELU0=$(LLAMA_GGUF_GELU0) \
+	    ULPT_LLAMA_HOST=$(LLAMA_HOST) \
+	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/llama
