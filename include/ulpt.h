@@ -135,7 +135,8 @@ typedef struct ulpt_allocator {
 ULPT_API int ulpt_set_allocator(const ulpt_allocator *a);
 
 /* The number of threads the BLAS kernels may use (OpenBLAS's thread pool, process-wide).
- * n >= 1.  For the small products of ULPT one or two threads are usually fastest.
+ * n >= 1.  Ranks up to 12 do not use BLAS: their forward and backward run in the
+ * calling thread.  Above that, one or two threads are usually fastest.
  * Errors: ULPT_ERR_INVALID if n < 1. */
 ULPT_API int ulpt_set_num_threads(int n);
 
