@@ -135,7 +135,8 @@ typedef struct ulpt_allocator {
 ULPT_API int ulpt_set_allocator(const ulpt_allocator *a);
 
 /* The number of threads the BLAS kernels may use (OpenBLAS's thread pool, process-wide).
- * n >= 1.  For the small products of ULPT one or two threads are usually fastest.
+ * n >= 1.  Ranks up to 12 do not use BLAS: their forward and backward run in the
+ * calling thread.  Above that, one or two threads are usually fastest.
  * Errors: ULPT_ERR_INVALID if n < 1. */
 ULPT_API int ulpt_set_num_threads(int n);
 
@@ -476,7 +477,7 @@ ULPT_API void ulpt_zo_free(ulpt_zo *zo);
  * calls, rounded up); check every loss is finite; replace the prompt's gradients with
  * the estimate g; ulpt_optimizer_step; advance the position by q.  *loss (may be NULL)
  * gets the mean of the 2q losses, an estimate of L(theta) (biased by O(eps^2)).  No
- * allocation.
+ * allocation.  Needs exclusive access to the handle, its prompt and its optimizer.
  * Errors: ULPT_ERR_INVALID (NULL zo or loss_fn), ULPT_ERR_CALLBACK (the callback
  * returned nonzero), ULPT_ERR_NONFINITE (a loss NaN or infinite, a perturbed parameter
  * or the estimate overflowed, or theta itself is not finite).  On any failure the
@@ -504,6 +505,25 @@ ULPT_API int ulpt_zo_get_options(ulpt_zo_options *opts, const ulpt_zo *zo);
 /* Accessors (NULL for NULL). */
 ULPT_API ulpt_prompt *ulpt_zo_prompt(const ulpt_zo *zo);
 ULPT_API ulpt_optimizer *ulpt_zo_optimizer(const ulpt_zo *zo);
+
+/* Forward-only checkpoints: ulpt_checkpoint_save's file (the prompt, the optimizer's
+ * options, step count and moments) plus the handle's options and stream position in a
+ * ZOST section (format 1.1, docs/FORMAT.md), atomically.  Training N steps straight and
+ * N/2 + save + load + N/2 give bit-identical parameters and the same position.  Such a
+ * file is also an ordinary checkpoint: ulpt_checkpoint_load (and libulpt 1.0) reads its
+ * prompt and optimizer and skips the forward-only state.
+ * Errors: as ulpt_checkpoint_save (ULPT_ERR_INVALID for NULL zo or path). */
+ULPT_API int ulpt_zo_checkpoint_save(const ulpt_zo *zo, const char *path);
+
+/* Load a forward-only checkpoint: creates the prompt, its optimizer and a handle for
+ * them with the stored options and position (free all three as usual: handle, then
+ * optimizer, then prompt).  The out-parameters are written only on success.
+ * Errors: as ulpt_checkpoint_load; ULPT_ERR_INVALID for a NULL argument;
+ * ULPT_ERR_FORMAT for a checkpoint without forward-only state (an ordinary or a format
+ * 1.0 checkpoint: load it with ulpt_checkpoint_load and call ulpt_zo_create);
+ * ULPT_ERR_CORRUPT for forward-only state that ulpt_zo_create would refuse. */
+ULPT_API int ulpt_zo_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, ulpt_zo **zo,
+                                     const char *path);
 
 /* ---------------------------------------------------------------------------------
  * Metadata: string key/value pairs a prompt carries into its files

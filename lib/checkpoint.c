@@ -1,6 +1,7 @@
 /* checkpoint.c -- checkpoints: a prompt file plus the optimizer's options, step count
- * and moments (OPTM, MOM1, MOM2), so that training resumes bit-identically.  This is
- * the one file outside optimizer.c that reads the optimizer's fields. */
+ * and moments (OPTM, MOM1, MOM2), so that training resumes bit-identically; and, in
+ * format 1.1, a forward-only trainer's options and stream position (ZOST).  This is the
+ * one file outside optimizer.c that reads the optimizer's fields. */
 #include "format.h"
 
 #include <math.h>
@@ -20,6 +21,17 @@ enum { /* OPTM fields */
     OPTM_TOTAL = 72,
     OPTM_STEPS = 80,
     OPTM_BYTES = 88, /* in format 1.0; later minor versions may append fields */
+};
+
+enum { /* ZOST fields (format 1.1) */
+    ZOST_SEED = 0,
+    ZOST_POSITION = 8,
+    ZOST_EPSILON = 16,
+    ZOST_DIRECTIONS = 24,
+    ZOST_BATCH = 28,
+    ZOST_DISTRIBUTION = 32,
+    ZOST_PERTURB = 36,
+    ZOST_BYTES = 40, /* in format 1.1; later minor versions may append fields */
 };
 
 /* Step counts past 2^53 are not exact in the double schedule arithmetic: forged. */
@@ -46,13 +58,24 @@ static void write_optm(unsigned char *w, const void *ctx)
     ulpt__put64(w + OPTM_STEPS, o->steps);
 }
 
-int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o, const char *path)
+static void write_zost(unsigned char *w, const void *ctx)
 {
-    const char *func = __func__;
-    if (!p || !o || !path)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : !o ? "optimizer" : "path");
-    if (o->prompt != p)
-        return ULPT_FAIL(ULPT_ERR_MISMATCH, "the optimizer was created for another prompt");
+    const ulpt_zo *zo = ctx;
+    ulpt_zo_options o = ULPT_ZO_OPTIONS_INIT;
+    ulpt_zo_get_options(&o, zo); /* cannot fail: a live handle, this version */
+    ulpt__put64(w + ZOST_SEED, o.seed);
+    ulpt__put64(w + ZOST_POSITION, ulpt_zo_position(zo));
+    ulpt__putf64(w + ZOST_EPSILON, o.epsilon);
+    ulpt__put32(w + ZOST_DIRECTIONS, o.directions);
+    ulpt__put32(w + ZOST_BATCH, o.batch);
+    ulpt__put32(w + ZOST_DISTRIBUTION, (uint32_t)o.distribution);
+    ulpt__put32(w + ZOST_PERTURB, (uint32_t)o.perturb);
+}
+
+/* The checkpoint of p and o, with zo's ZOST section unless zo is NULL. */
+static int save(const char *func, const ulpt_prompt *p, const ulpt_optimizer *o,
+                const ulpt_zo *zo, const char *path)
+{
     ulpt_allocator a = ulpt__allocator();
     ulpt_tensor m = { 0 }, v = { 0 };
     int rc = ulpt__tensor_encode(func, &a, o->m, o->n, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, &m);
@@ -65,8 +88,10 @@ int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o, const ch
             { TAG_OPTM, SECTION_REQUIRED, OPTM_BYTES, write_optm, o },
             ulpt__tensor_section(TAG_MOM1, &m),
             ulpt__tensor_section(TAG_MOM2, &v),
+            { TAG_ZOST, 0, ZOST_BYTES, write_zost, zo }, /* optional: 1.0 readers skip it */
         };
-        rc = ulpt__file_encode(func, &a, p, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, s, 3, 0, &data, &n);
+        rc = ulpt__file_encode(func, &a, p, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, s, zo ? 4 : 3, 0,
+                               &data, &n);
     }
     ulpt__tensor_free(&a, &m);
     ulpt__tensor_free(&a, &v);
@@ -77,12 +102,37 @@ int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o, const ch
     return rc;
 }
 
+int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o, const char *path)
+{
+    if (!p || !o || !path)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : !o ? "optimizer" : "path");
+    if (o->prompt != p)
+        return ULPT_FAIL(ULPT_ERR_MISMATCH, "the optimizer was created for another prompt");
+    return save(__func__, p, o, NULL, path);
+}
+
+int ulpt_zo_checkpoint_save(const ulpt_zo *zo, const char *path)
+{
+    if (!zo || !path)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !zo ? "zo" : "path");
+    return save(__func__, ulpt_zo_prompt(zo), ulpt_zo_optimizer(zo), zo, path);
+}
+
 int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, const char *path)
 {
     if (!prompt || !opt || !path)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
                          !prompt ? "prompt" : !opt ? "opt" : "path");
-    return ulpt__file_load(__func__, path, prompt, opt, NULL);
+    return ulpt__file_load(__func__, path, prompt, opt, NULL, NULL);
+}
+
+int ulpt_zo_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, ulpt_zo **zo,
+                            const char *path)
+{
+    if (!prompt || !opt || !zo || !path)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
+                         !prompt ? "prompt" : !opt ? "opt" : !zo ? "zo" : "path");
+    return ulpt__file_load(__func__, path, prompt, opt, zo, NULL);
 }
 
 #define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
@@ -113,8 +163,33 @@ static int read_optm(const char *func, const ulpt_section *s, ulpt_optimizer_opt
     return ULPT_OK;
 }
 
+int ulpt__zost_read(const char *func, const ulpt_section *s, ulpt_zo_options *o,
+                    uint64_t *position)
+{
+    if (s->len < ZOST_BYTES)
+        return CORRUPT("forward-only section of %zu bytes, expected at least %d", s->len,
+                       ZOST_BYTES);
+    const unsigned char *q = s->data;
+    *o = (ulpt_zo_options)ULPT_ZO_OPTIONS_INIT;
+    o->seed = ulpt__get64(q + ZOST_SEED);
+    o->epsilon = ulpt__getf64(q + ZOST_EPSILON);
+    o->directions = ulpt__get32(q + ZOST_DIRECTIONS);
+    o->batch = ulpt__get32(q + ZOST_BATCH);
+    o->distribution = (int)ulpt__get32(q + ZOST_DISTRIBUTION);
+    o->perturb = (int)ulpt__get32(q + ZOST_PERTURB);
+    *position = ulpt__get64(q + ZOST_POSITION);
+    if (o->batch == 0) /* written resolved, never the "2q" default */
+        return CORRUPT("forward-only batch 0");
+    if (ulpt__zo_check_options(func, o)) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", ulpt_last_error());
+        return CORRUPT("bad forward-only options (%s)", why);
+    }
+    return ULPT_OK;
+}
+
 int ulpt__checkpoint_decode(const char *func, const ulpt_container *c, ulpt_prompt *p,
-                            ulpt_optimizer **out)
+                            ulpt_optimizer **out, ulpt_zo **zo)
 {
     ulpt_tensor t1, t2;
     ulpt_optimizer_options oo;
@@ -139,11 +214,26 @@ int ulpt__checkpoint_decode(const char *func, const ulpt_container *c, ulpt_prom
     for (size_t i = 0; !rc && i < o->n; i++)
         if (!isfinite(o->m[i]) || !isfinite(o->v[i]) || o->v[i] < 0)
             rc = CORRUPT("optimizer moment %zu is not finite (or negative)", i);
+    ulpt_zo *z = NULL;
+    if (!rc && zo) { /* ZOST was checked with the shape (check 3) */
+        ulpt_zo_options zoo;
+        uint64_t position;
+        ulpt__zost_read(func, &c->zost, &zoo, &position);
+        if ((rc = ulpt_zo_create(&z, p, o, &zoo)) != ULPT_OK && rc != ULPT_ERR_NOMEM) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", ulpt_last_error());
+            rc = CORRUPT("bad forward-only state (%s)", why);
+        }
+        if (!rc)
+            ulpt_zo_set_position(z, position);
+    }
     if (rc) {
         ulpt_optimizer_free(o);
         return rc;
     }
     o->steps = steps;
     *out = o;
+    if (zo)
+        *zo = z;
     return ULPT_OK;
 }

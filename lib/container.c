@@ -1,6 +1,6 @@
 /* container.c -- the container every prompt file and checkpoint shares: a 24-byte
  * header, tagged sections, a CRC-32 trailer (docs/FORMAT.md, "Layout").  It knows the
- * tags of format 1.0 and their flag rule, nothing of what the payloads hold. */
+ * tags of formats 1.0 and 1.1 and their flag rule, nothing of what the payloads hold. */
 #include "format.h"
 
 #include <stdio.h>
@@ -20,7 +20,11 @@ int ulpt__container_write(const char *func, const ulpt_allocator *a, int kind,
     unsigned char *file = mem + prefix, *w = file;
     memcpy(w + HDR_MAGIC, MAGIC, MAGIC_BYTES);
     ulpt__put16(w + HDR_MAJOR, FORMAT_MAJOR);
-    ulpt__put16(w + HDR_MINOR, FORMAT_MINOR);
+    unsigned minor = 0; /* the oldest version that has every section written */
+    for (int i = 0; i < n; i++)
+        if (ulpt__section_minor(s[i].tag) > minor)
+            minor = ulpt__section_minor(s[i].tag);
+    ulpt__put16(w + HDR_MINOR, (uint16_t)minor);
     ulpt__put32(w + HDR_KIND, (uint32_t)kind);
     ulpt__put64(w + HDR_LENGTH, total);
     w += HEADER_BYTES;
@@ -54,7 +58,9 @@ void ulpt__tag_name(uint32_t tag, char out[12])
 
 #define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
 
-/* Where a section of format 1.0 goes; NULL for a tag this version does not know. */
+unsigned ulpt__section_minor(uint32_t tag) { return tag == TAG_ZOST ? 1 : 0; }
+
+/* Where a section of format 1.0 or 1.1 goes; NULL for a tag this version does not know. */
 static ulpt_section *slot_of(ulpt_container *c, uint32_t tag)
 {
     switch (tag) {
@@ -64,6 +70,7 @@ static ulpt_section *slot_of(ulpt_container *c, uint32_t tag)
     case TAG_OPTM: return &c->optm;
     case TAG_MOM1: return &c->mom1;
     case TAG_MOM2: return &c->mom2;
+    case TAG_ZOST: return &c->zost;
     default: return NULL;
     }
 }

@@ -119,6 +119,8 @@ static int check_sections(const char *func, const ulpt_container *c)
         return CORRUPT("checkpoint without complete optimizer sections");
     if (c->kind == ULPT_FILE_PROMPT && (c->optm.data || c->mom1.data || c->mom2.data))
         return CORRUPT("a prompt file with optimizer sections");
+    if (c->kind == ULPT_FILE_PROMPT && c->zost.data)
+        return CORRUPT("a prompt file with a forward-only section (ZOST)");
     if (ulpt__get32(c->shap.data + SHAP_RESERVED) != 0)
         return CORRUPT("the shape's reserved field is not 0");
     return ULPT_OK;
@@ -153,9 +155,10 @@ static double memory_needed(const ulpt_prompt_options *o, int checkpoint, size_t
 }
 
 /* Checks 4-6: counts, the parameter tensor's header, memory, metadata.  Nothing is
- * allocated; a forged shape cannot outgrow the bytes behind it. */
+ * allocated; a forged shape cannot outgrow the bytes behind it.  zo: the forward-only
+ * trainer that will be built too, NULL for none. */
 static int check_shape(const char *func, const ulpt_container *c, size_t len, int checkpoint,
-                       const ulpt_prompt_options *po, ulpt_tensor *tp)
+                       const ulpt_prompt_options *po, const ulpt_zo_options *zo, ulpt_tensor *tp)
 {
     double count = (double)po->n_tokens * po->rank +
                    (double)po->dim * !(po->flags & ULPT_NO_SCALE) +
@@ -174,6 +177,8 @@ static int check_shape(const char *func, const ulpt_container *c, size_t len, in
     if (c->kind == ULPT_FILE_CHECKPOINT && tp->dtype != ULPT_DTYPE_F32)
         return ulpt__error(ULPT_ERR_FORMAT, func, "checkpoint parameters must be f32");
     double need = memory_needed(po, checkpoint, len), allowed = (double)len * MAX_INFLATE;
+    if (zo)
+        need += ulpt__zo_memory(zo, count, (double)po->n_tokens * po->dim);
     if (need > (allowed > ALLOC_FLOOR ? allowed : ALLOC_FLOOR))
         return CORRUPT("shape %u x %u x %u needs %.0f bytes, impossible for a %zu-byte file",
                        po->n_tokens, po->rank, po->dim, need, len);
@@ -214,7 +219,7 @@ static int build(const char *func, const ulpt_container *c, const ulpt_prompt_op
 }
 
 int ulpt__file_decode(const char *func, const unsigned char *b, size_t len, ulpt_prompt **out,
-                      ulpt_optimizer **opt, ulpt_file_info *info)
+                      ulpt_optimizer **opt, ulpt_zo **zo, ulpt_file_info *info)
 {
     ulpt_container c;
     int rc = ulpt__container_read(func, b, len, &c);
@@ -224,15 +229,25 @@ int ulpt__file_decode(const char *func, const unsigned char *b, size_t len, ulpt
         return rc;
     if (opt && c.kind != ULPT_FILE_CHECKPOINT)
         return ulpt__error(ULPT_ERR_FORMAT, func, "a prompt file, not a checkpoint");
+    if (zo && !c.zost.data)
+        return ulpt__error(ULPT_ERR_FORMAT, func,
+                           "a checkpoint without forward-only state (format %u.%u, no ZOST "
+                           "section); load it with ulpt_checkpoint_load and start a stream "
+                           "with ulpt_zo_create", c.major, c.minor);
+    ulpt_zo_options zoo;
+    uint64_t position;
+    if (opt && c.zost.data && (rc = ulpt__zost_read(func, &c.zost, &zoo, &position)))
+        return rc; /* checked by every checkpoint reader, built only for zo */
     ulpt_prompt_options po;
     ulpt_tensor tp;
     shape_options(&c.shap, &po);
     ulpt_prompt *p = NULL;
     ulpt_optimizer *o = NULL;
-    if ((rc = check_shape(func, &c, len, opt != NULL, &po, &tp)) ||
+    ulpt_zo *z = NULL;
+    if ((rc = check_shape(func, &c, len, opt != NULL, &po, zo ? &zoo : NULL, &tp)) ||
         (rc = build(func, &c, &po, &tp, &p)))
         return rc;
-    if (opt && (rc = ulpt__checkpoint_decode(func, &c, p, &o))) {
+    if (opt && (rc = ulpt__checkpoint_decode(func, &c, p, &o, zo ? &z : NULL))) {
         ulpt_prompt_free(p);
         return rc;
     }
@@ -247,6 +262,8 @@ int ulpt__file_decode(const char *func, const unsigned char *b, size_t len, ulpt
     *out = p;
     if (opt)
         *opt = o;
+    if (zo)
+        *zo = z;
     return ULPT_OK;
 }
 
@@ -328,11 +345,11 @@ int ulpt_prompt_load_buffer(ulpt_prompt **out, const void *buf, size_t len)
 {
     if (!out || !buf)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "buf");
-    return ulpt__file_decode(__func__, buf, len, out, NULL, NULL);
+    return ulpt__file_decode(__func__, buf, len, out, NULL, NULL, NULL);
 }
 
 int ulpt__file_load(const char *func, const char *path, ulpt_prompt **out, ulpt_optimizer **opt,
-                    ulpt_file_info *info)
+                    ulpt_zo **zo, ulpt_file_info *info)
 {
     ulpt_allocator a = ulpt__allocator();
     void *data;
@@ -340,7 +357,7 @@ int ulpt__file_load(const char *func, const char *path, ulpt_prompt **out, ulpt_
     int rc = ulpt__read_file(func, &a, path, &data, &len);
     if (rc)
         return rc;
-    rc = ulpt__file_decode(func, data, len, out, opt, info);
+    rc = ulpt__file_decode(func, data, len, out, opt, zo, info);
     ulpt__free(&a, data);
     return rc;
 }
@@ -349,7 +366,7 @@ int ulpt_prompt_load(ulpt_prompt **out, const char *path)
 {
     if (!out || !path)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "path");
-    return ulpt__file_load(__func__, path, out, NULL, NULL);
+    return ulpt__file_load(__func__, path, out, NULL, NULL, NULL);
 }
 
 int ulpt_prompt_load_for_model(ulpt_prompt **out, const char *path, const char *model)
@@ -357,7 +374,7 @@ int ulpt_prompt_load_for_model(ulpt_prompt **out, const char *path, const char *
     if (!out || !path || !model)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : !path ? "path" : "model");
     ulpt_prompt *p;
-    int rc = ulpt__file_load(__func__, path, &p, NULL, NULL);
+    int rc = ulpt__file_load(__func__, path, &p, NULL, NULL, NULL);
     if (rc)
         return rc;
     const char *tuned = ulpt_prompt_get_meta(p, "model");
@@ -389,7 +406,7 @@ int ulpt_file_inspect(const char *path, ulpt_file_info *info)
     int checkpoint = len >= HEADER_BYTES && ulpt__get32(b + HDR_KIND) == ULPT_FILE_CHECKPOINT;
     ulpt_prompt *p = NULL;
     ulpt_optimizer *o = NULL;
-    rc = ulpt__file_decode(__func__, b, len, &p, checkpoint ? &o : NULL, &tmp);
+    rc = ulpt__file_decode(__func__, b, len, &p, checkpoint ? &o : NULL, NULL, &tmp);
     ulpt__free(&a, data);
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);

@@ -10,7 +10,7 @@
  *   tensor.c      tensor payloads (PARM, MOM1, MOM2): dtypes, byte planes, codecs
  *   meta.c        the META payload (with the metadata it serialises)
  *   file.c        prompt files: SHAP, the load checks, save/load/inspect
- *   checkpoint.c  OPTM and the moments: checkpoints */
+ *   checkpoint.c  OPTM and the moments: checkpoints; ZOST, forward-only state (1.1) */
 #ifndef ULPT_FORMAT_H
 #define ULPT_FORMAT_H
 
@@ -18,7 +18,9 @@
 #include "internal.h"
 
 #define FORMAT_MAJOR 1
-#define FORMAT_MINOR 0
+/* The newest minor version this library knows.  A file is written with the oldest minor
+ * version that has all its sections (ulpt__section_minor): 1.0 unless it holds ZOST. */
+#define FORMAT_MINOR 1
 
 /* ---- the container (container.c) -------------------------------------------------- */
 
@@ -50,6 +52,7 @@ enum {
     TAG_OPTM = TAG('O', 'P', 'T', 'M'),
     TAG_MOM1 = TAG('M', 'O', 'M', '1'),
     TAG_MOM2 = TAG('M', 'O', 'M', '2'),
+    TAG_ZOST = TAG('Z', 'O', 'S', 'T'), /* format 1.1 */
 };
 
 /* A section's payload inside the file's bytes; data NULL when the file has none. */
@@ -63,6 +66,7 @@ typedef struct {
     int kind; /* ULPT_FILE_PROMPT or ULPT_FILE_CHECKPOINT */
     unsigned major, minor;
     ulpt_section shap, meta, parm, optm, mom1, mom2; /* the sections of format 1.0 */
+    ulpt_section zost;                               /* and of 1.1 */
 } ulpt_container;
 
 /* A section to write: `len` payload bytes that write() puts at out. */
@@ -78,6 +82,9 @@ typedef struct {
 int ulpt__container_write(const char *func, const ulpt_allocator *a, int kind,
                           const ulpt_section_out *s, int n, size_t prefix, unsigned char **base,
                           size_t *len);
+
+/* The minor format version that introduced a tag (0 for those of 1.0). */
+unsigned ulpt__section_minor(uint32_t tag);
 
 /* Magic, version, length, checksum, kind and section table (docs/FORMAT.md, checks 1-3). */
 int ulpt__container_read(const char *func, const unsigned char *b, size_t len, ulpt_container *c);
@@ -158,19 +165,26 @@ int ulpt__file_encode(const char *func, const ulpt_allocator *a, const ulpt_prom
                       int level, const ulpt_section_out *extra, int n_extra, size_t prefix,
                       unsigned char **base, size_t *len);
 
-/* Everything from a file's bytes; opt NULL: the prompt only.  info, if not NULL,
- * describes the file. */
+/* Everything from a file's bytes; opt NULL: the prompt only; zo (with opt) not NULL:
+ * the forward-only trainer of a ZOST checkpoint too.  info, if not NULL, describes the
+ * file. */
 int ulpt__file_decode(const char *func, const unsigned char *b, size_t len, ulpt_prompt **out,
-                      ulpt_optimizer **opt, ulpt_file_info *info);
+                      ulpt_optimizer **opt, ulpt_zo **zo, ulpt_file_info *info);
 
-/* Read path and decode it (opt and info as for ulpt__file_decode). */
+/* Read path and decode it (opt, zo and info as for ulpt__file_decode). */
 int ulpt__file_load(const char *func, const char *path, ulpt_prompt **out, ulpt_optimizer **opt,
-                    ulpt_file_info *info);
+                    ulpt_zo **zo, ulpt_file_info *info);
 
 /* ---- checkpoints (checkpoint.c) ----------------------------------------------------- */
 
-/* The optimizer of a checkpoint whose prompt p was just decoded (check 8). */
+/* The ZOST payload's fields, checked (check 3; nothing allocated): the options of the
+ * trainer (batch resolved) and its stream position. */
+int ulpt__zost_read(const char *func, const ulpt_section *s, ulpt_zo_options *o,
+                    uint64_t *position);
+
+/* The optimizer of a checkpoint whose prompt p was just decoded, and with zo not NULL
+ * the forward-only trainer of its ZOST section (check 8). */
 int ulpt__checkpoint_decode(const char *func, const ulpt_container *c, ulpt_prompt *p,
-                            ulpt_optimizer **out);
+                            ulpt_optimizer **out, ulpt_zo **zo);
 
 #endif /* ULPT_FORMAT_H */

@@ -38,7 +38,7 @@ static int use_fused(const ulpt_prompt *p)
 }
 
 /* Vanilla prompt tuning, Z: n x d:  E = Z (.) s + b;  dZ += G (.) s,  ds += Z (.) G,
- * db += G.  Elementwise, one pass each way; backward returns 1 if dZ stayed finite. */
+ * db += G.  Elementwise; backward returns 1 if dZ stayed finite. */
 static void identity_forward(const ulpt_prompt *p, float *e, size_t ld)
 {
     const size_t d = p->d;
@@ -69,13 +69,18 @@ ULPT__MUST_CHECK static int identity_backward(ulpt_prompt *p, const float *grad,
     for (size_t i = 0; i < p->n; i++) {
         const float *restrict g = grad + i * ld, *restrict z = p->z + i * d;
         float *restrict gz = p->gz + i * d;
-        for (size_t j = 0; j < d; j++) {
-            gz[j] += s ? g[j] * s[j] : g[j];
-            if (gs)
+        if (s) /* one loop each, so that each vectorises */
+            for (size_t j = 0; j < d; j++)
+                gz[j] += g[j] * s[j];
+        else
+            for (size_t j = 0; j < d; j++)
+                gz[j] += g[j];
+        if (gs)
+            for (size_t j = 0; j < d; j++)
                 gs[j] += z[j] * g[j];
-            if (gb)
+        if (gb)
+            for (size_t j = 0; j < d; j++)
                 gb[j] += g[j];
-        }
         finite &= ulpt__all_finite(gz, d); /* the row is still in L1 */
     }
     return finite;

@@ -14,8 +14,8 @@
  * vector types; plain loops elsewhere); on x86-64 a second copy is compiled for AVX2
  * and chosen at run time, while the shipped library targets the baseline ISA.  Both
  * copies do the same float operations in the same order, so they give identical
- * results.  docs/DESIGN.md ("Speed") has the measured crossover to the
- * GEMM path in prompt.c. */
+ * results.  docs/DESIGN.md ("Speed") has the measured crossover to the GEMM path in
+ * forward.c. */
 #include "internal.h"
 
 #include <string.h>
@@ -37,15 +37,16 @@ int ulpt__kernel_force = ULPT__KERNEL_AUTO;
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 /* the same, at any float address, and allowed to alias float arrays */
-typedef float vf_unaligned __attribute__((vector_size(VL * sizeof(float)), aligned(4), may_alias));
+typedef float vf_unaligned
+    __attribute__((vector_size(VL * sizeof(float)), aligned(4), may_alias));
 #define INLINE static inline __attribute__((always_inline))
 INLINE vf vload(const float *x) { return *(const vf_unaligned *)x; }
 #define vstore(x, v) (*(vf_unaligned *)(x) = (v))
 INLINE vf vsplat(float a) { return (vf){a, a, a, a, a, a, a, a}; }
 #define vadd(a, b) ((a) + (b))
+#define vmul(a, b) ((a) * (b))
 /* A chunk's rows are far apart, too far for the hardware to guess the next one. */
 #define PREFETCH(x, rw) __builtin_prefetch((x), (rw))
-#define vmul(a, b) ((a) * (b))
 #else /* any other C11 compiler: the same arithmetic, lane by lane */
 typedef struct { float v[VL]; } vf;
 #define INLINE static inline
@@ -76,10 +77,10 @@ static size_t chunk_cols(size_t r, size_t d)
 /* Where in `area` (AREA_FLOATS floats) the chunk data starts.  A load whose address
  * matches a recent store's in its low 12 bits waits for it as if they were the same
  * address ("4K aliasing").  Forward loads P (.) s and b while storing E; backward loads
- * G while storing M and the sums.  Chunk rows are 2 KiB apart, so all of them sit at one
- * of two offsets modulo 4 KiB, and placing the first `rel` bytes after the streamed row
- * (modulo 4 KiB, rounded down to a cache line) keeps both clear of the rows' recent
- * accesses: forward wants its loads just ahead of E (rel = 256), backward wants its
+ * G while storing M and the sums.  Up to rank 4 chunk rows are 2 KiB apart, so all of
+ * them sit at one of two offsets modulo 4 KiB, and placing the first `rel` bytes after
+ * the streamed row (modulo 4 KiB, rounded down to a cache line) keeps both clear of the
+ * rows' recent accesses: forward wants its loads just ahead of E (rel = 256), backward wants its
  * stores well behind G (rel = 1792). */
 static float *chunk_data(float *area, const float *row, size_t rel)
 {
@@ -295,19 +296,24 @@ ULPT__MUST_CHECK __attribute__((target("avx2"))) static int backward_avx2(BACKWA
 {
     return backward_body(dz, ds, db, g, ld, z, rows, r, proj, s, d);
 }
-static int use_avx2(void)
+#endif
+
+int ulpt__use_avx2(void)
 {
+#ifdef HAVE_AVX2
     if (ulpt__kernel_force == ULPT__KERNEL_FUSED_PORTABLE)
         return 0;
     __builtin_cpu_init(); /* idempotent; needed if called before constructors ran */
     return __builtin_cpu_supports("avx2");
-}
+#else
+    return 0;
 #endif
+}
 
 void ulpt__fused_forward(FORWARD_ARGS)
 {
 #ifdef HAVE_AVX2
-    if (use_avx2()) {
+    if (ulpt__use_avx2()) {
         forward_avx2(e, ld, z, rows, r, proj, s, b, d);
         return;
     }
@@ -318,7 +324,7 @@ void ulpt__fused_forward(FORWARD_ARGS)
 int ulpt__fused_backward(BACKWARD_ARGS)
 {
 #ifdef HAVE_AVX2
-    if (use_avx2())
+    if (ulpt__use_avx2())
         return backward_avx2(dz, ds, db, g, ld, z, rows, r, proj, s, d);
 #endif
     return backward_portable(dz, ds, db, g, ld, z, rows, r, proj, s, d);

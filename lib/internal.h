@@ -66,6 +66,12 @@ ULPT__MUST_CHECK int ulpt__mul(size_t a, size_t b, size_t *out);
 /* Philox4x32-10: out = Philox(counter, key). */
 void ulpt__philox4x32(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]);
 
+/* Blocks q0 .. q0 + n - 1 of the stream (key seed, counter (q, q >> 32, c2, c3)):
+ * out[4 (q - q0) + i] = word i of block q.  The same words as ulpt__philox4x32, several
+ * blocks at a time (vectorised, with the AVX2 copy where the CPU has it). */
+void ulpt__philox4x32_blocks(uint32_t *out, uint64_t q0, size_t n, uint32_t c2, uint32_t c3,
+                             uint64_t seed);
+
 /* Fill out[0..count) with N(0,1) draws, stream (seed, c2, c3) of docs/PROJECTION.md,
  * scaled by `scale` (in double, then rounded to float). */
 void ulpt__normal_fill(float *out, size_t count, uint64_t seed, uint32_t c2, uint32_t c3,
@@ -74,6 +80,16 @@ void ulpt__normal_fill(float *out, size_t count, uint64_t seed, uint32_t c2, uin
 /* Direction `index` of the forward-only stream of `seed` (docs/PROJECTION.md section 6):
  * count elements (count <= 2^34), Rademacher +-1 or, with gaussian, N(0,1). */
 void ulpt__zo_direction(float *out, size_t count, uint64_t seed, uint64_t index, int gaussian);
+
+/* ---- forward-only training (zo.c) ----------------------------------------------------- */
+
+/* Check options (a full current-version struct) as ulpt_zo_create does, naming the
+ * field in an ULPT_ERR_INVALID from func; batch 0 becomes 2q. */
+int ulpt__zo_check_options(const char *func, ulpt_zo_options *o);
+
+/* Bytes ulpt_zo_create takes for these options (batch resolved), a prompt of n_params
+ * parameters and n_tokens x dim = nd rows: the load bound of a checkpoint counts them. */
+double ulpt__zo_memory(const ulpt_zo_options *o, double n_params, double nd);
 
 /* ---- projection internals (projection.c) ---------------------------------------- */
 
@@ -99,6 +115,10 @@ enum {
     ULPT__KERNEL_FUSED_PORTABLE, /* fused loops, the baseline-ISA copy */
 };
 extern int ulpt__kernel_force;
+
+/* 1 if the AVX2 copies of the vectorised loops may run: the CPU has AVX2 and the tests
+ * have not forced the baseline copies (ULPT__KERNEL_FUSED_PORTABLE). */
+int ulpt__use_avx2(void);
 
 /* E[i,:] = b + sum_k z[i,k] (proj[k,:] (.) s) for `rows` rows (E row stride ld, z rows
  * of r <= ULPT__FUSED_MAX_RANK, proj r x d); s and b NULL when absent. */
@@ -202,14 +222,14 @@ struct ulpt_optimizer {
  * those products has no branch, so it vectorises and runs at memory speed. */
 ULPT__MUST_CHECK static inline int ulpt__all_finite(const float *x, size_t count)
 {
-    float acc[8] = { 0 };
+    float acc[32] = { 0 }; /* 32 lanes: enough independent adds to hide their latency */
     size_t i = 0;
-    for (; i + 8 <= count; i += 8)
-        for (int l = 0; l < 8; l++)
+    for (; i + 32 <= count; i += 32)
+        for (int l = 0; l < 32; l++)
             acc[l] += x[i + l] * 0.0f;
     for (; i < count; i++)
         acc[0] += x[i] * 0.0f;
-    for (int l = 1; l < 8; l++)
+    for (int l = 1; l < 32; l++)
         acc[0] += acc[l];
     return acc[0] == 0.0f;
 }

@@ -25,25 +25,22 @@ uint64_t ulpt__group_seed(uint64_t seed, uint32_t group)
 }
 
 /* Uniform kinds: (2u - 1) is exact in float and the product is one rounding, so these
- * are bit-identical on every IEEE platform. */
+ * are bit-identical on every IEEE platform.  The words come a few thousand at a time. */
 static void fill_words(float *out, size_t count, uint64_t seed, uint32_t rank, uint32_t dim,
                        int kind, float a)
 {
-    const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
-    for (size_t q = 0; q * 4 < count; q++) {
-        const uint32_t ctr[4] = {(uint32_t)q, (uint32_t)((uint64_t)q >> 32), rank, dim};
-        uint32_t x[4];
-        ulpt__philox4x32(ctr, key, x);
-        for (size_t lane = 0; lane < 4 && q * 4 + lane < count; lane++) {
-            float v;
-            if (kind == ULPT_PROJ_RADEMACHER) {
-                v = (x[lane] >> 31) ? -a : a;
-            } else {
-                float u = (float)(x[lane] >> 8) * 0x1p-24f;
-                v = (2.0f * u - 1.0f) * a;
-            }
-            out[q * 4 + lane] = v;
-        }
+    enum { BLOCKS = 256 }; /* 4 KiB of words */
+    uint32_t x[4 * BLOCKS];
+    for (size_t i0 = 0; i0 < count; i0 += 4 * BLOCKS) {
+        const size_t m = count - i0 < 4 * BLOCKS ? count - i0 : 4 * BLOCKS;
+        ulpt__philox4x32_blocks(x, i0 / 4, (m + 3) / 4, rank, dim, seed);
+        float *restrict o = out + i0;
+        if (kind == ULPT_PROJ_RADEMACHER)
+            for (size_t i = 0; i < m; i++)
+                o[i] = (x[i] >> 31) ? -a : a;
+        else
+            for (size_t i = 0; i < m; i++)
+                o[i] = (2.0f * ((float)(x[i] >> 8) * 0x1p-24f) - 1.0f) * a;
     }
 }
 

@@ -54,8 +54,7 @@ int ulpt_zo_options_init(ulpt_zo_options *opts, unsigned version)
     return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
 }
 
-/* Checks o (a full current-version struct) and resolves batch 0 to 2q. */
-static int check_options(const char *func, ulpt_zo_options *o)
+int ulpt__zo_check_options(const char *func, ulpt_zo_options *o)
 {
     if (!(o->epsilon > 0) || !isfinite(o->epsilon) || !((float)o->epsilon > 0) ||
         !isfinite((float)o->epsilon))
@@ -84,7 +83,7 @@ int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *opt, const ulp
     ulpt_zo_options o;
     int rc = ulpt__versioned_read(func, &options_v, opts, &o);
     if (!rc)
-        rc = check_options(func, &o);
+        rc = ulpt__zo_check_options(func, &o);
     if (rc)
         return rc;
 
@@ -130,6 +129,12 @@ int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *opt, const ulp
     z->u = z->theta + np;
     *out = z;
     return ULPT_OK;
+}
+
+double ulpt__zo_memory(const ulpt_zo_options *o, double n_params, double nd)
+{
+    _Static_assert(sizeof(ulpt_zo) <= 256, "docs/FORMAT.md counts the handle as 256 bytes");
+    return 256 + 4 * (3 * n_params + (double)o->batch * nd) + 16.0 * o->directions;
 }
 
 void ulpt_zo_free(ulpt_zo *zo)

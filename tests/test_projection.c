@@ -67,6 +67,31 @@ static const struct {
       0.376344085f, 0.74544847f}},
 };
 
+/* The batched generator gives the words of the one-block function, in stream order,
+ * through both copies (AVX2 and baseline), for any start and length, including runs
+ * whose low counter word wraps into the high one. */
+TEST_LOOP(philox_blocks_match_the_one_block_function, 0, 2)
+{
+    static const uint64_t starts[] = {0, 1, 5, 1000, 0xfffffff9u, 0xfffffffcu, 0x1fffffffdull};
+    uint32_t got[4 * 40], want[4];
+    ulpt__kernel_force = _i ? ULPT__KERNEL_FUSED_PORTABLE : ULPT__KERNEL_AUTO;
+    for (size_t s = 0; s < sizeof starts / sizeof starts[0]; s++)
+        for (size_t n = 0; n <= 40; n += (n < 18 ? 1 : 11)) {
+            const uint64_t seed = 0x0123456789abcdefull + s;
+            ulpt__philox4x32_blocks(got, starts[s], n, 7, 4096, seed);
+            const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+            for (size_t b = 0; b < n; b++) {
+                const uint64_t q = starts[s] + b;
+                const uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), 7, 4096};
+                ulpt__philox4x32(ctr, key, want);
+                ck_assert_msg(!memcmp(got + 4 * b, want, sizeof want),
+                              "block %llu of a run of %zu from %llu differs",
+                              (unsigned long long)q, n, (unsigned long long)starts[s]);
+            }
+        }
+    ulpt__kernel_force = ULPT__KERNEL_AUTO;
+}
+
 TEST_LOOP(projection_matches_known_answers, 0, (int)(sizeof proj_kat / sizeof proj_kat[0]))
 {
     ulpt_projection *p;

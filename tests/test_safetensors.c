@@ -42,7 +42,8 @@ TEST(safetensors_export_refuses_a_nan_parameter_and_writes_nothing)
     unsigned char *before = read_all(path, &len);
     ulpt_prompt_params(p)[5 * 2 + 24 + 7] = NAN; /* shift[7] */
     ck_assert_int_eq(ulpt_prompt_export_safetensors(p, path), ULPT_ERR_NONFINITE);
-    ck_assert_str_eq(ulpt_last_error(), "ulpt_prompt_export_safetensors: parameter shift[7] is nan");
+    ck_assert_str_eq(ulpt_last_error(),
+                     "ulpt_prompt_export_safetensors: parameter shift[7] is nan");
     unsigned char *after = read_all(path, &len2);
     ck_assert_uint_eq(len2, len);
     ck_assert_mem_eq(after, before, len);

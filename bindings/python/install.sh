@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/src/ulpt"
-cp "$here/pyproject.toml" "$here/README.md" "$tmp/src/"
+cp "$here/pyproject.toml" "$here/setup.py" "$here/README.md" "$tmp/src/"
 cp "$here"/ulpt/*.py "$here/ulpt/py.typed" "$tmp/src/ulpt/"
 if ! "$python" -m pip wheel -q --no-build-isolation --no-index --no-deps -w "$tmp/wheel" \
         "$tmp/src" >"$tmp/log" 2>&1; then

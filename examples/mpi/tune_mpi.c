@@ -53,14 +53,25 @@ static int world_rank, world_size;
 
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* The line goes out in one write(): mpirun forwards each rank's stderr as it reads it, so
+ * a line written in pieces can be cut by another rank's line. */
 static int fail(const char *fmt, ...)
 {
+    char line[4096]; /* PIPE_BUF: a write that size is never split */
+    int n = snprintf(line, sizeof line, "tune_mpi: rank %d: ", world_rank);
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "tune_mpi: rank %d: ", world_rank);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    n += vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
     va_end(ap);
+    if ((size_t)n > sizeof line - 2) /* cut a long message, keep the newline */
+        n = (int)sizeof line - 2;
+    line[n++] = '\n';
+    for (ssize_t k = 0, w; k < n; k += w)
+        if ((w = write(STDERR_FILENO, line + k, (size_t)(n - k))) < 0) {
+            if (errno != EINTR)
+                break;
+            w = 0;
+        }
     return 1;
 }
 
@@ -512,6 +523,7 @@ out:
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
+    setvbuf(stdout, NULL, _IOLBF, 0); /* each progress line reaches mpirun whole */
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world_size);
     int rc = run(argc, argv);

@@ -1,4 +1,5 @@
-/* fuzz_checkpoint.c -- checkpoints from arbitrary bytes; what loads must keep training. */
+/* fuzz_checkpoint.c -- checkpoints from arbitrary bytes, read by both loaders; what loads
+ * must keep training. */
 #include "fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -20,6 +21,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (p || o) {
         abort();
     }
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+    p = NULL, o = NULL;
+    ulpt_zo *z = NULL;
+    if (ulpt_zo_checkpoint_load(&p, &o, &z, path) == ULPT_OK) {
+        if (ulpt_zo_prompt(z) != p || ulpt_zo_optimizer(z) != o)
+            abort();
+        float *u = malloc(ulpt_prompt_num_params(p) * sizeof *u);
+        if (!u || ulpt_zo_direction(u, z, ulpt_zo_position(z)) != ULPT_OK)
+            abort();
+        free(u);
+    } else if (p || o || z) {
+        abort();
+    }
+    ulpt_zo_free(z);
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
     close(fd);

@@ -1,5 +1,5 @@
 /* seeds.c -- real files to start the fuzzers from: prompt files of several shapes and
- * storage types, and checkpoints of each optimizer.  Usage: seeds DIR */
+ * storage types, checkpoints of each optimizer, forward-only ones too.  Usage: seeds DIR */
 #include <stdio.h>
 
 #include "ulpt.h"
@@ -37,6 +37,16 @@ int main(int argc, char **argv)
             return 1;
         snprintf(path, sizeof path, "%s/checkpoint-%d.ulpt", argv[1], s);
         if (ulpt_checkpoint_save(p, o, path))
+            return 1;
+        ulpt_zo_options zoo = ULPT_ZO_OPTIONS_INIT;
+        zoo.directions = (uint32_t)s + 1, zoo.distribution = s % 2, zoo.perturb = s == 2;
+        ulpt_zo *z;
+        if (ulpt_zo_create(&z, p, o, &zoo) || ulpt_zo_set_position(z, 77))
+            return 1;
+        snprintf(path, sizeof path, "%s/zo-checkpoint-%d.ulpt", argv[1], s);
+        int rc = ulpt_zo_checkpoint_save(z, path);
+        ulpt_zo_free(z);
+        if (rc)
             return 1;
         ulpt_optimizer_free(o);
         ulpt_prompt_free(p);

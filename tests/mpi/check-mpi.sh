@@ -28,6 +28,10 @@ for f in "$tune" "$diff" "$nan_model"; do
 done
 steps=20
 tol=1e-5
+# Bounds a run that hangs (a rank stuck in a collective); no run is timed.  A healthy run
+# takes seconds, but a loaded machine running 4 oversubscribed ranks must not pass for a
+# hang, hence the margin.
+limit=600
 
 # Shared memory between the ranks of one machine, without the single-copy mechanism
 # (CMA needs ptrace rights that containers often lack), no ssh, no network transports.
@@ -49,16 +53,31 @@ tune=./tune_mpi
 diff=./param_diff
 nan_model=./nan_model
 fail() { echo "check-mpi: FAIL: $*" >&2; exit 1; }
-run() { # run NAME MPIRUN-ARGUMENTS...: a bounded run, its output in NAME.log
+# Ranks write concurrently and mpirun forwards their output as it comes, so the lines of
+# different ranks in NAME.log may come in any order: assertions read each rank's own
+# output, which mpirun also copies to NAME.out/JOB/rank.R/stdout and stderr.
+runs() { # runs NAME MPIRUN-ARGUMENTS...: a bounded run, with mpirun's status
     name=$1; shift
-    if ! timeout 300 $mpirun "$@" > "$name.log" 2>&1; then
+    timeout $limit $mpirun --output-filename "$name.out" "$@" > "$name.log" 2>&1
+}
+run() { # run NAME MPIRUN-ARGUMENTS...: a bounded run that must succeed
+    name=$1; shift
+    if ! runs "$name" "$@"; then
         cat "$name.log" >&2
         fail "$name: mpirun $*"
     fi
 }
+of() { # of NAME RANK stdout|stderr: what rank RANK wrote there in run NAME
+    set -- "$1".out/*/rank."$2"/"$3"
+    [ -f "$1" ] || { echo "check-mpi: $1 is missing" >&2; return 1; }
+    cat "$1"
+}
+expect() { # expect NAME RANK REGEX WHAT: rank RANK's stderr in run NAME has the line
+    of "$1" "$2" stderr | grep -q "$3" || { cat "$1.log" >&2; fail "$4"; }
+}
 common="names --model tinylm.tlm --steps $steps"
 
-timeout 60 $mpirun -np 2 true > "start.log" 2>&1 || {
+timeout $limit $mpirun -np 2 true > "start.log" 2>&1 || {
     cat "start.log" >&2
     fail "mpirun cannot start two processes here (it needs at least the loopback interface)"
 }
@@ -86,7 +105,7 @@ for n in 2 4; do
 done
 
 # The first step's loss and gradient norm: "step    1/20  loss L  |grad| G".
-first() { sed -n 's/^step *1\/[0-9]*  loss \([^ ]*\)  |grad| \([^ ]*\)$/\1 \2/p' "$1.log"; }
+first() { of "$1" 0 stdout | sed -n 's/^step *1\/[0-9]*  loss \([^ ]*\)  |grad| \([^ ]*\)$/\1 \2/p'; }
 for n in 2 4; do
     echo "$(first r1) $(first r$n)" | awk -v n=$n '
         NF != 4 { print "check-mpi: FAIL: no first-step line for 1 or " n " ranks"; exit 1 }
@@ -110,41 +129,41 @@ run resume2 -np 2 "$tune" $common --resume "mid.ulpt" --save "resumed2.ulpt"
 run resume4 -np 4 "$tune" $common --resume "mid.ulpt" --save "resumed4.ulpt"
 "$diff" "p1.ulpt" "resumed4.ulpt" $tol ||
     fail "4 ranks resumed from 2 ranks' checkpoint are further than $tol from 1 rank"
-grep -q "^steps 11\.\.20:" "resume4.log" || fail "the resumed run did not start at step 11"
-if timeout 120 $mpirun -np 2 "$tune" $common --batch 4 --resume mid.ulpt > wrong.log 2>&1; then
+of resume4 0 stdout | grep -q "^steps 11\.\.20:" || fail "the resumed run did not start at step 11"
+if runs wrong -np 2 "$tune" $common --batch 4 --resume mid.ulpt; then
     fail "a checkpoint resumed with another global batch"
 fi
-grep -q "mid.ulpt was started with --seed 1 --batch 8 --steps $steps" wrong.log ||
-    { cat wrong.log >&2; fail "no message for a resume with another global batch"; }
+for r in 0 1; do # every rank reads the checkpoint and refuses it
+    expect wrong $r "^tune_mpi: rank $r: mid.ulpt was started with --seed 1 --batch 8 --steps $steps" \
+        "no message from rank $r for a resume with another global batch"
+done
 echo "check-mpi: a checkpoint resumes bit-identically on 2 ranks, within $tol on 4, and not with another batch"
 
 # One rank failing at set-up (its model file is missing) stops every rank, with its message.
-if timeout 120 $mpirun -np 1 "$tune" $common : -np 1 "$tune" $common --model "none.tlm" \
-    > "bad.log" 2>&1; then
+if runs bad -np 1 "$tune" $common : -np 1 "$tune" $common --model "none.tlm"; then
     fail "a run whose rank 1 has no model succeeded"
 fi
-grep -q "rank 1: .*none.tlm" "bad.log" || { cat "bad.log" >&2; fail "no message from rank 1"; }
+expect bad 1 "^tune_mpi: rank 1: .*none.tlm" "no message from rank 1"
 echo "check-mpi: a rank that fails at set-up stops all ranks with its message"
 
 # Ranks that do not start from the same prompt (rank 1 seeded differently) are refused.
-if timeout 120 $mpirun -np 1 "$tune" $common : -np 1 "$tune" $common --seed 2 \
-    > seed.log 2>&1; then
+if runs seed -np 1 "$tune" $common : -np 1 "$tune" $common --seed 2; then
     fail "ranks with different seeds trained together"
 fi
-grep -q "rank 0: rank 1's parameters differ from rank 0's" seed.log ||
-    { cat seed.log >&2; fail "no message for ranks that hold different parameters"; }
+expect seed 0 "^tune_mpi: rank 0: rank 1's parameters differ from rank 0's" \
+    "no message for ranks that hold different parameters"
 echo "check-mpi: ranks that hold different parameters are refused before the first step"
 
 # A host that fails inside a step (rank 1's model gives NaN losses) poisons the sum: every
 # rank's optimizer step refuses it, all stop at step 1, and no checkpoint is written.
 "$nan_model" tinylm.tlm nan.tlm
-if timeout 120 $mpirun -np 1 "$tune" $common --checkpoint failed.ulpt --every 1 : \
-    -np 1 "$tune" $common --model nan.tlm > nan.log 2>&1; then
+if runs nan -np 1 "$tune" $common --checkpoint failed.ulpt --every 1 : \
+    -np 1 "$tune" $common --model nan.tlm; then
     fail "a run whose rank 1 computes NaN losses succeeded"
 fi
-grep -q "rank 1: step 1: example on line [0-9]* of names/train.tsv: " nan.log &&
-    grep -q "rank 0: step 1: .*(another rank failed)" nan.log ||
-    { cat nan.log >&2; fail "no message from both ranks at step 1"; }
+expect nan 1 "^tune_mpi: rank 1: step 1: example on line [0-9]* of names/train.tsv: " \
+    "no message from rank 1 at step 1"
+expect nan 0 "^tune_mpi: rank 0: step 1: .*(another rank failed)" "no message from rank 0 at step 1"
 [ ! -e failed.ulpt ] || fail "a checkpoint was written after a failed step"
 echo "check-mpi: a rank whose host fails in a step stops all ranks at that step, nothing saved"
 echo "check-mpi: 1, 2 and 4 ranks agree to $tol after $steps steps; checkpoints resume"

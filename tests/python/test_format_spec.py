@@ -281,7 +281,7 @@ def fingerprint(seed, kind, rank, dim, n_groups):
 # --------------------------------------------------------------------------------------
 
 MAGIC = b"\x89ULPT\r\n\x1a"
-KNOWN_TAGS = {b"SHAP", b"META", b"PARM", b"OPTM", b"MOM1", b"MOM2"}
+KNOWN_TAGS = {b"SHAP", b"META", b"PARM", b"OPTM", b"MOM1", b"MOM2", b"ZOST"}  # ZOST: 1.1
 
 
 class FormatError(Exception):
@@ -468,6 +468,12 @@ def decode_file(blob, check_fingerprint=True):
                 raise FormatError(f"checkpoint missing {req!r}")
     elif any(t in by_tag for t in (b"OPTM", b"MOM1", b"MOM2")):
         raise FormatError("prompt file with optimizer sections")
+    elif b"ZOST" in by_tag:
+        raise FormatError("prompt file with a forward-only section")
+    if b"ZOST" in by_tag:  # format 1.1: seed, position, epsilon, q, k, distribution, perturb
+        if len(by_tag[b"ZOST"]) < 40:
+            raise FormatError("ZOST shorter than 40 bytes")
+        out["zost"] = struct.unpack_from(ZOST_FMT, by_tag[b"ZOST"])
     shape = decode_shape(by_tag[b"SHAP"])
     out["shape"] = shape
     if shape["reserved"] != 0:
@@ -934,6 +940,16 @@ def test_safetensors_export_matches_forward(make_prompt, tmp_path, shape):
 OK, FORMAT, CORRUPT, MISMATCH, INVALID = 0, -4, -5, -6, -1
 SHAP_FMT = "<IIIIQIIIIQ"
 OPTM_FMT = "<iidddddddQQQ"
+ZOST_FMT = "<QQdIIii"
+
+
+def with_zost(blob, **fields):
+    """blob (a checkpoint) with a ZOST section: a valid state, then `fields` changed."""
+    f = dict(seed=5, position=9, epsilon=1e-3, q=2, k=4, distribution=0, perturb=0)
+    f.update(fields)
+    payload = struct.pack(ZOST_FMT, f["seed"], f["position"], f["epsilon"], f["q"], f["k"],
+                          f["distribution"], f["perturb"])
+    return rebuild(blob, sections_of(blob) + [[b"ZOST", 0, payload[:f.get("size", 40)]]])
 
 
 def lib_load(lib, blob, checkpoint, tmp_path):
@@ -1076,6 +1092,17 @@ ERROR_TABLE = [
     ("prompt-with-optm", lambda f: rebuild(f["prompt"], sections_of(f["prompt"]) +
                                            [x for x in sections_of(f["ck"]) if x[0] == b"OPTM"]),
      False, CORRUPT, "optimizer sections"),
+    ("prompt-with-zost", lambda f: with_zost(f["prompt"]), False, CORRUPT,
+     "forward-only section"),
+    ("zost-short", lambda f: with_zost(f["ck"], size=39), True, CORRUPT,
+     "forward-only section of 39 bytes"),
+    ("zost-epsilon-0", lambda f: with_zost(f["ck"], epsilon=0.0), True, CORRUPT, "epsilon"),
+    ("zost-directions-0", lambda f: with_zost(f["ck"], q=0, k=1), True, CORRUPT, "directions"),
+    ("zost-batch-0", lambda f: with_zost(f["ck"], k=0), True, CORRUPT, "batch 0"),
+    ("zost-batch-past-2q", lambda f: with_zost(f["ck"], k=5), True, CORRUPT, "batch"),
+    ("zost-distribution-2", lambda f: with_zost(f["ck"], distribution=2), True, CORRUPT,
+     "distribution"),
+    ("zost-perturb-2", lambda f: with_zost(f["ck"], perturb=2), True, CORRUPT, "perturb"),
     ("reserved", lambda f: edit_field(f["prompt"], b"SHAP", SHAP_FMT, 8, 1), False, CORRUPT,
      "reserved"),
     ("checkpoint-load-of-a-prompt", lambda f: f["prompt"], True, FORMAT, "not a checkpoint"),
@@ -1182,7 +1209,9 @@ LIBRARY_ONLY = {"memory-bound", "shape-rank-over-dim", "shape-identity-rank", "s
                 "optm-weight-decay", "optm-steps", "optm-kind-3", "optm-schedule-3", "optm-lr-0",
                 "optm-beta1-1", "optm-beta2-negative", "optm-eps-0", "optm-momentum-1",
                 "optm-clip-inf", "optm-total-not-past-warmup", "mom1-nan", "mom2-negative",
-                "checkpoint-load-of-a-prompt", "more-params-than-1032-per-byte"}
+                "checkpoint-load-of-a-prompt", "more-params-than-1032-per-byte",
+                "zost-epsilon-0", "zost-directions-0", "zost-batch-0", "zost-batch-past-2q",
+                "zost-distribution-2", "zost-perturb-2"}
 
 
 @pytest.mark.parametrize("row", ERROR_TABLE, ids=[r[0] for r in ERROR_TABLE])

@@ -38,6 +38,11 @@ def test_tests_run_against_the_installed_copy_when_make_check_says_so():
     here = Path(ulpt.__file__).resolve()
     assert Path(venv).resolve() in here.parents
     assert PACKAGE.resolve() not in here.parents
+    # it found the library of the checkout it was installed from, recorded at install
+    from ulpt._build_tree import LIBRARY
+    assert Path(LIBRARY) == ROOT / "lib" / "libulpt.so.1"
+    if not os.environ.get("LD_LIBRARY_PATH") and ulpt.library_path != "libulpt.so.1":
+        assert ulpt.library_path == LIBRARY
 
 
 def test_package_version_is_the_headers_and_the_librarys():

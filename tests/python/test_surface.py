@@ -81,6 +81,9 @@ def test_meta_is_a_mapping_that_writes_through_in_insertion_order():
     assert dict(p.meta) == {"task": "t2", "created": "2026-01-01"}
     p.meta = {"only": "this"}
     assert dict(p.meta) == {"only": "this"}
+    with pytest.raises(ulpt.InvalidArgumentError):
+        p.meta = {"a": "1", "": "empty key"}        # refused by the library mid-way
+    assert dict(p.meta) == {"only": "this"}         # and nothing changed
     assert p.meta == {"only": "this"} and dict(p.meta_bytes) == {b"only": b"this"}
 
 

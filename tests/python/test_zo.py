@@ -146,3 +146,29 @@ def test_in_use_and_lifetimes():
         zo.step(losses_of)
     del zo
     assert kept[0].shape == (2, 3, 8) and np.isfinite(kept[0]).all()   # still readable
+
+
+def test_forward_only_checkpoint_resumes_bit_identically(tmp_path):
+    opts = dict(directions=2, batch=3, epsilon=1e-2, seed=99, distribution="gaussian")
+    _, _, a = setup(**opts)
+    for _ in range(12):
+        a.step(losses_of)
+    _, _, b = setup(**opts)
+    for _ in range(6):
+        b.step(losses_of)
+    path = tmp_path / "zo.ulpt"
+    b.save_checkpoint(path)
+    c = ulpt.ZOTrainer.load_checkpoint(path)
+    assert c.position == 12 and c.options == b.options
+    assert c.optimizer.step_count == 6 and c.prompt is c.optimizer.prompt
+    for _ in range(6):
+        c.step(losses_of)
+    assert c.position == a.position
+    assert np.array_equal(c.prompt.params.view(np.uint32), a.prompt.params.view(np.uint32))
+    assert ulpt.inspect(path).format_minor == 1
+    # an ordinary checkpoint too; an ordinary one holds no forward-only state
+    opt = ulpt.Optimizer.load_checkpoint(path)
+    assert opt.step_count == 6
+    opt.save_checkpoint(tmp_path / "plain.ulpt")
+    with pytest.raises(ulpt.FormatError, match="without forward-only state"):
+        ulpt.ZOTrainer.load_checkpoint(tmp_path / "plain.ulpt")

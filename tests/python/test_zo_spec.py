@@ -260,3 +260,51 @@ def test_one_step_is_the_documented_estimate(lib, dist):
         assert lib.ulpt_zo_position(t.z) == q
     finally:
         t.close()
+
+
+# ---- the checkpoint's ZOST section (docs/FORMAT.md, format 1.1) ------------------------
+
+def read_sections(blob):
+    """(minor, kind, {tag: (flags, payload)}) of a file, from docs/FORMAT.md's layout."""
+    assert blob[:8] == b"\x89ULPT\r\n\x1a"
+    major, minor, kind, length = struct.unpack_from("<HHIQ", blob, 8)
+    assert major == 1 and length == len(blob)
+    import zlib
+    assert zlib.crc32(blob[:-4]) == struct.unpack_from("<I", blob, len(blob) - 4)[0]
+    pos, out = 24, {}
+    while pos < len(blob) - 4:
+        tag, flags, n = struct.unpack_from("<4sIQ", blob, pos)
+        out[tag.decode()] = (flags, blob[pos + 16:pos + 16 + n])
+        pos += 16 + n
+    return minor, kind, out
+
+
+@pytest.mark.parametrize("dist,perturb", [(RADEMACHER, PERTURB_ALL), (GAUSSIAN, PERTURB_Z)])
+def test_forward_only_checkpoint_holds_the_documented_zost(lib, tmp_path, dist, perturb):
+    lib.ulpt_zo_checkpoint_save.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.ulpt_zo_checkpoint_save.restype = ctypes.c_int
+    lib.ulpt_zo_set_position.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    lib.ulpt_zo_set_position.restype = ctypes.c_int
+    lib.ulpt_checkpoint_save.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p]
+    lib.ulpt_checkpoint_save.restype = ctypes.c_int
+    zo = options(lib, dist, 0x0123456789ABCDEF, q=3, eps=0.25, perturb=perturb)
+    zo.batch = 4
+    t = Trainer(lib, 4, 2, 8, zo)
+    try:
+        assert lib.ulpt_zo_set_position(t.z, 2**40 + 5) == 0
+        path = str(tmp_path / "zo.ulpt").encode()
+        assert lib.ulpt_zo_checkpoint_save(t.z, path) == 0
+        minor, kind, sections = read_sections(open(path, "rb").read())
+        assert (minor, kind) == (1, 2)
+        assert list(sections) == ["SHAP", "META", "PARM", "OPTM", "MOM1", "MOM2", "ZOST"]
+        flags, zost = sections["ZOST"]
+        assert flags == 0 and len(zost) == 40  # optional: 1.0 readers skip it
+        seed, position, eps, q, k, d, p = struct.unpack("<QQdIIii", zost)
+        assert (seed, position, eps, q, k, d, p) == (0x0123456789ABCDEF, 2**40 + 5, 0.25, 3,
+                                                      4, dist, perturb)
+        # an ordinary checkpoint stays format 1.0, without ZOST
+        assert lib.ulpt_checkpoint_save(t.p, t.o, path) == 0
+        minor, kind, sections = read_sections(open(path, "rb").read())
+        assert (minor, kind) == (0, 2) and "ZOST" not in sections
+    finally:
+        t.close()

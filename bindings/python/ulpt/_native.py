@@ -8,7 +8,8 @@ wins:
    ``ldconfig``'s cache);
 3. ``PREFIX/lib/libulpt.so.1`` beside a package that ``make install PREFIX=...`` put in
    ``PREFIX/lib/pythonX.Y/site-packages``;
-4. the build tree's ``lib/libulpt.so.1`` when the package is imported from a checkout.
+4. the build tree's ``lib/libulpt.so.1`` when the package is imported from a checkout;
+5. the build tree of the checkout the package was installed from (setup.py records it).
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ SIGNATURES = {
     "ulpt_zo_get_options": (c_int, [POINTER(ulpt_zo_options), _P]),
     "ulpt_zo_prompt": (_P, [_P]),
     "ulpt_zo_optimizer": (_P, [_P]),
+    "ulpt_zo_checkpoint_save": (c_int, [_P, c_char_p]),
+    "ulpt_zo_checkpoint_load": (c_int, [POINTER(_P), POINTER(_P), POINTER(_P), c_char_p]),
     "ulpt_fit_options_init": (c_int, [POINTER(ulpt_fit_options), c_uint]),
     "ulpt_prompt_init_from_embeddings": (c_int, [_P, c_void_p, c_size_t,
                                                  POINTER(ulpt_fit_options),
@@ -202,6 +205,13 @@ def _candidates():
     # <checkout>/bindings/python/ulpt -> <checkout>/lib
     if (above / "include" / "ulpt.h").exists():
         found.append(("the build tree", str(above / "lib" / SONAME)))
+    # the checkout the package was installed from (recorded by setup.py)
+    try:
+        from ._build_tree import LIBRARY
+    except ImportError:
+        LIBRARY = None
+    if LIBRARY and Path(LIBRARY).exists():
+        found.append(("the build tree it was installed from", LIBRARY))
     return found
 
 

@@ -10,7 +10,6 @@ train_step on it runs raises BusyError instead of racing the C code.
 
 from __future__ import annotations
 
-import copy as _copy
 import ctypes
 import inspect as _inspect
 import operator
@@ -27,7 +26,7 @@ import numpy as np
 from . import _native
 from ._native import lib
 from .enums import DType, FileKind, Flags, OptimizerKind, ProjectionKind, Schedule, coerce
-from .errors import (BusyError, CallbackError, ClosedError, ERR_CALLBACK, ERR_INVALID, check,
+from .errors import (BusyError, ClosedError, ERR_CALLBACK, ERR_INVALID, check,
                      error, invalid, wrong_type)
 
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
@@ -608,11 +607,21 @@ class Prompt(_Object):
 
     @meta.setter
     def meta(self, values: Mapping) -> None:
-        m = self.meta
-        for key in list(m):
-            del m[key]
-        for key, value in values.items():
-            m[key] = value
+        """Replace all metadata; on an error the old metadata is restored."""
+        new = [(_text("key", k), _text("value", v)) for k, v in dict(values).items()]
+        raw = self.meta_bytes
+        old = list(raw.items())
+        try:
+            for key in list(raw):
+                del raw[key]
+            for key, value in new:
+                raw[key] = value
+        except BaseException:
+            for key in list(raw):
+                del raw[key]
+            for key, value in old:
+                raw[key] = value
+            raise
 
     @property
     def meta_bytes(self) -> Metadata:
@@ -733,24 +742,32 @@ LossFn = Callable[..., object]
 
 
 class _Serving:
-    """The per-optimizer state of the loss callback: built once, so that a step costs
-    one call into Python and no allocation of views."""
+    """The state a loss callback shares with the step that runs it: built once per
+    optimizer or trainer, so that a step costs one call into Python and no allocation of
+    views.  ``two_args``: the host function takes (E, out) rather than (E)."""
 
-    __slots__ = ("fn", "wants_grad", "failure", "e_addr", "g_addr", "E", "G", "handle",
-                 "shape", "keep")
+    __slots__ = ("fn", "two_args", "failure", "e_addr", "g_addr", "E", "G", "handle",
+                 "shape")
 
     def __init__(self, handle, shape):
         self.fn = None
-        self.wants_grad = False
+        self.two_args = False
         self.failure = None
         self.e_addr = self.g_addr = None
         self.E = self.G = None
         self.handle = handle
         self.shape = shape
 
+    def use(self, fn):
+        if fn is not self.fn:
+            if not callable(fn):
+                raise wrong_type("loss_fn must be callable, got %s" % type(fn).__name__)
+            self.two_args = _takes_two(fn)
+            self.fn = fn
 
-def _wants_grad(fn) -> bool:
-    """True when fn takes (E, G), False when it takes (E)."""
+
+def _takes_two(fn) -> bool:
+    """True when fn takes two positional arguments, False when it takes one."""
     try:
         params = list(_inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
@@ -759,6 +776,27 @@ def _wants_grad(fn) -> bool:
     if any(p.kind == p.VAR_POSITIONAL for p in params):
         return True
     return len(positional) >= 2
+
+
+def _serve(st: _Serving, handles, ph: _Handle, step) -> None:
+    """Run `step()`, a C call that calls back into Python through `st`, holding
+    `handles` for writing; the prompt `ph` may be read from the callback.  A failed
+    callback's exception comes out as itself when it is KeyboardInterrupt, SystemExit or
+    GeneratorExit, and as CallbackError caused by it otherwise."""
+    with _Use(handles, True):
+        ph.serving = True
+        st.failure = None
+        try:
+            rc = step()
+        finally:
+            ph.serving = False
+        failure, st.failure = st.failure, None
+    if rc == ERR_CALLBACK and failure is not None:
+        if not isinstance(failure, Exception):
+            raise failure
+        raise error(rc, "%s: %s: %s" % (lib.ulpt_last_error().decode("utf-8", "replace"),
+                                        type(failure).__name__, failure)) from failure
+    check(rc)
 
 
 def _callback(st: _Serving):
@@ -770,7 +808,7 @@ def _callback(st: _Serving):
                 st.E = _view(st.handle, e, st.shape, writable=False)
                 st.G = _view(st.handle, g, st.shape)
                 st.e_addr, st.g_addr = e, g
-            result = st.fn(st.E, st.G) if st.wants_grad else st.fn(st.E)
+            result = st.fn(st.E, st.G) if st.two_args else st.fn(st.E)
             if type(result) is tuple:
                 if len(result) != 2:
                     raise invalid("the loss function returned a tuple of %d, expected "
@@ -875,31 +913,12 @@ class Optimizer(_Object):
         NaN or infinite loss or gradient raises NonFiniteError.  Raises BusyError when
         called from a loss callback of the same prompt or optimizer."""
         st = self._serving
-        if loss_fn is not st.fn:
-            if not callable(loss_fn):
-                raise wrong_type("loss_fn must be callable, got %s" % type(loss_fn).__name__)
-            st.wants_grad = _wants_grad(loss_fn)
-            st.fn = loss_fn
+        st.use(loss_fn)
         handles = self._handles("train_step")
-        ph = self._ph
+        ph, op = self._ph, handles[0][0]
         loss = c_double()
-        with _Use(handles, True):
-            ph.serving = True
-            st.failure = None
-            try:
-                rc = lib.ulpt_train_step(ph.ptr, handles[0][0].ptr, self._c_callback, None,
-                                         byref(loss))
-            finally:
-                ph.serving = False
-            failure, st.failure = st.failure, None
-        if rc:
-            if rc == ERR_CALLBACK and failure is not None:
-                if not isinstance(failure, Exception):
-                    raise failure  # KeyboardInterrupt, SystemExit, GeneratorExit
-                err = error(rc, lib.ulpt_last_error().decode("utf-8", "replace") + ": " +
-                            "%s: %s" % (type(failure).__name__, failure))
-                raise err from failure
-            check(rc)
+        _serve(st, handles, ph, lambda: lib.ulpt_train_step(ph.ptr, op.ptr, self._c_callback,
+                                                            None, byref(loss)))
         return loss.value
 
     # -- state

@@ -91,6 +91,7 @@ class FileIOError(Error, OSError):
                  filename: str | None = None):
         if errno is None:
             Error.__init__(self, code, message)
+            self.filename = filename
         else:
             Error.__init__(self, code, message, errno, os.strerror(errno), filename)
             self.filename = filename

@@ -16,10 +16,10 @@ import numpy as np
 
 from . import _native
 from ._native import lib
-from .core import (_REQUIRED, _U32, _U64, _Handle, _Object, _Use, _int, _matrix, _real,
-                   _set_kwdefaults, _view, Optimizer, Prompt)
+from .core import (_REQUIRED, _U32, _U64, _Handle, _Object, _Serving, _Use, _int, _matrix,
+                   _path, _real, _serve, _set_kwdefaults, _view, Optimizer, PathLike, Prompt)
 from .enums import coerce
-from .errors import ERR_CALLBACK, check, error, wrong_type
+from .errors import check, wrong_type
 
 
 class ZODistribution(enum.IntEnum):
@@ -52,19 +52,6 @@ def zo_defaults() -> _native.ulpt_zo_options:
     return opts
 
 
-class _Serving:
-    __slots__ = ("fn", "wants_out", "failure", "handle", "shape", "e_addr", "E")
-
-    def __init__(self, handle, shape):
-        self.fn = None
-        self.wants_out = False
-        self.failure = None
-        self.handle = handle
-        self.shape = shape       # (n_tokens, dim)
-        self.e_addr = None
-        self.E = None
-
-
 def _callback(st: _Serving, k: int):
     def zo_callback(user, e, count, n, d, losses):
         try:
@@ -73,10 +60,7 @@ def _callback(st: _Serving, k: int):
                 st.e_addr = e
             E = st.E[:count]
             out = np.frombuffer((c_double * count).from_address(losses), dtype=np.float64)
-            if st.wants_out:
-                result = st.fn(E, out)
-            else:
-                result = st.fn(E)
+            result = st.fn(E, out) if st.two_args else st.fn(E)
             if result is not None:
                 out[:] = _matrix("the returned losses", result, (count,))
             return 0
@@ -168,33 +152,48 @@ class ZOTrainer(_Object):
         `count` losses; or ``loss_fn(E, losses)`` writes them into the float64 view
         ``losses`` and returns None.  Failures change nothing (parameters, gradients,
         optimizer, position); exceptions propagate as in Optimizer.train_step."""
-        st = self._serving
-        if loss_fn is not st.fn:
-            if not callable(loss_fn):
-                raise wrong_type("loss_fn must be callable, got %s" % type(loss_fn).__name__)
-            from .core import _wants_grad
-            st.wants_out = _wants_grad(loss_fn)
-            st.fn = loss_fn
+        self._serving.use(loss_fn)
         h = self._handle()
         handles = ((h, "ZOTrainer.step"), (self._oh, "ZOTrainer.step"),
                    (self._ph, "ZOTrainer.step"))
         loss = c_double()
-        with _Use(handles, True):
-            self._ph.serving = True
-            st.failure = None
-            try:
-                rc = lib.ulpt_zo_step(byref(loss), h.ptr, self._c_callback, None)
-            finally:
-                self._ph.serving = False
-            failure, st.failure = st.failure, None
-        if rc:
-            if rc == ERR_CALLBACK and failure is not None:
-                if not isinstance(failure, Exception):
-                    raise failure  # KeyboardInterrupt, SystemExit, GeneratorExit
-                raise error(rc, lib.ulpt_last_error().decode("utf-8", "replace") + ": %s: %s"
-                            % (type(failure).__name__, failure)) from failure
-            check(rc)
+        _serve(self._serving, handles, self._ph,
+               lambda: lib.ulpt_zo_step(byref(loss), h.ptr, self._c_callback, None))
         return loss.value
+
+    # -- checkpoints
+
+    def save_checkpoint(self, path: PathLike) -> None:
+        """Save the optimizer's checkpoint plus this trainer's options and stream position
+        (ulpt_zo_checkpoint_save, file format 1.1), atomically; ZOTrainer.load_checkpoint
+        resumes it bit-identically, Optimizer.load_checkpoint reads it as an ordinary
+        checkpoint.  Raises FileIOError, NonFiniteError."""
+        raw = _path(path)
+        h = self._handle()
+        handles = ((h, "ZOTrainer.save_checkpoint"), (self._oh, "ZOTrainer.save_checkpoint"),
+                   (self._ph, "ZOTrainer.save_checkpoint"))
+        with _Use(handles, False):
+            check(lib.ulpt_zo_checkpoint_save(h.ptr, raw), path)
+
+    @classmethod
+    def load_checkpoint(cls, path: PathLike) -> "ZOTrainer":
+        """A new trainer resumed from a forward-only checkpoint (ulpt_zo_checkpoint_load),
+        with its restored optimizer (``.optimizer``) and prompt (``.prompt``).  Raises as
+        Optimizer.load_checkpoint; FormatError for a checkpoint without forward-only
+        state (load it with Optimizer.load_checkpoint and make a ZOTrainer)."""
+        raw, pp, op, zp = _path(path), c_void_p(), c_void_p(), c_void_p()
+        check(lib.ulpt_zo_checkpoint_load(byref(pp), byref(op), byref(zp), raw), path)
+        # the options and position move to a trainer of the Python objects
+        opts = zo_defaults()
+        rc = lib.ulpt_zo_get_options(byref(opts), zp.value)
+        position = lib.ulpt_zo_position(zp.value)
+        lib.ulpt_zo_free(zp.value)
+        prompt = Prompt._from_ptr(pp.value)
+        optimizer = Optimizer.__new__(Optimizer)._bind(op.value, prompt)
+        check(rc)
+        o = ZOOptions(opts.epsilon, opts.directions, opts.batch,
+                      ZODistribution(opts.distribution), ZOPerturb(opts.perturb), opts.seed)
+        return _restore(optimizer, o, position)
 
     # copies rebuild the trainer around a copy of the optimizer (a checkpoint) with the
     # same options and stream position

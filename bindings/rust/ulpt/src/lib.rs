@@ -73,7 +73,7 @@ pub use options::{
 };
 pub use projection::{Projection, ProjectionRef};
 pub use prompt::Prompt;
-pub use zo::{Zo, ZoDistribution, ZoOptions, ZoPerturb};
+pub use zo::{load_zo_checkpoint, Zo, ZoDistribution, ZoOptions, ZoPerturb, ZoState};
 /// The raw C API (`ulpt-sys`), for what this crate does not wrap.
 pub use ulpt_sys as sys;
 

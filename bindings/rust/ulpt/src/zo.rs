@@ -3,15 +3,16 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::os::raw::{c_int, c_void};
+use std::path::Path;
 use std::ptr::NonNull;
 
 use ulpt_sys as sys;
 
 use crate::callback::Host;
 use crate::error::{check, Error, Result};
-use crate::optimizer::Optimizer;
+use crate::optimizer::{Optimizer, OptimizerState};
 use crate::options::c_enum;
-use crate::prompt::Prompt;
+use crate::prompt::{c_path, Prompt};
 
 c_enum! {
     /// The distribution of the perturbation directions u (`ULPT_ZO_*`).
@@ -241,6 +242,72 @@ impl<'a, 'p> Zo<'a, 'p> {
     pub fn optimizer(&self) -> &Optimizer<'p> {
         self.optimizer
     }
+
+    /// Save a forward-only checkpoint (`ulpt_zo_checkpoint_save`): the ordinary
+    /// checkpoint of the prompt and optimizer plus these options and the stream position
+    /// (file format 1.1), atomically.  [`load_zo_checkpoint`] resumes it bit-identically;
+    /// [`load_checkpoint`](crate::load_checkpoint) reads it as an ordinary checkpoint.
+    pub fn save_checkpoint(&self, path: impl AsRef<Path>) -> Result<()> {
+        let p = c_path("Zo::save_checkpoint", path.as_ref())?;
+        // SAFETY: live handle (its prompt and optimizer are borrowed by it).
+        check(unsafe { sys::ulpt_zo_checkpoint_save(self.raw.as_ptr(), p.as_ptr()) })
+    }
+}
+
+/// The forward-only state of a checkpoint, without a borrow: its options and stream
+/// position, to [`resume`](ZoState::resume) on the optimizer loaded with it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ZoState {
+    /// The options the trainer had (`batch` resolved).
+    pub options: ZoOptions,
+    /// The index of the next direction.
+    pub position: u64,
+}
+
+impl ZoState {
+    /// A trainer over `optimizer` with these options, at this position.
+    pub fn resume<'a, 'p>(&self, optimizer: &'a mut Optimizer<'p>) -> Result<Zo<'a, 'p>> {
+        let mut zo = Zo::new(optimizer, &self.options)?;
+        zo.set_position(self.position)?;
+        Ok(zo)
+    }
+}
+
+/// Load a forward-only checkpoint (`ulpt_zo_checkpoint_load`): the prompt, the optimizer
+/// state to [`resume`](OptimizerState::resume) on it, and the forward-only state to
+/// [`resume`](ZoState::resume) on that optimizer.
+///
+/// Errors: as [`load_checkpoint`](crate::load_checkpoint);
+/// [`Format`](crate::ErrorKind::Format) for a checkpoint without forward-only state (an
+/// ordinary or a format 1.0 one); [`Corrupt`](crate::ErrorKind::Corrupt) for forged
+/// state.
+///
+/// ```no_run
+/// let (mut prompt, opt_state, zo_state) = ulpt::load_zo_checkpoint("run.ckpt")?;
+/// let mut opt = opt_state.resume(&mut prompt)?;
+/// let mut zo = zo_state.resume(&mut opt)?;
+/// # Ok::<(), ulpt::Error>(())
+/// ```
+pub fn load_zo_checkpoint(path: impl AsRef<Path>) -> Result<(Prompt, OptimizerState, ZoState)> {
+    let p = c_path("load_zo_checkpoint", path.as_ref())?;
+    let mut prompt = std::ptr::null_mut();
+    let mut opt = std::ptr::null_mut();
+    let mut zo = std::ptr::null_mut();
+    // SAFETY: valid out-pointers and path; on success all three objects are ours.
+    check(unsafe { sys::ulpt_zo_checkpoint_load(&mut prompt, &mut opt, &mut zo, p.as_ptr()) })?;
+    let mut raw = raw_defaults().expect("ulpt_zo_options_init");
+    // SAFETY: a live handle from the load; read, then freed before its optimizer and
+    // prompt (which the returned objects own).
+    let state = unsafe {
+        let rc = sys::ulpt_zo_get_options(&mut raw, zo);
+        let position = sys::ulpt_zo_position(zo);
+        sys::ulpt_zo_free(zo);
+        assert_eq!(rc, sys::ULPT_OK, "ulpt_zo_get_options: {}", Error::last(rc));
+        ZoState { options: ZoOptions::from_raw(&raw), position }
+    };
+    let prompt = Prompt::from_raw(prompt);
+    let opt_state = OptimizerState::from_raw(opt, &prompt);
+    Ok((prompt, opt_state, state))
 }
 
 impl Drop for Zo<'_, '_> {

@@ -5,7 +5,7 @@ mod common;
 
 use std::panic::{self, AssertUnwindSafe};
 
-use common::bits;
+use common::{bits, TempDir};
 use ulpt::{
     ErrorKind, Optimizer, OptimizerKind, OptimizerOptions, Prompt, PromptOptions, Zo,
     ZoDistribution, ZoOptions, ZoPerturb,
@@ -157,4 +157,67 @@ fn options_are_checked_by_name_and_reported_back() {
     zo.set_position(7).unwrap();
     assert_eq!(zo.position(), 7);
     assert_eq!(bits(&zo.direction(7).unwrap()), bits(&u7));
+}
+
+#[test]
+fn a_forward_only_checkpoint_resumes_bit_identically() {
+    let dir = TempDir::new("zo-ckpt");
+    let path = dir.path("zo.ulpt");
+    let oo = OptimizerOptions { lr: 0.05, ..Default::default() };
+    let zoo = ZoOptions {
+        directions: 2,
+        batch: 3,
+        epsilon: 1e-2,
+        seed: 0xABCD,
+        distribution: ZoDistribution::Gaussian,
+        ..Default::default()
+    };
+    let ok = |e: &[f32], l: &mut [f64]| {
+        losses_of(e, l);
+        Ok::<(), std::convert::Infallible>(())
+    };
+
+    // 20 steps straight
+    let mut a = prompt();
+    let mut oa = Optimizer::new(&mut a, &oo).unwrap();
+    let mut za = Zo::new(&mut oa, &zoo).unwrap();
+    for _ in 0..20 {
+        za.step(ok).unwrap();
+    }
+    let (pos_a, want) = (za.position(), za.prompt().params().to_vec());
+    drop(za);
+    drop(oa);
+
+    // 10, save, load, 10
+    let mut b = prompt();
+    let mut ob = Optimizer::new(&mut b, &oo).unwrap();
+    let mut zb = Zo::new(&mut ob, &zoo).unwrap();
+    for _ in 0..10 {
+        zb.step(ok).unwrap();
+    }
+    zb.save_checkpoint(&path).unwrap();
+    drop(zb);
+    drop(ob);
+    let (mut c, opt_state, zo_state) = ulpt::load_zo_checkpoint(&path).unwrap();
+    assert_eq!(zo_state.position, 20);
+    assert_eq!(zo_state.options, ZoOptions { batch: 3, ..zoo });
+    let mut oc = opt_state.resume(&mut c).unwrap();
+    let mut zc = zo_state.resume(&mut oc).unwrap();
+    for _ in 0..10 {
+        zc.step(ok).unwrap();
+    }
+    assert_eq!(zc.position(), pos_a);
+    assert_eq!(bits(zc.prompt().params()), bits(&want));
+    drop(zc);
+    drop(oc);
+
+    // it is an ordinary checkpoint too; an ordinary one holds no forward-only state
+    let (mut d, state) = ulpt::load_checkpoint(&path).unwrap();
+    assert_eq!(state.step_count(), 10);
+    let od = state.resume(&mut d).unwrap();
+    let plain = dir.path("plain.ulpt");
+    od.save_checkpoint(&plain).unwrap();
+    assert_eq!(ulpt::load_zo_checkpoint(&plain).unwrap_err().kind(), ErrorKind::Format);
+    assert_eq!(ulpt::inspect(&path).unwrap().format_minor, 1);
+    assert_eq!(ulpt::inspect(&plain).unwrap().format_minor, 0);
 }
