@@ -348,8 +348,8 @@ impl Prompt {
         check(unsafe { sys::ulpt_prompt_set_meta(self.as_mut_ptr(), k.as_ptr(), std::ptr::null()) })
     }
 
-    /// The value of `key`, if set.  Values are UTF-8 by convention; other bytes (from a
-    /// file written elsewhere) come back replaced by U+FFFD.
+    /// The value of `key`, if set.  The library refuses metadata that is not UTF-8, on set
+    /// and on load, so the value is always borrowed as it is stored.
     pub fn meta(&self, key: &str) -> Option<Cow<'_, str>> {
         let k = CString::new(key).ok()?;
         // SAFETY: the value stays valid until the key is set again or the prompt is
