@@ -425,12 +425,14 @@ static void attention_backward(float *dqkv, float *datt, const float *dy, const 
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
 
-/* out (N) = 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) */
+/* out (N) = 0.5 z (1 + tanh(u)), u = sqrt(2/pi) (z + 0.044715 z^3), computed as
+ * z / (1 + exp(-2u)): the same function, and expf costs a fraction of tanhf, which
+ * dominated the whole model's time. */
 static void gelu_forward(float *out, const float *z, size_t count)
 {
     for (size_t i = 0; i < count; i++) {
         float x = z[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALE * (x + 0.044715f * x * x * x)));
+        out[i] = x / (1.0f + expf(-2.0f * GELU_SCALE * (x + 0.044715f * x * x * x)));
     }
 }
 
@@ -481,14 +483,15 @@ static void gelu_half_forward(float *out, const float *z, size_t count)
     }
 }
 
-/* dz (N) = dout * GELU'(z); dz may be dout */
+/* dz (N) = dout * GELU'(z); dz may be dout.  With g = sigmoid(2u) = 0.5 (1 + tanh(u)),
+ * GELU = z g and GELU' = g + 2 z g (1 - g) u'. */
 static void gelu_backward(float *dz, const float *z, const float *dout, size_t count)
 {
     for (size_t i = 0; i < count; i++) {
         float x = z[i], u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        float th = tanhf(u), sech2 = 1.0f - th * th;
+        float g = 1.0f / (1.0f + expf(-2.0f * u));
         float du = GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
-        dz[i] = dout[i] * (0.5f * (1.0f + th) + 0.5f * x * sech2 * du);
+        dz[i] = dout[i] * (g + 2.0f * x * g * (1.0f - g) * du);
     }
 }
 
