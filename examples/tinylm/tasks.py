@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the three binary classification tasks tinylm's prompts are tuned on.
+"""Build the binary classification tasks tinylm's prompts are tuned on.
 
 Reads the data sets `make data` fetched into examples/tinylm/cache and writes, for each
 task, examples/tinylm/cache/tasks/<task>/{train,valid,test}.tsv.  docs/TINYLM.md describes
@@ -8,7 +8,8 @@ the tasks; the rules, in short:
   names  female vs male English first names (a name in both lists is dropped);
   spam   SpamAssassin ham vs spam: "subject | start of body";
   sotu   Democratic vs Republican State-of-the-Union sentences, split by speech so no
-         speech is in two splits.
+         speech is in two splits;
+  lang   English vs French words (lower-case ASCII, in one language's list only).
 
 Every text is bytes: control characters become spaces, runs of spaces collapse and the text
 is cut to MAX_BYTES (never inside a UTF-8 sequence).  A line of a .tsv is
@@ -33,7 +34,8 @@ OUT = os.path.join(CACHE, "tasks")
 FIXTURES = os.path.join(HERE, "..", "..", "tests", "tinylm", "fixtures")
 MAX_BYTES = 64
 N_TEST, N_VALID, N_TRAIN = 600, 300, 2000
-LABELS = {"names": ("female", "male"), "spam": ("ham", "spam"), "sotu": ("democrat", "republican")}
+LABELS = {"names": ("female", "male"), "spam": ("ham", "spam"), "sotu": ("democrat", "republican"),
+          "lang": ("english", "french")}
 
 DIGESTS = {
     # from `tasks.py --print-digests`; a mismatch means the data or the rules changed
@@ -46,6 +48,9 @@ DIGESTS = {
     "sotu/train": "9306bdaecafa5e54059034801345e0e35c685d644ff6af1b7d5f7fb69e926b6b",
     "sotu/valid": "960bbe92a7840ebecc051a8db1d7c75e941f479bdf64706e00901dfecf1f2861",
     "sotu/test": "15a8a972bca050d39844148f4a6938bc54b51f6b7e2bab82aa81663f1f758bb1",
+    "lang/test": "bced346a215fbfe4d3733579f79d84ca9861229b70451ead1e1bd754210241fc",
+    "lang/valid": "4ce5bbfede6900ff0e2790d38af3fe23f684a387d03d125c75f72212bcc2a001",
+    "lang/train": "d3e82db90b6bd4f1e22cdd5a2a5672150b8afb5d93b800d5eab7fa85dbfe335b",
 }
 
 
@@ -116,6 +121,18 @@ def sotu():
     return out
 
 
+def lang():
+    """English (0) and French (1) words: lower-case ASCII letters only (so an accent gives
+    nothing away), 4 to 16 of them, in one list only; 1,450 of each, chosen by hash."""
+    def read(name):
+        with open(os.path.join(CACHE, name, "index.json"), encoding="utf-8") as f:
+            return {w for w in json.load(f) if re.fullmatch(r"[a-z]{4,16}", w)}
+    en, fr = read("english-words"), read("french-words")
+    both = en & fr
+    pick = lambda words: sorted(words - both, key=lambda w: h("pick\0" + w))[:1450]
+    return [(0, w) for w in pick(en)] + [(1, w) for w in pick(fr)]
+
+
 def split(task):
     if task == "sotu":
         rows = sotu()
@@ -133,7 +150,7 @@ def split(task):
         out["valid"] = out["valid"][:N_VALID]
         out["train"] = out["train"][:N_TRAIN]
         return out
-    rows = names() if task == "names" else spam()
+    rows = {"names": names, "spam": spam, "lang": lang}[task]()
     rows.sort(key=lambda r: h(task + "\0" + r[1]))
     return {"test": rows[:N_TEST], "valid": rows[N_TEST:N_TEST + N_VALID],
             "train": rows[N_TEST + N_VALID:N_TEST + N_VALID + N_TRAIN]}
