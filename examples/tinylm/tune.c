@@ -39,6 +39,10 @@ static const char usage_text[] =
     "  --tokens N        soft tokens (default 16)\n"
     "  --rank R          ULPT rank (default 2)\n"
     "  --no-scale-shift  ULPT without the learned scale and shift (the paper's ablation)\n"
+    "  --groups G        ULPT projection groups (default 1; G divides --tokens)\n"
+    "  --init-std S      ULPT: Z starts as N(0, S^2) (default 1)\n"
+    "  --init-text TEXT  ULPT: start from the least-squares fit of E to the model's token\n"
+    "                    embeddings of TEXT's bytes (repeated to fill the soft tokens)\n"
     "  --steps S         training steps (default 200); --batch B (default 16)\n"
     "  --lr LR           AdamW peak learning rate (default 0.03); 10% warmup, linear decay\n"
     "  --seed K          seeds the prompt's initialization, projection and data order (1)\n"
@@ -50,6 +54,7 @@ static const char usage_text[] =
     "  --load PATH       evaluate a saved prompt instead of tuning one\n"
     "  --valid           also report accuracy on valid.tsv (for learning-rate selection)\n"
     "  --json            print one JSON line of results instead of the report\n"
+    "  --curve K         with --json: also the mean training loss of every K steps\n"
     "  --skip-baseline   do not measure the no-prompt accuracy (reported as -1)\n"
     "  --quiet           no progress bar\n";
 
@@ -309,10 +314,10 @@ static int host_init(host *h, const char *model_path, int threads, uint32_t n_to
 /* ---- the command ---------------------------------------------------------------- */
 
 typedef struct {
-    const char *model, *taskdir, *method, *save, *load;
-    uint32_t tokens, rank, steps, batch, directions;
+    const char *model, *taskdir, *method, *save, *load, *init_text;
+    uint32_t tokens, rank, steps, batch, directions, groups, curve;
     int no_scale_shift, threads, valid, json, quiet, skip_baseline, zo;
-    double lr, eps;
+    double lr, eps, init_std;
     uint64_t seed;
 } options;
 
@@ -366,7 +371,7 @@ static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){ .model = NULL, .method = "ulpt", .tokens = 16,
                     .rank = 2, .steps = 200, .batch = 16, .threads = 2, .lr = 0.03,
-                    .seed = 1, .directions = 1, .eps = 1e-3 };
+                    .seed = 1, .directions = 1, .eps = 1e-3, .groups = 1, .init_std = 1 };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -429,6 +434,21 @@ static int parse_args(int argc, char **argv, options *o)
                 o->eps = strtod(v, &end);
                 if (end == v || *end || !(o->eps > 0) || !isfinite(o->eps))
                     return fail("--eps must be a positive number, not \"%s\"", v);
+            } else if (!strcmp(a, "--groups")) {
+                if (parse_u32(v, 1, 128, &o->groups, "--groups"))
+                    return 1;
+            } else if (!strcmp(a, "--curve")) {
+                if (parse_u32(v, 1, 1000000, &o->curve, "--curve"))
+                    return 1;
+            } else if (!strcmp(a, "--init-std")) {
+                char *end;
+                o->init_std = strtod(v, &end);
+                if (end == v || *end || !(o->init_std >= 0) || !isfinite(o->init_std))
+                    return fail("--init-std must be a number >= 0, not \"%s\"", v);
+            } else if (!strcmp(a, "--init-text")) {
+                if (!*v)
+                    return fail("--init-text needs at least one byte of text");
+                o->init_text = v;
             } else if (!strcmp(a, "--save")) {
                 o->save = v;
             } else if (!strcmp(a, "--load")) {
@@ -446,6 +466,13 @@ static int parse_args(int argc, char **argv, options *o)
         fputs(usage_text, stderr);
         exit(2);
     }
+    if (strcmp(o->method, "ulpt") && (o->groups != 1 || o->init_std != 1 || o->init_text))
+        return fail("--groups, --init-std and --init-text are for --method ulpt");
+    if (o->tokens % o->groups)
+        return fail("--groups %" PRIu32 " does not divide --tokens %" PRIu32, o->groups,
+                    o->tokens);
+    if (o->curve && !o->json)
+        return fail("--curve goes with --json");
     if (!o->model) { /* the weights shipped beside the program, wherever it is run from */
         static char path[4096];
         ssize_t n = readlink("/proc/self/exe", path, sizeof path - 16);
@@ -479,6 +506,7 @@ int main(int argc, char **argv)
     ulpt_optimizer *opt = NULL;
     ulpt_zo *zo = NULL;
     float *e = NULL;
+    double *curve = NULL;
     size_t *order = NULL;
     int rc = 0;
 
@@ -569,8 +597,25 @@ int main(int argc, char **argv)
         } else {
             po.rank = o.rank;
             po.flags = o.no_scale_shift ? ULPT_NO_SCALE | ULPT_NO_SHIFT : 0;
+            po.n_groups = o.groups;
+            po.init_std = (float)o.init_std;
         }
         ULPT_TRY(ulpt_prompt_create(&prompt, &po));
+        if (o.init_text) { /* E fitted to the embeddings of the text's bytes */
+            e = malloc(sizeof(float) * o.tokens * cfg->width);
+            if (!e) {
+                rc = fail("out of memory");
+                goto out;
+            }
+            size_t len = strlen(o.init_text);
+            for (uint32_t i = 0; i < o.tokens; i++)
+                memcpy(e + (size_t)i * cfg->width,
+                       tlm_token_embedding(h.w[0].model, (unsigned char)o.init_text[i % len]),
+                       sizeof(float) * cfg->width);
+            ULPT_TRY(ulpt_prompt_init_from_embeddings(prompt, e, cfg->width, NULL, NULL));
+            free(e);
+            e = NULL;
+        }
         ulpt_optimizer_options oo = ULPT_OPTIMIZER_OPTIONS_INIT; /* AdamW */
         oo.lr = o.lr;
         oo.weight_decay = 1e-5;
@@ -594,6 +639,10 @@ int main(int argc, char **argv)
                    o.zo ? " forward-only" : "", o.tokens, ulpt_prompt_num_params(prompt),
                    o.tokens * cfg->width);
         order = malloc(sizeof *order * train.n);
+        if (o.curve && !(curve = calloc((o.steps + o.curve - 1) / o.curve, sizeof *curve))) {
+            rc = fail("out of memory");
+            goto out;
+        }
         const example **batch = malloc(sizeof *batch * o.batch);
         if (!order || !batch) {
             free(batch);
@@ -626,6 +675,9 @@ int main(int argc, char **argv)
             }
             if (step == 1)
                 first = loss;
+            if (curve) /* the mean loss of each window of o.curve steps (the last may be short) */
+                curve[(step - 1) / o.curve] += loss / (step > o.steps / o.curve * o.curve
+                                                            ? o.steps % o.curve : o.curve);
             progress(&o, step, loss, lr, now() - start);
         }
         train_seconds = now() - start;
@@ -666,13 +718,22 @@ int main(int argc, char **argv)
                ", \"acc_no_prompt\": %.6f, \"acc_test\": %.6f, \"acc_valid\": %.6f"
                ", \"loss_first\": %.6f, \"loss_last\": %.6f, \"train_seconds\": %.3f"
                ", \"ulpt_seconds\": %.4f, \"forward_only\": %s, \"directions\": %" PRIu32
-               ", \"eps\": %g}\n",
+               ", \"eps\": %g, \"groups\": %" PRIu32 ", \"init_std\": %g, \"init_text\": %s",
                task, o.load ? "loaded" : o.method, n_tokens, prompt ? ulpt_prompt_rank(prompt) : 0,
                prompt && !(ulpt_prompt_flags(prompt) & (ULPT_NO_SCALE | ULPT_NO_SHIFT))
                    ? "true" : "false",
                o.seed, o.lr, none || o.load ? 0 : o.steps, o.batch, params, file_bytes, majority(&test), acc_before,
                acc_after, acc_valid, first, loss, train_seconds, ulpt_seconds,
-               zo ? "true" : "false", zo ? o.directions : 0, zo ? o.eps : 0.0);
+               zo ? "true" : "false", zo ? o.directions : 0, zo ? o.eps : 0.0,
+               prompt ? ulpt_prompt_n_groups(prompt) : 0, o.init_std,
+               o.init_text ? "true" : "false");
+        if (curve) {
+            printf(", \"curve_every\": %" PRIu32 ", \"curve\": [", o.curve);
+            for (uint32_t k = 0; k < (o.steps + o.curve - 1) / o.curve; k++)
+                printf("%s%.5f", k ? ", " : "", curve[k]);
+            printf("]");
+        }
+        printf("}\n");
     } else if (prompt) {
         if (!o.load && zo)
             printf("tuned forward-only in %.1f s (%" PRIu32 " steps x %" PRIu32
@@ -695,6 +756,7 @@ int main(int argc, char **argv)
                    sizeof(float) * n_tokens * cfg->width);
     }
 out:
+    free(curve);
     free(order);
     free(e);
     ulpt_zo_free(zo);

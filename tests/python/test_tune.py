@@ -65,7 +65,7 @@ def torch_host(model, e, task, part):
     return float(np.mean(losses)), right / len(rows)
 
 
-@pytest.mark.parametrize("task", ["names", "spam", "sotu"])
+@pytest.mark.parametrize("task", ["names", "spam", "sotu", "lang"])
 def test_fixtures_are_well_formed(task):
     for part in ("train", "test"):
         verbalizer, rows = read_split(task, part)
@@ -134,9 +134,51 @@ def test_methods_train_what_they_say(tmp_path):
     assert a["loss_last"] == pytest.approx(b["loss_last"], rel=1e-5)  # threads: same sums
 
 
+def test_initialisation_options_start_where_they_say(model, tmp_path):
+    d = os.path.join(FIXTURES, "names")
+    # --init-text: the first loss is that of the prompt fitted to the embeddings of the
+    # text's bytes (repeated to 16 rows), fitted here through the Python binding
+    text = b"female or male? "[:10]
+    r = tune_json(d, "--steps", 3, "--batch", 24, "--seed", 5, "--init-text", text.decode())
+    assert r["init_text"] is True
+    target = tl.embed_bytes(model, (text * 2)[:16]).detach().numpy().astype(np.float32)
+    p0 = ulpt.Prompt(n_tokens=16, rank=2, dim=128, projection_seed=5, init_seed=5)
+    p0.init_from_embeddings(target, max_iters=100, tol=1e-10)
+    loss0, _ = torch_host(model, p0.forward(), "names", "train")
+    assert abs(loss0 - r["loss_first"]) < 1e-4 * max(1.0, loss0)
+    random0, _ = torch_host(model, ulpt.Prompt(n_tokens=16, rank=2, dim=128, projection_seed=5,
+                                               init_seed=5).forward(), "names", "train")
+    assert abs(random0 - loss0) > 1e-3  # the fit is not the random start
+    # --init-std 0: Z = 0, so E = 0 (s = 1, b = 0) at the first step
+    r = tune_json(d, "--steps", 1, "--batch", 24, "--init-std", 0)
+    zero, _ = torch_host(model, np.zeros((16, 128), np.float32), "names", "train")
+    assert r["init_std"] == 0 and abs(zero - r["loss_first"]) < 1e-4 * max(1.0, zero)
+    # --groups: a projection per group, the same trainable parameters
+    path = tmp_path / "g.ulpt"
+    r = tune_json(d, "--steps", 2, "--groups", 4, "--save", path)
+    assert r["groups"] == 4 and r["params"] == 16 * 2 + 2 * 128
+    assert ulpt.Prompt.load(path).n_groups == 4
+
+
+def test_the_loss_curve_averages_windows_of_steps():
+    d = os.path.join(FIXTURES, "names")
+    r = tune_json(d, "--steps", 11, "--curve", 5, "--seed", 2)
+    assert r["curve_every"] == 5 and len(r["curve"]) == 3
+    assert r["curve"][2] == pytest.approx(r["loss_last"], abs=1e-5)  # a window of one step
+    r1 = tune_json(d, "--steps", 1, "--seed", 2)
+    assert all(np.isfinite(r["curve"])) and r1["loss_first"] == r["loss_first"]
+    assert "curve" not in tune_json(d, "--steps", 2)
+
+
 def test_errors_are_one_line(tmp_path):
     r = tune(tmp_path / "nowhere")
     assert r.returncode == 1 and r.stderr.count("\n") == 1
+    d = os.path.join(FIXTURES, "names")
+    for bad, words in ((["--groups", 3], "does not divide"), (["--curve", 5], "--json"),
+                       (["--method", "vanilla", "--init-text", "ab"], "--method ulpt"),
+                       (["--init-std", "-1"], "--init-std"), (["--init-text", ""], "--init-text")):
+        e = tune(d, *bad)
+        assert e.returncode == 2 and words in e.stderr and e.stderr.count("\n") == 1, e.stderr
     assert "nowhere/test.tsv" in r.stderr
     bad = tmp_path / "bad"
     bad.mkdir()
