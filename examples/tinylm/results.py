@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
-"""`make results`: ULPT against vanilla prompt tuning on tinylm's three tasks.
+"""`make results`: ULPT against vanilla prompt tuning on three tasks tinylm can learn.
 
 For every task and method it runs examples/tinylm/tune, and writes docs/RESULTS.md, the
-plot docs/results/accuracy_vs_params.png and every run's JSON line in
-docs/results/runs.jsonl.  The protocol (the same for every method):
+plots docs/results/accuracy_vs_params.png and docs/results/loss_curves.png, and every
+run's JSON line in docs/results/runs.jsonl.  The protocol (the same for every method):
 
-  * 16 soft tokens, 300 AdamW steps of batch 16, 10% warmup then linear decay, weight
-    decay 1e-5, gradient clipping at norm 1;
-  * learning-rate search: the grid LRS with seed 1, the best by validation accuracy
-    (ties: the smaller learning rate); then seeds 2 and 3 at that rate; the test
+  * 16 soft tokens, batch 16, AdamW, 10% warmup then linear decay, weight decay 1e-5,
+    gradient clipping at norm 1; STEPS[task] steps for every method of a task;
+  * learning-rate search: the log grid LRS (1e-3 to 1) with seed 1, the best by validation
+    accuracy (ties: the smaller learning rate); then seeds 2 and 3 at that rate; the test
     accuracy is reported as the mean and standard deviation over the three seeds;
   * methods: no prompt; vanilla (identity projection, n x d trainable); ULPT rank 2, 8
-    and 32; ULPT rank 2 without scale and shift.
+    and 32; rank 2 without scale and shift; rank 2 trained forward-only (two-point
+    zeroth-order estimates, one direction a step); rank 2 started from a text's embeddings;
+  * sweeps at ULPT r=2's chosen rate, three seeds, on the two short-text tasks: projection
+    groups and the scale of Z's random start.
 
 Runs already in runs.jsonl are not repeated, so an interrupted run resumes; --fresh starts
 over.  Two runs go at a time (--jobs), one thread each.
@@ -33,12 +36,20 @@ TASKS_DIR = os.path.join(HERE, "cache", "tasks")
 OUT = os.path.join(ROOT, "docs", "results")
 RUNS = os.path.join(OUT, "runs.jsonl")
 PLOT = os.path.join(OUT, "accuracy_vs_params.png")
+CURVES = os.path.join(OUT, "loss_curves.png")
 REPORT = os.path.join(ROOT, "docs", "RESULTS.md")
 
-TASKS = ["names", "spam", "sotu"]
-TOKENS, STEPS, BATCH = 16, 300, 16
-LRS = [0.01, 0.05, 0.25]
+TASKS = ["names", "spam", "lang"]
+# spam's texts are 64 bytes against names' and lang's ten or so, so its steps cost four
+# times as much; its budget is smaller in steps but still more epochs than it needs
+STEPS = {"names": 1000, "spam": 600, "lang": 1000}
+TOKENS, BATCH, CURVE_EVERY = 16, 16, 25
+LRS = [0.001, 0.01, 0.1, 1.0]
 SEEDS = [1, 2, 3]
+SWEEP_TASKS = ["names", "lang"]
+# what the text-initialised prompt starts from: "<label 0> or <label 1>? " (its bytes'
+# embeddings, repeated to fill the 16 soft tokens)
+INIT_TEXT = {"names": "female or male? ", "spam": "ham or spam? ", "lang": "english or french? "}
 # name, label, tune arguments
 METHODS = [
     ("none", "no prompt", ["--method", "none"]),
@@ -47,7 +58,16 @@ METHODS = [
     ("ulpt8", "ULPT r=8", ["--rank", "8"]),
     ("ulpt32", "ULPT r=32", ["--rank", "32"]),
     ("ulpt2-noss", "ULPT r=2, no scale/shift", ["--rank", "2", "--no-scale-shift"]),
+    ("ulpt2-zo", "ULPT r=2, forward-only", ["--rank", "2", "--zo"]),
+    ("ulpt2-text", "ULPT r=2, text init", ["--rank", "2", "--init-text", None]),
 ]
+# the sweeps: ULPT r=2 with one thing changed, at r=2's chosen learning rate
+SWEEPS = [
+    ("ulpt2-g4", "ULPT r=2, 4 groups", ["--rank", "2", "--groups", "4"]),
+    ("ulpt2-g16", "ULPT r=2, 16 groups", ["--rank", "2", "--groups", "16"]),
+    ("ulpt2-std0.1", "ULPT r=2, Z from N(0, 0.1^2)", ["--rank", "2", "--init-std", "0.1"]),
+]
+ALL = METHODS + SWEEPS
 
 
 def key(task, method, lr, seed):
@@ -62,7 +82,7 @@ def load_runs():
                 if line.strip():
                     r = json.loads(line)
                     if r["method"] != "none" and (r["steps"], r["tokens"], r["batch"]) != \
-                            (STEPS, TOKENS, BATCH):
+                            (STEPS[r["task"]], TOKENS, BATCH):
                         raise SystemExit("results: %s in %s was run with other settings; "
                                          "start over with --fresh" % (r["key"], RUNS))
                     runs[r["key"]] = r
@@ -70,12 +90,14 @@ def load_runs():
 
 
 def run_one(task, method, lr, seed):
-    args = dict((m[0], m[2]) for m in METHODS)[method]
+    args = [INIT_TEXT[task] if a is None else a for a in dict((m[0], m[2]) for m in ALL)[method]]
     prompt = os.path.join(OUT, "tmp-%s-%s-%g-%d.ulpt" % (task, method, lr, seed))
     cmd = [TUNE, os.path.join(TASKS_DIR, task), "--model", os.path.join(HERE, "tinylm.tlm"),
-           "--tokens", str(TOKENS), "--steps", str(STEPS), "--batch", str(BATCH),
-           "--lr", repr(lr), "--seed", str(seed), "--threads", "1", "--valid", "--json", "--skip-baseline"]
-    cmd += args
+           "--tokens", str(TOKENS), "--steps", str(STEPS[task]), "--batch", str(BATCH),
+           "--lr", repr(lr), "--seed", str(seed), "--threads", "1", "--valid", "--json",
+           "--skip-baseline"] + args
+    if method != "none":
+        cmd += ["--curve", str(CURVE_EVERY)]
     if method != "none":
         cmd += ["--save", prompt]
     t0 = time.time()
@@ -134,6 +156,18 @@ def fmt_acc(ms):
     return "%.1f ± %.1f" % (100 * ms[0], 100 * ms[1])
 
 
+def figures(label, rs, lr):
+    """The row of one method on one task from its runs (one per seed)."""
+    return {"label": label, "params": rs[0]["params"], "bytes": rs[0]["file_bytes"],
+            "acc": mean_std([r["acc_test"] for r in rs]),
+            "time": statistics.mean(r["train_seconds"] for r in rs),
+            "ulpt": statistics.mean(r["ulpt_seconds"] for r in rs),
+            "lr": lr, "majority": rs[0]["majority"], "steps": rs[0]["steps"],
+            "loss_last": statistics.mean(r["loss_last"] for r in rs),
+            "curve": [statistics.mean(c) for c in zip(*[r["curve"] for r in rs])]
+            if "curve" in rs[0] else None}
+
+
 def main():
     jobs = 2
     if "--jobs" in sys.argv:
@@ -150,31 +184,26 @@ def main():
     runner.batch([(t, m, lr, SEEDS[0]) for t in TASKS for m in trained for lr in LRS])
     chosen = {(t, m): choose_lr(runner, t, m) for t in TASKS for m in trained}
     runner.batch([(t, m, chosen[t, m], s) for t in TASKS for m in trained for s in SEEDS[1:]])
+    # the sweeps change one thing of ULPT r=2 and keep its rate
+    runner.batch([(t, m, chosen[t, "ulpt2"], s) for t in SWEEP_TASKS for m, _, _ in SWEEPS
+                  for s in SEEDS])
     elapsed = time.time() - wall
     summary = os.path.join(OUT, "summary.json")
     if runner.ran == 0 and os.path.exists(summary):
         with open(summary) as f:  # nothing new was run: keep the time of the run that did
             elapsed = json.load(f)["seconds"]
+    n_runs = len(runner.runs)
 
     # rows[task][method] = dict of figures over the three seeds
-    rows = {}
-    for t in TASKS + ["average"]:
-        rows[t] = {}
+    rows = {t: {} for t in TASKS + ["average"]}
     for m, label, _ in METHODS:
         # the runs behind each task's figures, one per seed (no prompt: the one evaluation)
         by_task = {t: [runner.get(t, m, LRS[0], 1)] * len(SEEDS) if m == "none" else
                       [runner.get(t, m, chosen[t, m], s) for s in SEEDS] for t in TASKS}
+        for t, rs in by_task.items():
+            rows[t][m] = figures(label, rs, None if m == "none" else chosen[t, m])
         per_seed_avg = [statistics.mean(by_task[t][i]["acc_test"] for t in TASKS)
                         for i in range(len(SEEDS))]
-        for t, rs in by_task.items():
-            rows[t][m] = {
-                "label": label, "params": rs[0]["params"], "bytes": rs[0]["file_bytes"],
-                "acc": mean_std([r["acc_test"] for r in rs]),
-                "time": statistics.mean(r["train_seconds"] for r in rs),
-                "ulpt": statistics.mean(r["ulpt_seconds"] for r in rs),
-                "lr": None if m == "none" else chosen[t, m],
-                "majority": rs[0]["majority"],
-            }
         rows["average"][m] = {
             "label": label, "params": rows[TASKS[0]][m]["params"],
             "bytes": round(statistics.mean(rows[t][m]["bytes"] for t in TASKS)),
@@ -183,64 +212,113 @@ def main():
             "ulpt": statistics.mean(rows[t][m]["ulpt"] for t in TASKS),
             "lr": None, "majority": statistics.mean(rows[t][m]["majority"] for t in TASKS),
         }
-    with open(os.path.join(OUT, "summary.json"), "w") as f:
-        json.dump({"rows": rows, "chosen_lr": {"%s/%s" % k: v for k, v in chosen.items()},
-                   "seconds": elapsed}, f, indent=1, sort_keys=True)
+    sweeps = {t: {m: figures(label, [runner.get(t, m, chosen[t, "ulpt2"], s) for s in SEEDS],
+                             chosen[t, "ulpt2"]) for m, label, _ in SWEEPS}
+              for t in SWEEP_TASKS}
+    # the learning-rate search itself: validation accuracy of every (method, rate), seed 1
+    search = {t: {m: [runner.get(t, m, lr, SEEDS[0])["acc_valid"] for lr in LRS]
+                  for m in trained} for t in TASKS}
+    with open(summary, "w") as f:
+        json.dump({"rows": rows, "sweeps": sweeps, "search": search,
+                   "chosen_lr": {"%s/%s" % k: v for k, v in chosen.items()},
+                   "seconds": elapsed, "runs": n_runs}, f, indent=1, sort_keys=True)
     plot(rows)
-    n_runs = len(TASKS) * len(trained) * (len(LRS) + len(SEEDS) - 1)
-    write_report(rows, elapsed, n_runs)
-    print("results: wrote %s, %s and %s in %.0f s" % (os.path.relpath(REPORT, ROOT),
-          os.path.relpath(PLOT, ROOT), os.path.relpath(RUNS, ROOT), elapsed))
+    plot_curves(rows)
+    write_report(rows, sweeps, search, elapsed, n_runs)
+    print("results: wrote %s, its plots and %s in %.0f s" % (
+        os.path.relpath(REPORT, ROOT), os.path.relpath(RUNS, ROOT), elapsed))
+
+
+COLOURS = {"names": "#1f77b4", "spam": "#e69f00", "lang": "#2ca02c", "average": "#7b2cbf"}
+
+
+def gnuplot(script):
+    p = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
+    if p.returncode != 0:
+        raise SystemExit("results: gnuplot failed: %s" % p.stderr.strip())
 
 
 def plot(rows):
     """Accuracy against trainable parameters: a line per series through vanilla and the
-    ULPT ranks, the ablation without scale and shift as separate points."""
+    ULPT ranks; the r=2 variants (no scale/shift, forward-only, text init) as points."""
     data = os.path.join(OUT, "plot.dat")
     series = ["average"] + TASKS
+    line = ["vanilla", "ulpt2", "ulpt8", "ulpt32"]
+    variants = ["ulpt2-noss", "ulpt2-zo", "ulpt2-text"]
+    # the variants of r=2 share its 288 parameters: drawn to its left (column 5 is where
+    # they are drawn, a factor off their x), each series a little apart
+    shift = {"ulpt2-noss": 1.0, "ulpt2-zo": 0.72, "ulpt2-text": 0.52}
     with open(data, "w") as f:
-        for ablation in (False, True):
-            for t in series:
-                f.write("# %s%s\n" % (t, " (no scale/shift)" if ablation else ""))
-                pts = [(rows[t][m], label) for m, label, _ in METHODS[1:]
-                       if (m == "ulpt2-noss") == ablation]
-                for r, label in sorted(pts, key=lambda p: p[0]["params"]):
-                    f.write('%d %.4f %.4f "%s"\n' % (r["params"], 100 * r["acc"][0],
-                                                     100 * r["acc"][1], label))
+        for group in (line, variants):
+            for i, t in enumerate(series):
+                f.write("# %s\n" % t)
+                pts = sorted(((rows[t][m], m) for m in group), key=lambda p: p[0]["params"])
+                for r, m in pts:
+                    f.write('%d %.4f %.4f "%s" %.4f\n' % (
+                        r["params"], 100 * r["acc"][0], 100 * r["acc"][1], r["label"],
+                        r["params"] * shift.get(m, 1.0) * (1 + 0.02 * i)))
                 f.write("\n\n")
     none = 100 * rows["average"]["none"]["acc"][0]
     maj = 100 * rows["average"]["none"]["majority"]
-    style = [('lw 2 pt 7 lc rgb "#7b2cbf"', "average of 3 tasks"),
-             ('pt 5 lc rgb "#1f77b4"', "names"), ('pt 9 lc rgb "#e69f00"', "spam"),
-             ('pt 11 lc rgb "#2ca02c"', "sotu")]
     n = len(series)
     plots = []
-    for i, (st, title) in enumerate(style):
+    for i, t in enumerate(series):
+        st = 'pt 7 lc rgb "%s"%s' % (COLOURS[t], " lw 2" if t == "average" else "")
         plots.append("'%s' index %d using 1:2:3 with yerrorlines %s title \"%s\""
-                     % (data, i, st, title))
-        plots.append("'' index %d using 1:2:3 with yerrorbars %s notitle" % (n + i, st))
+                     % (data, i, st, "average of 3 tasks" if t == "average" else t))
+        plots.append("'' index %d using 5:2:3 with yerrorbars pt 6 lc rgb \"%s\" notitle"
+                     % (n + i, COLOURS[t]))
     plots.append("'' index 0 using 1:2:4 with labels offset 0,1.2 font \"sans,9\" notitle")
-    plots.append("'' index %d using 1:2:4 with labels offset 0,1.2 font \"sans,9\" notitle" % n)
+    plots.append("'' index %d using 5:2:4 with labels rotate by 90 left offset 0,1.5 "
+                 "font \"sans,8\" notitle" % n)
     plots.append('%.3f with lines dt 2 lc rgb "black" title "no prompt (average)"' % none)
     plots.append('%.3f with lines dt 3 lc rgb "gray40" title "majority class (average)"' % maj)
-    script = """
+    gnuplot("""
 set terminal pngcairo size 1100,700 font "sans,11"
 set output '%s'
 set logscale x 2
 set xrange [16:4096]
 set xlabel "trainable parameters (log scale)"
 set ylabel "test accuracy, %% (mean ± std over 3 seeds)"
-set title "tinylm (0.85 M parameters, d = 128), 16 soft tokens: accuracy against trainable parameters"
+set title "tinylm (d = 128), 16 soft tokens. Filled: vanilla and ULPT r = 2, 8, 32. Open: the r = 2 variants\\n(288 parameters, drawn left of r = 2; 32 without scale and shift)"
 set key outside right
 set grid
 plot %s
-""" % (PLOT, ", \\\n     ".join(plots))
-    p = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
-    if p.returncode != 0:
-        raise SystemExit("results: gnuplot failed: %s" % p.stderr.strip())
+""" % (PLOT, ", \\\n     ".join(plots)))
 
 
-def write_report(rows, elapsed, n_runs):
+def plot_curves(rows):
+    """Training loss (mean of each 25 steps, mean over the seeds) of every method at its
+    chosen learning rate, one panel per task."""
+    data = os.path.join(OUT, "curves.dat")
+    trained = [m for m, _, _ in METHODS if m != "none"]
+    with open(data, "w") as f:
+        for t in TASKS:
+            for m in trained:
+                f.write("# %s %s\n" % (t, m))
+                for k, v in enumerate(rows[t][m]["curve"]):
+                    f.write("%d %.5f\n" % ((k + 1) * CURVE_EVERY, v))
+                f.write("\n\n")
+    panels = []
+    for i, t in enumerate(TASKS):
+        plots = ["'%s' index %d using 1:2 with lines lw 2 title \"%s (lr %g)\""
+                 % (data, i * len(trained) + j, rows[t][m]["label"], rows[t][m]["lr"])
+                 for j, m in enumerate(trained)]
+        panels.append('set title "%s"\nplot %s' % (t, ", \\\n     ".join(plots)))
+    gnuplot("""
+set terminal pngcairo size 1500,520 font "sans,10"
+set output '%s'
+set multiplot layout 1,%d title "training loss (mean of every %d steps, mean over 3 seeds) at each method's chosen learning rate"
+set xlabel "step"
+set ylabel "training loss"
+set key top right font "sans,8"
+set grid
+%s
+unset multiplot
+""" % (CURVES, len(TASKS), CURVE_EVERY, "\n".join(panels)))
+
+
+def write_report(rows, sweeps, search, elapsed, n_runs):
     """docs/RESULTS.md: results_template.md with the tables, figures and prose filled in."""
     with open(os.path.join(HERE, "results_template.md")) as f:
         template = f.read()
@@ -249,19 +327,40 @@ def write_report(rows, elapsed, n_runs):
     tables = []
     for t in ["average"] + TASKS:
         lines = ["| method | trainable parameters | file bytes | test accuracy, % | "
-                 "training time, s | learning rate |",
-                 "|---|---:|---:|---:|---:|---:|"]
+                 "final training loss | training time, s | learning rate |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
         for m, label, _ in METHODS:
             r = rows[t][m]
             lr = "—" if r["lr"] is None else "%g" % r["lr"]
             if t == "average" and m != "none":
                 lr = "per task"
-            lines.append("| %s | %s | %s | %s | %s | %s |" % (
+            loss = "—" if m == "none" or t == "average" else "%.3f" % r["loss_last"]
+            lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
                 label, "{:,}".format(r["params"]), "{:,}".format(r["bytes"]) if r["bytes"] else "—",
-                fmt_acc(r["acc"]), "%.1f" % r["time"] if m != "none" else "—", lr))
-        lines.append("| majority class | — | — | %.1f | — | — |" % (100 * rows[t]["none"]["majority"]))
-        title = "Average over the three tasks" if t == "average" else "Task `%s`" % t
+                fmt_acc(r["acc"]), loss, "%.1f" % r["time"] if m != "none" else "—", lr))
+        lines.append("| majority class | — | — | %.1f | — | — | — |" % (100 * rows[t]["none"]["majority"]))
+        title = ("Average over the three tasks" if t == "average" else
+                 "Task `%s` (%d steps)" % (t, STEPS[t]))
         tables.append("### %s\n\n%s\n" % (title, "\n".join(lines)))
+    search_lines = ["| task | method | " + " | ".join("lr %g" % lr for lr in LRS) + " |",
+                    "|---|---|" + "---:|" * len(LRS)]
+    for t in TASKS:
+        for m, label, _ in METHODS[1:]:
+            accs = search[t][m]
+            best = max(accs)
+            cells = [("**%.1f**" if a == best and LRS[k] == rows[t][m]["lr"] else "%.1f") % (100 * a)
+                     for k, a in enumerate(accs)]
+            search_lines.append("| %s | %s | %s |" % (t, label, " | ".join(cells)))
+    sweep_lines = ["| task | variant | trainable parameters | test accuracy, % | "
+                   "final training loss | learning rate |", "|---|---|---:|---:|---:|---:|"]
+    for t in SWEEP_TASKS:
+        base = rows[t]["ulpt2"]
+        sweep_lines.append("| %s | ULPT r=2 (1 group, Z from N(0, 1)) | %d | %s | %.3f | %g |"
+                           % (t, base["params"], fmt_acc(base["acc"]), base["loss_last"], base["lr"]))
+        for m, label, _ in SWEEPS:
+            r = sweeps[t][m]
+            sweep_lines.append("| %s | %s | %d | %s | %.3f | %g |" % (
+                t, label, r["params"], fmt_acc(r["acc"]), r["loss_last"], r["lr"]))
     share = []
     for m, label, _ in METHODS[1:]:
         r = rows["average"][m]
@@ -269,10 +368,13 @@ def write_report(rows, elapsed, n_runs):
                                                     100 * r["ulpt"] / r["time"]))
     figures = {
         "TABLES": "\n".join(tables),
-        "SHARE": "\n".join(["| method | 300 steps, s | outside the host's callback, s | share |",
+        "SEARCH": "\n".join(search_lines),
+        "SWEEPS": "\n".join(sweep_lines),
+        "SHARE": "\n".join(["| method | a training run, s | outside the host's callback, s | share |",
                             "|---|---:|---:|---:|"] + share),
         "MINUTES": "%.0f" % (elapsed / 60),
         "LRS": ", ".join("%g" % x for x in LRS),
+        "STEPS": ", ".join("%s %d" % (t, STEPS[t]) for t in TASKS),
         "RUNS": str(n_runs),
         "PROSE": prose,
     }
