@@ -1,6 +1,6 @@
 /* test_prompt.c -- forward against a double-precision reference, backward against
- * finite differences, each through every kernel path; the fused and GEMM paths against
- * each other over many shapes; the identity projection as vanilla prompt tuning. */
+ * finite differences, each through every kernel path; every path against a double-precision
+ * reference over many shapes; the identity projection as vanilla prompt tuning. */
 #include "test.h"
 
 #include "internal.h" /* ulpt__kernel_force, ulpt__prompt_backward */
