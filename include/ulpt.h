@@ -238,7 +238,10 @@ ULPT_API void ulpt_prompt_free(ulpt_prompt *p);
 
 /* Forward: write E = (Z_g . P_g) (.) s + b, n_tokens rows of dim floats, row i at
  * embeddings + i*ld.  Columns past dim are not touched.  Reads the prompt only, so
- * several threads may run it on one prompt at once.
+ * several threads may run it on one prompt at once.  Forward and backward pick their
+ * kernels by the CPU: where it has AVX2 and FMA the small-rank loops fuse each
+ * multiply-add, so results may differ from another CPU's in the last bits (float
+ * round-off; docs/DESIGN.md, "Speed").
  * Errors: ULPT_ERR_INVALID (NULL argument, ld < dim or ld > INT_MAX, the BLAS limit),
  * ULPT_ERR_NONFINITE (a parameter is NaN or infinite, e.g. written through
  * ulpt_prompt_params; the message names it, "scale[7]"). */

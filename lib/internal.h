@@ -111,7 +111,7 @@ uint64_t ulpt__group_seed(uint64_t seed, uint32_t group);
 enum {
     ULPT__KERNEL_AUTO,
     ULPT__KERNEL_GEMM,           /* CBLAS sgemm: the general path */
-    ULPT__KERNEL_FUSED,          /* fused loops, AVX2 copy where the CPU has it */
+    ULPT__KERNEL_FUSED,          /* fused loops, AVX2 + FMA copy where the CPU has both */
     ULPT__KERNEL_FUSED_PORTABLE, /* fused loops, the baseline-ISA copy */
 };
 extern int ulpt__kernel_force;

@@ -54,6 +54,35 @@ static double median_us(void (*fn)(void *), void *ctx)
     return t[REPS / 2];
 }
 
+/* The medians of REPS timings of each of fn[0..nfn-1](ctx), in microseconds, the
+ * functions taking turns within each repetition: on a shared machine a busy spell then
+ * slows the baselines and the kernels alike instead of whichever ran during it.  Each
+ * timed call follows an untimed call of the same function, so that it finds the caches
+ * as its own previous call left them, as in a loop of it alone. */
+#define MAX_FNS 8
+static void medians_us(void (*const *fn)(void *), int nfn, void *ctx, double *us)
+{
+    static double t[MAX_FNS][REPS];
+    for (int i = 0; i < 5; i++)
+        for (int f = 0; f < nfn; f++)
+            fn[f](ctx);
+    for (int i = 0; i < REPS; i++)
+        for (int f = 0; f < nfn; f++) {
+            fn[f](ctx);
+            double s = now();
+            fn[f](ctx);
+            t[f][i] = (now() - s) * 1e6;
+        }
+    for (int f = 0; f < nfn; f++) {
+        for (int i = 1; i < REPS; i++) /* insertion sort, REPS is small */
+            for (int k = i; k > 0 && t[f][k] < t[f][k - 1]; k--) {
+                double x = t[f][k];
+                t[f][k] = t[f][k - 1], t[f][k - 1] = x;
+            }
+        us[f] = t[f][REPS / 2];
+    }
+}
+
 /* PyTorch's time for `args` (tests/bench_torch.py), or 0 if unavailable. */
 static double torch_us(const char *args)
 {
@@ -164,9 +193,10 @@ static int run(const char *name, uint32_t n, uint32_t r, uint32_t d, int kind, u
     ctx c;
     if (setup(&c, n, r, d, kind, flags))
         return 1;
-    double w = median_us(write_stream, &c), rd = median_us(read_stream, &c);
-    double f = median_us(forward, &c), b = median_us(backward, &c);
-    double s = median_us(step, &c), t = median_us(train, &c);
+    void (*const fns[])(void *) = {write_stream, forward, read_stream, backward, step, train};
+    double us[6];
+    medians_us(fns, 6, &c, us);
+    const double w = us[0], f = us[1], rd = us[2], b = us[3], s = us[4], t = us[5];
     printf("%-26s n=%u r=%u d=%u, %zu params\n", name, n, r, d, ulpt_prompt_num_params(c.p));
     printf("  stream write n*d  %9.1f us   (baseline)\n", w);
     printf("  stream read  n*d  %9.1f us   (baseline)\n", rd);
@@ -251,7 +281,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench: %s\n", ulpt_last_error());
         return 1;
     }
-    printf("libulpt %s, %d thread(s), median of %d runs (%s)%s\n", ulpt_version_string(),
+    printf("libulpt %s, %d thread(s), median of %d runs taking turns (%s)%s\n",
+           ulpt_version_string(),
            threads, REPS, threads == 1 ? "CPU time" : "wall-clock time",
            python ? "; PyTorch in the same run" : "");
     if (only_crossover)

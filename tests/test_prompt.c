@@ -1,6 +1,6 @@
 /* test_prompt.c -- forward against a double-precision reference, backward against
- * finite differences, each through every kernel path; the fused and GEMM paths against
- * each other over many shapes; the identity projection as vanilla prompt tuning. */
+ * finite differences, each through every kernel path; every path against a double-precision
+ * reference over many shapes; the identity projection as vanilla prompt tuning. */
 #include "test.h"
 
 #include "internal.h" /* ulpt__kernel_force, ulpt__prompt_backward */
@@ -252,9 +252,11 @@ static void run_path(ulpt_prompt *p, int path, const float *g, size_t ld, float 
     ulpt__kernel_force = ULPT__KERNEL_AUTO;
 }
 
-/* Each test case draws 40 shapes; the two fused copies (AVX2 where the CPU has it, and
- * the baseline one) agree to the bit, and the fused and GEMM paths agree to float
- * round-off, measured against the sum of the magnitudes of the terms (in double). */
+/* Each test case draws 40 shapes.  Every path -- GEMM, the fused AVX2 + FMA copy (where
+ * the CPU has it) and the fused baseline copy -- is held to a double-precision
+ * re-implementation, to float round-off measured against the sum of the magnitudes of
+ * the terms: the copies differ in the last bits (FMA rounds once, a multiply and an add
+ * twice), so none of them is the reference for another. */
 TEST_LOOP(fused_and_gemm_paths_agree_over_many_shapes, 0, 8)
 {
     uint64_t st = 1000 + (uint64_t)_i;
@@ -268,6 +270,7 @@ TEST_LOOP(fused_and_gemm_paths_agree_over_many_shapes, 0, 8)
         for (size_t k = 0; k < n * ld; k++)
             g[k] = (float)test_uniform(&st);
         float *e[3], *gr[3];
+        static const char *names[3] = {"GEMM", "fused", "fused baseline"};
         const int which[3] = {ULPT__KERNEL_GEMM, ULPT__KERNEL_FUSED, ULPT__KERNEL_FUSED_PORTABLE};
         for (int k = 0; k < 3; k++) {
             e[k] = malloc(n * ld * sizeof *e[k]);
@@ -276,56 +279,61 @@ TEST_LOOP(fused_and_gemm_paths_agree_over_many_shapes, 0, 8)
             gr[k] = malloc(np * sizeof *gr[k]);
             run_path(p, which[k], g, ld, e[k], gr[k]);
         }
-        ck_assert_mem_eq(e[1], e[2], n * ld * sizeof(float));
-        ck_assert_mem_eq(gr[1], gr[2], np * sizeof(float));
 
-        /* magnitudes: |E| <= sum_k |z P s| + |b|; gradients from |G| and the same */
+        /* the reference in double, and the magnitudes: |E| <= sum_k |z P s| + |b|;
+         * gradients from |G| and the same */
         const float *x = ulpt_prompt_params(p), *s = NULL, *b = NULL;
         if (!(sh.flags & ULPT_NO_SCALE))
             s = x + n * r;
         if (!(sh.flags & ULPT_NO_SHIFT))
             b = x + n * r + (s ? d : 0);
         double *mag_s = calloc(d, sizeof(double)), *mag_b = calloc(d, sizeof(double));
+        double *ref_s = calloc(d, sizeof(double)), *ref_b = calloc(d, sizeof(double));
         for (size_t i = 0; i < n; i++) {
             const float *P = ulpt_projection_data(ulpt_prompt_projection(p, (uint32_t)(i / ng)));
-            double mag_z[32] = {0};
+            double mag_z[32] = {0}, ref_z[32] = {0};
             for (size_t j = 0; j < d; j++) {
-                double sj = s ? fabs(s[j]) : 1, u = 0;
+                const double sj = s ? s[j] : 1, gij = g[i * ld + j];
+                double u = 0, y = 0; /* |z P| and z P */
                 for (size_t k = 0; k < r; k++) {
-                    u += fabs(x[i * r + k] * P[k * d + j]);
-                    mag_z[k] += fabs(g[i * ld + j] * P[k * d + j]) * sj;
+                    const double zp = (double)x[i * r + k] * P[k * d + j];
+                    u += fabs(zp), y += zp;
+                    mag_z[k] += fabs(gij * P[k * d + j] * sj);
+                    ref_z[k] += gij * P[k * d + j] * sj;
                 }
-                double em = u * sj + (b ? fabs(b[j]) : 0);
-                mag_s[j] += fabs(g[i * ld + j]) * u;
-                mag_b[j] += fabs(g[i * ld + j]);
-                for (int k = 0; k < 2; k++)
-                    ck_assert_msg(fabs(e[k][i * ld + j] - e[2][i * ld + j]) <= 4e-6 * em + 1e-30,
+                const double em = u * fabs(sj) + (b ? fabs(b[j]) : 0), ref = y * sj + (b ? b[j] : 0);
+                mag_s[j] += fabs(gij) * u, ref_s[j] += gij * y;
+                mag_b[j] += fabs(gij), ref_b[j] += gij;
+                for (int k = 0; k < 3; k++)
+                    ck_assert_msg(fabs(e[k][i * ld + j] - ref) <= 4e-6 * em + 1e-30,
                                   "n %u r %u d %u groups %u flags %u ld %zu: E[%zu][%zu] %.9g "
-                                  "(GEMM) vs %.9g (fused)", sh.n, sh.r, sh.d, sh.groups,
-                                  sh.flags, ld, i, j, e[0][i * ld + j], e[1][i * ld + j]);
+                                  "(%s) vs %.9g (double)", sh.n, sh.r, sh.d, sh.groups,
+                                  sh.flags, ld, i, j, e[k][i * ld + j], names[k], ref);
             }
             for (size_t j = d; j < ld; j++)
                 for (int k = 0; k < 3; k++)
                     ck_assert_float_eq(e[k][i * ld + j], -7.0f);
-            for (size_t k = 0; k < r; k++)
-                ck_assert_msg(fabs(gr[0][i * r + k] - gr[1][i * r + k]) <= 4e-6 * mag_z[k] + 1e-30,
-                              "n %u r %u d %u groups %u flags %u: dZ[%zu][%zu] %.9g vs %.9g",
-                              sh.n, sh.r, sh.d, sh.groups, sh.flags, i, k, gr[0][i * r + k],
-                              gr[1][i * r + k]);
+            for (size_t q = 0; q < r; q++)
+                for (int k = 0; k < 3; k++)
+                    ck_assert_msg(fabs(gr[k][i * r + q] - ref_z[q]) <= 4e-6 * mag_z[q] + 1e-30,
+                                  "n %u r %u d %u groups %u flags %u: dZ[%zu][%zu] %.9g (%s) vs "
+                                  "%.9g (double)", sh.n, sh.r, sh.d, sh.groups, sh.flags, i, q,
+                                  gr[k][i * r + q], names[k], ref_z[q]);
         }
-        for (size_t j = 0; j < d; j++) {
-            if (s)
-                ck_assert_msg(fabs(gr[0][n * r + j] - gr[1][n * r + j]) <= 4e-6 * mag_s[j] + 1e-30,
-                              "n %u r %u d %u: dscale[%zu] %.9g vs %.9g", sh.n, sh.r, sh.d, j,
-                              gr[0][n * r + j], gr[1][n * r + j]);
-            if (b) {
-                size_t o = n * r + (s ? d : 0) + j;
-                ck_assert_msg(fabs(gr[0][o] - gr[1][o]) <= 4e-6 * mag_b[j] + 1e-30,
-                              "n %u r %u d %u: dshift[%zu] %.9g vs %.9g", sh.n, sh.r, sh.d, j,
-                              gr[0][o], gr[1][o]);
+        for (size_t j = 0; j < d; j++)
+            for (int k = 0; k < 3; k++) {
+                if (s)
+                    ck_assert_msg(fabs(gr[k][n * r + j] - ref_s[j]) <= 4e-6 * mag_s[j] + 1e-30,
+                                  "n %u r %u d %u: dscale[%zu] %.9g (%s) vs %.9g (double)", sh.n,
+                                  sh.r, sh.d, j, gr[k][n * r + j], names[k], ref_s[j]);
+                if (b) {
+                    size_t o = n * r + (s ? d : 0) + j;
+                    ck_assert_msg(fabs(gr[k][o] - ref_b[j]) <= 4e-6 * mag_b[j] + 1e-30,
+                                  "n %u r %u d %u: dshift[%zu] %.9g (%s) vs %.9g (double)", sh.n,
+                                  sh.r, sh.d, j, gr[k][o], names[k], ref_b[j]);
+                }
             }
-        }
-        free(mag_s), free(mag_b), free(g);
+        free(mag_s), free(mag_b), free(ref_s), free(ref_b), free(g);
         for (int k = 0; k < 3; k++)
             free(e[k]), free(gr[k]);
         ulpt_prompt_free(p);
