@@ -41,7 +41,7 @@ data: need-demo
 	@$(PYTHON) examples/tinylm/fetch_data.py
 	@$(PYTHON) examples/tinylm/tasks.py
 
-# docs/RESULTS.md, its plots and docs/results/runs.jsonl (about 90 minutes on two cores;
+# docs/RESULTS.md, its plots and docs/results/runs.jsonl (about 100 minutes on two cores;
 # interrupted runs resume; RESULTS_FLAGS=--fresh starts over).
 RESULTS_FLAGS ?=
 results: need-results
