@@ -367,6 +367,18 @@ static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, con
     return 0;
 }
 
+/* A finite number above 0 (or at least 0 with zero_ok) */
+static int parse_real(const char *s, int zero_ok, double *out, const char *what)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || !isfinite(v) || !(zero_ok ? v >= 0 : v > 0))
+        return fail("%s must be a %s number, not \"%s\"", what,
+                    zero_ok ? "finite, non-negative" : "positive", s);
+    *out = v;
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){ .model = NULL, .method = "ulpt", .tokens = 16,
@@ -422,18 +434,14 @@ static int parse_args(int argc, char **argv, options *o)
                     return 1;
                 o->seed = u;
             } else if (!strcmp(a, "--lr")) {
-                char *end;
-                o->lr = strtod(v, &end);
-                if (end == v || *end || !(o->lr > 0) || !isfinite(o->lr))
-                    return fail("--lr must be a positive number, not \"%s\"", v);
+                if (parse_real(v, 0, &o->lr, "--lr"))
+                    return 1;
             } else if (!strcmp(a, "--directions")) {
                 if (parse_u32(v, 1, 1024, &o->directions, "--directions"))
                     return 1;
             } else if (!strcmp(a, "--eps")) {
-                char *end;
-                o->eps = strtod(v, &end);
-                if (end == v || *end || !(o->eps > 0) || !isfinite(o->eps))
-                    return fail("--eps must be a positive number, not \"%s\"", v);
+                if (parse_real(v, 0, &o->eps, "--eps"))
+                    return 1;
             } else if (!strcmp(a, "--groups")) {
                 if (parse_u32(v, 1, 128, &o->groups, "--groups"))
                     return 1;
@@ -441,10 +449,8 @@ static int parse_args(int argc, char **argv, options *o)
                 if (parse_u32(v, 1, 1000000, &o->curve, "--curve"))
                     return 1;
             } else if (!strcmp(a, "--init-std")) {
-                char *end;
-                o->init_std = strtod(v, &end);
-                if (end == v || *end || !(o->init_std >= 0) || !isfinite(o->init_std))
-                    return fail("--init-std must be a number >= 0, not \"%s\"", v);
+                if (parse_real(v, 1, &o->init_std, "--init-std"))
+                    return 1;
             } else if (!strcmp(a, "--init-text")) {
                 if (!*v)
                     return fail("--init-text needs at least one byte of text");
