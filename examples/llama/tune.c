@@ -95,19 +95,6 @@ static int accuracy(zo_host *h, const task_split *s, const float *E, uint32_t n_
     return 0;
 }
 
-/* The last path component of dir, for the prompt's "task". */
-static const char *base_name(const char *dir, char *out, size_t size)
-{
-    size_t end = strlen(dir);
-    while (end > 1 && dir[end - 1] == '/')
-        end--;
-    size_t start = end;
-    while (start > 0 && dir[start - 1] != '/')
-        start--;
-    snprintf(out, size, "%.*s", (int)(end - start), dir + start);
-    return out;
-}
-
 #define TRY(call)                                                                          \
     do {                                                                                   \
         if ((call) != ULPT_OK) {                                                           \
@@ -226,7 +213,8 @@ int cmd_tune(const options *o)
     if (accuracy(&h, &test, E, o->tokens, &acc))
         goto out;
     TRY(ulpt_prompt_set_meta(p, "model", engine_model_name(h.e)));
-    TRY(ulpt_prompt_set_meta(p, "task", base_name(o->args[0], task, sizeof task)));
+    task_name(o->args[0], task, sizeof task);
+    TRY(ulpt_prompt_set_meta(p, "task", task));
     if (o->save)
         TRY(ulpt_prompt_save(p, o->save, NULL));
     if (o->json) {

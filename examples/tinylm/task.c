@@ -131,3 +131,19 @@ void task_shuffle(size_t *idx, size_t n, uint64_t *state)
         idx[j] = t;
     }
 }
+
+/* The last component of dir ("names" of "x/names/"), with characters that JSON or a
+ * terminal would need escaped replaced by '_'. */
+void task_name(const char *dir, char *out, size_t size)
+{
+    size_t end = strlen(dir);
+    while (end > 1 && dir[end - 1] == '/')
+        end--;
+    size_t start = end;
+    while (start > 0 && dir[start - 1] != '/')
+        start--;
+    size_t n = 0;
+    for (size_t i = start; i < end && n + 1 < size; i++)
+        out[n++] = dir[i] == '"' || dir[i] == '\\' || (unsigned char)dir[i] < 0x20 ? '_' : dir[i];
+    out[n] = '\0';
+}

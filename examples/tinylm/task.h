@@ -36,6 +36,10 @@ int task_split_load(task_split *s, const char *dir, const char *name, uint32_t m
 /* Releases what a load took; *s is empty afterwards. */
 void task_split_free(task_split *s);
 
+/* The task's name: the last component of dir ("names" of "x/names/"), with characters
+ * that JSON or a terminal would need escaped replaced by '_'; at most size - 1 bytes. */
+void task_name(const char *dir, char *out, size_t size);
+
 /* SplitMix64: the next number of the stream whose state is *state. */
 uint64_t task_splitmix(uint64_t *state);
 

@@ -321,22 +321,6 @@ typedef struct {
     uint64_t seed;
 } options;
 
-/* The last component of dir ("names" of "x/names/"), with characters that JSON or a
- * terminal would need escaped replaced by '_'. */
-static void task_name(const char *dir, char *out, size_t size)
-{
-    size_t end = strlen(dir);
-    while (end > 1 && dir[end - 1] == '/')
-        end--;
-    size_t start = end;
-    while (start > 0 && dir[start - 1] != '/')
-        start--;
-    size_t n = 0;
-    for (size_t i = start; i < end && n + 1 < size; i++)
-        out[n++] = dir[i] == '"' || dir[i] == '\\' || (unsigned char)dir[i] < 0x20 ? '_' : dir[i];
-    out[n] = '\0';
-}
-
 static void progress(const options *o, uint32_t step, double loss, float lr, double elapsed)
 {
     static int tty = -1;
