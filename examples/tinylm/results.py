@@ -14,7 +14,10 @@ run's JSON line in docs/results/runs.jsonl.  The protocol (the same for every me
     and 32; rank 2 without scale and shift; rank 2 trained forward-only (two-point
     zeroth-order estimates, one direction a step); rank 2 started from a text's embeddings;
   * sweeps at ULPT r=2's chosen rate, three seeds, on the two short-text tasks: projection
-    groups and the scale of Z's random start.
+    groups and the scale of Z's random start;
+  * a wider host: no prompt, vanilla, ULPT rank 2 and 32 and rank 2 without scale and
+    shift again, the same protocol, on tinylm-wide.tlm (d = 256 instead of 128); their
+    method names end in "@wide".
 
 Runs already in runs.jsonl are not repeated, so an interrupted run resumes; --fresh starts
 over.  Two runs go at a time (--jobs), one thread each.
@@ -67,7 +70,17 @@ SWEEPS = [
     ("ulpt2-g16", "ULPT r=2, 16 groups", ["--rank", "2", "--groups", "16"]),
     ("ulpt2-std0.1", "ULPT r=2, Z from N(0, 0.1^2)", ["--rank", "2", "--init-std", "0.1"]),
 ]
+# the same methods on the wider host (method name + "@wide")
+WIDE = ["none", "vanilla", "ulpt2", "ulpt32", "ulpt2-noss"]
+MODELS = {"": "tinylm.tlm", "wide": "tinylm-wide.tlm"}
 ALL = METHODS + SWEEPS
+
+
+def base_of(method):
+    """The method of a run and the weights file of its host: "ulpt2@wide" is ULPT r=2 on
+    tinylm-wide.tlm."""
+    name, _, host = method.partition("@")
+    return name, os.path.join(HERE, MODELS[host])
 
 
 def key(task, method, lr, seed):
@@ -81,7 +94,7 @@ def load_runs():
             for line in f:
                 if line.strip():
                     r = json.loads(line)
-                    if r["method"] != "none" and (r["steps"], r["tokens"], r["batch"]) != \
+                    if base_of(r["method"])[0] != "none" and (r["steps"], r["tokens"], r["batch"]) != \
                             (STEPS[r["task"]], TOKENS, BATCH):
                         raise SystemExit("results: %s in %s was run with other settings; "
                                          "start over with --fresh" % (r["key"], RUNS))
@@ -90,16 +103,15 @@ def load_runs():
 
 
 def run_one(task, method, lr, seed):
-    args = [INIT_TEXT[task] if a is None else a for a in dict((m[0], m[2]) for m in ALL)[method]]
+    name, model = base_of(method)
+    args = [INIT_TEXT[task] if a is None else a for a in dict((m[0], m[2]) for m in ALL)[name]]
     prompt = os.path.join(OUT, "tmp-%s-%s-%g-%d.ulpt" % (task, method, lr, seed))
-    cmd = [TUNE, os.path.join(TASKS_DIR, task), "--model", os.path.join(HERE, "tinylm.tlm"),
+    cmd = [TUNE, os.path.join(TASKS_DIR, task), "--model", model,
            "--tokens", str(TOKENS), "--steps", str(STEPS[task]), "--batch", str(BATCH),
            "--lr", repr(lr), "--seed", str(seed), "--threads", "1", "--valid", "--json",
            "--skip-baseline"] + args
-    if method != "none":
-        cmd += ["--curve", str(CURVE_EVERY)]
-    if method != "none":
-        cmd += ["--save", prompt]
+    if name != "none":
+        cmd += ["--curve", str(CURVE_EVERY), "--save", prompt]
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True)
     if os.path.exists(prompt):
@@ -187,21 +199,30 @@ def main():
     # the sweeps change one thing of ULPT r=2 and keep its rate
     runner.batch([(t, m, chosen[t, "ulpt2"], s) for t in SWEEP_TASKS for m, _, _ in SWEEPS
                   for s in SEEDS])
+    # the wider host: its own search and seeds, the same protocol
+    wide = [m + "@wide" for m in WIDE if m != "none"]
+    runner.batch([(t, "none@wide", LRS[0], 1) for t in TASKS])
+    runner.batch([(t, m, lr, SEEDS[0]) for t in TASKS for m in wide for lr in LRS])
+    chosen.update({(t, m): choose_lr(runner, t, m) for t in TASKS for m in wide})
+    runner.batch([(t, m, chosen[t, m], s) for t in TASKS for m in wide for s in SEEDS[1:]])
     elapsed = time.time() - wall
     summary = os.path.join(OUT, "summary.json")
-    if runner.ran == 0 and os.path.exists(summary):
-        with open(summary) as f:  # nothing new was run: keep the time of the run that did
-            elapsed = json.load(f)["seconds"]
+    if os.path.exists(summary) and "--fresh" not in sys.argv:
+        # the recorded time is that of every sitting that trained runs: add this one's
+        with open(summary) as f:
+            before = json.load(f)
+        elapsed = before["seconds"] + (elapsed if runner.ran else 0)
     n_runs = len(runner.runs)
 
     # rows[task][method] = dict of figures over the three seeds
     rows = {t: {} for t in TASKS + ["average"]}
-    for m, label, _ in METHODS:
+    labels = dict((m, label) for m, label, _ in METHODS)
+    for m, label in [(m, l) for m, l, _ in METHODS] + [(m + "@wide", labels[m]) for m in WIDE]:
         # the runs behind each task's figures, one per seed (no prompt: the one evaluation)
-        by_task = {t: [runner.get(t, m, LRS[0], 1)] * len(SEEDS) if m == "none" else
+        by_task = {t: [runner.get(t, m, LRS[0], 1)] * len(SEEDS) if base_of(m)[0] == "none" else
                       [runner.get(t, m, chosen[t, m], s) for s in SEEDS] for t in TASKS}
         for t, rs in by_task.items():
-            rows[t][m] = figures(label, rs, None if m == "none" else chosen[t, m])
+            rows[t][m] = figures(label, rs, None if base_of(m)[0] == "none" else chosen[t, m])
         per_seed_avg = [statistics.mean(by_task[t][i]["acc_test"] for t in TASKS)
                         for i in range(len(SEEDS))]
         rows["average"][m] = {
@@ -217,7 +238,7 @@ def main():
               for t in SWEEP_TASKS}
     # the learning-rate search itself: validation accuracy of every (method, rate), seed 1
     search = {t: {m: [runner.get(t, m, lr, SEEDS[0])["acc_valid"] for lr in LRS]
-                  for m in trained} for t in TASKS}
+                  for m in trained + wide} for t in TASKS}
     with open(summary, "w") as f:
         json.dump({"rows": rows, "sweeps": sweeps, "search": search,
                    "chosen_lr": {"%s/%s" % k: v for k, v in chosen.items()},
@@ -258,6 +279,12 @@ def plot(rows):
                         r["params"], 100 * r["acc"][0], 100 * r["acc"][1], r["label"],
                         r["params"] * shift.get(m, 1.0) * (1 + 0.02 * i)))
                 f.write("\n\n")
+        f.write("# average, wider host\n")
+        for r in sorted((rows["average"][m + "@wide"] for m in line if m in WIDE),
+                        key=lambda r: r["params"]):
+            f.write('%d %.4f %.4f "%s" %d\n' % (r["params"], 100 * r["acc"][0],
+                                                100 * r["acc"][1], r["label"], r["params"]))
+        f.write("\n\n")
     none = 100 * rows["average"]["none"]["acc"][0]
     maj = 100 * rows["average"]["none"]["majority"]
     n = len(series)
@@ -268,6 +295,8 @@ def plot(rows):
                      % (data, i, st, "average of 3 tasks" if t == "average" else t))
         plots.append("'' index %d using 5:2:3 with yerrorbars pt 6 lc rgb \"%s\" notitle"
                      % (n + i, COLOURS[t]))
+    plots.append("'' index %d using 1:2:3 with yerrorlines dt 2 pt 5 lc rgb \"%s\" "
+                 "title \"average of 3 tasks, wider host (d = 256)\"" % (2 * n, COLOURS["average"]))
     plots.append("'' index 0 using 1:2:4 with labels offset 0,1.2 font \"sans,9\" notitle")
     plots.append("'' index %d using 5:2:4 with labels rotate by 90 left offset 0,1.5 "
                  "font \"sans,8\" notitle" % n)
@@ -277,10 +306,10 @@ def plot(rows):
 set terminal pngcairo size 1100,700 font "sans,11"
 set output '%s'
 set logscale x 2
-set xrange [16:4096]
+set xrange [16:8192]
 set xlabel "trainable parameters (log scale)"
 set ylabel "test accuracy, %% (mean ± std over 3 seeds)"
-set title "tinylm (d = 128), 16 soft tokens. Filled: vanilla and ULPT r = 2, 8, 32. Open: the r = 2 variants\\n(288 parameters, drawn left of r = 2; 32 without scale and shift)"
+set title "tinylm (d = 128), 16 soft tokens. Filled: vanilla and ULPT r = 2, 8, 32. Open: the r = 2 variants\\n(288 parameters, drawn left of r = 2; 32 without scale and shift).\\nDashed: the average on the wider host (d = 256), ULPT r = 2, r = 32 and vanilla"
 set key outside right
 set grid
 plot %s
@@ -292,23 +321,26 @@ def plot_curves(rows):
     chosen learning rate, one panel per task."""
     data = os.path.join(OUT, "curves.dat")
     trained = [m for m, _, _ in METHODS if m != "none"]
+    wide = [m + "@wide" for m in WIDE if m != "none"]
+    panels, index = [], 0
     with open(data, "w") as f:
-        for t in TASKS:
-            for m in trained:
-                f.write("# %s %s\n" % (t, m))
-                for k, v in enumerate(rows[t][m]["curve"]):
-                    f.write("%d %.5f\n" % ((k + 1) * CURVE_EVERY, v))
-                f.write("\n\n")
-    panels = []
-    for i, t in enumerate(TASKS):
-        plots = ["'%s' index %d using 1:2 with lines lw 2 title \"%s (lr %g)\""
-                 % (data, i * len(trained) + j, rows[t][m]["label"], rows[t][m]["lr"])
-                 for j, m in enumerate(trained)]
-        panels.append('set title "%s"\nplot %s' % (t, ", \\\n     ".join(plots)))
+        for methods, host in ((trained, ""), (wide, ", wider host (d = 256)")):
+            for t in TASKS:
+                plots = []
+                for m in methods:
+                    f.write("# %s %s\n" % (t, m))
+                    for k, v in enumerate(rows[t][m]["curve"]):
+                        f.write("%d %.5f\n" % ((k + 1) * CURVE_EVERY, v))
+                    f.write("\n\n")
+                    plots.append("'%s' index %d using 1:2 with lines lw 2 lc %d title \"%s (lr %g)\""
+                                 % (data, index, trained.index(base_of(m)[0]) + 1,
+                                    rows[t][m]["label"], rows[t][m]["lr"]))
+                    index += 1
+                panels.append('set title "%s%s"\nplot %s' % (t, host, ", \\\n     ".join(plots)))
     gnuplot("""
-set terminal pngcairo size 1500,520 font "sans,10"
+set terminal pngcairo size 1500,1000 font "sans,10"
 set output '%s'
-set multiplot layout 1,%d title "training loss (mean of every %d steps, mean over 3 seeds) at each method's chosen learning rate"
+set multiplot layout 2,%d title "training loss (mean of every %d steps, mean over 3 seeds) at each method's chosen learning rate"
 set xlabel "step"
 set ylabel "training loss"
 set key top right font "sans,8"
@@ -345,7 +377,8 @@ def write_report(rows, sweeps, search, elapsed, n_runs):
     search_lines = ["| task | method | " + " | ".join("lr %g" % lr for lr in LRS) + " |",
                     "|---|---|" + "---:|" * len(LRS)]
     for t in TASKS:
-        for m, label, _ in METHODS[1:]:
+        for m, label in [(m, l) for m, l, _ in METHODS[1:]] + \
+                [(m + "@wide", rows[t][m]["label"] + ", wider host") for m in WIDE[1:]]:
             accs = search[t][m]
             best = max(accs)
             cells = [("**%.1f**" if a == best and LRS[k] == rows[t][m]["lr"] else "%.1f") % (100 * a)
@@ -361,6 +394,27 @@ def write_report(rows, sweeps, search, elapsed, n_runs):
             r = sweeps[t][m]
             sweep_lines.append("| %s | %s | %d | %s | %.3f | %g |" % (
                 t, label, r["params"], fmt_acc(r["acc"]), r["loss_last"], r["lr"]))
+    # the two hosts side by side: each method's accuracy and the gap to vanilla
+    wide_lines = ["| task | method | trainable parameters, d = 128 / 256 | test accuracy, "
+                  "d = 128 | test accuracy, d = 256 | final training loss, d = 128 / 256 | "
+                  "learning rate, d = 128 / 256 |", "|---|---|---:|---:|---:|---:|---:|"]
+    for t in ["average"] + TASKS:
+        for m in WIDE + ["majority"]:
+            if m == "majority":
+                wide_lines.append("| %s | majority class | — | %.1f | %.1f | — | — |" % (
+                    t, 100 * rows[t]["none"]["majority"], 100 * rows[t]["none@wide"]["majority"]))
+                continue
+            a, b = rows[t][m], rows[t][m + "@wide"]
+            trained_here = m != "none" and t != "average"
+            wide_lines.append("| %s | %s | %s / %s | %s | %s | %s | %s |" % (
+                t, a["label"], "{:,}".format(a["params"]), "{:,}".format(b["params"]),
+                fmt_acc(a["acc"]), fmt_acc(b["acc"]),
+                "%.3f / %.3f" % (a["loss_last"], b["loss_last"]) if trained_here else "—",
+                "%g / %g" % (a["lr"], b["lr"]) if trained_here else "—"))
+        gaps = ["%.1f" % (100 * (rows[t]["vanilla" + h]["acc"][0] - rows[t]["ulpt2" + h]["acc"][0]))
+                for h in ("", "@wide")]
+        wide_lines.append("| %s | *vanilla − ULPT r=2, points* | — | *%s* | *%s* | — | — |"
+                          % (t, gaps[0], gaps[1]))
     share = []
     for m, label, _ in METHODS[1:]:
         r = rows["average"][m]
@@ -370,6 +424,7 @@ def write_report(rows, sweeps, search, elapsed, n_runs):
         "TABLES": "\n".join(tables),
         "SEARCH": "\n".join(search_lines),
         "SWEEPS": "\n".join(sweep_lines),
+        "WIDE": "\n".join(wide_lines),
         "SHARE": "\n".join(["| method | a training run, s | outside the host's callback, s | share |",
                             "|---|---:|---:|---:|"] + share),
         "MINUTES": "%.0f" % (elapsed / 60),
