@@ -189,7 +189,7 @@ ULPT__MUST_CHECK static int fused_backward(ulpt_prompt *p, const float *proj, si
     float *dz = p->ws_z1, *gz = p->gz + g * ng * r;
     memset(dz, 0, ng * r * sizeof(float));
     int finite = ulpt__fused_backward(dz, p->gs, p->gb, gg, ld, p->z + g * ng * r, ng, r, proj,
-                                      p->s, p->d);
+                                      p->s, p->d, p->ws_m);
     for (size_t i = 0; i < ng * r; i++)
         gz[i] += dz[i];
     return finite;

@@ -9,8 +9,10 @@
  *
  * At r = 2 a GEMM spends its time packing and in call overhead, not arithmetic; these
  * loops do the arithmetic while each element streams by.  Both walk E or G in column
- * chunks sized so that the chunk of P (.) s, M, b and db stays in L1 while every row
- * of the group passes over it, several rows at a time.  The inner loops work on 8
+ * chunks: every row of the group passes over a chunk of P (.) s and b (forward) or
+ * P (.) s, M and the column sums (backward), several rows at a time.  The chunks keep
+ * that data in L1, except backward's at ranks 1 and 2, which favour long stretches of
+ * G's rows and keep their data in the caller's scratch.  The inner loops work on 8
  * floats at once (GCC/clang vector types; plain loops elsewhere); on x86-64 a second
  * copy is compiled for AVX2 with FMA and chosen at run time, while the shipped library
  * targets the baseline ISA.  The copies add in the same order, but the FMA copy rounds
@@ -22,9 +24,11 @@
 
 #include <string.h>
 
-/* The stack area for chunk data: at most 4608 floats (backward's 2r + 1 rows of
- * chunk_cols(r) floats) plus 4 KiB of slack for chunk_data() to place them in. */
-#define AREA_FLOATS (4608 + 1024)
+/* Forward's stack area for chunk data: at most 4608 floats (r + 1 rows of
+ * chunk_cols(r) floats) plus 4 KiB of slack for chunk_data() to place them in.  Backward
+ * keeps its chunk data in the caller's work area (ulpt__fused_backward_work). */
+#define SLACK_FLOATS 1024
+#define AREA_FLOATS (4608 + SLACK_FLOATS)
 
 int ulpt__kernel_force = ULPT__KERNEL_AUTO;
 
@@ -71,34 +75,58 @@ INLINE float vsum(const vf *v)
     return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
 }
 
-/* Columns per chunk: 512 (2 KiB a row of chunk data) for the small ranks, fewer for
- * the larger, so that the 2r + 1 rows of chunk data stay in L1. */
+/* Forward's columns per chunk: 512 (2 KiB a row of chunk data) for the small ranks,
+ * fewer for the larger, so that the r + 1 rows of chunk data stay in L1. */
 static size_t chunk_cols(size_t r, size_t d)
 {
     size_t w = r <= 4 ? 512 : r <= 8 ? 256 : 128;
     return w < d ? w : d;
 }
 
+/* Backward's: the same past rank 2.  At ranks 1 and 2 (four rows of G at a time) long
+ * stretches of each row of G matter more than keeping the 2r + 1 rows of chunk data in
+ * L1: with G in L3, as `make bench` has it, 4096 columns (16 KiB of each row; chunk
+ * data in L2) took 1.7 times a read of G at the headline shape where 512 took 2.0. */
+static size_t backward_cols(size_t r, size_t d)
+{
+    size_t w = r <= 2 ? 4096 : chunk_cols(r, d);
+    return w < d ? w : d;
+}
+
+/* The distance between rows of chunk data: past 512 floats a multiple of 512 (2 KiB),
+ * so that they all sit at one of two offsets modulo 4 KiB (see chunk_data). */
+static size_t chunk_stride(size_t w)
+{
+    return w <= 512 ? w : (w + 511) / 512 * 512;
+}
+
+size_t ulpt__fused_backward_work(size_t r, size_t d)
+{
+    return (2 * r + 1) * chunk_stride(backward_cols(r, d)) + SLACK_FLOATS;
+}
+
 /* The width of the chunk that starts at column j0: w_max, but the first one shorter so
- * that the others start on a 32-byte boundary of `row`.  With rows so aligned (a
- * stride that is a multiple of 8 floats) no vector load or store then straddles two
- * cache lines, which costs the backward pass up to a tenth of its time. */
+ * that the others start on a 32-byte boundary of `row`, even where w_max is all of d.
+ * With rows so aligned (a stride that is a multiple of 8 floats) no vector load or
+ * store then straddles two cache lines, which costs the backward pass up to a tenth of
+ * its time; the short chunk is a few columns more. */
 static size_t chunk_width(const float *row, size_t j0, size_t w_max, size_t d)
 {
-    size_t w = w_max; /* a multiple of VL */
-    if (j0 == 0 && d > w_max)
+    size_t w = w_max;
+    if (j0 == 0 && w > VL)
         w -= (uintptr_t)row % (VL * sizeof(float)) / sizeof(float);
     return d - j0 < w ? d - j0 : w;
 }
 
-/* Where in `area` (AREA_FLOATS floats) the chunk data starts.  A load whose address
- * matches a recent store's in its low 12 bits waits for it as if they were the same
- * address ("4K aliasing").  Forward loads P (.) s and b while storing E; backward loads
- * G while storing M and the sums.  Up to rank 4 chunk rows are 2 KiB apart, so all of
- * them sit at one of two offsets modulo 4 KiB, and placing the first `rel` bytes after
- * the streamed row (modulo 4 KiB, rounded down to a cache line) keeps both clear of the
- * rows' recent accesses: forward wants its loads just ahead of E (rel = 256), backward wants its
- * stores well behind G (rel = 1792). */
+/* Where in `area` (the chunk data and SLACK_FLOATS more) the chunk data starts.  A load
+ * whose address matches a recent store's in its low 12 bits waits for it as if they were
+ * the same address ("4K aliasing").  Forward loads P (.) s and b while storing E; backward
+ * loads G while storing M and the sums.  Up to rank 4 chunk rows are a multiple of 2 KiB
+ * apart, so all of them sit at one of two offsets modulo 4 KiB, and placing the first
+ * `rel` bytes after the streamed row (modulo 4 KiB, rounded down to a cache line) keeps
+ * both clear of the rows' recent accesses: forward wants its loads just ahead of E
+ * (rel = 256), backward wants its stores well behind G (rel = 1792; at the headline
+ * shape a placement 16 bytes before G's offset took twice as long). */
 static float *chunk_data(float *area, const float *row, size_t rel)
 {
     /* on a cache line of its own whatever the row's alignment: loads never straddle two */
@@ -190,15 +218,14 @@ INLINE void forward_body(float *restrict e, size_t ld, const float *restrict z, 
 
 /* One chunk of `nr` (1 or 2) consecutive rows and kr (<= 4) of the ranks: dz[k] +=
  * g . ps_k, m_k += z[k] g over the w columns, and colsum += g if `sums`.  z and dz
- * rows are zs apart, G rows ld; ps and m are kr rows of w (chunk data, contiguous).
+ * rows are zs apart, G rows ld; ps and m are kr rows of chunk data, st floats apart.
  * Two rows at once load and store M and the column sums once for both and load each
- * vector of P (.) s once; the sums are still added in row order.  (Four rows at once
- * ran slower: the splats of Z no longer fit in the registers.)  Inlined with constant
+ * vector of P (.) s once; the sums are still added in row order.  Inlined with constant
  * nr, kr and sums, so that everything stays in registers. */
 INLINE void backward_rows(float *restrict dz, float *restrict m, float *restrict colsum,
                           const float *restrict g, size_t ld, const float *restrict next,
                           const float *restrict z, size_t zs, const float *restrict ps,
-                          size_t w, size_t kr, size_t nr, int sums)
+                          size_t st, size_t w, size_t kr, size_t nr, int sums)
 {
     vf zk[2][4], acc[2][4]; /* nr * kr independent accumulators */
     for (size_t q = 0; q < nr; q++)
@@ -212,7 +239,7 @@ INLINE void backward_rows(float *restrict dz, float *restrict m, float *restrict
         for (size_t q = 0; q < nr; q++) /* once per 64-byte line of each row */
             PREFETCH(next + q * ld + j, 0);
         for (size_t h = j; h < j + 2 * VL; h += VL) {
-            vf gq[4];
+            vf gq[2];
             for (size_t q = 0; q < nr; q++)
                 gq[q] = vload(g + q * ld + h);
             if (sums) {
@@ -222,8 +249,8 @@ INLINE void backward_rows(float *restrict dz, float *restrict m, float *restrict
                 vstore(colsum + h, c);
             }
             for (size_t k = 0; k < kr; k++) {
-                float *mk = m + k * w + h;
-                const vf p = vload(ps + k * w + h);
+                float *mk = m + k * st + h;
+                const vf p = vload(ps + k * st + h);
                 vf mv = vload(mk);
                 for (size_t q = 0; q < nr; q++) {
                     mv = vfma(zk[q][k], gq[q], mv);
@@ -240,8 +267,8 @@ INLINE void backward_rows(float *restrict dz, float *restrict m, float *restrict
             if (sums)
                 colsum[j] += gq;
             for (size_t k = 0; k < kr; k++) {
-                m[k * w + j] += z[q * zs + k] * gq;
-                tail[q][k] += gq * ps[k * w + j];
+                m[k * st + j] += z[q * zs + k] * gq;
+                tail[q][k] += gq * ps[k * st + j];
             }
         }
     for (size_t q = 0; q < nr; q++)
@@ -249,57 +276,116 @@ INLINE void backward_rows(float *restrict dz, float *restrict m, float *restrict
             dz[q * zs + k] += vsum(&acc[q][k]) + tail[q][k];
 }
 
+/* Four rows at once, for ranks (kr = r) 1 and 2: the same sums, with M and the column
+ * sums loaded and stored once per four rows.  Eight accumulators and four rows of G
+ * fill the sixteen AVX registers, so the splats of Z are read from memory, where an
+ * FMA takes them as an operand.  With G in L2 this ran 1.1 times as fast as two rows at
+ * a time; prefetching (the next rows, or further along these) made it slower. */
+INLINE void backward_rows4(float *restrict dz, float *restrict m, float *restrict colsum,
+                           const float *restrict g, size_t ld, const float *restrict z,
+                           const float *restrict ps, size_t st, size_t w, size_t kr)
+{
+    vf acc[4][2];
+    float zk[4 * 2 * VL]; /* splat z[q,k] at (q kr + k) VL */
+    for (size_t q = 0; q < 4; q++)
+        for (size_t k = 0; k < kr; k++) {
+            vstore(zk + (q * kr + k) * VL, vsplat(z[q * kr + k]));
+            acc[q][k] = vsplat(0.0f);
+        }
+    const size_t wv = w / VL * VL;
+    size_t j = 0;
+    for (; j < wv; j += VL) {
+        vf gq[4], p[2], mv[2];
+        for (size_t q = 0; q < 4; q++)
+            gq[q] = vload(g + q * ld + j);
+        vstore(colsum + j, vadd(vload(colsum + j), vadd(vadd(gq[0], gq[1]), vadd(gq[2], gq[3]))));
+        for (size_t k = 0; k < kr; k++) {
+            p[k] = vload(ps + k * st + j);
+            mv[k] = vload(m + k * st + j);
+        }
+        for (size_t q = 0; q < 4; q++)
+            for (size_t k = 0; k < kr; k++) {
+                mv[k] = vfma(gq[q], vload(zk + (q * kr + k) * VL), mv[k]);
+                acc[q][k] = vfma(gq[q], p[k], acc[q][k]);
+            }
+        for (size_t k = 0; k < kr; k++)
+            vstore(m + k * st + j, mv[k]);
+    }
+    float tail[4][2] = {{0}};
+    for (; j < w; j++) /* the columns past the last vector */
+        for (size_t q = 0; q < 4; q++) {
+            const float gq = g[q * ld + j];
+            colsum[j] += gq;
+            for (size_t k = 0; k < kr; k++) {
+                m[k * st + j] += z[q * kr + k] * gq;
+                tail[q][k] += gq * ps[k * st + j];
+            }
+        }
+    for (size_t q = 0; q < 4; q++)
+        for (size_t k = 0; k < kr; k++)
+            dz[q * kr + k] += vsum(&acc[q][k]) + tail[q][k];
+}
+
 /* Rows i .. i+nr-1 of a chunk, the ranks four at a time: G's chunk rows stay in L1
- * between the passes. */
-#define BACKWARD_RANKS(nr)                                                                \
-    for (size_t kb = 0; kb < r; kb += 4) {                                                \
-        float *mb = m + kb * w;                                                           \
-        const float *pb = ps + kb * w;                                                    \
-        const size_t kr = r - kb < 4 ? r - kb : 4;                                        \
-        if (kb == 0 && kr == 1)                                                           \
-            backward_rows(dzi, mb, colsum, gr, ld, next, zi, r, pb, w, 1, nr, 1);         \
-        else if (kb == 0 && kr == 2)                                                      \
-            backward_rows(dzi, mb, colsum, gr, ld, next, zi, r, pb, w, 2, nr, 1);         \
-        else if (kb == 0 && kr == 3)                                                      \
-            backward_rows(dzi, mb, colsum, gr, ld, next, zi, r, pb, w, 3, nr, 1);         \
-        else if (kb == 0)                                                                 \
-            backward_rows(dzi, mb, colsum, gr, ld, next, zi, r, pb, w, 4, nr, 1);         \
-        else if (kr == 1)                                                                 \
-            backward_rows(dzi + kb, mb, NULL, gr, ld, next, zi + kb, r, pb, w, 1, nr, 0); \
-        else if (kr == 2)                                                                 \
-            backward_rows(dzi + kb, mb, NULL, gr, ld, next, zi + kb, r, pb, w, 2, nr, 0); \
-        else if (kr == 3)                                                                 \
-            backward_rows(dzi + kb, mb, NULL, gr, ld, next, zi + kb, r, pb, w, 3, nr, 0); \
-        else                                                                              \
-            backward_rows(dzi + kb, mb, NULL, gr, ld, next, zi + kb, r, pb, w, 4, nr, 0); \
+ * between the passes.  (Four rows at once ran slower here: the splats of Z and the
+ * accumulators no longer fit in the registers.) */
+#define BACKWARD_RANKS(nr)                                                                  \
+    for (size_t kb = 0; kb < r; kb += 4) {                                                  \
+        float *mb = m + kb * st;                                                            \
+        const float *pb = ps + kb * st;                                                     \
+        const size_t kr = r - kb < 4 ? r - kb : 4;                                          \
+        if (kb == 0 && kr == 1)                                                             \
+            backward_rows(dzi, mb, colsum, gr, ld, next, zi, r, pb, st, w, 1, nr, 1);       \
+        else if (kb == 0 && kr == 2)                                                        \
+            backward_rows(dzi, mb, colsum, gr, ld, next, zi, r, pb, st, w, 2, nr, 1);       \
+        else if (kb == 0 && kr == 3)                                                        \
+            backward_rows(dzi, mb, colsum, gr, ld, next, zi, r, pb, st, w, 3, nr, 1);       \
+        else if (kb == 0)                                                                   \
+            backward_rows(dzi, mb, colsum, gr, ld, next, zi, r, pb, st, w, 4, nr, 1);       \
+        else if (kr == 1)                                                                   \
+            backward_rows(dzi + kb, mb, NULL, gr, ld, next, zi + kb, r, pb, st, w, 1, nr, 0); \
+        else if (kr == 2)                                                                   \
+            backward_rows(dzi + kb, mb, NULL, gr, ld, next, zi + kb, r, pb, st, w, 2, nr, 0); \
+        else if (kr == 3)                                                                   \
+            backward_rows(dzi + kb, mb, NULL, gr, ld, next, zi + kb, r, pb, st, w, 3, nr, 0); \
+        else                                                                                \
+            backward_rows(dzi + kb, mb, NULL, gr, ld, next, zi + kb, r, pb, st, w, 4, nr, 0); \
     }
 
 /* Per chunk: build P (.) s, stream every row of G through it into zeroed M and column
- * sums (on the stack), then add dL/ds = sum_k P_k (.) M_k and dL/db = colsum.  dz is
+ * sums (in `work`), then add dL/ds = sum_k P_k (.) M_k and dL/db = colsum.  dz is
  * accumulated into.  Returns 1 if every dz[i,:] is finite: a NaN or infinity anywhere
  * in G reaches its row (x * inf and 0 * inf are not finite), so this is the
  * finiteness check of G, at no extra pass. */
 INLINE int backward_body(float *restrict dz, float *restrict ds, float *restrict db,
                          const float *restrict g, size_t ld, const float *restrict z,
                          size_t rows, size_t r, const float *restrict proj,
-                         const float *restrict s, size_t d)
+                         const float *restrict s, size_t d, float *restrict work)
 {
-    float area[AREA_FLOATS];
-    float *ps = chunk_data(area, g, 1792); /* r*w floats, then r*w of M, w of sums */
-    const size_t w_max = chunk_cols(r, d);
+    const size_t w_max = backward_cols(r, d), st = chunk_stride(w_max);
+    float *ps = chunk_data(work, g, 1792); /* r rows of P (.) s, r of M, 1 of sums */
+    float *m = ps + r * st, *colsum = m + r * st;
     for (size_t j0 = 0, w; j0 < d; j0 += w) {
         w = chunk_width(g, j0, w_max, d);
-        float *m = ps + r * w, *colsum = m + r * w;
-        for (size_t k = 0; k < r; k++)
+        for (size_t k = 0; k < r; k++) {
             for (size_t j = 0; j < w; j++)
-                ps[k * w + j] = s ? proj[k * d + j0 + j] * s[j0 + j] : proj[k * d + j0 + j];
-        memset(m, 0, r * w * sizeof(float));
+                ps[k * st + j] = s ? proj[k * d + j0 + j] * s[j0 + j] : proj[k * d + j0 + j];
+            memset(m + k * st, 0, w * sizeof(float));
+        }
         memset(colsum, 0, w * sizeof(float));
         for (size_t i = 0; i < rows;) {
-            const size_t nr = rows - i >= 2 ? 2 : 1;
             const float *gr = g + i * ld + j0, *zi = z + i * r;
-            const float *next = i + nr < rows ? gr + nr * ld : gr; /* to prefetch */
             float *dzi = dz + i * r;
+            if (r <= 2 && rows - i >= 4) {
+                if (r == 1)
+                    backward_rows4(dzi, m, colsum, gr, ld, zi, ps, st, w, 1);
+                else
+                    backward_rows4(dzi, m, colsum, gr, ld, zi, ps, st, w, 2);
+                i += 4;
+                continue;
+            }
+            const size_t nr = rows - i >= 2 ? 2 : 1;
+            const float *next = i + nr < rows ? gr + nr * ld : gr; /* to prefetch */
             if (nr == 2)
                 BACKWARD_RANKS(2)
             else
@@ -309,7 +395,7 @@ INLINE int backward_body(float *restrict dz, float *restrict ds, float *restrict
         if (ds)
             for (size_t k = 0; k < r; k++)
                 for (size_t j = 0; j < w; j++)
-                    ds[j0 + j] += proj[k * d + j0 + j] * m[k * w + j];
+                    ds[j0 + j] += proj[k * d + j0 + j] * m[k * st + j];
         if (db)
             for (size_t j = 0; j < w; j++)
                 db[j0 + j] += colsum[j];
@@ -325,12 +411,12 @@ INLINE int backward_body(float *restrict dz, float *restrict ds, float *restrict
 #define BACKWARD_ARGS                                                                      \
     float *restrict dz, float *restrict ds, float *restrict db, const float *restrict g,   \
         size_t ld, const float *restrict z, size_t rows, size_t r,                         \
-        const float *restrict proj, const float *restrict s, size_t d
+        const float *restrict proj, const float *restrict s, size_t d, float *restrict work
 
 static void forward_portable(FORWARD_ARGS) { forward_body(e, ld, z, rows, r, proj, s, b, d); }
 ULPT__MUST_CHECK static int backward_portable(BACKWARD_ARGS)
 {
-    return backward_body(dz, ds, db, g, ld, z, rows, r, proj, s, d);
+    return backward_body(dz, ds, db, g, ld, z, rows, r, proj, s, d, work);
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -348,7 +434,7 @@ AVX2_FMA static void forward_avx2_fma(FORWARD_ARGS)
 }
 ULPT__MUST_CHECK AVX2_FMA static int backward_avx2_fma(BACKWARD_ARGS)
 {
-    return backward_body(dz, ds, db, g, ld, z, rows, r, proj, s, d);
+    return backward_body(dz, ds, db, g, ld, z, rows, r, proj, s, d, work);
 }
 #endif
 
@@ -389,7 +475,7 @@ int ulpt__fused_backward(BACKWARD_ARGS)
 {
 #ifdef HAVE_AVX2
     if (use_avx2_fma())
-        return backward_avx2_fma(dz, ds, db, g, ld, z, rows, r, proj, s, d);
+        return backward_avx2_fma(dz, ds, db, g, ld, z, rows, r, proj, s, d, work);
 #endif
-    return backward_portable(dz, ds, db, g, ld, z, rows, r, proj, s, d);
+    return backward_portable(dz, ds, db, g, ld, z, rows, r, proj, s, d, work);
 }

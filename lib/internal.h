@@ -128,13 +128,18 @@ void ulpt__fused_forward(float *restrict e, size_t ld, const float *restrict z, 
 
 /* One pass over G (rows x d, stride ld), proj r x d:  dz[i,k] += G[i,:] . (proj[k,:] (.) s),
  * ds += sum_k proj[k,:] (.) (z^T G)[k,:] and db += sum_i G[i,:]; s, ds and db NULL when
- * absent.  Returns 1 if the dz rows are all finite afterwards, 0 if not (a NaN or
- * infinity in G always makes its row of dz non-finite). */
+ * absent.  `work` holds ulpt__fused_backward_work(r, d) floats of scratch.  Returns 1 if
+ * the dz rows are all finite afterwards, 0 if not (a NaN or infinity in G always makes
+ * its row of dz non-finite). */
 ULPT__MUST_CHECK int ulpt__fused_backward(float *restrict dz, float *restrict ds,
                                           float *restrict db, const float *restrict g,
                                           size_t ld, const float *restrict z, size_t rows,
                                           size_t r, const float *restrict proj,
-                                          const float *restrict s, size_t d);
+                                          const float *restrict s, size_t d,
+                                          float *restrict work);
+/* Floats of scratch ulpt__fused_backward needs, r <= ULPT__FUSED_MAX_RANK: at most
+ * 21504 (rank 2). */
+size_t ulpt__fused_backward_work(size_t r, size_t d);
 
 /* ---- files (io.c) ------------------------------------------------------------------- */
 
@@ -201,7 +206,8 @@ struct ulpt_prompt {
     float *z, *s, *b;      /* views into params; s, b NULL when absent */
     float *gz, *gs, *gb;   /* views into grads */
     /* backward scratch, unused by the identity: [Z_g | 1] (n_g x (r+1)), M ((r+1) x d),
-       P_g diag(s) (r x d) */
+       P_g diag(s) (r x d); from ws_m on, the fused kernel's work area where that is
+       longer */
     float *ws_z1, *ws_m, *ws_ps;
     ulpt_meta meta;
     ulpt_work work;

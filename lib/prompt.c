@@ -66,6 +66,12 @@ ULPT__MUST_CHECK static int layout(const ulpt_prompt_options *o, size_t *n_param
         if (!ulpt__mul(ng, (size_t)o->rank + 1, &z1) ||
             !ulpt__mul((size_t)o->rank + 1, o->dim, &m) || !ulpt__mul(o->rank, o->dim, &ps))
             return 0;
+        /* the fused backward's work area starts at ws_m and may run past ws_ps */
+        if (o->rank <= ULPT__FUSED_MAX_RANK) {
+            const size_t fw = ulpt__fused_backward_work(o->rank, o->dim);
+            if (fw > m + ps)
+                ps = fw - m;
+        }
     }
     *n_scratch = z1 + m + ps;
     size_t total, bytes;

@@ -212,7 +212,7 @@ TEST(identity_kind_is_vanilla_prompt_tuning)
 /* ---- the fused kernels against the GEMM path ------------------------------------- */
 
 /* A random shape: every rank the fused kernels take and a few past them, dims around
- * the vector width and the chunk width (odd ones included), 1..4 groups, every flag
+ * the vector width and the chunk widths (odd ones included), 1..4 groups, every flag
  * combination, and rows padded (ld > dim) or not. */
 typedef struct {
     uint32_t n, r, d, groups;
@@ -223,8 +223,9 @@ typedef struct {
 
 static shape random_shape(uint64_t *st)
 {
-    static const uint32_t dims[] = {1, 2, 3, 7, 15, 16, 17, 31, 33, 100, 127, 255, 257,
-                                    511, 513, 768, 769, 1001, 2048, 4096};
+    static const uint32_t dims[] = {1,   2,   3,   7,   15,  16,   17,   31,   33,   100,
+                                    127, 255, 257, 511, 513, 768,  769,  1001, 1023, 1025,
+                                    2048, 4095, 4096, 4097, 5000};
     static const int kinds[] = {ULPT_PROJ_XAVIER_UNIFORM, ULPT_PROJ_KAIMING_UNIFORM,
                                 ULPT_PROJ_RADEMACHER, ULPT_PROJ_GAUSSIAN};
     shape s;
