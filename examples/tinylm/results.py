@@ -72,6 +72,7 @@ SWEEPS = [
 ]
 # the same methods on the wider host (method name + "@wide")
 WIDE = ["none", "vanilla", "ulpt2", "ulpt32", "ulpt2-noss"]
+WIDE_TRAINED = [m + "@wide" for m in WIDE if m != "none"]
 MODELS = {"": "tinylm.tlm", "wide": "tinylm-wide.tlm"}
 ALL = METHODS + SWEEPS
 
@@ -200,11 +201,11 @@ def main():
     runner.batch([(t, m, chosen[t, "ulpt2"], s) for t in SWEEP_TASKS for m, _, _ in SWEEPS
                   for s in SEEDS])
     # the wider host: its own search and seeds, the same protocol
-    wide = [m + "@wide" for m in WIDE if m != "none"]
     runner.batch([(t, "none@wide", LRS[0], 1) for t in TASKS])
-    runner.batch([(t, m, lr, SEEDS[0]) for t in TASKS for m in wide for lr in LRS])
-    chosen.update({(t, m): choose_lr(runner, t, m) for t in TASKS for m in wide})
-    runner.batch([(t, m, chosen[t, m], s) for t in TASKS for m in wide for s in SEEDS[1:]])
+    runner.batch([(t, m, lr, SEEDS[0]) for t in TASKS for m in WIDE_TRAINED for lr in LRS])
+    chosen.update({(t, m): choose_lr(runner, t, m) for t in TASKS for m in WIDE_TRAINED})
+    runner.batch([(t, m, chosen[t, m], s)
+                  for t in TASKS for m in WIDE_TRAINED for s in SEEDS[1:]])
     elapsed = time.time() - wall
     summary = os.path.join(OUT, "summary.json")
     if os.path.exists(summary) and "--fresh" not in sys.argv:
@@ -238,7 +239,7 @@ def main():
               for t in SWEEP_TASKS}
     # the learning-rate search itself: validation accuracy of every (method, rate), seed 1
     search = {t: {m: [runner.get(t, m, lr, SEEDS[0])["acc_valid"] for lr in LRS]
-                  for m in trained + wide} for t in TASKS}
+                  for m in trained + WIDE_TRAINED} for t in TASKS}
     with open(summary, "w") as f:
         json.dump({"rows": rows, "sweeps": sweeps, "search": search,
                    "chosen_lr": {"%s/%s" % k: v for k, v in chosen.items()},
@@ -321,10 +322,9 @@ def plot_curves(rows):
     chosen learning rate, one panel per task."""
     data = os.path.join(OUT, "curves.dat")
     trained = [m for m, _, _ in METHODS if m != "none"]
-    wide = [m + "@wide" for m in WIDE if m != "none"]
     panels, index = [], 0
     with open(data, "w") as f:
-        for methods, host in ((trained, ""), (wide, ", wider host (d = 256)")):
+        for methods, host in ((trained, ""), (WIDE_TRAINED, ", wider host (d = 256)")):
             for t in TASKS:
                 plots = []
                 for m in methods:
@@ -399,11 +399,7 @@ def write_report(rows, sweeps, search, elapsed, n_runs):
                   "d = 128 | test accuracy, d = 256 | final training loss, d = 128 / 256 | "
                   "learning rate, d = 128 / 256 |", "|---|---|---:|---:|---:|---:|---:|"]
     for t in ["average"] + TASKS:
-        for m in WIDE + ["majority"]:
-            if m == "majority":
-                wide_lines.append("| %s | majority class | — | %.1f | %.1f | — | — |" % (
-                    t, 100 * rows[t]["none"]["majority"], 100 * rows[t]["none@wide"]["majority"]))
-                continue
+        for m in WIDE:
             a, b = rows[t][m], rows[t][m + "@wide"]
             trained_here = m != "none" and t != "average"
             wide_lines.append("| %s | %s | %s / %s | %s | %s | %s | %s |" % (
@@ -411,6 +407,8 @@ def write_report(rows, sweeps, search, elapsed, n_runs):
                 fmt_acc(a["acc"]), fmt_acc(b["acc"]),
                 "%.3f / %.3f" % (a["loss_last"], b["loss_last"]) if trained_here else "—",
                 "%g / %g" % (a["lr"], b["lr"]) if trained_here else "—"))
+        wide_lines.append("| %s | majority class | — | %.1f | %.1f | — | — |" % (
+            t, 100 * rows[t]["none"]["majority"], 100 * rows[t]["none@wide"]["majority"]))
         gaps = ["%.1f" % (100 * (rows[t]["vanilla" + h]["acc"][0] - rows[t]["ulpt2" + h]["acc"][0]))
                 for h in ("", "@wide")]
         wide_lines.append("| %s | *vanilla − ULPT r=2, points* | — | *%s* | *%s* | — | — |"
