@@ -149,6 +149,8 @@ static double memory_needed(const ulpt_prompt_options *o, int checkpoint, size_t
     double floats = 3 * params + (n / g + 1) * (r + 1) + (2 * r + 1) * d;
     if (o->projection_kind != ULPT_PROJ_IDENTITY)
         floats += g * r * d;
+    if (o->rank <= ULPT__FUSED_MAX_RANK) /* where it is longer than the GEMM scratch */
+        floats += (double)ulpt__fused_backward_work(o->rank, o->dim);
     if (checkpoint)
         floats += 3 * params + 2 * n * d;
     return 4 * floats + 4096 * g + (double)file_len;

@@ -24,11 +24,12 @@
 
 #include <string.h>
 
-/* Forward's stack area for chunk data: at most 4608 floats (r + 1 rows of
- * chunk_cols(r) floats) plus 4 KiB of slack for chunk_data() to place them in.  Backward
- * keeps its chunk data in the caller's work area (ulpt__fused_backward_work). */
+/* Forward's stack area for chunk data: at most 2560 floats (r + 1 rows of
+ * chunk_cols(r) floats, at rank 4) plus 4 KiB of slack for chunk_data() to place them
+ * in; 14 KiB.  Backward keeps its chunk data in the caller's work area
+ * (ulpt__fused_backward_work). */
 #define SLACK_FLOATS 1024
-#define AREA_FLOATS (4608 + SLACK_FLOATS)
+#define AREA_FLOATS (2560 + SLACK_FLOATS)
 
 int ulpt__kernel_force = ULPT__KERNEL_AUTO;
 
@@ -85,8 +86,9 @@ static size_t chunk_cols(size_t r, size_t d)
 
 /* Backward's: the same past rank 2.  At ranks 1 and 2 (four rows of G at a time) long
  * stretches of each row of G matter more than keeping the 2r + 1 rows of chunk data in
- * L1: with G in L3, as `make bench` has it, 4096 columns (16 KiB of each row; chunk
- * data in L2) took 1.7 times a read of G at the headline shape where 512 took 2.0. */
+ * L1: with G in L3, as `make bench` has it, the four-row loop over chunks of 4096
+ * columns (16 KiB of each row; chunk data in L2) took 1.7 times a read of G at the
+ * headline shape where the same loop over chunks of 512 took 2.0. */
 static size_t backward_cols(size_t r, size_t d)
 {
     size_t w = r <= 2 ? 4096 : chunk_cols(r, d);
@@ -105,17 +107,31 @@ size_t ulpt__fused_backward_work(size_t r, size_t d)
     return (2 * r + 1) * chunk_stride(backward_cols(r, d)) + SLACK_FLOATS;
 }
 
-/* The width of the chunk that starts at column j0: w_max, but the first one shorter so
- * that the others start on a 32-byte boundary of `row`, even where w_max is all of d.
- * With rows so aligned (a stride that is a multiple of 8 floats) no vector load or
- * store then straddles two cache lines, which costs the backward pass up to a tenth of
- * its time; the short chunk is a few columns more. */
-static size_t chunk_width(const float *row, size_t j0, size_t w_max, size_t d)
+/* The width of the chunk that starts at column j0: w_max, the last one what is left.
+ * Chunks start at the same columns wherever the rows are in memory: backward sums each
+ * row of dZ a chunk at a time, eight columns to a lane, so chunks that moved with the
+ * address would round differently for the same numbers (and a resumed run would not
+ * repeat an uninterrupted one bit for bit).  Rows off a 32-byte boundary cost vector
+ * loads that straddle cache lines instead. */
+static size_t chunk_width(size_t j0, size_t w_max, size_t d)
 {
-    size_t w = w_max;
-    if (j0 == 0 && w > VL)
-        w -= (uintptr_t)row % (VL * sizeof(float)) / sizeof(float);
-    return d - j0 < w ? d - j0 : w;
+    return d - j0 < w_max ? d - j0 : w_max;
+}
+
+/* Forward's: the same, except that where `row` is not on a 32-byte boundary a first
+ * chunk of the 1..7 columns before the boundary comes first, so that every other chunk
+ * starts on one (a row stride that is a multiple of 8 floats then keeps every vector
+ * store within a cache line).  Each element of E is computed on its own, so where the
+ * chunks fall does not change its bits; stores that straddle two lines cost forward a
+ * fifth of its time at the headline shape. */
+static size_t aligned_chunk_width(const float *row, size_t j0, size_t w_max, size_t d)
+{
+    if (j0 == 0 && d > VL) {
+        const size_t head = (VL - (uintptr_t)row / sizeof(float) % VL) % VL;
+        if (head)
+            return head;
+    }
+    return chunk_width(j0, w_max, d);
 }
 
 /* Where in `area` (the chunk data and SLACK_FLOATS more) the chunk data starts.  A load
@@ -193,7 +209,7 @@ INLINE void forward_body(float *restrict e, size_t ld, const float *restrict z, 
     float *ps = chunk_data(area, e, 256); /* r*w floats, then w of b */
     const size_t w_max = chunk_cols(r, d);
     for (size_t j0 = 0, w; j0 < d; j0 += w) {
-        w = chunk_width(e, j0, w_max, d);
+        w = aligned_chunk_width(e, j0, w_max, d);
         float *bias = ps + r * w;
         for (size_t k = 0; k < r; k++)
             for (size_t j = 0; j < w; j++)
@@ -298,7 +314,8 @@ INLINE void backward_rows4(float *restrict dz, float *restrict m, float *restric
         vf gq[4], p[2], mv[2];
         for (size_t q = 0; q < 4; q++)
             gq[q] = vload(g + q * ld + j);
-        vstore(colsum + j, vadd(vload(colsum + j), vadd(vadd(gq[0], gq[1]), vadd(gq[2], gq[3]))));
+        /* in row order, as two rows at a time add them */
+        vstore(colsum + j, vadd(vadd(vadd(vadd(vload(colsum + j), gq[0]), gq[1]), gq[2]), gq[3]));
         for (size_t k = 0; k < kr; k++) {
             p[k] = vload(ps + k * st + j);
             mv[k] = vload(m + k * st + j);
@@ -366,7 +383,7 @@ INLINE int backward_body(float *restrict dz, float *restrict ds, float *restrict
     float *ps = chunk_data(work, g, 1792); /* r rows of P (.) s, r of M, 1 of sums */
     float *m = ps + r * st, *colsum = m + r * st;
     for (size_t j0 = 0, w; j0 < d; j0 += w) {
-        w = chunk_width(g, j0, w_max, d);
+        w = chunk_width(j0, w_max, d);
         for (size_t k = 0; k < r; k++) {
             for (size_t j = 0; j < w; j++)
                 ps[k * st + j] = s ? proj[k * d + j0 + j] * s[j0 + j] : proj[k * d + j0 + j];

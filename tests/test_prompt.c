@@ -211,14 +211,16 @@ TEST(identity_kind_is_vanilla_prompt_tuning)
 
 /* ---- the fused kernels against the GEMM path ------------------------------------- */
 
-/* A random shape: every rank the fused kernels take and a few past them, dims around
- * the vector width and the chunk widths (odd ones included), 1..4 groups, every flag
- * combination, and rows padded (ld > dim) or not. */
+/* A random shape: every rank the fused kernels take and a few past them (ranks 1 and 2
+ * for half the dims past 1000, where backward's four-row loop and long chunks run), dims
+ * around the vector width and the chunk widths (odd ones included), 1..4 groups, every
+ * flag combination, rows padded (ld > dim) or not, and E and G starting anywhere in a
+ * 32-byte block (off floats past it). */
 typedef struct {
     uint32_t n, r, d, groups;
     int kind;
     unsigned flags;
-    size_t ld;
+    size_t ld, off;
 } shape;
 
 static shape random_shape(uint64_t *st)
@@ -233,12 +235,15 @@ static shape random_shape(uint64_t *st)
     s.d = dims[(size_t)(u * (sizeof dims / sizeof dims[0]))];
     uint32_t r = 1 + (uint32_t)((0.5 * (test_uniform(st) + 1)) * 18); /* 1..18 */
     s.r = r < s.d ? r : s.d;
+    if (s.d > 1000 && test_uniform(st) > 0)
+        s.r = test_uniform(st) > 0 ? 2 : 1;
     s.groups = 1 + (uint32_t)((0.5 * (test_uniform(st) + 1)) * 4);
     s.n = s.groups * (1 + (uint32_t)((0.5 * (test_uniform(st) + 1)) * (s.d > 1000 ? 8 : 25)));
     s.kind = kinds[(size_t)((0.5 * (test_uniform(st) + 1)) * 4) & 3];
     s.flags = (unsigned)((0.5 * (test_uniform(st) + 1)) * 4) & 3;
     const int padded = test_uniform(st) > 0;
     s.ld = s.d + (padded ? 1 + (size_t)(test_uniform(st) * 2 + 2) : 0); /* 0 or 1..4 */
+    s.off = (size_t)((0.5 * (test_uniform(st) + 1)) * 8) & 7;
     return s;
 }
 
@@ -267,14 +272,15 @@ TEST_LOOP(fused_and_gemm_paths_agree_over_many_shapes, 0, 8)
         test_perturb(p, st);
         const size_t n = sh.n, d = sh.d, r = sh.r, ld = sh.ld, np = ulpt_prompt_num_params(p);
         const size_t ng = n / sh.groups;
-        float *g = malloc(n * ld * sizeof *g);
+        float *gbuf = malloc((n * ld + 8) * sizeof *gbuf), *g = gbuf + sh.off;
         for (size_t k = 0; k < n * ld; k++)
             g[k] = (float)test_uniform(&st);
-        float *e[3], *gr[3];
+        float *ebuf[3], *e[3], *gr[3];
         static const char *names[3] = {"GEMM", "fused", "fused baseline"};
         const int which[3] = {ULPT__KERNEL_GEMM, ULPT__KERNEL_FUSED, ULPT__KERNEL_FUSED_PORTABLE};
         for (int k = 0; k < 3; k++) {
-            e[k] = malloc(n * ld * sizeof *e[k]);
+            ebuf[k] = malloc((n * ld + 8) * sizeof *ebuf[k]);
+            e[k] = ebuf[k] + sh.off;
             for (size_t q = 0; q < n * ld; q++)
                 e[k][q] = -7.0f; /* padding sentinel */
             gr[k] = malloc(np * sizeof *gr[k]);
@@ -334,11 +340,66 @@ TEST_LOOP(fused_and_gemm_paths_agree_over_many_shapes, 0, 8)
                                   sh.r, sh.d, j, gr[k][o], names[k], ref_b[j]);
                 }
             }
-        free(mag_s), free(mag_b), free(ref_s), free(ref_b), free(g);
+        free(mag_s), free(mag_b), free(ref_s), free(ref_b), free(gbuf);
         for (int k = 0; k < 3; k++)
-            free(e[k]), free(gr[k]);
+            free(ebuf[k]), free(gr[k]);
         ulpt_prompt_free(p);
     }
+}
+
+/* The fused kernels give the same bits wherever the host's rows sit in memory: G and E
+ * copied to each of the eight float offsets of a 32-byte block (and padded or not) give
+ * identical gradients and embeddings, so a resumed run repeats an uninterrupted one. */
+TEST_LOOP(fused_results_do_not_depend_on_alignment, 0, 2)
+{
+    static const struct {
+        uint32_t n, r, d, groups;
+    } shapes[] = {{9, 2, 4096, 1}, {7, 1, 5000, 1}, {10, 2, 768, 2}, {9, 2, 8200, 1},
+                  {6, 3, 1001, 1}, {5, 8, 600, 1},  {8, 2, 100, 2}};
+    ulpt__kernel_force = _i ? ULPT__KERNEL_FUSED_PORTABLE : ULPT__KERNEL_FUSED;
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        ulpt_prompt *p = test_prompt(shapes[c].n, shapes[c].r, shapes[c].d, shapes[c].groups,
+                                     ULPT_PROJ_XAVIER_UNIFORM, 0);
+        test_perturb(p, 3 + c);
+        const size_t n = shapes[c].n, d = shapes[c].d, np = ulpt_prompt_num_params(p);
+        float *want = malloc(np * sizeof *want), *want_e = malloc(n * d * sizeof *want_e);
+        float *src = malloc(n * d * sizeof *src);
+        uint64_t st = 17 + c;
+        for (size_t k = 0; k < n * d; k++)
+            src[k] = (float)test_uniform(&st);
+        for (size_t pad = 0; pad < 2; pad++) {
+            const size_t ld = d + pad;
+            float *gbuf = malloc((n * ld + 8) * sizeof *gbuf);
+            float *ebuf = malloc((n * ld + 8) * sizeof *ebuf);
+            for (size_t off = 0; off < 8; off++) {
+                float *g = gbuf + off, *e = ebuf + off;
+                for (size_t i = 0; i < n; i++) {
+                    memcpy(g + i * ld, src + i * d, d * sizeof *g);
+                    if (pad)
+                        g[i * ld + d] = NAN; /* never read */
+                }
+                ck_assert_int_eq(ulpt_prompt_forward(p, e, ld), ULPT_OK);
+                ulpt_prompt_zero_grad(p);
+                ck_assert_int_eq(ulpt__prompt_backward("test", p, g, ld), ULPT_OK);
+                if (pad == 0 && off == 0) {
+                    memcpy(want, ulpt_prompt_grads(p), np * sizeof *want);
+                    memcpy(want_e, e, n * d * sizeof *want_e);
+                    continue;
+                }
+                ck_assert_msg(!memcmp(want, ulpt_prompt_grads(p), np * sizeof *want),
+                              "n %zu r %u d %zu ld %zu: gradients differ at offset %zu", n,
+                              shapes[c].r, d, ld, off);
+                for (size_t i = 0; i < n; i++)
+                    ck_assert_msg(!memcmp(want_e + i * d, e + i * ld, d * sizeof *e),
+                                  "n %zu d %zu ld %zu: row %zu of E differs at offset %zu", n, d,
+                                  ld, i, off);
+            }
+            free(gbuf), free(ebuf);
+        }
+        free(want), free(want_e), free(src);
+        ulpt_prompt_free(p);
+    }
+    ulpt__kernel_force = ULPT__KERNEL_AUTO;
 }
 
 /* A NaN or an infinity anywhere in G, including the columns past the last full vector
