@@ -73,6 +73,8 @@ ULPT__MUST_CHECK static int layout(const ulpt_prompt_options *o, size_t *n_param
                 ps = fw - m;
         }
     }
+    if (z1 > SIZE_MAX - m || z1 + m > SIZE_MAX - ps)
+        return 0;
     *n_scratch = z1 + m + ps;
     size_t total, bytes;
     if (*n_params > SIZE_MAX / 2 || 2 * *n_params > SIZE_MAX - *n_scratch)
