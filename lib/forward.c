@@ -134,14 +134,21 @@ int ulpt__prompt_forward(const char *func, const ulpt_prompt *p, float *embeddin
     }
     const size_t r = p->r, d = p->d, ng = p->n / p->groups;
     const int fused = use_fused(p);
+    /* The fused kernel's faster scratch, borrowed for the call: forward only reads the
+     * prompt (several threads may share it), so the prompt's own scratch will not do.
+     * Without the memory (or the allocator, in a bank's views) it runs without. */
+    const size_t wf = fused ? ulpt__fused_forward_work(r, d) : 0;
+    float *work = wf && p->al.alloc ? ulpt__alloc(&p->al, wf * sizeof(float)) : NULL;
     for (size_t g = 0; g < p->groups; g++) {
         const float *proj = ulpt_projection_data(p->proj[g]), *z = p->z + g * ng * r;
         float *e = embeddings + g * ng * ld;
         if (fused)
-            ulpt__fused_forward(e, ld, z, ng, r, proj, p->s, p->b, d);
+            ulpt__fused_forward(e, ld, z, ng, r, proj, p->s, p->b, d, work);
         else
             gemm_forward(p, proj, z, ng, e, ld);
     }
+    if (work)
+        ulpt__free(&p->al, work);
     return ULPT_OK;
 }
 

@@ -11,11 +11,11 @@
  * loops do the arithmetic while each element streams by.  Both walk E or G in column
  * chunks: every row of the group passes over a chunk of P (.) s and b (forward) or
  * P (.) s, M and the column sums (backward), several rows at a time.  The chunks keep
- * that data in L1, except backward's at ranks 1 and 2, which favour long stretches of
- * G's rows and keep their data in the caller's scratch.  The inner loops work on 8
- * floats at once (GCC/clang vector types; plain loops elsewhere); on x86-64 a second
- * copy is compiled for AVX2 with FMA and chosen at run time, while the shipped library
- * targets the baseline ISA.  The copies add in the same order, but the FMA copy rounds
+ * that data in L1, except at ranks 1 and 2, which favour long stretches of the rows and
+ * keep their data in scratch: backward in the caller's, forward in memory borrowed for
+ * the call.  The inner loops work on 8 floats at once (GCC/clang vector types; plain
+ * loops elsewhere); on x86-64 a second copy is compiled for AVX2 with FMA and chosen at
+ * run time, while the shipped library targets the baseline ISA.  The copies add in the same order, but the FMA copy rounds
  * each multiply-add once where the baseline copy rounds twice, so they agree to float
  * round-off rather than to the bit (tests/test_prompt.c holds both to a double-precision
  * reference).  docs/DESIGN.md ("Speed") has the measured crossover to the GEMM path in
@@ -26,8 +26,8 @@
 
 /* Forward's stack area for chunk data: at most 2560 floats (r + 1 rows of
  * chunk_cols(r) floats, at rank 4) plus 4 KiB of slack for chunk_data() to place them
- * in; 14 KiB.  Backward keeps its chunk data in the caller's work area
- * (ulpt__fused_backward_work). */
+ * in; 14 KiB.  Its longer chunks at ranks 1 and 2 (ulpt__fused_forward_work) and
+ * backward's (ulpt__fused_backward_work) use the caller's memory instead. */
 #define SLACK_FLOATS 1024
 #define AREA_FLOATS (2560 + SLACK_FLOATS)
 
@@ -171,14 +171,31 @@ INLINE void forward_rows(float *restrict er, size_t ld, const float *next,
          * with it (measured), the one-row loop of the larger ranks faster. */
         if (nr == 1)
             PREFETCH(next + j, 1);
-        for (size_t h = j; h < j + 2 * VL; h += VL) {
-            const vf bv = vload(bias + h);
-            for (size_t q = 0; q < nr; q++) {
-                vf acc = bv;
-                for (size_t k = 0; k < r; k++)
-                    acc = vfma(zk[q][k], vload(ps + k * w + h), acc);
-                vstore(er + q * ld + h, acc);
+        if (nr == 1 || r > 2) { /* past rank 2 the registers hold one vector of each row */
+            for (size_t h = j; h < j + 2 * VL; h += VL) {
+                const vf bv = vload(bias + h);
+                for (size_t q = 0; q < nr; q++) {
+                    vf acc = bv;
+                    for (size_t k = 0; k < r; k++)
+                        acc = vfma(zk[q][k], vload(ps + k * w + h), acc);
+                    vstore(er + q * ld + h, acc);
+                }
             }
+            continue;
+        }
+        /* Sixteen columns of a row, then of the next: each row's stores come in pairs
+         * that fill a 64-byte line (when E's rows are on 64-byte boundaries).  Plain
+         * stores in that order over four rows of 4096 columns wrote as fast as memset;
+         * a vector of each row in turn took 1.2 to 1.4 times as long (measured). */
+        const vf b0 = vload(bias + j), b1 = vload(bias + j + VL);
+        for (size_t q = 0; q < nr; q++) {
+            vf a0 = b0, a1 = b1;
+            for (size_t k = 0; k < r; k++) {
+                a0 = vfma(zk[q][k], vload(ps + k * w + j), a0);
+                a1 = vfma(zk[q][k], vload(ps + k * w + j + VL), a1);
+            }
+            vstore(er + q * ld + j, a0);
+            vstore(er + q * ld + j + VL, a1);
         }
     }
     for (; j < w; j++) /* the columns past the last pair of vectors */
@@ -201,13 +218,12 @@ INLINE void forward_rows(float *restrict er, size_t ld, const float *next,
     default: forward_rows(er, ld, next, zi, ps, bias, w, r, 1); break;                    \
     }
 
+/* `area` holds (r + 1) w_max + SLACK_FLOATS floats. */
 INLINE void forward_body(float *restrict e, size_t ld, const float *restrict z, size_t rows,
                          size_t r, const float *restrict proj, const float *restrict s,
-                         const float *restrict b, size_t d)
+                         const float *restrict b, size_t d, float *area, size_t w_max)
 {
-    float area[AREA_FLOATS];
     float *ps = chunk_data(area, e, 256); /* r*w floats, then w of b */
-    const size_t w_max = chunk_cols(r, d);
     for (size_t j0 = 0, w; j0 < d; j0 += w) {
         w = aligned_chunk_width(e, j0, w_max, d);
         float *bias = ps + r * w;
@@ -430,7 +446,10 @@ INLINE int backward_body(float *restrict dz, float *restrict ds, float *restrict
         size_t ld, const float *restrict z, size_t rows, size_t r,                         \
         const float *restrict proj, const float *restrict s, size_t d, float *restrict work
 
-static void forward_portable(FORWARD_ARGS) { forward_body(e, ld, z, rows, r, proj, s, b, d); }
+static void forward_portable(FORWARD_ARGS, float *area, size_t w_max)
+{
+    forward_body(e, ld, z, rows, r, proj, s, b, d, area, w_max);
+}
 ULPT__MUST_CHECK static int backward_portable(BACKWARD_ARGS)
 {
     return backward_body(dz, ds, db, g, ld, z, rows, r, proj, s, d, work);
@@ -445,9 +464,9 @@ ULPT__MUST_CHECK static int backward_portable(BACKWARD_ARGS)
 #else
 #define AVX2_FMA __attribute__((target("avx2,fma"), optimize("fp-contract=fast")))
 #endif
-AVX2_FMA static void forward_avx2_fma(FORWARD_ARGS)
+AVX2_FMA static void forward_avx2_fma(FORWARD_ARGS, float *area, size_t w_max)
 {
-    forward_body(e, ld, z, rows, r, proj, s, b, d);
+    forward_body(e, ld, z, rows, r, proj, s, b, d, area, w_max);
 }
 ULPT__MUST_CHECK AVX2_FMA static int backward_avx2_fma(BACKWARD_ARGS)
 {
@@ -477,15 +496,29 @@ static int use_avx2_fma(void)
 #endif
 }
 
-void ulpt__fused_forward(FORWARD_ARGS)
+size_t ulpt__fused_forward_work(size_t r, size_t d)
 {
+    return r <= 2 && d > chunk_cols(r, d) ? (r + 1) * backward_cols(r, d) + SLACK_FLOATS : 0;
+}
+
+void ulpt__fused_forward(FORWARD_ARGS, float *work)
+{
+    /* Ranks 1 and 2 take rows 4096 columns at a time, like backward: with E in L3, as
+     * `make bench` has it, forward over long stretches of each row (and whole lines of
+     * each) took 1.36 times a write of E at the headline shape, against 1.52 over
+     * 512-column chunks (medians of five runs).  Their chunk data, up to 52 KiB, is
+     * more than a caller's stack should give, so it comes from `work`; without it
+     * forward takes 512 columns at a time from the stack, to the same bits (each element
+     * of E is computed on its own). */
+    const int wide = work && ulpt__fused_forward_work(r, d);
+    float stack[AREA_FLOATS], *area = wide ? work : stack;
+    const size_t w_max = wide ? backward_cols(r, d) : chunk_cols(r, d);
 #ifdef HAVE_AVX2
-    if (use_avx2_fma()) {
-        forward_avx2_fma(e, ld, z, rows, r, proj, s, b, d);
-        return;
-    }
+    if (use_avx2_fma())
+        forward_avx2_fma(e, ld, z, rows, r, proj, s, b, d, area, w_max);
+    else
 #endif
-    forward_portable(e, ld, z, rows, r, proj, s, b, d);
+        forward_portable(e, ld, z, rows, r, proj, s, b, d, area, w_max);
 }
 
 int ulpt__fused_backward(BACKWARD_ARGS)

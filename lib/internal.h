@@ -121,10 +121,15 @@ extern int ulpt__kernel_force;
 int ulpt__use_avx2(void);
 
 /* E[i,:] = b + sum_k z[i,k] (proj[k,:] (.) s) for `rows` rows (E row stride ld, z rows
- * of r <= ULPT__FUSED_MAX_RANK, proj r x d); s and b NULL when absent. */
+ * of r <= ULPT__FUSED_MAX_RANK, proj r x d); s and b NULL when absent.  `work` holds
+ * ulpt__fused_forward_work(r, d) floats of scratch, or is NULL (slower where that count
+ * is not 0; the same bits). */
 void ulpt__fused_forward(float *restrict e, size_t ld, const float *restrict z, size_t rows,
                          size_t r, const float *restrict proj, const float *restrict s,
-                         const float *restrict b, size_t d);
+                         const float *restrict b, size_t d, float *restrict work);
+/* Floats of scratch the faster ulpt__fused_forward needs: 0 (none used) or at most
+ * 3 * 4096 + 1024 (52 KiB). */
+size_t ulpt__fused_forward_work(size_t r, size_t d);
 
 /* One pass over G (rows x d, stride ld), proj r x d:  dz[i,k] += G[i,:] . (proj[k,:] (.) s),
  * ds += sum_k proj[k,:] (.) (z^T G)[k,:] and db += sum_i G[i,:]; s, ds and db NULL when

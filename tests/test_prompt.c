@@ -402,6 +402,43 @@ TEST_LOOP(fused_results_do_not_depend_on_alignment, 0, 2)
     ulpt__kernel_force = ULPT__KERNEL_AUTO;
 }
 
+/* At ranks 1 and 2 forward borrows scratch from the prompt's allocator to take long
+ * stretches of each row.  Refused it, forward still succeeds, taking short stretches from
+ * the stack, to the same bits; E at an odd offset and padded rows too, over dims that end
+ * in one chunk, several, or a part of one. */
+TEST_LOOP(forward_without_its_scratch_gives_the_same_bits, 0, 2)
+{
+    static const struct {
+        uint32_t n, r, d, groups;
+    } shapes[] = {{9, 2, 4096, 1}, {7, 1, 5000, 1}, {10, 2, 768, 2}, {5, 2, 8200, 1},
+                  {6, 2, 513, 3},  {4, 1, 4097, 2}};
+    ulpt__kernel_force = _i ? ULPT__KERNEL_FUSED_PORTABLE : ULPT__KERNEL_FUSED;
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        test_alloc_install(-1);
+        ulpt_prompt *p = test_prompt(shapes[c].n, shapes[c].r, shapes[c].d, shapes[c].groups,
+                                     ULPT_PROJ_XAVIER_UNIFORM, 0);
+        test_perturb(p, 5 + c);
+        const size_t n = shapes[c].n, d = shapes[c].d, ld = d + c % 2, off = c % 3;
+        float *want = calloc(n * ld + 8, sizeof *want), *got = calloc(n * ld + 8, sizeof *got);
+        const long before = test_alloc.calls, live = test_alloc.live;
+        ck_assert_int_eq(ulpt_prompt_forward(p, want + off, ld), ULPT_OK);
+        ck_assert_int_eq(test_alloc.calls, before + 1); /* it did borrow, */
+        ck_assert_int_eq(test_alloc.live, live);        /* and gave it back */
+        test_alloc.fail_at = test_alloc.calls; /* refuse the next request */
+        ck_assert_int_eq(ulpt_prompt_forward(p, got + off, ld), ULPT_OK);
+        ck_assert_int_eq(test_alloc.calls, before + 2);
+        for (size_t i = 0; i < n; i++)
+            ck_assert_msg(!memcmp(want + off + i * ld, got + off + i * ld, d * sizeof *got),
+                          "n %zu r %u d %zu: row %zu of E differs without scratch", n,
+                          shapes[c].r, d, i);
+        free(want), free(got);
+        ulpt_prompt_free(p);
+        ck_assert_int_eq(test_alloc.live, 0);
+        test_alloc_remove();
+    }
+    ulpt__kernel_force = ULPT__KERNEL_AUTO;
+}
+
 /* A NaN or an infinity anywhere in G, including the columns past the last full vector
  * and any group, is reported by every path's backward. */
 TEST_LOOP(nonfinite_g_is_caught_by_every_path, 0, N_PATHS)
