@@ -116,11 +116,9 @@ ULPT_API const char *ulpt_last_error(void);
  * ------------------------------------------------------------------------------- */
 
 /* A user-supplied allocator.  The functions get `user` as their first argument and must
- * behave like malloc, realloc and free (free(user, NULL) must be harmless), and be safe
- * to call from several threads at once where the host runs libulpt in several threads.
- * Returning NULL from alloc or realloc makes the calling function fail with
- * ULPT_ERR_NOMEM, cleanly; only ulpt_prompt_forward, which borrows scratch to run
- * faster, runs without it instead. */
+ * behave like malloc, realloc and free (free(user, NULL) must be harmless).  Returning
+ * NULL from alloc or realloc makes the calling function fail with ULPT_ERR_NOMEM,
+ * cleanly. */
 typedef struct ulpt_allocator {
     void *(*alloc)(void *user, size_t size);
     void *(*realloc)(void *user, void *ptr, size_t size);
@@ -243,9 +241,7 @@ ULPT_API void ulpt_prompt_free(ulpt_prompt *p);
  * several threads may run it on one prompt at once.  Forward and backward pick their
  * kernels by the CPU: where it has AVX2 and FMA the small-rank loops fuse each
  * multiply-add, so results may differ from another CPU's in the last bits (float
- * round-off; docs/DESIGN.md, "Speed").  At ranks 1 and 2 with dim past 512 forward
- * borrows up to 52 KiB from the prompt's allocator for the call; refused, it runs
- * somewhat slower, to the same bits, rather than fail.
+ * round-off; docs/DESIGN.md, "Speed").
  * Errors: ULPT_ERR_INVALID (NULL argument, ld < dim or ld > INT_MAX, the BLAS limit),
  * ULPT_ERR_NONFINITE (a parameter is NaN or infinite, e.g. written through
  * ulpt_prompt_params; the message names it, "scale[7]"). */

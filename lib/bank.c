@@ -167,17 +167,15 @@ const char *ulpt_bank_model(const ulpt_bank *b) { return b ? b->model : NULL; }
 
 /* ---- materialising ------------------------------------------------------------------- */
 
-/* E of one entry into dst.  f32 goes straight through the prompt's forward, which may
- * borrow scratch from `al`; half precision goes a few rows at a time through buf
- * (buf_floats >= dim), so E never exists in float32 as a whole, and those short calls
- * borrow nothing. */
-static int write_entry(const entry *e, const ulpt_allocator *al, uint32_t d, void *dst,
-                       size_t ld, int dtype, float *buf, size_t buf_floats)
+/* E of one entry into dst.  f32 goes straight through the prompt's forward; half
+ * precision goes a few rows at a time through buf (buf_floats >= dim), so E never
+ * exists in float32 as a whole. */
+static int write_entry(const entry *e, uint32_t d, void *dst, size_t ld, int dtype, float *buf,
+                       size_t buf_floats)
 {
     ulpt_prompt v;
     if (dtype == ULPT_DTYPE_F32) {
         ulpt__prompt_view(&v, e->n, e->r, d, e->groups, e->kind, e->proj, e->z, e->s, e->b);
-        v.al = *al;
         return ulpt_prompt_forward(&v, dst, ld);
     }
     const size_t ng = e->n / e->groups, chunk = buf_floats / d;
@@ -224,8 +222,8 @@ int ulpt_bank_materialise(const ulpt_bank *b, const ulpt_bank_request *req, size
                            "request %zu: id %#llx is not in the bank (removed, or never added)", k,
                            (unsigned long long)req[k].id);
     for (size_t k = 0; k < count && !rc; k++)
-        rc = write_entry(lookup(b, req[k].id), &b->al, b->dim, req[k].dst, req[k].ld, dtype,
-                         buf, heap ? b->dim : STACK_FLOATS);
+        rc = write_entry(lookup(b, req[k].id), b->dim, req[k].dst, req[k].ld, dtype, buf,
+                         heap ? b->dim : STACK_FLOATS);
     unlock(b);
     ulpt__free(&b->al, heap);
     return rc;

@@ -134,11 +134,16 @@ int ulpt__prompt_forward(const char *func, const ulpt_prompt *p, float *embeddin
     }
     const size_t r = p->r, d = p->d, ng = p->n / p->groups;
     const int fused = use_fused(p);
-    /* The fused kernel's faster scratch, borrowed for the call: forward only reads the
-     * prompt (several threads may share it), so the prompt's own scratch will not do.
-     * Without the memory (or the allocator, in a bank's views) it runs without. */
-    const size_t wf = fused ? ulpt__fused_forward_work(r, d) : 0;
-    float *work = wf && p->al.alloc ? ulpt__alloc(&p->al, wf * sizeof(float)) : NULL;
+    /* At ranks 1 and 2 the fused kernel runs faster with scratch than on the stack.  No
+     * call that writes the prompt may run alongside a forward (the header's threading
+     * rules), so backward's scratch is free; but several forwards may run on one prompt
+     * at once, so one of them at a time takes it and the others run without, to the
+     * same bits.  A bank's views have none. */
+    atomic_int *busy = (atomic_int *)&p->scratch_busy; /* never a const object */
+    float *work = NULL;
+    if (fused && p->ws_m && ulpt__fused_forward_work(r, d) &&
+        !atomic_exchange_explicit(busy, 1, memory_order_acquire))
+        work = p->ws_m;
     for (size_t g = 0; g < p->groups; g++) {
         const float *proj = ulpt_projection_data(p->proj[g]), *z = p->z + g * ng * r;
         float *e = embeddings + g * ng * ld;
@@ -148,7 +153,7 @@ int ulpt__prompt_forward(const char *func, const ulpt_prompt *p, float *embeddin
             gemm_forward(p, proj, z, ng, e, ld);
     }
     if (work)
-        ulpt__free(&p->al, work);
+        atomic_store_explicit(busy, 0, memory_order_release);
     return ULPT_OK;
 }
 

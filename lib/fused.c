@@ -12,14 +12,14 @@
  * chunks: every row of the group passes over a chunk of P (.) s and b (forward) or
  * P (.) s, M and the column sums (backward), several rows at a time.  The chunks keep
  * that data in L1, except at ranks 1 and 2, which favour long stretches of the rows and
- * keep their data in scratch: backward in the caller's, forward in memory borrowed for
- * the call.  The inner loops work on 8 floats at once (GCC/clang vector types; plain
- * loops elsewhere); on x86-64 a second copy is compiled for AVX2 with FMA and chosen at
- * run time, while the shipped library targets the baseline ISA.  The copies add in the same order, but the FMA copy rounds
- * each multiply-add once where the baseline copy rounds twice, so they agree to float
- * round-off rather than to the bit (tests/test_prompt.c holds both to a double-precision
- * reference).  docs/DESIGN.md ("Speed") has the measured crossover to the GEMM path in
- * forward.c. */
+ * keep their data in the prompt's scratch (forward where no other forward on the same
+ * prompt holds it; forward.c).  The inner loops work on 8 floats at once (GCC/clang
+ * vector types; plain loops elsewhere); on x86-64 a second copy is compiled for AVX2
+ * with FMA and chosen at run time, while the shipped library targets the baseline ISA.
+ * The copies add in the same order, but the FMA copy rounds each multiply-add once
+ * where the baseline copy rounds twice, so they agree to float round-off rather than to
+ * the bit (tests/test_prompt.c holds both to a double-precision reference).
+ * docs/DESIGN.md ("Speed") has the measured crossover to the GEMM path in forward.c. */
 #include "internal.h"
 
 #include <string.h>
@@ -512,9 +512,9 @@ void ulpt__fused_forward(FORWARD_ARGS, float *work)
      * `make bench` has it, forward over long stretches of each row (and whole lines of
      * each) took 1.36 times a write of E at the headline shape, against 1.52 over
      * 512-column chunks (medians of five runs).  Their chunk data, up to 52 KiB, is
-     * more than a caller's stack should give, so it comes from `work`; without it
-     * forward takes 512 columns at a time from the stack, to the same bits (each element
-     * of E is computed on its own). */
+     * more than a caller's stack should give, so it comes from `work` (the prompt's
+     * scratch); without it forward takes 512 columns at a time from the stack, to the
+     * same bits (each element of E is computed on its own). */
     const int wide = work && ulpt__fused_forward_work(r, d);
     float stack[AREA_FLOATS], *area = wide ? work : stack;
     const size_t w_max = wide ? backward_cols(r, d) : chunk_cols(r, d);

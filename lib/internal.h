@@ -5,6 +5,7 @@
 #include "ulpt.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -128,7 +129,7 @@ void ulpt__fused_forward(float *restrict e, size_t ld, const float *restrict z, 
                          size_t r, const float *restrict proj, const float *restrict s,
                          const float *restrict b, size_t d, float *restrict work);
 /* Floats of scratch the faster ulpt__fused_forward needs: 0 (none used) or at most
- * 3 * 4096 + 1024 (52 KiB). */
+ * 3 * 4096 + 1024 (52 KiB), never more than ulpt__fused_backward_work(r, d). */
 size_t ulpt__fused_forward_work(size_t r, size_t d);
 
 /* One pass over G (rows x d, stride ld), proj r x d:  dz[i,k] += G[i,:] . (proj[k,:] (.) s),
@@ -214,6 +215,9 @@ struct ulpt_prompt {
        P_g diag(s) (r x d); from ws_m on, the fused kernel's work area where that is
        longer */
     float *ws_z1, *ws_m, *ws_ps;
+    /* 1 while a forward borrows the scratch from ws_m on (see forward.c): forward only
+       reads the prompt, so several may run at once, and only one may use it */
+    atomic_int scratch_busy;
     ulpt_meta meta;
     ulpt_work work;
 };

@@ -129,6 +129,7 @@ ULPT__MUST_CHECK static int create(const char *func, ulpt_prompt **out,
     if (!p)
         return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for a prompt");
     p->al = al;
+    atomic_init(&p->scratch_busy, 0);
     p->n = opts->n_tokens;
     p->r = opts->rank;
     p->d = opts->dim;

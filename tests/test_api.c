@@ -305,18 +305,21 @@ static int quadratic(void *user, const float *e, uint32_t n, uint32_t d, float *
     return 0;
 }
 
-TEST_LOOP(hot_path_does_not_allocate, 0, 2)
+TEST_LOOP(hot_path_does_not_allocate, 0, 3)
 {
+    /* rank 2 at dims 128 and 4096 (where the fused kernels take their long chunks),
+     * and the identity */
+    const uint32_t d = _i == 1 ? 4096 : 128, r = _i == 2 ? d : 2;
     test_alloc_install(-1);
-    ulpt_prompt *p = test_prompt(16, _i ? 128 : 2, 128, 2,
-                                 _i ? ULPT_PROJ_IDENTITY : ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_prompt *p = test_prompt(16, r, d, 2,
+                                 _i == 2 ? ULPT_PROJ_IDENTITY : ULPT_PROJ_XAVIER_UNIFORM, 0);
     ulpt_optimizer *o;
-    ulpt_optimizer_create(&o, p, NULL);
-    float *buf = malloc(16 * 128 * sizeof *buf);
+    ck_assert_int_eq(ulpt_optimizer_create(&o, p, NULL), ULPT_OK);
+    float *buf = calloc(16 * (size_t)d, sizeof *buf);
     long calls = test_alloc.calls;
     for (int t = 0; t < 3; t++) {
-        ck_assert_int_eq(ulpt_prompt_forward(p, buf, 128), ULPT_OK);
-        ck_assert_int_eq(ulpt_prompt_backward(p, buf, 128), ULPT_OK);
+        ck_assert_int_eq(ulpt_prompt_forward(p, buf, d), ULPT_OK);
+        ck_assert_int_eq(ulpt_prompt_backward(p, buf, d), ULPT_OK);
         ck_assert_int_eq(ulpt_optimizer_step(o), ULPT_OK);
         ck_assert_int_eq(ulpt_train_step(p, o, quadratic, NULL, NULL), ULPT_OK);
     }

@@ -3,6 +3,8 @@
  * reference over many shapes; the identity projection as vanilla prompt tuning. */
 #include "test.h"
 
+#include <pthread.h>
+
 #include "internal.h" /* ulpt__kernel_force, ulpt__prompt_backward */
 
 /* The kernel paths each numeric test runs through (internal.h). */
@@ -402,11 +404,11 @@ TEST_LOOP(fused_results_do_not_depend_on_alignment, 0, 2)
     ulpt__kernel_force = ULPT__KERNEL_AUTO;
 }
 
-/* At ranks 1 and 2 forward borrows scratch from the prompt's allocator to take long
- * stretches of each row.  Refused it, forward still succeeds, taking short stretches from
- * the stack, to the same bits; E at an odd offset and padded rows too, over dims that end
- * in one chunk, several, or a part of one. */
-TEST_LOOP(forward_without_its_scratch_gives_the_same_bits, 0, 2)
+/* At ranks 1 and 2 forward takes long stretches of each row with its chunk data in the
+ * prompt's scratch, which one forward at a time may hold.  While another holds it, a
+ * forward takes short stretches from the stack, to the same bits: E at an odd offset and
+ * padded rows too, over dims that end in one chunk, several, or a part of one. */
+TEST_LOOP(forward_without_the_scratch_gives_the_same_bits, 0, 2)
 {
     static const struct {
         uint32_t n, r, d, groups;
@@ -414,29 +416,69 @@ TEST_LOOP(forward_without_its_scratch_gives_the_same_bits, 0, 2)
                   {6, 2, 513, 3},  {4, 1, 4097, 2}};
     ulpt__kernel_force = _i ? ULPT__KERNEL_FUSED_PORTABLE : ULPT__KERNEL_FUSED;
     for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
-        test_alloc_install(-1);
         ulpt_prompt *p = test_prompt(shapes[c].n, shapes[c].r, shapes[c].d, shapes[c].groups,
                                      ULPT_PROJ_XAVIER_UNIFORM, 0);
         test_perturb(p, 5 + c);
         const size_t n = shapes[c].n, d = shapes[c].d, ld = d + c % 2, off = c % 3;
         float *want = calloc(n * ld + 8, sizeof *want), *got = calloc(n * ld + 8, sizeof *got);
-        const long before = test_alloc.calls, live = test_alloc.live;
         ck_assert_int_eq(ulpt_prompt_forward(p, want + off, ld), ULPT_OK);
-        ck_assert_int_eq(test_alloc.calls, before + 1); /* it did borrow, */
-        ck_assert_int_eq(test_alloc.live, live);        /* and gave it back */
-        test_alloc.fail_at = test_alloc.calls; /* refuse the next request */
+        ck_assert_int_eq(atomic_load(&p->scratch_busy), 0); /* given back */
+        atomic_store(&p->scratch_busy, 1);                   /* as if another forward held it */
         ck_assert_int_eq(ulpt_prompt_forward(p, got + off, ld), ULPT_OK);
-        ck_assert_int_eq(test_alloc.calls, before + 2);
+        ck_assert_int_eq(atomic_load(&p->scratch_busy), 1); /* not released by this one */
+        atomic_store(&p->scratch_busy, 0);
         for (size_t i = 0; i < n; i++)
             ck_assert_msg(!memcmp(want + off + i * ld, got + off + i * ld, d * sizeof *got),
-                          "n %zu r %u d %zu: row %zu of E differs without scratch", n,
+                          "n %zu r %u d %zu: row %zu of E differs without the scratch", n,
                           shapes[c].r, d, i);
         free(want), free(got);
         ulpt_prompt_free(p);
-        ck_assert_int_eq(test_alloc.live, 0);
-        test_alloc_remove();
     }
     ulpt__kernel_force = ULPT__KERNEL_AUTO;
+}
+
+/* Forwards on one prompt from several threads at once, the scratch going to one at a
+ * time, all give the single-threaded E. */
+enum { FWD_THREADS = 4, FWD_ROUNDS = 40 };
+typedef struct {
+    const ulpt_prompt *p;
+    const float *want;
+    size_t nd;
+    int mismatches;
+} forward_job;
+
+static void *forward_many(void *arg)
+{
+    forward_job *job = arg;
+    float *e = malloc(job->nd * sizeof *e);
+    for (int t = 0; t < FWD_ROUNDS; t++)
+        if (ulpt_prompt_forward(job->p, e, job->nd / 9) != ULPT_OK ||
+            memcmp(e, job->want, job->nd * sizeof *e))
+            job->mismatches++;
+    free(e);
+    return NULL;
+}
+
+TEST(concurrent_forwards_on_one_prompt_agree)
+{
+    ulpt_prompt *p = test_prompt(9, 2, 2048, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    test_perturb(p, 41);
+    const size_t nd = 9 * 2048;
+    float *want = malloc(nd * sizeof *want);
+    ck_assert_int_eq(ulpt_prompt_forward(p, want, 2048), ULPT_OK);
+    pthread_t t[FWD_THREADS];
+    forward_job jobs[FWD_THREADS];
+    for (int k = 0; k < FWD_THREADS; k++) {
+        jobs[k] = (forward_job){p, want, nd, 0};
+        ck_assert_int_eq(pthread_create(&t[k], NULL, forward_many, &jobs[k]), 0);
+    }
+    for (int k = 0; k < FWD_THREADS; k++) {
+        ck_assert_int_eq(pthread_join(t[k], NULL), 0);
+        ck_assert_int_eq(jobs[k].mismatches, 0);
+    }
+    ck_assert_int_eq(atomic_load(&p->scratch_busy), 0);
+    free(want);
+    ulpt_prompt_free(p);
 }
 
 /* A NaN or an infinity anywhere in G, including the columns past the last full vector

@@ -18,7 +18,8 @@
 
 #include "ulpt.h"
 
-enum { THREADS = 4, STEPS = 30, N = 16, R = 2, D = 256 };
+/* D past 512: the served prompt's forwards pass its scratch between them (lib/forward.c) */
+enum { THREADS = 4, STEPS = 30, N = 16, R = 2, D = 1024 };
 
 static ulpt_projection *shared_proj;
 static const ulpt_prompt *served;
