@@ -334,9 +334,9 @@ INLINE void backward_rows4(float *restrict dz, float *restrict m, float *restric
             mv[k] = vload(m + k * st + j);
         }
         /* One row's vector of G at a time, used up before the next is loaded: that
-         * frees registers for P (.) s and a splat, fifteen loads in all where four
-         * vectors of G loaded at once took seventeen, and 0.95 of the time (measured).
-         * The sums still add in row order. */
+         * leaves registers for P (.) s and a splat, and GCC's loop makes fifteen loads
+         * where four vectors of G loaded at once made seventeen, in 0.95 of the time
+         * (measured).  The sums still add in row order. */
         for (size_t q = 0; q < 4; q++) {
             const vf gq = vload(g + q * ld + j);
             cs = vadd(cs, gq);
@@ -509,9 +509,9 @@ size_t ulpt__fused_forward_work(size_t r, size_t d)
 void ulpt__fused_forward(FORWARD_ARGS, float *work)
 {
     /* Ranks 1 and 2 take rows 4096 columns at a time, like backward: with E in L3, as
-     * `make bench` has it, forward over long stretches of each row (and whole lines of
-     * each) took 1.36 times a write of E at the headline shape, against 1.52 over
-     * 512-column chunks (medians of five runs).  Their chunk data, up to 52 KiB, is
+     * `make bench` has it, forward over long stretches of each row (sixteen columns of
+     * a row at a time) took 1.33 times a write of E at the headline shape, against 1.54
+     * over 512-column chunks (medians of 25 runs).  Their chunk data, up to 52 KiB, is
      * more than a caller's stack should give, so it comes from `work` (the prompt's
      * scratch); without it forward takes 512 columns at a time from the stack, to the
      * same bits (each element of E is computed on its own). */
