@@ -237,7 +237,8 @@ ULPT_API int ulpt_prompt_create_shared(ulpt_prompt **out, const ulpt_prompt_opti
 ULPT_API void ulpt_prompt_free(ulpt_prompt *p);
 
 /* Forward: write E = (Z_g . P_g) (.) s + b, n_tokens rows of dim floats, row i at
- * embeddings + i*ld.  Columns past dim are not touched.  Reads the prompt only, so
+ * embeddings + i*ld.  Columns past dim are not touched.  Changes nothing in the prompt
+ * that a caller can see (it may use the prompt's scratch, one forward at a time), so
  * several threads may run it on one prompt at once.  Forward and backward pick their
  * kernels by the CPU: where it has AVX2 and FMA the small-rank loops fuse each
  * multiply-add, so results may differ from another CPU's in the last bits (float

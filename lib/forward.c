@@ -142,6 +142,7 @@ int ulpt__prompt_forward(const char *func, const ulpt_prompt *p, float *embeddin
     atomic_int *busy = (atomic_int *)&p->scratch_busy; /* never a const object */
     float *work = NULL;
     if (fused && p->ws_m && ulpt__fused_forward_work(r, d) &&
+        !atomic_load_explicit(busy, memory_order_relaxed) && /* no write while it is held */
         !atomic_exchange_explicit(busy, 1, memory_order_acquire))
         work = p->ws_m;
     for (size_t g = 0; g < p->groups; g++) {
