@@ -515,9 +515,8 @@ void ulpt__fused_forward(FORWARD_ARGS, float *work)
      * more than a caller's stack should give, so it comes from `work` (the prompt's
      * scratch); without it forward takes 512 columns at a time from the stack, to the
      * same bits (each element of E is computed on its own). */
-    const int wide = work && ulpt__fused_forward_work(r, d);
-    float stack[AREA_FLOATS], *area = wide ? work : stack;
-    const size_t w_max = wide ? backward_cols(r, d) : chunk_cols(r, d);
+    float stack[AREA_FLOATS], *area = work ? work : stack;
+    const size_t w_max = work ? backward_cols(r, d) : chunk_cols(r, d);
 #ifdef HAVE_AVX2
     if (use_avx2_fma())
         forward_avx2_fma(e, ld, z, rows, r, proj, s, b, d, area, w_max);

@@ -123,8 +123,8 @@ int ulpt__use_avx2(void);
 
 /* E[i,:] = b + sum_k z[i,k] (proj[k,:] (.) s) for `rows` rows (E row stride ld, z rows
  * of r <= ULPT__FUSED_MAX_RANK, proj r x d); s and b NULL when absent.  `work` holds
- * ulpt__fused_forward_work(r, d) floats of scratch, or is NULL (slower where that count
- * is not 0; the same bits). */
+ * ulpt__fused_forward_work(r, d) floats of scratch, or is NULL (always where that count
+ * is 0; elsewhere slower, to the same bits). */
 void ulpt__fused_forward(float *restrict e, size_t ld, const float *restrict z, size_t rows,
                          size_t r, const float *restrict proj, const float *restrict s,
                          const float *restrict b, size_t d, float *restrict work);
@@ -215,8 +215,8 @@ struct ulpt_prompt {
        P_g diag(s) (r x d); from ws_m on, the fused kernel's work area where that is
        longer */
     float *ws_z1, *ws_m, *ws_ps;
-    /* 1 while a forward borrows the scratch from ws_m on (see forward.c): forward only
-       reads the prompt, so several may run at once, and only one may use it */
+    /* 1 while a forward borrows the scratch from ws_m on (see forward.c): several
+       forwards may run on one prompt at once, and only one may use it */
     atomic_int scratch_busy;
     ulpt_meta meta;
     ulpt_work work;

@@ -447,7 +447,7 @@ enum { FWD_THREADS = 4, FWD_ROUNDS = 40 };
 typedef struct {
     const ulpt_prompt *p;
     const float *want;
-    size_t nd;
+    size_t nd, d;
     int mismatches;
 } forward_job;
 
@@ -456,7 +456,7 @@ static void *forward_many(void *arg)
     forward_job *job = arg;
     float *e = malloc(job->nd * sizeof *e);
     for (int t = 0; t < FWD_ROUNDS; t++)
-        if (ulpt_prompt_forward(job->p, e, job->nd / 9) != ULPT_OK ||
+        if (ulpt_prompt_forward(job->p, e, job->d) != ULPT_OK ||
             memcmp(e, job->want, job->nd * sizeof *e))
             job->mismatches++;
     free(e);
@@ -473,7 +473,7 @@ TEST(concurrent_forwards_on_one_prompt_agree)
     pthread_t t[FWD_THREADS];
     forward_job jobs[FWD_THREADS];
     for (int k = 0; k < FWD_THREADS; k++) {
-        jobs[k] = (forward_job){p, want, nd, 0};
+        jobs[k] = (forward_job){p, want, nd, 2048, 0};
         ck_assert_int_eq(pthread_create(&t[k], NULL, forward_many, &jobs[k]), 0);
     }
     for (int k = 0; k < FWD_THREADS; k++) {
