@@ -79,8 +79,17 @@ static int encode(const char *func, const ulpt_prompt *p, const ulpt_optimizer *
                   size_t *len)
 {
     *a = ulpt__allocator();
+    /* read while no step writes: the optimizer here, the prompt in ulpt__file_encode */
+    ulpt_lock *lo = (ulpt_lock *)&o->lock, *lz = zo ? (ulpt_lock *)ulpt__zo_lock(zo) : NULL;
+    int rc = ulpt__lock_read(func, lo, "optimizer");
+    if (rc)
+        return rc;
+    if (lz && (rc = ulpt__lock_read(func, lz, "forward-only handle")) != ULPT_OK) {
+        ulpt__lock_unread(lo);
+        return rc;
+    }
     ulpt_tensor m = { 0 }, v = { 0 };
-    int rc = ulpt__tensor_encode(func, a, o->m, o->n, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, &m);
+    rc = ulpt__tensor_encode(func, a, o->m, o->n, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, &m);
     if (!rc)
         rc = ulpt__tensor_encode(func, a, o->v, o->n, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, &v);
     if (!rc) {
@@ -95,6 +104,9 @@ static int encode(const char *func, const ulpt_prompt *p, const ulpt_optimizer *
     }
     ulpt__tensor_free(a, &m);
     ulpt__tensor_free(a, &v);
+    if (lz)
+        ulpt__lock_unread(lz);
+    ulpt__lock_unread(lo);
     return rc;
 }
 

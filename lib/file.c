@@ -66,9 +66,9 @@ static void write_shape(unsigned char *w, const void *ctx)
     ulpt__put64(w + SHAP_N_PARAMS, p->n_params);
 }
 
-int ulpt__file_encode(const char *func, const ulpt_allocator *a, const ulpt_prompt *p, int dtype,
-                      int level, const ulpt_section_out *extra, int n_extra, size_t prefix,
-                      unsigned char **base, size_t *len)
+static int encode(const char *func, const ulpt_allocator *a, const ulpt_prompt *p, int dtype,
+                  int level, const ulpt_section_out *extra, int n_extra, size_t prefix,
+                  unsigned char **base, size_t *len)
 {
     /* a file never holds what a load would refuse, and nothing is lost silently */
     char name[48];
@@ -100,6 +100,19 @@ int ulpt__file_encode(const char *func, const ulpt_allocator *a, const ulpt_prom
     rc = ulpt__container_write(func, a, extra ? ULPT_FILE_CHECKPOINT : ULPT_FILE_PROMPT, s, n,
                                prefix, base, len);
     ulpt__tensor_free(a, &parm);
+    return rc;
+}
+
+int ulpt__file_encode(const char *func, const ulpt_allocator *a, const ulpt_prompt *p, int dtype,
+                      int level, const ulpt_section_out *extra, int n_extra, size_t prefix,
+                      unsigned char **base, size_t *len)
+{
+    ulpt_lock *l = (ulpt_lock *)&p->lock; /* never a const object */
+    int rc = ulpt__lock_read(func, l, "prompt");
+    if (rc)
+        return rc;
+    rc = encode(func, a, p, dtype, level, extra, n_extra, prefix, base, len);
+    ulpt__lock_unread(l);
     return rc;
 }
 
