@@ -169,41 +169,6 @@ int ulpt_zo_checkpoint_save_buffer(void **buf, size_t *len, const ulpt_zo *zo)
     return save_buffer(__func__, ulpt_zo_prompt(zo), ulpt_zo_optimizer(zo), zo, buf, len);
 }
 
-int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, const char *path)
-{
-    if (!prompt || !opt || !path)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
-                         !prompt ? "prompt" : !opt ? "opt" : "path");
-    return ulpt__file_load(__func__, path, prompt, opt, NULL, NULL);
-}
-
-int ulpt_checkpoint_load_buffer(ulpt_prompt **prompt, ulpt_optimizer **opt, const void *buf,
-                                size_t len)
-{
-    if (!prompt || !opt || !buf)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
-                         !prompt ? "prompt" : !opt ? "opt" : "buf");
-    return ulpt__file_decode(__func__, buf, len, prompt, opt, NULL, NULL);
-}
-
-int ulpt_zo_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, ulpt_zo **zo,
-                            const char *path)
-{
-    if (!prompt || !opt || !zo || !path)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
-                         !prompt ? "prompt" : !opt ? "opt" : !zo ? "zo" : "path");
-    return ulpt__file_load(__func__, path, prompt, opt, zo, NULL);
-}
-
-int ulpt_zo_checkpoint_load_buffer(ulpt_prompt **prompt, ulpt_optimizer **opt, ulpt_zo **zo,
-                                   const void *buf, size_t len)
-{
-    if (!prompt || !opt || !zo || !buf)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
-                         !prompt ? "prompt" : !opt ? "opt" : !zo ? "zo" : "buf");
-    return ulpt__file_decode(__func__, buf, len, prompt, opt, zo, NULL);
-}
-
 #define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
 
 static int read_optm(const char *func, const ulpt_section *s, ulpt_optimizer_options *oo,

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ulpt.h"
@@ -214,7 +215,8 @@ static _Atomic int race_done;
 
 typedef struct {
     float e[RACE_KEEP][N * D];
-    int kept, ok, busy;
+    _Atomic int ok;
+    int kept, busy;
     const char *error;
 } race_reader;
 
@@ -234,6 +236,8 @@ static void *race_forward(void *arg)
         }
         if (r->ok++ % 7 == 0 && r->kept < RACE_KEEP)
             memcpy(r->e[r->kept++], e, sizeof e);
+        /* a pause, so that the steps find the prompt idle now and then */
+        nanosleep(&(struct timespec){ 0, 20000 }, NULL);
     }
     return NULL;
 }
@@ -253,8 +257,11 @@ static int race_threads(void)
     pthread_t t[RACE_FORWARDS];
     for (int i = 0; i < RACE_FORWARDS; i++)
         pthread_create(&t[i], NULL, race_forward, &readers[i]);
+    for (int i = 0; i < RACE_FORWARDS; i++) /* the race starts once both forwards run */
+        while (atomic_load(&readers[i].ok) < 3 && !readers[i].error)
+            nanosleep(&(struct timespec){ 0, 100000 }, NULL);
     int steps = 0, busy = 0, failed = 0;
-    while (steps < RACE_STEPS) {
+    while (steps < RACE_STEPS && busy < 1000000) {
         int rc = ulpt_train_step(race, o, quadratic, served_e, NULL);
         if (rc == ULPT_OK)
             memcpy(race_params[++steps], ulpt_prompt_params(race), np * sizeof(float));
@@ -263,6 +270,8 @@ static int race_threads(void)
         else
             failed = 1, steps = RACE_STEPS;
     }
+    if (steps < RACE_STEPS)
+        failed = 1; /* never found the prompt idle */
     atomic_store(&race_done, 1);
     int forwards = 0, forward_busy = 0, checked = 0;
     for (int i = 0; i < RACE_FORWARDS; i++) {
@@ -286,6 +295,8 @@ static int race_threads(void)
             if (!found)
                 failed = 1;
         }
+    if (checked < RACE_FORWARDS)
+        failed = 1;
     ulpt_optimizer_free(o);
     ulpt_prompt_free(race);
     printf("threads: %d forwards racing %d training steps on one prompt: %d forwards ok, %d "
