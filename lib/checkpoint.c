@@ -169,8 +169,6 @@ int ulpt_zo_checkpoint_save_buffer(void **buf, size_t *len, const ulpt_zo *zo)
     return save_buffer(__func__, ulpt_zo_prompt(zo), ulpt_zo_optimizer(zo), zo, buf, len);
 }
 
-#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
-
 static int read_optm(const char *func, const ulpt_section *s, ulpt_optimizer_options *oo,
                      uint64_t *steps)
 {

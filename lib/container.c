@@ -56,8 +56,6 @@ void ulpt__tag_name(uint32_t tag, char out[12])
         snprintf(out, 12, "0x%08x", (unsigned)tag);
 }
 
-#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
-
 unsigned ulpt__section_minor(uint32_t tag) { return tag == TAG_ZOST ? 1 : 0; }
 
 /* Where a section of format 1.0 or 1.1 goes; NULL for a tag this version does not know. */

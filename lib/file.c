@@ -118,8 +118,6 @@ int ulpt__file_encode(const char *func, const ulpt_allocator *a, const ulpt_prom
 
 /* ---- decoding ----------------------------------------------------------------------- */
 
-#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
-
 int ulpt__shape_check(const char *func, const ulpt_container *c)
 {
     if (c->shap.len < SHAP_BYTES)
@@ -244,19 +242,15 @@ int ulpt__prompt_decode(const char *func, const ulpt_container *c, size_t len, i
 
 /* ---- the public calls --------------------------------------------------------------- */
 
-static const size_t save_options_size[ULPT_SAVE_OPTIONS_VERSION + 1] = {
-    0, sizeof(ulpt_save_options),
-};
-static const ulpt_save_options save_defaults = ULPT_SAVE_OPTIONS_INIT;
-static const ulpt_versioned save_options_v = {
-    "save options", ULPT_SAVE_OPTIONS_VERSION, save_options_size, &save_defaults,
-};
+ULPT__VERSIONED(save_options_v, ulpt_save_options, ULPT_SAVE_OPTIONS_VERSION, "save options",
+                ULPT_SAVE_OPTIONS_INIT);
 
 int ulpt_save_options_init(ulpt_save_options *opts, unsigned version)
 {
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    return ulpt__versioned_write(__func__, &save_options_v, opts, version, &save_defaults);
+    return ulpt__versioned_write(__func__, &save_options_v, opts, version,
+                                 &save_options_v_defaults);
 }
 
 /* A prompt file in a new allocation from *a, `prefix` bytes in. */

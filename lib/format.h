@@ -18,6 +18,9 @@
 #include "bytes.h"
 #include "internal.h"
 
+/* A damaged file, reported as coming from the `func` in scope. */
+#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
+
 #define FORMAT_MAJOR 1
 /* The newest minor version this library knows.  A file is written with the oldest minor
  * version that has all its sections (ulpt__section_minor): 1.0 unless it holds ZOST. */

@@ -25,6 +25,9 @@ ULPT__MUST_CHECK int ulpt__error(int code, const char *func, const char *fmt, ..
 #endif
     ;
 #define ULPT_FAIL(code, ...) ulpt__error((code), __func__, __VA_ARGS__)
+/* A bad option (ULPT_ERR_INVALID), reported as coming from the public call `func` in
+ * scope that was given it. */
+#define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, func, __VA_ARGS__)
 
 /* ---- versioned structs (versioned.c) ----------------------------------------------- */
 
@@ -35,6 +38,14 @@ typedef struct {
     const size_t *size;   /* size[v]: the bytes version v has, v = 1..latest */
     const void *defaults; /* a whole latest-version struct */
 } ulpt_versioned;
+
+/* The one definition of a versioned struct's table: NAME (a ulpt_versioned) and
+ * NAME_defaults (the INIT macro's struct), for structs with one version so far.  A new
+ * version appends its size to NAME's size table. */
+#define ULPT__VERSIONED(name, type, version, what, init)                                  \
+    static const size_t name##_size[(version) + 1] = { 0, sizeof(type) };               \
+    static const type name##_defaults = init;                                            \
+    static const ulpt_versioned name = { what, (version), name##_size, &name##_defaults }
 
 /* out (a latest-version struct) = the defaults, overwritten by as many bytes of in as
  * its version has; in NULL: the defaults.  ULPT_ERR_INVALID for an unknown version. */

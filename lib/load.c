@@ -6,8 +6,6 @@
 
 #include <string.h>
 
-#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
-
 /* The sections each kind of file must have and must not have (end of check 3). */
 static int check_sections(const char *func, const ulpt_container *c)
 {
@@ -75,11 +73,7 @@ static int decode(const char *func, const unsigned char *b, size_t len, ulpt_pro
     return ULPT_OK;
 }
 
-static const size_t file_info_size[ULPT_FILE_INFO_VERSION + 1] = { 0, sizeof(ulpt_file_info) };
-static const ulpt_file_info file_info_empty = ULPT_FILE_INFO_INIT;
-static const ulpt_versioned file_info_v = {
-    "info", ULPT_FILE_INFO_VERSION, file_info_size, &file_info_empty,
-};
+ULPT__VERSIONED(file_info_v, ulpt_file_info, ULPT_FILE_INFO_VERSION, "info", ULPT_FILE_INFO_INIT);
 
 int ulpt_prompt_load_buffer(ulpt_prompt **out, const void *buf, size_t len)
 {
@@ -159,7 +153,7 @@ int ulpt_file_info_init(ulpt_file_info *info, unsigned version)
 {
     if (!info)
         return ULPT_FAIL(ULPT_ERR_INVALID, "info is NULL");
-    return ulpt__versioned_write(__func__, &file_info_v, info, version, &file_info_empty);
+    return ulpt__versioned_write(__func__, &file_info_v, info, version, &file_info_v_defaults);
 }
 
 int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, const char *path)

@@ -203,8 +203,6 @@ ulpt_section_out ulpt__meta_section(const ulpt_meta *m)
     return (ulpt_section_out){ TAG_META, 0, meta_bytes(m), write_meta, m };
 }
 
-#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
-
 int ulpt__meta_check(const char *func, const ulpt_section *s)
 {
     if (!s->data)

@@ -8,24 +8,18 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Errors found while checking options name the public call that got them. */
-#define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, func, __VA_ARGS__)
 
 /* The bytes of ulpt_prompt_options each version has: a caller built against an older
  * header passes a shorter struct, whose missing fields keep their defaults. */
-static const size_t options_size[ULPT_PROMPT_OPTIONS_VERSION + 1] = {
-    0, sizeof(ulpt_prompt_options),
-};
-static const ulpt_prompt_options defaults = ULPT_PROMPT_OPTIONS_INIT;
-static const ulpt_versioned options_v = {
-    "options", ULPT_PROMPT_OPTIONS_VERSION, options_size, &defaults,
-};
+ULPT__VERSIONED(prompt_options_v, ulpt_prompt_options, ULPT_PROMPT_OPTIONS_VERSION, "options",
+                ULPT_PROMPT_OPTIONS_INIT);
 
 int ulpt_prompt_options_init(ulpt_prompt_options *opts, unsigned version)
 {
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
+    return ulpt__versioned_write(__func__, &prompt_options_v, opts, version,
+                                 &prompt_options_v_defaults);
 }
 
 ULPT__MUST_CHECK static int check_options(const char *func, const ulpt_prompt_options *o)
@@ -112,7 +106,7 @@ ULPT__MUST_CHECK static int create(const char *func, ulpt_prompt **out,
     if (!out || !in)
         return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !out ? "out" : "opts");
     ulpt_prompt_options o, *opts = &o;
-    int rc = ulpt__versioned_read(func, &options_v, in, &o);
+    int rc = ulpt__versioned_read(func, &prompt_options_v, in, &o);
     if (!rc)
         rc = check_options(func, opts);
     if (!rc && shared)

@@ -14,8 +14,6 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Errors found while checking options name the public call that got them. */
-#define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, func, __VA_ARGS__)
 /* and those found inside a step, the step */
 #define STEP_FUNC "ulpt_zo_step"
 #define STEP_FAIL(code, ...) ulpt__error((code), STEP_FUNC, __VA_ARGS__)
@@ -41,19 +39,14 @@ struct ulpt_zo {
 };
 
 /* The bytes of ulpt_zo_options each version has (see prompt.c). */
-static const size_t options_size[ULPT_ZO_OPTIONS_VERSION + 1] = {
-    0, sizeof(ulpt_zo_options),
-};
-static const ulpt_zo_options defaults = ULPT_ZO_OPTIONS_INIT;
-static const ulpt_versioned options_v = {
-    "options", ULPT_ZO_OPTIONS_VERSION, options_size, &defaults,
-};
+ULPT__VERSIONED(zo_options_v, ulpt_zo_options, ULPT_ZO_OPTIONS_VERSION, "options",
+                ULPT_ZO_OPTIONS_INIT);
 
 int ulpt_zo_options_init(ulpt_zo_options *opts, unsigned version)
 {
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
+    return ulpt__versioned_write(__func__, &zo_options_v, opts, version, &zo_options_v_defaults);
 }
 
 int ulpt__zo_check_options(const char *func, ulpt_zo_options *o)
@@ -83,7 +76,7 @@ int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *opt, const ulp
     if (ulpt_optimizer_prompt(opt) != p)
         return ULPT_FAIL(ULPT_ERR_MISMATCH, "the optimizer was created for another prompt");
     ulpt_zo_options o;
-    int rc = ulpt__versioned_read(func, &options_v, opts, &o);
+    int rc = ulpt__versioned_read(func, &zo_options_v, opts, &o);
     if (!rc)
         rc = ulpt__zo_check_options(func, &o);
     if (rc)
@@ -322,7 +315,7 @@ int ulpt_zo_get_options(ulpt_zo_options *opts, const ulpt_zo *zo)
 {
     if (!opts || !zo)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !opts ? "opts" : "zo");
-    return ulpt__versioned_write(__func__, &options_v, opts, opts->version, &zo->o);
+    return ulpt__versioned_write(__func__, &zo_options_v, opts, opts->version, &zo->o);
 }
 
 ulpt_prompt *ulpt_zo_prompt(const ulpt_zo *zo) { return zo ? zo->prompt : NULL; }
