@@ -74,7 +74,7 @@ static void write_zost(unsigned char *w, const void *ctx)
 
 /* The checkpoint of p and o, with zo's ZOST section unless zo is NULL, in a new
  * allocation from *a, `prefix` bytes in (*base is the allocation, *len the file's). */
-static int encode(const char *func, const ulpt_prompt *p, const ulpt_optimizer *o,
+static int encode_checkpoint(const char *func, const ulpt_prompt *p, const ulpt_optimizer *o,
                   const ulpt_zo *zo, size_t prefix, ulpt_allocator *a, unsigned char **base,
                   size_t *len)
 {
@@ -116,7 +116,7 @@ static int save(const char *func, const ulpt_prompt *p, const ulpt_optimizer *o,
     ulpt_allocator a;
     unsigned char *data;
     size_t n;
-    int rc = encode(func, p, o, zo, 0, &a, &data, &n);
+    int rc = encode_checkpoint(func, p, o, zo, 0, &a, &data, &n);
     if (rc)
         return rc;
     rc = ulpt__write_atomic(func, path, data, n);
@@ -129,7 +129,7 @@ static int save_buffer(const char *func, const ulpt_prompt *p, const ulpt_optimi
 {
     ulpt_allocator a;
     unsigned char *base;
-    int rc = encode(func, p, o, zo, ULPT_BUFFER_PREFIX, &a, &base, len);
+    int rc = encode_checkpoint(func, p, o, zo, ULPT_BUFFER_PREFIX, &a, &base, len);
     if (!rc)
         *buf = ulpt__buffer_hand_out(&a, base);
     return rc;

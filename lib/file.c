@@ -66,7 +66,7 @@ static void write_shape(unsigned char *w, const void *ctx)
     ulpt__put64(w + SHAP_N_PARAMS, p->n_params);
 }
 
-static int encode(const char *func, const ulpt_allocator *a, const ulpt_prompt *p, int dtype,
+static int encode_file(const char *func, const ulpt_allocator *a, const ulpt_prompt *p, int dtype,
                   int level, const ulpt_section_out *extra, int n_extra, size_t prefix,
                   unsigned char **base, size_t *len)
 {
@@ -111,7 +111,7 @@ int ulpt__file_encode(const char *func, const ulpt_allocator *a, const ulpt_prom
     int rc = ulpt__lock_read(func, l, "prompt");
     if (rc)
         return rc;
-    rc = encode(func, a, p, dtype, level, extra, n_extra, prefix, base, len);
+    rc = encode_file(func, a, p, dtype, level, extra, n_extra, prefix, base, len);
     ulpt__lock_unread(l);
     return rc;
 }

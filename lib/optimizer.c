@@ -25,7 +25,7 @@ int ulpt_optimizer_options_init(ulpt_optimizer_options *opts, unsigned version)
                                  &optimizer_options_v_defaults);
 }
 
-ULPT__MUST_CHECK static int check_options(const char *func, const ulpt_optimizer_options *o)
+ULPT__MUST_CHECK static int check_optimizer_options(const char *func, const ulpt_optimizer_options *o)
 {
     if (o->kind < ULPT_OPT_SGD || o->kind > ULPT_OPT_ADAMW)
         return BAD_OPTION("unknown optimizer kind %d", o->kind);
@@ -60,7 +60,7 @@ int ulpt_optimizer_create(ulpt_optimizer **out, ulpt_prompt *prompt,
         return rc;
     if (opt.weight_decay == ULPT_WEIGHT_DECAY_DEFAULT)
         opt.weight_decay = opt.kind == ULPT_OPT_ADAMW ? 0.01 : 0.0;
-    if ((rc = check_options(__func__, &opt)) != ULPT_OK)
+    if ((rc = check_optimizer_options(__func__, &opt)) != ULPT_OK)
         return rc;
 
     size_t n = ulpt_prompt_num_params(prompt);

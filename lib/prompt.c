@@ -22,7 +22,7 @@ int ulpt_prompt_options_init(ulpt_prompt_options *opts, unsigned version)
                                  &prompt_options_v_defaults);
 }
 
-ULPT__MUST_CHECK static int check_options(const char *func, const ulpt_prompt_options *o)
+ULPT__MUST_CHECK static int check_prompt_options(const char *func, const ulpt_prompt_options *o)
 {
     if (o->projection_kind < ULPT_PROJ_XAVIER_UNIFORM || o->projection_kind > ULPT_PROJ_IDENTITY)
         return BAD_OPTION("unknown projection kind %d", o->projection_kind);
@@ -79,10 +79,10 @@ ULPT__MUST_CHECK static int layout(const ulpt_prompt_options *o, size_t *n_param
 
 /* The projections of a prompt: shared ones must be exactly those the options imply. */
 ULPT__MUST_CHECK static int check_shared(const char *func, const ulpt_prompt_options *o,
-                                         ulpt_projection *const *shared)
+                                         ulpt_projection *const *given)
 {
     for (uint32_t g = 0; g < o->n_groups; g++) {
-        const ulpt_projection *pr = shared[g];
+        const ulpt_projection *pr = given[g];
         if (!pr)
             return ulpt__error(ULPT_ERR_INVALID, func, "projection of group %u is NULL", g);
         uint64_t seed = ulpt__group_seed(o->projection_seed, g);
@@ -101,16 +101,16 @@ ULPT__MUST_CHECK static int check_shared(const char *func, const ulpt_prompt_opt
 
 ULPT__MUST_CHECK static int create(const char *func, ulpt_prompt **out,
                                    const ulpt_prompt_options *in,
-                                   ulpt_projection *const *shared)
+                                   ulpt_projection *const *given)
 {
     if (!out || !in)
         return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !out ? "out" : "opts");
     ulpt_prompt_options o, *opts = &o;
     int rc = ulpt__versioned_read(func, &prompt_options_v, in, &o);
     if (!rc)
-        rc = check_options(func, opts);
-    if (!rc && shared)
-        rc = check_shared(func, opts, shared);
+        rc = check_prompt_options(func, opts);
+    if (!rc && given)
+        rc = check_shared(func, opts, given);
     if (rc)
         return rc;
     size_t n_params, n_scratch;
@@ -140,8 +140,8 @@ ULPT__MUST_CHECK static int create(const char *func, ulpt_prompt **out,
                            n_params);
     }
     for (uint32_t g = 0; g < p->groups; g++) {
-        if (shared) {
-            p->proj[g] = ulpt__projection_ref(shared[g]);
+        if (given) {
+            p->proj[g] = ulpt__projection_ref(given[g]);
         } else if (ulpt_projection_create(&p->proj[g], ulpt__group_seed(opts->projection_seed, g),
                                           p->r, p->d, p->kind)) {
             ulpt_prompt_free(p);

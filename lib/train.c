@@ -17,7 +17,7 @@
 #include <string.h>
 
 /* The step itself; the caller holds p and o. */
-static int step(const char *func, ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn,
+static int train_run(const char *func, ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn,
                 void *user, double *loss)
 {
     const uint32_t n = p->n, d = p->d;
@@ -84,7 +84,7 @@ int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn, voi
     if (rc)
         return rc;
     if (!(rc = ulpt__lock_hold(__func__, &p->lock, "prompt", 0))) {
-        rc = step(__func__, p, o, loss_fn, user, loss);
+        rc = train_run(__func__, p, o, loss_fn, user, loss);
         ulpt__lock_release(&p->lock);
     }
     ulpt__lock_release(&o->lock);

@@ -215,7 +215,7 @@ static int evaluate(ulpt_zo *z, ulpt_zo_loss_fn fn, void *user)
 }
 
 /* The step itself; the caller holds zo, its optimizer and its prompt. */
-static int step(double *loss, ulpt_zo *zo, ulpt_zo_loss_fn loss_fn, void *user)
+static int zo_run(double *loss, ulpt_zo *zo, ulpt_zo_loss_fn loss_fn, void *user)
 {
     int rc = evaluate(zo, loss_fn, user);
     if (rc)
@@ -278,7 +278,7 @@ int ulpt_zo_step(double *loss, ulpt_zo *zo, ulpt_zo_loss_fn loss_fn, void *user)
         return rc;
     if (!(rc = ulpt__lock_hold(__func__, &zo->opt->lock, "optimizer", 0))) {
         if (!(rc = ulpt__lock_hold(__func__, &zo->prompt->lock, "prompt", 0))) {
-            rc = step(loss, zo, loss_fn, user);
+            rc = zo_run(loss, zo, loss_fn, user);
             ulpt__lock_release(&zo->prompt->lock);
         }
         ulpt__lock_release(&zo->opt->lock);

@@ -92,3 +92,18 @@ bench: need-build tests/bench_step tests/bench_bank
 	else echo "bench: no PyTorch ($(PYTHON) -c 'import torch' failed): libulpt figures only"; \
 	    ./tests/bench_step; fi
 	./tests/bench_bank
+
+# The library as one translation unit (every lib/*.c #included into one file, as an
+# engine would drop it into its tree): file-scope names are unique across lib/, and the
+# Check suite passes against it.
+CHECK_STEPS += check-single-file
+tests/build/single/ulpt-all.c: $(SRCS)
+	@mkdir -p $(@D)
+	@for f in $(SRCS); do echo "#include \"$$f\""; done > $@
+tests/build/single/test_ulpt: tests/build/single/ulpt-all.c $(TEST_OBJS) $(LIB_HDRS)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Werror -Wno-missing-prototypes -Wno-format-truncation -I. -Iinclude -Ilib \
+	    $(DEP_CFLAGS) -c $< -o tests/build/single/ulpt-all.o
+	$(CC) $(CFLAGS) -o $@ $(TEST_OBJS) tests/build/single/ulpt-all.o $(CHECK_LIBS) \
+	    $(DEP_LIBS) -pthread
+check-single-file: need-test tests/build/single/test_ulpt
+	./tests/build/single/test_ulpt
