@@ -48,7 +48,7 @@ from .projection import Projection
 from .prompt import Metadata, Prompt
 from .zo import ZODistribution, ZOOptions, ZOPerturb, ZOTrainer, zo_defaults
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 #: The path or name the library was loaded from.
 library_path: str = _native.path

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from .errors import OK, UnsupportedError, ERR_UNSUPPORTED, error
 
-# The oldest library this package can drive: 1.1 added the options-init functions the
-# defaults come from.
-REQUIRED_VERSION = 10100
+# The oldest library this package can drive: 1.2 added the checkpoints in memory that
+# copies and pickles of optimizers go through.
+REQUIRED_VERSION = 10200
 
 SONAME = "libulpt.so.1"
 
