@@ -272,6 +272,8 @@ int ulpt_prompt_init_from_embeddings(ulpt_prompt *p, const float *target, size_t
         }
         out[k] = (float)v;
     }
+    if (!rc) /* the one write: nothing else may be reading or writing the prompt */
+        rc = ulpt__lock_hold(__func__, &p->lock, "prompt", 1);
     if (!rc) {
         memcpy(p->params, out, p->n_params * sizeof(float));
         if (residual) {
@@ -298,6 +300,7 @@ int ulpt_prompt_init_from_embeddings(ulpt_prompt *p, const float *target, size_t
             double e2 = residual2(&f);
             *residual = tnorm2 > 0 ? sqrt(e2 / tnorm2) : sqrt(e2);
         }
+        ulpt__lock_release(&p->lock);
     }
     ulpt__free(&al, out);
     ulpt__free(&al, block);

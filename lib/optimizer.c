@@ -79,14 +79,20 @@ int ulpt_optimizer_create(ulpt_optimizer **out, ulpt_prompt *prompt,
         return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for an optimizer over %zu parameters", n);
     }
     /* Last, as it is the one step that changes the prompt (all or nothing): E and G for
-     * ulpt_train_step, so that no step allocates. */
-    rc = ulpt__prompt_reserve(__func__, prompt, 1, 1);
+     * ulpt_train_step, so that no step allocates.  The buffers may move: no step or
+     * forward may be running on the prompt. */
+    rc = ulpt__lock_hold(__func__, &prompt->lock, "prompt", 1);
+    if (!rc) {
+        rc = ulpt__prompt_reserve(__func__, prompt, 1, 1);
+        ulpt__lock_release(&prompt->lock);
+    }
     if (rc) {
         ulpt__free(&al, buf);
         ulpt__free(&al, o);
         return rc;
     }
     o->al = al;
+    ulpt__lock_init(&o->lock);
     o->prompt = prompt;
     o->opt = opt;
     o->opt.version = ULPT_OPTIMIZER_OPTIONS_VERSION;
@@ -143,10 +149,8 @@ static double sum_squares(const float *restrict g, size_t n)
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-int ulpt_optimizer_step(ulpt_optimizer *o)
+int ulpt__optimizer_step(const char *func, ulpt_optimizer *o)
 {
-    if (!o)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "optimizer is NULL");
     /* restrict: the four arrays never overlap, which lets the loops below vectorise */
     float *restrict p = ulpt_prompt_params(o->prompt), *restrict g = ulpt_prompt_grads(o->prompt);
     float *restrict m = o->m, *restrict v = o->v;
@@ -156,8 +160,8 @@ int ulpt_optimizer_step(ulpt_optimizer *o)
     /* The norm doubles as the finiteness check: refuse before touching anything. */
     double sq = sum_squares(g, n);
     if (!isfinite(sq))
-        return ULPT_FAIL(ULPT_ERR_NONFINITE,
-                         "a gradient is NaN or infinite (or overflows the norm)");
+        return ulpt__error(ULPT_ERR_NONFINITE, func,
+                           "a gradient is NaN or infinite (or overflows the norm)");
     if (op->max_grad_norm > 0) {
         float coef = (float)(op->max_grad_norm / (sqrt(sq) + 1e-6));
         if (coef < 1.0f)
@@ -202,6 +206,21 @@ int ulpt_optimizer_step(ulpt_optimizer *o)
         p[i] -= step_size * (m[i] / denom);
     }
     return ULPT_OK;
+}
+
+int ulpt_optimizer_step(ulpt_optimizer *o)
+{
+    if (!o)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "optimizer is NULL");
+    int rc = ulpt__lock_hold(__func__, &o->lock, "optimizer", 1);
+    if (rc)
+        return rc;
+    if (!(rc = ulpt__lock_hold(__func__, &o->prompt->lock, "optimizer's prompt", 1))) {
+        rc = ulpt__optimizer_step(__func__, o);
+        ulpt__lock_release(&o->prompt->lock);
+    }
+    ulpt__lock_release(&o->lock);
+    return rc;
 }
 
 uint64_t ulpt_optimizer_step_count(const ulpt_optimizer *o) { return o ? o->steps : 0; }

@@ -129,7 +129,7 @@ ULPT__MUST_CHECK static int create(const char *func, ulpt_prompt **out,
     if (!p)
         return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for a prompt");
     p->al = al;
-    atomic_init(&p->scratch_busy, 0);
+    ulpt__lock_init(&p->lock);
     p->n = opts->n_tokens;
     p->r = opts->rank;
     p->d = opts->dim;
@@ -217,6 +217,7 @@ void ulpt__prompt_view(ulpt_prompt *v, uint32_t n, uint32_t r, uint32_t d, uint3
         .proj = (ulpt_projection **)proj, .n_params = (size_t)n * r,
         .params = (float *)z, .z = (float *)z, .s = (float *)s, .b = (float *)b,
     };
+    ulpt__lock_init(&v->lock);
 }
 
 size_t ulpt__first_nonfinite(const ulpt_prompt *p)
@@ -271,8 +272,11 @@ int ulpt__prompt_reserve(const char *func, ulpt_prompt *p, uint32_t n_e, uint32_
 
 void ulpt_prompt_zero_grad(ulpt_prompt *p)
 {
-    if (p)
-        memset(p->grads, 0, p->n_params * sizeof(float));
+    /* void, so a busy prompt is left as it is, with the message set */
+    if (!p || ulpt__lock_hold(__func__, &p->lock, "prompt", 1) != ULPT_OK)
+        return;
+    memset(p->grads, 0, p->n_params * sizeof(float));
+    ulpt__lock_release(&p->lock);
 }
 
 size_t ulpt_prompt_num_params(const ulpt_prompt *p) { return p ? p->n_params : 0; }

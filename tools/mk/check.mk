@@ -2,7 +2,8 @@
 # is one rule here (or in its own tools/mk file) and one `CHECK_STEPS += check-NAME`,
 # anywhere.
 
-CHECK_STEPS := check-unit check-tinylm check-warnings check-abi check-exports check-install
+CHECK_STEPS := check-unit check-tinylm check-warnings check-abi check-exports check-install \
+    check-layers
 
 .PHONY: check check-run $(CHECK_STEPS)
 check:
@@ -47,6 +48,11 @@ check-warnings: need-test
 
 check-exports: all
 	sh tests/check-exports.sh
+
+# The call graph between lib/ files (nm of the objects) and their includes (cc -MM),
+# printed; any cycle in the calls fails: a lower layer never calls a higher one.
+check-layers: all
+	@CC="$(CC)" sh tests/check-layers.sh
 
 check-install: all
 	sh tests/check-install.sh
