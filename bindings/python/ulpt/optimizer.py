@@ -37,7 +37,7 @@ class OptimizerOptions:
     beta1: float
     beta2: float
     eps: float
-    weight_decay: Optional[float]   #: None: torch's default for the kind
+    weight_decay: float             #: resolved: 0.01 for AdamW created with the default
     momentum: float
     max_grad_norm: float
     schedule: Schedule
@@ -203,7 +203,7 @@ class Optimizer(_Object):
         check(lib.ulpt_optimizer_get_options(byref(opts), self._handle().ptr))
         return OptimizerOptions(
             OptimizerKind(opts.kind), opts.lr, opts.beta1, opts.beta2, opts.eps,
-            None if opts.weight_decay == WEIGHT_DECAY_DEFAULT else opts.weight_decay,
+            opts.weight_decay,
             opts.momentum, opts.max_grad_norm, Schedule(opts.schedule), opts.warmup_steps,
             opts.total_steps)
 
