@@ -217,7 +217,11 @@ def test_row_busy_is_a_RuntimeError(prompt):
         return 0.0
 
     opt.train_step(host)
-    assert_row(caught[0], ulpt.BusyError, RuntimeError, ulpt.ERR_INVALID, "in use")
+    assert_row(caught[0], ulpt.BusyError, RuntimeError, ulpt.ERR_BUSY,
+               "Prompt.close: the object is in use by a running Optimizer.train_step in "
+               "this thread (from its loss callback)")
+    # the library's own ULPT_ERR_BUSY maps to the same class
+    assert type(ulpt.errors.error(ulpt.ERR_BUSY, "m")) is ulpt.BusyError
 
 
 def test_every_code_has_its_class_and_strerror():

@@ -27,25 +27,28 @@ Errors raise ``ulpt.Error`` subclasses that are also the matching built-in excep
 
 from __future__ import annotations
 
-from ctypes import byref
-
 from . import _native
-from ._native import lib
-from .core import (FileInfo, Metadata, Optimizer, Projection, Prompt, fit_defaults, inspect,
-                   optimizer_defaults, prompt_defaults, save_defaults)
+from ._allocator import set_allocator
+from ._args import _int
+from ._native import check, lib, strerror
+from .bank import Bank
+from .defaults import fit_defaults, optimizer_defaults, prompt_defaults, save_defaults
 from .enums import DType, FileKind, Flags, OptimizerKind, ProjectionKind, Schedule
-from .errors import (ERR_CALLBACK, ERR_CORRUPT, ERR_FORMAT, ERR_INVALID, ERR_IO,
+from .errors import (ERR_BUSY, ERR_CALLBACK, ERR_CORRUPT, ERR_FORMAT, ERR_INVALID, ERR_IO,
                      ERR_MISMATCH, ERR_NOMEM, ERR_NONFINITE, ERR_NOT_FOUND, ERR_UNSUPPORTED,
                      OK, ArgumentTypeError, BusyError, CallbackError, ClosedError,
                      CorruptError, DirectoryError, Error, FileIOError, FilePermissionError,
                      FormatError, InvalidArgumentError, MismatchError, MissingFileError,
-                     NonFiniteError, NotFoundError, OutOfMemoryError, UnsupportedError, check,
-                     strerror, wrong_type)
+                     NonFiniteError, NotFoundError, OutOfMemoryError, UnsupportedError,
+                     wrong_type)
+from .files import FileInfo, inspect
+from .optimizer import Optimizer, OptimizerOptions
 from .pretrained import load_pretrained, save_pretrained
-from .bank import Bank
+from .projection import Projection
+from .prompt import Metadata, Prompt
 from .zo import ZODistribution, ZOOptions, ZOPerturb, ZOTrainer, zo_defaults
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 #: The path or name the library was loaded from.
 library_path: str = _native.path
@@ -78,32 +81,15 @@ def last_error() -> str:
 
 def set_num_threads(n: int) -> None:
     """The number of threads the BLAS kernels may use, process-wide (n >= 1)."""
-    from .core import _int
     check(lib.ulpt_set_num_threads(_int("n", n, 1, 2**31 - 1)))
 
 
-def set_allocator(allocator: "_native.ulpt_allocator | None") -> None:
-    """Route the library's allocations through a ``ulpt.ulpt_allocator`` ctypes struct
-    (alloc, realloc, free, user), or back to malloc with None.  The struct and its
-    callbacks are kept alive for the rest of the process: objects created under an
-    allocator are freed through it.  Not thread-safe (as ulpt_set_allocator)."""
-    if allocator is None:
-        check(lib.ulpt_set_allocator(None))
-        return
-    if not isinstance(allocator, _native.ulpt_allocator):
-        raise wrong_type("allocator must be a ulpt.ulpt_allocator or None, got %s"
-                         % type(allocator).__name__)
-    check(lib.ulpt_set_allocator(byref(allocator)))
-    _keep.append(allocator)  # objects made under it are freed through it, at any time
-
-
-_keep: list = []
 ulpt_allocator = _native.ulpt_allocator
 ALLOC_FN, REALLOC_FN, FREE_FN = _native.ALLOC_FN, _native.REALLOC_FN, _native.FREE_FN
 
 __all__ = [
     "Prompt", "Optimizer", "Projection", "Bank", "ZOTrainer", "ZOOptions", "ZODistribution",
-    "ZOPerturb", "Metadata", "FileInfo", "inspect", "save_pretrained", "load_pretrained",
+    "ZOPerturb", "OptimizerOptions", "Metadata", "FileInfo", "inspect", "save_pretrained", "load_pretrained",
     "prompt_defaults", "optimizer_defaults", "save_defaults", "zo_defaults", "fit_defaults",
     "ProjectionKind", "Flags", "OptimizerKind", "Schedule", "DType", "FileKind",
     "Error", "InvalidArgumentError", "ArgumentTypeError", "OutOfMemoryError", "FileIOError",

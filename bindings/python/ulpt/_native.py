@@ -1,4 +1,5 @@
-"""Finding libulpt, its C structs and the prototypes of every public function.
+"""Finding libulpt, its C structs and the prototypes of every public function, and
+`check`, which turns a return code into its exception.
 
 The library is looked for in this order, and the first copy that loads and is new enough
 wins:
@@ -20,9 +21,11 @@ from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_float, 
                     c_size_t, c_uint, c_uint32, c_uint64, c_void_p)
 from pathlib import Path
 
-# The oldest library this package can drive: 1.1 added the options-init functions the
-# defaults come from.
-REQUIRED_VERSION = 10100
+from .errors import OK, UnsupportedError, ERR_UNSUPPORTED, error
+
+# The oldest library this package can drive: 1.2 added the checkpoints in memory that
+# copies and pickles of optimizers go through.
+REQUIRED_VERSION = 10200
 
 SONAME = "libulpt.so.1"
 
@@ -186,6 +189,12 @@ SIGNATURES = {
     "ulpt_prompt_load_for_model": (c_int, [POINTER(_P), c_char_p, c_char_p]),
     "ulpt_checkpoint_save": (c_int, [_P, _P, c_char_p]),
     "ulpt_checkpoint_load": (c_int, [POINTER(_P), POINTER(_P), c_char_p]),
+    "ulpt_optimizer_get_options": (c_int, [POINTER(ulpt_optimizer_options), _P]),
+    "ulpt_checkpoint_save_buffer": (c_int, [POINTER(c_void_p), POINTER(c_size_t), _P, _P]),
+    "ulpt_checkpoint_load_buffer": (c_int, [POINTER(_P), POINTER(_P), c_char_p, c_size_t]),
+    "ulpt_zo_checkpoint_save_buffer": (c_int, [POINTER(c_void_p), POINTER(c_size_t), _P]),
+    "ulpt_zo_checkpoint_load_buffer": (c_int, [POINTER(_P), POINTER(_P), POINTER(_P),
+                                               c_char_p, c_size_t]),
     "ulpt_file_info_init": (c_int, [POINTER(ulpt_file_info), c_uint]),
     "ulpt_file_inspect": (c_int, [c_char_p, POINTER(ulpt_file_info)]),
     "ulpt_prompt_export_safetensors": (c_int, [_P, c_char_p]),
@@ -241,8 +250,8 @@ lib, path = _open()
 
 def _missing(name):
     def call(*args):
-        from .errors import UnsupportedError
-        raise UnsupportedError(-9, "%s is not in the loaded libulpt (%s)" % (name, path))
+        raise UnsupportedError(ERR_UNSUPPORTED, "%s is not in the loaded libulpt (%s)"
+                               % (name, path))
     call.__name__ = name
     return call
 
@@ -254,3 +263,14 @@ for _name, (_restype, _argtypes) in SIGNATURES.items():
         setattr(lib, _name, _missing(_name))
         continue
     _fn.restype, _fn.argtypes = _restype, _argtypes
+
+
+def strerror(code: int) -> str:
+    """The library's short description of an error code ("invalid argument", ...)."""
+    return lib.ulpt_strerror(int(code)).decode()
+
+
+def check(rc: int, filename=None) -> None:
+    """Raise the exception for a nonzero return code, with ulpt_last_error()'s message."""
+    if rc != OK:
+        raise error(rc, lib.ulpt_last_error().decode("utf-8", "replace"), filename)

@@ -13,10 +13,12 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _native
-from ._native import lib
-from .core import _U32, _U64, _Handle, _Object, _Use, _int, _path, _text, Prompt
+from ._args import _U32, _U64, _int, _path, _text
+from ._handle import _Handle, _Object, _Use
+from ._native import check, lib
 from .enums import DType, coerce
-from .errors import check, invalid, wrong_type
+from .errors import NotFoundError, invalid, wrong_type
+from .prompt import Prompt
 
 # The array dtype of each storage type: numpy has IEEE half; bfloat16 comes as its bits.
 _ARRAY_DTYPE = {DType.F32: np.dtype(np.float32), DType.F16: np.dtype(np.float16),
@@ -92,7 +94,6 @@ class Bank(_Object):
         return ident.value
 
     def __contains__(self, name) -> bool:
-        from .errors import NotFoundError
         try:
             self.find(name)
         except NotFoundError:
@@ -140,6 +141,10 @@ class Bank(_Object):
                     or out.strides[0] % want.itemsize or not out.flags.writeable:
                 raise invalid("requests[%d]: out must be a writable 2-d %s array with "
                               "contiguous rows, got %s %s" % (k, want, out.dtype, out.shape))
+            if out.shape[0] > 1 and out.strides[0] < out.shape[1] * want.itemsize:
+                raise invalid("requests[%d]: out's rows must follow each other in memory, "
+                              "at least dim elements apart: its row stride is %d bytes for "
+                              "rows of %d" % (k, out.strides[0], out.shape[1] * want.itemsize))
             ident = _int("requests[%d] id" % k, ident, 0, _U64)
             with self._use("materialise"):
                 n = c_uint32()
@@ -149,7 +154,7 @@ class Bank(_Object):
                               % (k, (n.value, self.dim), out.shape))
             array[k].id = ident
             array[k].dst = out.ctypes.data
-            array[k].ld = out.strides[0] // want.itemsize
+            array[k].ld = out.strides[0] // want.itemsize if out.shape[0] > 1 else self.dim
             keep.append(out)
         with self._use("materialise"):
             check(lib.ulpt_bank_materialise(self._h.ptr, array, len(requests), dtype))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import enum
 
+from .errors import invalid, wrong_type
+
 
 class ProjectionKind(enum.IntEnum):
     """How P (rank x dim) is drawn (ULPT_PROJ_*)."""
@@ -51,7 +53,6 @@ class FileKind(enum.IntEnum):
 
 def coerce(cls, value, name):
     """`value` (a member, its int value or its name in any case) as a member of `cls`."""
-    from .errors import invalid, wrong_type
     if isinstance(value, cls):
         return value
     if isinstance(value, str):

@@ -19,7 +19,8 @@ ULPT_ERR_CALLBACK      CallbackError         RuntimeError (``__cause__``: what t
 ULPT_ERR_UNSUPPORTED   UnsupportedError      NotImplementedError
 ULPT_ERR_NOT_FOUND     NotFoundError         KeyError
 (object closed)        ClosedError           ValueError
-(object in use)        BusyError             RuntimeError
+ULPT_ERR_BUSY          BusyError             RuntimeError (also raised by the binding for
+                                             an object in use)
 =====================  ====================  ===============================================
 """
 
@@ -27,8 +28,6 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-
-from ._native import lib
 
 OK = 0
 ERR_INVALID = -1
@@ -41,11 +40,7 @@ ERR_NONFINITE = -7
 ERR_CALLBACK = -8
 ERR_UNSUPPORTED = -9
 ERR_NOT_FOUND = -10
-
-
-def strerror(code: int) -> str:
-    """The library's short description of an error code ("invalid argument", ...)."""
-    return lib.ulpt_strerror(int(code)).decode()
+ERR_BUSY = -11
 
 
 class Error(Exception):
@@ -145,8 +140,9 @@ class ClosedError(Error, ValueError):
 
 
 class BusyError(Error, RuntimeError):
-    """The object is in use: closing or modifying a prompt or optimizer while a
-    train_step on it runs (from its callback, or another thread).  Code ULPT_ERR_INVALID."""
+    """ULPT_ERR_BUSY: the object is in use by another call -- closing or modifying a
+    prompt or optimizer while a step on it runs (from its loss callback, or another
+    thread); the message says what holds it."""
 
 
 _BY_CODE = {
@@ -160,6 +156,7 @@ _BY_CODE = {
     ERR_CALLBACK: CallbackError,
     ERR_UNSUPPORTED: UnsupportedError,
     ERR_NOT_FOUND: NotFoundError,
+    ERR_BUSY: BusyError,
 }
 
 _BY_ERRNO = {
@@ -193,12 +190,6 @@ def error(code: int, message: str, filename=None) -> Error:
             filename = os.fsdecode(filename)
         return cls(code, message, number, filename)
     return cls(code, message)
-
-
-def check(rc: int, filename=None) -> None:
-    """Raise the exception for a nonzero return code, with ulpt_last_error()'s message."""
-    if rc != OK:
-        raise error(rc, lib.ulpt_last_error().decode("utf-8", "replace"), filename)
 
 
 def invalid(message: str) -> InvalidArgumentError:

@@ -16,7 +16,10 @@ libulpt's.  The trainable numbers Z (n_tokens, rank), s and b (dim) are
 ``state_dict()``, torch optimizers, schedulers and gradient clipping work on them, and the
 library's own optimizer (``ulpt.Optimizer(soft.prompt)``) sees what torch changes and vice
 versa.  The parameters live on the CPU in float32: move E, not the module, to another
-device or dtype (``soft.prepend`` casts E to the embeddings' device and dtype).
+device or dtype (``soft.prepend`` casts E to the embeddings' device and dtype); ``.to()``,
+``.double()``, ``.half()``, ``share_memory()``, ``to_empty()`` and the like raise
+RuntimeError and leave the module as it was.  Changing Z, s or b in place between
+forward and backward raises at backward, as torch does for its own operations.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from typing import Any, Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from .core import Prompt
-from .errors import MismatchError, ERR_MISMATCH
+from .errors import ERR_MISMATCH, MismatchError
+from .prompt import Prompt
 
 __all__ = ["ULPTPrompt", "ULPTFunction"]
 
@@ -38,17 +41,22 @@ class ULPTFunction(torch.autograd.Function):
 
     ``ULPTFunction.apply(module, Z, s, b)`` (s, b omitted when the prompt has none).  The
     library's gradient buffer keeps accumulating as libulpt's own backward does, so
-    ``ulpt.Optimizer`` can step on it too; autograd gets this call's share."""
+    ``ulpt.Optimizer`` can step on it too; autograd gets this call's share.  The
+    parameters are saved for backward, so torch's version counters catch an in-place
+    change of them in between (the gradient depends on Z and s)."""
 
     @staticmethod
     def forward(ctx, module: "ULPTPrompt", *params: torch.Tensor) -> torch.Tensor:
         module._check_shared()
         ctx.module = module
+        ctx.save_for_backward(*params)
         return torch.from_numpy(module.prompt.forward())
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_e: torch.Tensor):
+        ctx.saved_tensors    # raises when a parameter was modified in place since forward
+        ctx.module._check_shared()
         prompt = ctx.module.prompt
         g = grad_e.detach().to(device="cpu", dtype=torch.float32).numpy()
         grads = prompt.grads
@@ -88,6 +96,28 @@ class ULPTPrompt(torch.nn.Module):
             raise RuntimeError("ULPTPrompt's parameters no longer share libulpt's memory "
                                "(the module was moved to another device or dtype); move "
                                "its output E instead")
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .double(), .half(), .cuda(), share_memory(), to_empty() ... all come
+        # here: try `fn` on a float32 CPU probe and refuse whatever would not leave it
+        # the same tensor in the same memory, before any parameter is touched.
+        probe = torch.zeros(1)
+        address = probe.data_ptr()
+        try:
+            moved = fn(probe)
+        except Exception as exc:
+            raise RuntimeError("ULPTPrompt cannot be moved: its parameters are libulpt's "
+                               "float32 CPU memory (%s); move its output E instead" % exc) \
+                from exc
+        if not isinstance(moved, torch.Tensor) or moved.dtype != torch.float32 or \
+                moved.device != probe.device or moved.data_ptr() != address or \
+                probe.data_ptr() != address:
+            what = "%s %s" % (moved.dtype, moved.device) if isinstance(moved, torch.Tensor) \
+                else type(moved).__name__
+            raise RuntimeError("ULPTPrompt cannot be moved to %s (or into other memory): its "
+                               "parameters are libulpt's float32 CPU memory; move its output "
+                               "E instead (prepend does)" % what)
+        return super()._apply(fn, *args, **kwargs)
 
     def forward(self) -> torch.Tensor:
         """E, (n_tokens, dim) float32 on the CPU."""

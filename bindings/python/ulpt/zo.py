@@ -7,19 +7,24 @@ estimate of the gradient (include/ulpt.h, "Forward-only training").
 
 from __future__ import annotations
 
+import ctypes
 import enum
-from ctypes import byref, c_double, c_void_p
+from ctypes import byref, c_double, c_size_t, c_void_p
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from . import _native
-from ._native import lib
-from .core import (_REQUIRED, _U32, _U64, _Handle, _Object, _Serving, _Use, _int, _matrix,
-                   _path, _real, _serve, _set_kwdefaults, _view, Optimizer, PathLike, Prompt)
+from ._args import _U32, _U64, PathLike, _int, _matrix, _path, _real
+from ._handle import _Handle, _Object, _Use, _view
+from ._native import check, lib
+from ._serving import _Serving, _serve
+from .defaults import _REQUIRED, _set_kwdefaults
 from .enums import coerce
-from .errors import check, wrong_type
+from .errors import wrong_type
+from .optimizer import Optimizer
+from .prompt import Prompt
 
 
 class ZODistribution(enum.IntEnum):
@@ -55,14 +60,19 @@ def zo_defaults() -> _native.ulpt_zo_options:
 def _callback(st: _Serving, k: int):
     def zo_callback(user, e, count, n, d, losses):
         try:
-            if e != st.e_addr:
-                st.E = _view(st.handle, e, (k,) + st.shape, writable=False)
-                st.e_addr = e
-            E = st.E[:count]
-            out = np.frombuffer((c_double * count).from_address(losses), dtype=np.float64)
-            result = st.fn(E, out) if st.two_args else st.fn(E)
-            if result is not None:
-                out[:] = _matrix("the returned losses", result, (count,))
+            st.enter()
+            try:
+                if e != st.e_addr:
+                    st.E = _view(st.handle, e, (k,) + st.shape, writable=False)
+                    st.e_addr = e
+                E = st.E[:count]
+                out = np.frombuffer((c_double * count).from_address(losses),
+                                    dtype=np.float64)
+                result = st.fn(E, out) if st.two_args else st.fn(E)
+                if result is not None:
+                    out[:] = _matrix("the returned losses", result, (count,))
+            finally:
+                st.leave()
             return 0
         except BaseException as exc:  # nothing may cross into C
             st.failure = exc
@@ -152,14 +162,16 @@ class ZOTrainer(_Object):
         `count` losses; or ``loss_fn(E, losses)`` writes them into the float64 view
         ``losses`` and returns None.  Failures change nothing (parameters, gradients,
         optimizer, position); exceptions propagate as in Optimizer.train_step."""
-        self._serving.use(loss_fn)
         h = self._handle()
         handles = ((h, "ZOTrainer.step"), (self._oh, "ZOTrainer.step"),
                    (self._ph, "ZOTrainer.step"))
         loss = c_double()
-        _serve(self._serving, handles, self._ph,
-               lambda: lib.ulpt_zo_step(byref(loss), h.ptr, self._c_callback, None))
-        return loss.value
+
+        def step():
+            rc = lib.ulpt_zo_step(byref(loss), h.ptr, self._c_callback, None)
+            return rc, loss.value
+
+        return _serve(self._serving, loss_fn, handles, self._ph, step)
 
     # -- checkpoints
 
@@ -183,17 +195,32 @@ class ZOTrainer(_Object):
         state (load it with Optimizer.load_checkpoint and make a ZOTrainer)."""
         raw, pp, op, zp = _path(path), c_void_p(), c_void_p(), c_void_p()
         check(lib.ulpt_zo_checkpoint_load(byref(pp), byref(op), byref(zp), raw), path)
-        # the options and position move to a trainer of the Python objects
-        opts = zo_defaults()
-        rc = lib.ulpt_zo_get_options(byref(opts), zp.value)
-        position = lib.ulpt_zo_position(zp.value)
-        lib.ulpt_zo_free(zp.value)
-        prompt = Prompt._from_ptr(pp.value)
-        optimizer = Optimizer.__new__(Optimizer)._bind(op.value, prompt)
-        check(rc)
-        o = ZOOptions(opts.epsilon, opts.directions, opts.batch,
-                      ZODistribution(opts.distribution), ZOPerturb(opts.perturb), opts.seed)
-        return _restore(optimizer, o, position)
+        return _adopt(pp.value, op.value, zp.value)
+
+    def to_bytes(self) -> bytes:
+        """The bytes save_checkpoint writes (ulpt_zo_checkpoint_save_buffer)."""
+        h = self._handle()
+        handles = ((h, "ZOTrainer.to_bytes"), (self._oh, "ZOTrainer.to_bytes"),
+                   (self._ph, "ZOTrainer.to_bytes"))
+        buf, size = c_void_p(), c_size_t()
+        with _Use(handles, False):
+            check(lib.ulpt_zo_checkpoint_save_buffer(byref(buf), byref(size), h.ptr))
+        try:
+            return ctypes.string_at(buf, size.value)
+        finally:
+            lib.ulpt_free(buf)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ZOTrainer":
+        """A new trainer from forward-only checkpoint bytes
+        (ulpt_zo_checkpoint_load_buffer), with its own optimizer and prompt.  Raises as
+        load_checkpoint."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise wrong_type("data must be bytes, got %s" % type(data).__name__)
+        data, pp, op, zp = bytes(data), c_void_p(), c_void_p(), c_void_p()
+        check(lib.ulpt_zo_checkpoint_load_buffer(byref(pp), byref(op), byref(zp), data,
+                                                 len(data)))
+        return _adopt(pp.value, op.value, zp.value)
 
     # copies rebuild the trainer around a copy of the optimizer (a checkpoint) with the
     # same options and stream position
@@ -213,6 +240,21 @@ class ZOTrainer(_Object):
         return ("<ulpt.ZOTrainer epsilon=%g directions=%d batch=%d %s perturb=%s seed=%d "
                 "position=%d>" % (o.epsilon, o.directions, o.batch, o.distribution.name.lower(),
                                   o.perturb.name.lower(), o.seed, self.position))
+
+
+def _adopt(pp, op, zp) -> ZOTrainer:
+    """A trainer of new Python objects from a loaded prompt, optimizer and trainer: the
+    options and position move to a trainer made around the Python optimizer."""
+    opts = zo_defaults()
+    rc = lib.ulpt_zo_get_options(byref(opts), zp)
+    position = lib.ulpt_zo_position(zp)
+    lib.ulpt_zo_free(zp)
+    prompt = Prompt._from_ptr(pp)
+    optimizer = Optimizer.__new__(Optimizer)._bind(op, prompt)
+    check(rc)
+    o = ZOOptions(opts.epsilon, opts.directions, opts.batch,
+                  ZODistribution(opts.distribution), ZOPerturb(opts.perturb), opts.seed)
+    return _restore(optimizer, o, position)
 
 
 def _restore(optimizer, o: ZOOptions, position):

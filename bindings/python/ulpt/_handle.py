@@ -1,0 +1,182 @@
+"""Handles and lifetimes: who owns a C object's memory and who may use it right now.
+
+Memory safety rests on one rule: a C handle belongs to a small `_Handle` object that frees
+it when the last Python reference goes.  Prompts, optimizers, projections and every NumPy
+view onto the library's buffers hold a reference to the handles they use, so closing an
+object only drops its own claim; the memory goes when nothing can reach it any more.
+
+A handle also records who is using it, as a readers-writer lock taken around each C call:
+
+- a writer (a step, backward, zero_grad, a metadata change...) holds its handles
+  exclusively from entry to return.  It waits for reads running in other threads (C
+  calls, short), and raises BusyError when another writer holds one of them: two
+  steps never wait for each other, so they cannot deadlock;
+- a reader (forward, save, metadata...) in another thread waits until the writer returns;
+  in the writer's own thread -- its loss callback -- it runs at once when the writer
+  serves a callback (reads are fine there), and raises BusyError otherwise;
+- a write from the writer's own thread (a step inside its own callback) raises BusyError
+  naming what holds the object.
+
+All handles of one call are taken at once under one condition variable, so no order of
+acquisition can deadlock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Optional
+
+import numpy as np
+
+from .errors import ERR_BUSY, BusyError, ClosedError, ERR_INVALID
+
+_lock = threading.Condition()
+
+
+class _Handle:
+    """One C handle: freed when the last reference goes; tracks its users."""
+
+    __slots__ = ("ptr", "free", "deps", "readers", "writer", "owner", "serving",
+                 "waiting", "__weakref__")
+
+    def __init__(self, ptr, free, deps=()):
+        self.ptr = ptr
+        self.free = free          # None for a borrowed handle
+        self.deps = deps          # handles that must outlive this one
+        self.readers = 0
+        self.writer = None        # what holds it for writing ("Optimizer.train_step")
+        self.owner = None         # ... in which thread (threading.Thread)
+        self.serving = False      # ... and is waiting in its loss callback
+        self.waiting = 0          # writers waiting for the readers to finish
+
+    def __reduce__(self):
+        raise TypeError("a libulpt handle cannot be pickled or copied")
+
+    def __del__(self):
+        ptr, self.ptr = self.ptr, None
+        if ptr and self.free is not None:
+            self.free(ptr)
+
+
+def _busy(what, h: _Handle, me) -> BusyError:
+    where = ("in this thread (from its loss callback)" if h.owner is me
+             else "in thread %r" % h.owner.name)
+    return BusyError(ERR_BUSY, "%s: the object is in use by a running %s %s"
+                     % (what, h.writer, where))
+
+
+def _blocker(handles, write, me) -> Optional[_Handle]:
+    """The handle a call must wait for, None when it may start; raises BusyError when
+    waiting could never end."""
+    for h, what in handles:
+        if h.writer is not None:
+            if h.owner is me:
+                if write or not h.serving:
+                    raise _busy(what, h, me)
+            elif write:
+                raise _busy(what, h, me)
+            else:
+                return h
+        elif write and h.readers:
+            return h
+        elif not write and h.waiting:
+            return h          # a writer waits: let it in first, or it could starve
+    return None
+
+
+class _Use:
+    """``with _Use(((handle, "Prompt.forward"), ...), write): <C call>``."""
+
+    __slots__ = ("handles", "write")
+
+    def __init__(self, handles, write):
+        self.handles, self.write = handles, write
+
+    def __enter__(self):
+        me = threading.current_thread()
+        handles, write = self.handles, self.write
+        with _lock:
+            blocker = _blocker(handles, write, me)
+            if blocker is not None:
+                if write:
+                    for h, _ in handles:
+                        h.waiting += 1
+                try:
+                    while blocker is not None:
+                        _lock.wait()
+                        blocker = _blocker(handles, write, me)
+                finally:
+                    if write:
+                        for h, _ in handles:
+                            h.waiting -= 1
+                    _lock.notify_all()
+            for h, what in handles:
+                if write:
+                    h.writer, h.owner = what, me
+                else:
+                    h.readers += 1
+        return self
+
+    def __exit__(self, *exc):
+        with _lock:
+            for h, _ in self.handles:
+                if self.write:
+                    h.writer = h.owner = None
+                    h.serving = False
+                else:
+                    h.readers -= 1
+            _lock.notify_all()
+
+
+class _Object:
+    """Common behaviour: close(), context manager, closed state."""
+
+    _h: Optional[_Handle] = None
+
+    def _handle(self) -> _Handle:
+        h = self._h
+        if h is None or not h.ptr:
+            raise ClosedError(ERR_INVALID, "%s is closed" % type(self).__name__)
+        return h
+
+    @property
+    def handle(self) -> int:
+        """The C pointer (ulpt_prompt *, ...), for calling ``ulpt._native.lib`` directly;
+        valid while the object is open."""
+        return self._handle().ptr
+
+    @property
+    def closed(self) -> bool:
+        """True after close()."""
+        return self._h is None
+
+    def close(self) -> None:
+        """Release this object's claim on the library's memory.  Views (``params``,
+        ``grads``, ...) and optimizers that still use it keep the memory until they go;
+        every method of a closed object raises ClosedError.  Closing twice is harmless.
+        Raises BusyError while a step on the object runs."""
+        h = self._h
+        if h is None:
+            return
+        with _lock:
+            if h.writer is not None:
+                raise _busy("%s.close" % type(self).__name__, h, threading.current_thread())
+            self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _view(h: _Handle, address: int, shape, writable=True) -> np.ndarray:
+    """A NumPy float32 view of library memory at `address` that keeps `h` alive."""
+    count = int(np.prod(shape))
+    buf = (ctypes.c_float * count).from_address(address)
+    buf._ulpt_handle = h  # the array's base is buf; buf holds the handle
+    arr = np.frombuffer(buf, dtype=np.float32).reshape(shape)
+    if not writable:
+        arr.flags.writeable = False
+    return arr

@@ -1,0 +1,358 @@
+"""Issue 21's Python reproductions, each a regression test: a hostile but pure-Python
+program gets the right numbers or a documented exception, never a wrong value or a crash.
+Each test failed before the fix (a wrong E, a swapped loss function, an ignored SIGINT, a
+double free, a silently broken torch module, OverflowError, ...)."""
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import ulpt
+
+
+def zero_grad_prompt(**kw):
+    options = dict(n_tokens=20, dim=768, rank=2, projection_seed=5, init_seed=6)
+    options.update(kw)
+    return ulpt.Prompt(**options)
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_a_forward_in_another_thread_during_a_train_step_gets_the_right_E(rank):
+    """Was: the forward took the prompt's scratch while the step's backward wrote it:
+    wrong E, and parameters updated although the callback left G at zero."""
+    p = zero_grad_prompt(n_tokens=64, dim=4096, rank=rank)
+    opt = ulpt.Optimizer(p, kind="adam", weight_decay=0.0, lr=0.1)
+    want_E, want_params = p.forward(), p.params.copy()
+    stop = threading.Event()
+    wrong, done = [], [0]
+
+    def reader():
+        while not stop.is_set():
+            E = p.forward()
+            done[0] += 1
+            if not np.array_equal(E, want_E):
+                wrong.append(float(np.abs(E - want_E).max()))
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 2.0
+        steps = 0
+        while time.monotonic() < deadline:
+            try:
+                opt.train_step(lambda E, G: 0.0)    # G stays zero: Adam moves nothing
+            except ulpt.BusyError:      # what 1.1 raised while a forward ran; see below
+                continue
+            steps += 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert wrong == []
+    np.testing.assert_array_equal(p.params, want_params)
+    assert steps > 10 and done[0] > 0
+
+
+def test_train_step_waits_for_forwards_in_other_threads_instead_of_raising_BusyError():
+    p = zero_grad_prompt()
+    opt = ulpt.Optimizer(p, lr=0.01)
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            p.forward()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for _ in range(300):
+            opt.train_step(lambda E: (float((E * E).sum()), 2 * E))
+    finally:
+        stop.set()
+        t.join()
+    assert opt.step_count == 300
+
+
+def test_two_threads_stepping_one_optimizer_never_run_each_others_loss_function():
+    """Was: train_step(f1) and train_step(f2) swapped their loss functions."""
+    p = zero_grad_prompt(dim=64)
+    opt = ulpt.Optimizer(p, lr=0.01)
+    calls = {"A": [], "B": []}
+    busy = {"A": 0, "B": 0}
+
+    def fn_of(name):
+        def loss(E, G):
+            calls[name].append(threading.current_thread().name)
+            time.sleep(0.0005)
+            return 0.0
+        return loss
+
+    def run(name):
+        f = fn_of(name)
+        for _ in range(200):
+            try:
+                opt.train_step(f)
+            except ulpt.BusyError as exc:
+                assert "in use by a running Optimizer.train_step in thread" in str(exc)
+                busy[name] += 1
+
+    threads = [threading.Thread(target=run, args=(n,), name=n) for n in "AB"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in "AB":
+        assert set(calls[name]) <= {name}
+        assert len(calls[name]) + busy[name] == 200
+    assert opt.step_count == len(calls["A"]) + len(calls["B"])
+
+
+def test_a_zo_step_inside_a_zo_steps_callback_cannot_hijack_it():
+    """Was: calls f, busy, g, g, g and a loss of 4.0 instead of 1.0."""
+    p = zero_grad_prompt(n_tokens=2, dim=8)
+    zo = ulpt.ZOTrainer(ulpt.Optimizer(p), directions=2, batch=1)
+    calls = []
+
+    def g(E):
+        calls.append("g")
+        return [4.0] * len(E)
+
+    def f(E):
+        calls.append("f")
+        try:
+            zo.step(g)
+        except ulpt.BusyError:
+            calls.append("busy")
+        return [1.0] * len(E)
+
+    assert zo.step(f) == 1.0
+    assert calls == ["f", "busy"] * 4           # g never runs
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+def test_SIGINT_while_the_step_is_still_in_C_is_a_KeyboardInterrupt_and_changes_nothing():
+    """Was: "Exception ignored on calling ctypes callback function" and CallbackError
+    "the loss callback returned 459999680" (an uninitialised value)."""
+    p = ulpt.Prompt(n_tokens=2000, dim=8192, rank=256, projection_seed=1, init_seed=2)
+    opt = ulpt.Optimizer(p, lr=0.1)
+    before = p.params.copy()
+    calls = []
+
+    def host(E, G):
+        calls.append(1)
+        G[:] = 1
+        return 1.0
+
+    go = threading.Event()
+
+    def interrupt():
+        go.wait(10)
+        time.sleep(0.02)                       # well inside the 2000 x 8192 forward
+        os.kill(os.getpid(), signal.SIGINT)
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    t = threading.Thread(target=interrupt)
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            go.set()
+            opt.train_step(host)
+    finally:
+        t.join()
+        signal.signal(signal.SIGINT, old)
+    assert calls == []                         # the host's loss never ran
+    np.testing.assert_array_equal(p.params, before)
+    assert opt.step_count == 0
+    assert not p.grads.any()
+
+
+def test_a_signal_handler_that_does_not_raise_runs_and_the_step_goes_on():
+    p = zero_grad_prompt(n_tokens=500, dim=4096, rank=64)
+    opt = ulpt.Optimizer(p, lr=0.1)
+    seen = []
+    old = signal.signal(signal.SIGUSR1, lambda s, f: seen.append(s))
+    t = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        t.start()
+        for _ in range(20):
+            opt.train_step(lambda E: (1.0, np.ones_like(E)))
+    finally:
+        t.cancel()
+        signal.signal(signal.SIGUSR1, old)
+    assert seen == [signal.SIGUSR1] and opt.step_count == 20
+    assert signal.getsignal(signal.SIGUSR1) is old
+
+
+# ----------------------------------------------------------------------------- allocator
+
+
+def test_an_allocator_that_raises_is_a_MemoryError_not_a_double_free():
+    """Was: "free(): double free detected in tcache 2" (abort).  In a child process, so
+    that the old behaviour fails the test instead of killing the run."""
+    code = """
+import ctypes, ulpt
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+calls = [0]
+def alloc(user, size):
+    calls[0] += 1
+    if calls[0] > 1:
+        raise MemoryError("host out of memory")
+    return libc.malloc(size)
+def realloc(user, ptr, size):
+    raise MemoryError("host out of memory")
+def free(user, ptr):
+    libc.free(ptr)
+ulpt.set_allocator(ulpt.ulpt_allocator(ulpt.ALLOC_FN(alloc), ulpt.REALLOC_FN(realloc),
+                                       ulpt.FREE_FN(free), None))
+try:
+    ulpt.Prompt(n_tokens=4, dim=8)
+except MemoryError as exc:
+    print(type(exc).__name__, exc.code == ulpt.ERR_NOMEM)
+ulpt.set_allocator(None)
+print(ulpt.Prompt(n_tokens=4, dim=8).forward().shape)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["OutOfMemoryError True", "(4, 8)"]
+    assert "Exception ignored" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+def torch_module():
+    torch = pytest.importorskip("torch")
+    import ulpt.torch
+    m = ulpt.torch.ULPTPrompt(n_tokens=6, dim=32, rank=2, projection_seed=4, init_seed=2)
+    return torch, m
+
+
+@pytest.mark.parametrize("move", ["to_float64", "double", "half", "to_meta", "share_memory",
+                                  "to_empty", "bfloat16", "type_double"])
+def test_moving_the_torch_module_is_refused_at_once_and_leaves_it_working(move):
+    """Was: each succeeded and left the module broken for good (even .float())."""
+    torch, m = torch_module()
+    want = m().detach().clone()
+    calls = {"to_float64": lambda: m.to(torch.float64), "double": m.double, "half": m.half,
+             "to_meta": lambda: m.to("meta"), "share_memory": m.share_memory,
+             "to_empty": lambda: m.to_empty(device="cpu"), "bfloat16": m.bfloat16,
+             "type_double": lambda: m.type(torch.float64)}
+    with pytest.raises(RuntimeError, match="ULPTPrompt cannot be moved"):
+        calls[move]()
+    m.float(), m.cpu(), m.to("cpu"), m.to(torch.float32)    # no-ops are fine
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in m.parameters())
+    E = m()
+    torch.testing.assert_close(E.detach(), want, rtol=0, atol=0)
+    E.sum().backward()
+    assert m.Z.grad is not None and torch.isfinite(m.Z.grad).all()
+
+
+def test_an_in_place_change_of_a_parameter_between_forward_and_backward_is_caught():
+    """Was: unnoticed, dZ 10x off; torch raises for its own operations."""
+    torch, m = torch_module()
+    E = m()
+    with torch.no_grad():
+        m.s.mul_(10)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        E.sum().backward()
+    m.zero_grad()
+    m().sum().backward()                   # a new forward is fine
+    assert torch.isfinite(m.Z.grad).all()
+
+
+# ----------------------------------------------------------------------------- smaller
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ulpt.Optimizer(ulpt.Prompt(n_tokens=2, dim=4), lr=10**400),
+    lambda: ulpt.Prompt(n_tokens=2, dim=4, init_std=10**400),
+    lambda: ulpt.ZOTrainer(ulpt.Optimizer(ulpt.Prompt(n_tokens=2, dim=4)), epsilon=-10**400),
+])
+def test_a_number_too_large_for_a_double_is_a_ValueError_not_OverflowError(make):
+    with pytest.raises(ValueError, match="out of range for a double") as err:
+        make()
+    assert isinstance(err.value, ulpt.InvalidArgumentError)
+
+
+def test_a_reversed_row_stride_in_materialise_into_is_named_as_such():
+    """Was: "row stride 18446744073709550592"."""
+    p = zero_grad_prompt(n_tokens=4, dim=16)
+    p.meta["model"] = "m"
+    bank = ulpt.Bank(model="m", dim=16)
+    ident = bank.add(p)
+    out = np.zeros((4, 16), np.float32)
+    with pytest.raises(ulpt.InvalidArgumentError) as err:
+        bank.materialise_into([(ident, out[::-1])])
+    assert "row stride is -64 bytes for rows of 64" in str(err.value)
+    assert "18446744" not in str(err.value) and not out.any()
+    bank.materialise_into([(ident, out)])
+    np.testing.assert_array_equal(out, p.forward())
+
+
+def test_from_bytes_cannot_take_a_prompt_from_its_optimizer():
+    """Was: from_bytes(data, prompt=p) silently detached p from its optimizer, and was
+    allowed inside a callback of p's step."""
+    p = zero_grad_prompt(n_tokens=2, dim=8)
+    opt = ulpt.Optimizer(p, lr=0.5)
+    data = opt.to_bytes()
+    handle = p.handle
+    with pytest.raises(ulpt.InvalidArgumentError, match="the prompt is in use"):
+        ulpt.Optimizer.from_bytes(data, prompt=p)
+    assert p.handle == handle
+    caught = []
+
+    def host(E, G):
+        try:
+            ulpt.Optimizer.from_bytes(data, prompt=p)
+        except ulpt.BusyError as exc:
+            caught.append(exc)
+        G[:] = 1
+        return 1.0
+
+    opt.train_step(host)
+    assert len(caught) == 1 and p.handle == handle
+    assert opt.prompt is p and opt.step_count == 1
+    # the step moved the prompt the optimizer and the user both see
+    assert not np.array_equal(ulpt.Optimizer.from_bytes(data).prompt.params, p.params)
+    # a prompt nothing uses may take the checkpoint's
+    q = ulpt.Prompt(n_tokens=2, dim=8)
+    o2 = ulpt.Optimizer.from_bytes(data, prompt=q)
+    assert o2.prompt is q and q.handle != handle
+
+
+def read_safetensors(path):
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    info = header["prompt_embeddings"]
+    a, b = info["data_offsets"]
+    return np.frombuffer(raw[8 + n + a:8 + n + b], np.float32).reshape(info["shape"])
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16", "f32"])
+def test_save_pretrained_writes_the_adapter_of_the_parameters_as_stored(tmp_path, dtype):
+    """Was: an adapter from the f32 parameters beside an f16 .ulpt file (2e-5 apart)."""
+    p = zero_grad_prompt(n_tokens=4, dim=64)
+    p.params[:] = np.random.default_rng(3).standard_normal(p.num_params).astype(np.float32)
+    p.save_pretrained(tmp_path, dtype=dtype)
+    stored = ulpt.Prompt.load(tmp_path / "ulpt_prompt.ulpt")
+    np.testing.assert_array_equal(read_safetensors(tmp_path / "adapter_model.safetensors"),
+                                  stored.forward())
+    if dtype != "f32":
+        assert not np.array_equal(stored.params, p.params)
