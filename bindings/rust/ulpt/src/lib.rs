@@ -59,6 +59,7 @@ mod optimizer;
 mod options;
 mod projection;
 mod prompt;
+mod view;
 mod zo;
 
 use std::ffi::CStr;
@@ -73,7 +74,8 @@ pub use options::{
 };
 pub use projection::{Projection, ProjectionRef};
 pub use prompt::Prompt;
-pub use zo::{load_zo_checkpoint, Zo, ZoDistribution, ZoOptions, ZoPerturb, ZoState};
+pub use view::{PromptHolder, PromptMut};
+pub use zo::{load_zo_checkpoint, OptimizerHolder, Zo, ZoDistribution, ZoOptions, ZoPerturb, ZoState};
 /// The raw C API (`ulpt-sys`), for what this crate does not wrap.
 pub use ulpt_sys as sys;
 

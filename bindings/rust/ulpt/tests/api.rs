@@ -620,10 +620,13 @@ fn threads_share_projections_and_forward_while_each_trains_its_own() {
     assert_send_sync::<Projection>();
     assert_send_sync::<ulpt::ProjectionRef>();
     assert_send_sync::<Prompt>();
-    assert_send_sync::<Optimizer<'static>>();
+    assert_send_sync::<Optimizer>();
+    assert_send_sync::<Optimizer<&'static mut Prompt>>();
+    assert_send_sync::<ulpt::PromptMut<'static>>();
     assert_send_sync::<ulpt::Error>();
     assert_send_sync::<ulpt::OptimizerState>();
-    assert_send_sync::<ulpt::Zo<'static, 'static>>();
+    assert_send_sync::<ulpt::Zo>();
+    assert_send_sync::<ulpt::Zo<&'static mut Optimizer<&'static mut Prompt>>>();
 
     // One projection shared by prompts built in four threads, each trained in its own
     // thread, give what one thread gives.
