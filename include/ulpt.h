@@ -37,7 +37,7 @@
  *     keeps working.
  *   - "Since 1.1" marks functions added after 1.0.0: a program that calls them needs
  *     libulpt 1.1 or later at run time (the loader says so, by symbol version
- *     ulpt_1.1, rather than failing at the call).
+ *     ulpt_1.1, rather than failing at the call); "Since 1.2" likewise, ulpt_1.2.
  *   - Matrices are row-major float32; `ld` is the row stride in elements (>= dim).
  *   - Nothing allocates in forward, backward, optimizer step, train step or forward-only
  *     step: all memory is taken when the handles are created.
@@ -72,7 +72,7 @@ extern "C" {
  * ------------------------------------------------------------------------------- */
 
 #define ULPT_VERSION_MAJOR 1
-#define ULPT_VERSION_MINOR 1
+#define ULPT_VERSION_MINOR 2
 #define ULPT_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH of this header. */
 #define ULPT_VERSION_NUMBER \
@@ -100,6 +100,7 @@ ULPT_API const char *ulpt_version_string(void);
 #define ULPT_ERR_CALLBACK     -8  /* the host's callback reported a failure */
 #define ULPT_ERR_UNSUPPORTED  -9  /* valid, but not supported by this build */
 #define ULPT_ERR_NOT_FOUND   -10  /* no such prompt in a bank: removed, or never there.  Since 1.1 */
+#define ULPT_ERR_BUSY        -11  /* the object is in use by another call (see THREADS).  Since 1.2 */
 
 /* A short static description of an error code ("invalid argument", ...).  Unknown codes
  * give "unknown error". */
@@ -375,6 +376,15 @@ ULPT_API double ulpt_optimizer_lr_double(const ulpt_optimizer *o);
 /* The prompt the optimizer updates (NULL for NULL). */
 ULPT_API ulpt_prompt *ulpt_optimizer_prompt(const ulpt_optimizer *o);
 
+/* Copy the optimizer's options, as created (or as loaded from a checkpoint), into *opts:
+ * set opts->version first (ULPT_OPTIMIZER_OPTIONS_INIT does); it is kept, and only the
+ * fields that version has are written.  weight_decay is reported resolved (0.01 for
+ * AdamW created with ULPT_WEIGHT_DECAY_DEFAULT), never as the default marker.
+ * Since 1.2.
+ * Errors: ULPT_ERR_INVALID (NULL argument, unknown opts->version); *opts is then
+ * untouched. */
+ULPT_API int ulpt_optimizer_get_options(ulpt_optimizer_options *opts, const ulpt_optimizer *o);
+
 /* ---------------------------------------------------------------------------------
  * Training step driven by the host's loss
  * ------------------------------------------------------------------------------- */
@@ -389,7 +399,8 @@ typedef int (*ulpt_loss_fn)(void *user, const float *embeddings, uint32_t n_toke
 /* One training step: forward, callback, check the loss is finite, zero the prompt's
  * gradients, backward (which also checks G is finite), optimizer step.  *loss (may be
  * NULL) gets the callback's loss.  `o` must have been created for `p`.
- * Errors: ULPT_ERR_INVALID (NULL argument, `o` not made for `p`), ULPT_ERR_CALLBACK
+ * Errors: ULPT_ERR_INVALID (NULL argument), ULPT_ERR_MISMATCH (`o` not made for `p`;
+ * since 1.2, ULPT_ERR_INVALID before), ULPT_ERR_CALLBACK
  * (the callback returned nonzero), ULPT_ERR_NONFINITE (a parameter NaN or infinite,
  * named, before the callback is called; the loss or an element of G NaN or infinite;
  * the gradient overflowing in backward).  On any failure the parameters, gradients and
@@ -465,10 +476,11 @@ typedef int (*ulpt_zo_loss_fn)(void *user, const float *embeddings, uint32_t cou
  * outlive the handle); opts NULL = defaults.  Takes every buffer a step needs here:
  * about 3 * num_params + k * n_tokens * dim floats and 2q doubles.  The stream starts
  * at position 0.
- * Errors: ULPT_ERR_INVALID (NULL p, o or out; o not made for p; unknown options version;
- * the message names the bad field: epsilon not finite and > 0, directions 0 or past
- * 2^30, batch past 2q, unknown distribution or perturb; a prompt past 2^34 parameters,
- * the stream's limit), ULPT_ERR_NOMEM. */
+ * Errors: ULPT_ERR_INVALID (NULL p, o or out; unknown options version; the message
+ * names the bad field: epsilon not finite and > 0, directions 0 or past 2^30, batch past
+ * 2q, unknown distribution or perturb; a prompt past 2^34 parameters, the stream's
+ * limit), ULPT_ERR_MISMATCH (o not made for p; since 1.2, ULPT_ERR_INVALID before),
+ * ULPT_ERR_NOMEM. */
 ULPT_API int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *o,
                             const ulpt_zo_options *opts);
 
@@ -528,6 +540,15 @@ ULPT_API int ulpt_zo_checkpoint_save(const ulpt_zo *zo, const char *path);
  * ULPT_ERR_CORRUPT for forward-only state that ulpt_zo_create would refuse. */
 ULPT_API int ulpt_zo_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, ulpt_zo **zo,
                                      const char *path);
+
+/* Forward-only checkpoints to and from memory, as ulpt_checkpoint_save_buffer and
+ * ulpt_checkpoint_load_buffer: the bytes ulpt_zo_checkpoint_save writes (release *buf
+ * with ulpt_free), and the three objects from such bytes.  Since 1.2.
+ * Errors: as ulpt_zo_checkpoint_save and ulpt_zo_checkpoint_load, without
+ * ULPT_ERR_IO. */
+ULPT_API int ulpt_zo_checkpoint_save_buffer(void **buf, size_t *len, const ulpt_zo *zo);
+ULPT_API int ulpt_zo_checkpoint_load_buffer(ulpt_prompt **prompt, ulpt_optimizer **opt,
+                                            ulpt_zo **zo, const void *buf, size_t len);
 
 /* ---------------------------------------------------------------------------------
  * Metadata: string key/value pairs a prompt carries into its files
@@ -602,7 +623,8 @@ ULPT_API int ulpt_prompt_save(const ulpt_prompt *p, const char *path,
 ULPT_API int ulpt_prompt_save_buffer(const ulpt_prompt *p, void **buf, size_t *len,
                                      const ulpt_save_options *opts);
 
-/* Release memory the library handed out (ulpt_prompt_save_buffer).  NULL is a no-op. */
+/* Release memory the library handed out (ulpt_prompt_save_buffer and the checkpoint
+ * _save_buffer calls).  NULL is a no-op. */
 ULPT_API void ulpt_free(void *ptr);
 
 /* Load a prompt file: regenerate its projection(s), check them against the stored
@@ -629,6 +651,16 @@ ULPT_API int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o,
                                   const char *path);
 ULPT_API int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt,
                                   const char *path);
+
+/* Checkpoints to and from memory: the same bytes as ulpt_checkpoint_save writes, into a
+ * new buffer *buf of *len bytes released with ulpt_free; and a checkpoint loaded from
+ * len bytes at buf (which the call only reads), creating both objects.  The
+ * out-parameters are written only on success.  Since 1.2.
+ * Errors: as ulpt_checkpoint_save and ulpt_checkpoint_load, without ULPT_ERR_IO. */
+ULPT_API int ulpt_checkpoint_save_buffer(void **buf, size_t *len, const ulpt_prompt *p,
+                                         const ulpt_optimizer *o);
+ULPT_API int ulpt_checkpoint_load_buffer(ulpt_prompt **prompt, ulpt_optimizer **opt,
+                                         const void *buf, size_t len);
 
 /* What a file is, for tools: filled by ulpt_file_inspect after the same checks as a load.
  * Set version (ULPT_FILE_INFO_INIT does) so that a later library, which may append

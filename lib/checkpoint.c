@@ -72,17 +72,17 @@ static void write_zost(unsigned char *w, const void *ctx)
     ulpt__put32(w + ZOST_PERTURB, (uint32_t)o.perturb);
 }
 
-/* The checkpoint of p and o, with zo's ZOST section unless zo is NULL. */
-static int save(const char *func, const ulpt_prompt *p, const ulpt_optimizer *o,
-                const ulpt_zo *zo, const char *path)
+/* The checkpoint of p and o, with zo's ZOST section unless zo is NULL, in a new
+ * allocation from *a, `prefix` bytes in (*base is the allocation, *len the file's). */
+static int encode(const char *func, const ulpt_prompt *p, const ulpt_optimizer *o,
+                  const ulpt_zo *zo, size_t prefix, ulpt_allocator *a, unsigned char **base,
+                  size_t *len)
 {
-    ulpt_allocator a = ulpt__allocator();
+    *a = ulpt__allocator();
     ulpt_tensor m = { 0 }, v = { 0 };
-    int rc = ulpt__tensor_encode(func, &a, o->m, o->n, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, &m);
+    int rc = ulpt__tensor_encode(func, a, o->m, o->n, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, &m);
     if (!rc)
-        rc = ulpt__tensor_encode(func, &a, o->v, o->n, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, &v);
-    unsigned char *data = NULL;
-    size_t n;
+        rc = ulpt__tensor_encode(func, a, o->v, o->n, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, &v);
     if (!rc) {
         const ulpt_section_out s[] = {
             { TAG_OPTM, SECTION_REQUIRED, OPTM_BYTES, write_optm, o },
@@ -90,15 +90,36 @@ static int save(const char *func, const ulpt_prompt *p, const ulpt_optimizer *o,
             ulpt__tensor_section(TAG_MOM2, &v),
             { TAG_ZOST, 0, ZOST_BYTES, write_zost, zo }, /* optional: 1.0 readers skip it */
         };
-        rc = ulpt__file_encode(func, &a, p, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, s, zo ? 4 : 3, 0,
-                               &data, &n);
+        rc = ulpt__file_encode(func, a, p, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, s, zo ? 4 : 3,
+                               prefix, base, len);
     }
-    ulpt__tensor_free(&a, &m);
-    ulpt__tensor_free(&a, &v);
+    ulpt__tensor_free(a, &m);
+    ulpt__tensor_free(a, &v);
+    return rc;
+}
+
+static int save(const char *func, const ulpt_prompt *p, const ulpt_optimizer *o,
+                const ulpt_zo *zo, const char *path)
+{
+    ulpt_allocator a;
+    unsigned char *data;
+    size_t n;
+    int rc = encode(func, p, o, zo, 0, &a, &data, &n);
     if (rc)
         return rc;
     rc = ulpt__write_atomic(func, path, data, n);
     ulpt__free(&a, data);
+    return rc;
+}
+
+static int save_buffer(const char *func, const ulpt_prompt *p, const ulpt_optimizer *o,
+                       const ulpt_zo *zo, void **buf, size_t *len)
+{
+    ulpt_allocator a;
+    unsigned char *base;
+    int rc = encode(func, p, o, zo, ULPT_BUFFER_PREFIX, &a, &base, len);
+    if (!rc)
+        *buf = ulpt__buffer_hand_out(&a, base);
     return rc;
 }
 
@@ -111,11 +132,29 @@ int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o, const ch
     return save(__func__, p, o, NULL, path);
 }
 
+int ulpt_checkpoint_save_buffer(void **buf, size_t *len, const ulpt_prompt *p,
+                                const ulpt_optimizer *o)
+{
+    if (!buf || !len || !p || !o)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
+                         !buf ? "buf" : !len ? "len" : !p ? "prompt" : "optimizer");
+    if (o->prompt != p)
+        return ULPT_FAIL(ULPT_ERR_MISMATCH, "the optimizer was created for another prompt");
+    return save_buffer(__func__, p, o, NULL, buf, len);
+}
+
 int ulpt_zo_checkpoint_save(const ulpt_zo *zo, const char *path)
 {
     if (!zo || !path)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !zo ? "zo" : "path");
     return save(__func__, ulpt_zo_prompt(zo), ulpt_zo_optimizer(zo), zo, path);
+}
+
+int ulpt_zo_checkpoint_save_buffer(void **buf, size_t *len, const ulpt_zo *zo)
+{
+    if (!buf || !len || !zo)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !buf ? "buf" : !len ? "len" : "zo");
+    return save_buffer(__func__, ulpt_zo_prompt(zo), ulpt_zo_optimizer(zo), zo, buf, len);
 }
 
 int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, const char *path)
@@ -126,6 +165,15 @@ int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, const char 
     return ulpt__file_load(__func__, path, prompt, opt, NULL, NULL);
 }
 
+int ulpt_checkpoint_load_buffer(ulpt_prompt **prompt, ulpt_optimizer **opt, const void *buf,
+                                size_t len)
+{
+    if (!prompt || !opt || !buf)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
+                         !prompt ? "prompt" : !opt ? "opt" : "buf");
+    return ulpt__file_decode(__func__, buf, len, prompt, opt, NULL, NULL);
+}
+
 int ulpt_zo_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, ulpt_zo **zo,
                             const char *path)
 {
@@ -133,6 +181,15 @@ int ulpt_zo_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, ulpt_zo 
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
                          !prompt ? "prompt" : !opt ? "opt" : !zo ? "zo" : "path");
     return ulpt__file_load(__func__, path, prompt, opt, zo, NULL);
+}
+
+int ulpt_zo_checkpoint_load_buffer(ulpt_prompt **prompt, ulpt_optimizer **opt, ulpt_zo **zo,
+                                   const void *buf, size_t len)
+{
+    if (!prompt || !opt || !zo || !buf)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
+                         !prompt ? "prompt" : !opt ? "opt" : !zo ? "zo" : "buf");
+    return ulpt__file_decode(__func__, buf, len, prompt, opt, zo, NULL);
 }
 
 #define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)

@@ -39,6 +39,8 @@ const char *ulpt_strerror(int code)
         return "unsupported";
     case ULPT_ERR_NOT_FOUND:
         return "not found";
+    case ULPT_ERR_BUSY:
+        return "busy";
     default:
         return "unknown error";
     }

@@ -208,3 +208,10 @@ uint64_t ulpt_optimizer_step_count(const ulpt_optimizer *o) { return o ? o->step
 float ulpt_optimizer_lr(const ulpt_optimizer *o) { return o ? (float)current_lr(o) : 0.0f; }
 double ulpt_optimizer_lr_double(const ulpt_optimizer *o) { return o ? current_lr(o) : 0.0; }
 ulpt_prompt *ulpt_optimizer_prompt(const ulpt_optimizer *o) { return o ? o->prompt : NULL; }
+
+int ulpt_optimizer_get_options(ulpt_optimizer_options *opts, const ulpt_optimizer *o)
+{
+    if (!opts || !o)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !opts ? "opts" : "optimizer");
+    return ulpt__versioned_write(__func__, &options_v, opts, opts->version, &o->opt);
+}

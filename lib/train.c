@@ -20,7 +20,7 @@ int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn, voi
                          : !o ? "optimizer"
                               : "loss_fn");
     if (o->prompt != p)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "the optimizer was created for another prompt");
+        return ULPT_FAIL(ULPT_ERR_MISMATCH, "the optimizer was created for another prompt");
     const uint32_t n = p->n, d = p->d;
     const size_t nd = (size_t)n * d, np = p->n_params;
     float *e = p->work.e, *g = p->work.g;

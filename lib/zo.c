@@ -79,7 +79,7 @@ int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *opt, const ulp
     if (!out || !p || !opt)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : !p ? "prompt" : "optimizer");
     if (ulpt_optimizer_prompt(opt) != p)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "the optimizer was created for another prompt");
+        return ULPT_FAIL(ULPT_ERR_MISMATCH, "the optimizer was created for another prompt");
     ulpt_zo_options o;
     int rc = ulpt__versioned_read(func, &options_v, opts, &o);
     if (!rc)

@@ -499,3 +499,189 @@ TEST(out_of_memory_in_forward_only_save_and_load_fails_cleanly)
     ulpt_optimizer_free(o);
     ulpt_prompt_free(p);
 }
+
+/* Checkpoints to memory are the bytes of the file; loading them resumes bit-identically;
+ * bad arguments, another prompt's optimizer and damage give the file calls' errors and
+ * leave the out-parameters alone. */
+TEST(checkpoint_buffers_are_the_file_bytes_and_resume)
+{
+    ulpt_prompt *a = test_prompt(6, 2, 24, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_prompt *b = test_prompt(6, 2, 24, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_optimizer *oa = resume_optimizer(a, ULPT_OPT_ADAMW), *ob = resume_optimizer(b, ULPT_OPT_ADAMW);
+    ck_assert_int_eq(ulpt_prompt_set_meta(b, "task", "buffers"), ULPT_OK);
+    for (int t = 0; t < 10; t++)
+        ck_assert_int_eq(ulpt_train_step(a, oa, bowl, NULL, NULL), ULPT_OK);
+    for (int t = 0; t < 5; t++)
+        ck_assert_int_eq(ulpt_train_step(b, ob, bowl, NULL, NULL), ULPT_OK);
+    const char *path = scratch("ckpt.ulpt");
+    ck_assert_int_eq(ulpt_checkpoint_save(b, ob, path), ULPT_OK);
+    size_t flen, blen = 0;
+    void *file = read_all(path, &flen), *buf = NULL;
+    ck_assert_int_eq(ulpt_checkpoint_save_buffer(&buf, &blen, b, ob), ULPT_OK);
+    ck_assert_uint_eq(blen, flen);
+    ck_assert_mem_eq(buf, file, flen);
+
+    ulpt_prompt *c = NULL;
+    ulpt_optimizer *oc = NULL;
+    ck_assert_int_eq(ulpt_checkpoint_load_buffer(&c, &oc, buf, blen), ULPT_OK);
+    ck_assert_ptr_eq(ulpt_optimizer_prompt(oc), c);
+    ck_assert_uint_eq(ulpt_optimizer_step_count(oc), 5);
+    ck_assert_str_eq(ulpt_prompt_get_meta(c, "task"), "buffers");
+    for (int t = 0; t < 5; t++)
+        ck_assert_int_eq(ulpt_train_step(c, oc, bowl, NULL, NULL), ULPT_OK);
+    ck_assert_mem_eq(ulpt_prompt_params(a), ulpt_prompt_params(c),
+                     ulpt_prompt_num_params(a) * sizeof(float));
+
+    /* errors: NULLs, another prompt's optimizer, a prompt file, a damaged byte */
+    void *nb = (void *)path;
+    size_t nl = 12345;
+    ck_assert_int_eq(ulpt_checkpoint_save_buffer(NULL, &nl, b, ob), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_checkpoint_save_buffer(&nb, NULL, b, ob), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_checkpoint_save_buffer(&nb, &nl, NULL, ob), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_checkpoint_save_buffer(&nb, &nl, b, NULL), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_checkpoint_save_buffer(&nb, &nl, a, ob), ULPT_ERR_MISMATCH);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "another prompt"));
+    ck_assert_ptr_eq(nb, (void *)path);
+    ck_assert_uint_eq(nl, 12345);
+    ulpt_prompt *x = (ulpt_prompt *)path;
+    ulpt_optimizer *y = (ulpt_optimizer *)path;
+    ck_assert_int_eq(ulpt_checkpoint_load_buffer(NULL, &y, buf, blen), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_checkpoint_load_buffer(&x, NULL, buf, blen), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_checkpoint_load_buffer(&x, &y, NULL, blen), ULPT_ERR_INVALID);
+    ((unsigned char *)buf)[blen / 2] ^= 1;
+    ck_assert_int_eq(ulpt_checkpoint_load_buffer(&x, &y, buf, blen), ULPT_ERR_CORRUPT);
+    ck_assert_int_eq(ulpt_checkpoint_load_buffer(&x, &y, buf, 10), ULPT_ERR_CORRUPT); /* truncated */
+    void *pf;
+    size_t pl;
+    ck_assert_int_eq(ulpt_prompt_save_buffer(b, &pf, &pl, NULL), ULPT_OK);
+    ck_assert_int_eq(ulpt_checkpoint_load_buffer(&x, &y, pf, pl), ULPT_ERR_FORMAT);
+    ck_assert_ptr_eq(x, (ulpt_prompt *)path);
+    ck_assert_ptr_eq(y, (ulpt_optimizer *)path);
+    ulpt_free(pf);
+    ulpt_free(buf);
+    free(file);
+    ulpt_optimizer_free(oa), ulpt_optimizer_free(ob), ulpt_optimizer_free(oc);
+    ulpt_prompt_free(a), ulpt_prompt_free(b), ulpt_prompt_free(c);
+}
+
+/* Forward-only checkpoints to memory: the file's bytes, and a resume with the same bits
+ * and position; an ordinary checkpoint's bytes have no forward-only state. */
+TEST(zo_checkpoint_buffers_are_the_file_bytes_and_resume)
+{
+    ulpt_prompt *a = test_prompt(6, 2, 16, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_prompt *b = test_prompt(6, 2, 16, 2, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_optimizer *oa = resume_optimizer(a, ULPT_OPT_ADAM), *ob = resume_optimizer(b, ULPT_OPT_ADAM);
+    ulpt_zo *za = zo_for(a, oa, ULPT_ZO_GAUSSIAN, 77), *zb = zo_for(b, ob, ULPT_ZO_GAUSSIAN, 77);
+    for (int t = 0; t < 12; t++)
+        ck_assert_int_eq(ulpt_zo_step(NULL, za, bowl_losses, NULL), ULPT_OK);
+    for (int t = 0; t < 6; t++)
+        ck_assert_int_eq(ulpt_zo_step(NULL, zb, bowl_losses, NULL), ULPT_OK);
+    const char *path = scratch("zo.ulpt");
+    ck_assert_int_eq(ulpt_zo_checkpoint_save(zb, path), ULPT_OK);
+    size_t flen, blen;
+    void *file = read_all(path, &flen), *buf;
+    ck_assert_int_eq(ulpt_zo_checkpoint_save_buffer(&buf, &blen, zb), ULPT_OK);
+    ck_assert_uint_eq(blen, flen);
+    ck_assert_mem_eq(buf, file, flen);
+    ulpt_prompt *c;
+    ulpt_optimizer *oc;
+    ulpt_zo *zc;
+    ck_assert_int_eq(ulpt_zo_checkpoint_load_buffer(&c, &oc, &zc, buf, blen), ULPT_OK);
+    ck_assert_ptr_eq(ulpt_zo_prompt(zc), c);
+    ck_assert_ptr_eq(ulpt_zo_optimizer(zc), oc);
+    ck_assert_uint_eq(ulpt_zo_position(zc), ulpt_zo_position(zb));
+    for (int t = 0; t < 6; t++)
+        ck_assert_int_eq(ulpt_zo_step(NULL, zc, bowl_losses, NULL), ULPT_OK);
+    ck_assert_mem_eq(ulpt_prompt_params(a), ulpt_prompt_params(c),
+                     ulpt_prompt_num_params(a) * sizeof(float));
+    ck_assert_uint_eq(ulpt_zo_position(zc), ulpt_zo_position(za));
+
+    ulpt_prompt *x = (ulpt_prompt *)path;
+    ulpt_optimizer *y = (ulpt_optimizer *)path;
+    ulpt_zo *w = (ulpt_zo *)path;
+    void *nb = (void *)path;
+    size_t nl = 1;
+    ck_assert_int_eq(ulpt_zo_checkpoint_save_buffer(NULL, &nl, zb), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_zo_checkpoint_save_buffer(&nb, NULL, zb), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_zo_checkpoint_save_buffer(&nb, &nl, NULL), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_zo_checkpoint_load_buffer(NULL, &y, &w, buf, blen), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_zo_checkpoint_load_buffer(&x, NULL, &w, buf, blen), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_zo_checkpoint_load_buffer(&x, &y, NULL, buf, blen), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_zo_checkpoint_load_buffer(&x, &y, &w, NULL, blen), ULPT_ERR_INVALID);
+    void *plain;
+    size_t plen;
+    ck_assert_int_eq(ulpt_checkpoint_save_buffer(&plain, &plen, b, ob), ULPT_OK);
+    ck_assert_int_eq(ulpt_zo_checkpoint_load_buffer(&x, &y, &w, plain, plen), ULPT_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "without forward-only state"));
+    ck_assert_ptr_eq(x, (ulpt_prompt *)path);
+    ck_assert_ptr_eq(y, (ulpt_optimizer *)path);
+    ck_assert_ptr_eq(w, (ulpt_zo *)path);
+    ck_assert_ptr_eq(nb, (void *)path);
+    ulpt_free(plain);
+    ulpt_free(buf);
+    free(file);
+    ulpt_zo_free(za), ulpt_zo_free(zb), ulpt_zo_free(zc);
+    ulpt_optimizer_free(oa), ulpt_optimizer_free(ob), ulpt_optimizer_free(oc);
+    ulpt_prompt_free(a), ulpt_prompt_free(b), ulpt_prompt_free(c);
+}
+
+/* Out of memory at every allocation of the buffer calls: NOMEM, nothing leaked, the
+ * out-parameters untouched. */
+TEST(out_of_memory_in_checkpoint_buffers_fails_cleanly)
+{
+    ulpt_prompt *p = test_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0);
+    ulpt_optimizer *o = resume_optimizer(p, ULPT_OPT_ADAMW);
+    ulpt_zo *z = zo_for(p, o, ULPT_ZO_RADEMACHER, 3);
+    void *buf = NULL;
+    size_t len = 0;
+    long k;
+    for (int zo = 0; zo < 2; zo++) {
+        for (k = 0;; k++) {
+            void *b = (void *)&k;
+            size_t n = 7;
+            test_alloc_install(k);
+            int rc = zo ? ulpt_zo_checkpoint_save_buffer(&b, &n, z)
+                        : ulpt_checkpoint_save_buffer(&b, &n, p, o);
+            test_alloc_remove();
+            if (rc == ULPT_OK) {
+                if (zo)
+                    buf = b, len = n;
+                else
+                    ulpt_free(b);
+                break;
+            }
+            ck_assert_int_eq(rc, ULPT_ERR_NOMEM);
+            ck_assert_ptr_eq(b, (void *)&k);
+            ck_assert_uint_eq(n, 7);
+            ck_assert_int_eq(test_alloc.live, 0);
+        }
+        ck_assert_int_gt(k, 1);
+    }
+    for (int zo = 0; zo < 2; zo++) {
+        for (k = 0;; k++) {
+            ulpt_prompt *q = NULL;
+            ulpt_optimizer *oq = NULL;
+            ulpt_zo *zq = NULL;
+            test_alloc_install(k);
+            int rc = zo ? ulpt_zo_checkpoint_load_buffer(&q, &oq, &zq, buf, len)
+                        : ulpt_checkpoint_load_buffer(&q, &oq, buf, len);
+            if (rc == ULPT_OK) {
+                ulpt_zo_free(zq), ulpt_optimizer_free(oq), ulpt_prompt_free(q);
+                ck_assert_int_eq(test_alloc.live, 0);
+                test_alloc_remove();
+                break;
+            }
+            ck_assert_int_eq(rc, ULPT_ERR_NOMEM);
+            ck_assert_ptr_null(q);
+            ck_assert_ptr_null(oq);
+            ck_assert_ptr_null(zq);
+            ck_assert_int_eq(test_alloc.live, 0);
+            test_alloc_remove();
+        }
+        ck_assert_int_gt(k, 3);
+    }
+    ulpt_free(buf);
+    ulpt_zo_free(z);
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(p);
+}

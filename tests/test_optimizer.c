@@ -325,3 +325,60 @@ TEST_LOOP(default_weight_decay_is_torchs_for_each_kind, ULPT_OPT_SGD, ULPT_OPT_A
     ulpt_prompt_free(p);
     ulpt_prompt_free(q);
 }
+
+/* ulpt_optimizer_get_options gives back what was created, with weight decay resolved
+ * per kind; it writes only the fields of the caller's version and refuses others. */
+TEST_LOOP(get_options_returns_the_options_as_created, ULPT_OPT_SGD, ULPT_OPT_ADAMW + 1)
+{
+    ulpt_prompt *p = flat_prompt(1.0f);
+    ulpt_optimizer_options in = ULPT_OPTIMIZER_OPTIONS_INIT;
+    in.kind = _i;
+    in.lr = 0.25;
+    in.beta1 = 0.8;
+    in.momentum = _i == ULPT_OPT_SGD ? 0.5 : 0.0;
+    in.max_grad_norm = 3.0;
+    in.schedule = ULPT_SCHED_COSINE;
+    in.warmup_steps = 7;
+    in.total_steps = 70;
+    ulpt_optimizer *o;
+    ck_assert_int_eq(ulpt_optimizer_create(&o, p, &in), ULPT_OK);
+    ulpt_optimizer_options out = ULPT_OPTIMIZER_OPTIONS_INIT;
+    ck_assert_int_eq(ulpt_optimizer_get_options(&out, o), ULPT_OK);
+    ck_assert_uint_eq(out.version, ULPT_OPTIMIZER_OPTIONS_VERSION);
+    ck_assert_int_eq(out.kind, in.kind);
+    ck_assert_double_eq(out.lr, 0.25);
+    ck_assert_double_eq(out.beta1, 0.8);
+    ck_assert_double_eq(out.beta2, 0.999);
+    ck_assert_double_eq(out.weight_decay, _i == ULPT_OPT_ADAMW ? 0.01 : 0.0);
+    ck_assert_double_eq(out.momentum, in.momentum);
+    ck_assert_double_eq(out.max_grad_norm, 3.0);
+    ck_assert_int_eq(out.schedule, ULPT_SCHED_COSINE);
+    ck_assert_uint_eq(out.warmup_steps, 7);
+    ck_assert_uint_eq(out.total_steps, 70);
+    /* an optimizer created from what it reports behaves the same */
+    ulpt_prompt *q = flat_prompt(1.0f);
+    ulpt_optimizer *o2;
+    ck_assert_int_eq(ulpt_optimizer_create(&o2, q, &out), ULPT_OK);
+    for (int t = 0; t < 3; t++) {
+        set_grads(p, 0.3f);
+        set_grads(q, 0.3f);
+        ck_assert_int_eq(ulpt_optimizer_step(o), ULPT_OK);
+        ck_assert_int_eq(ulpt_optimizer_step(o2), ULPT_OK);
+    }
+    ck_assert_mem_eq(ulpt_prompt_params(p), ulpt_prompt_params(q), 10 * sizeof(float));
+    /* unknown versions and NULLs are refused, leaving *opts alone */
+    ulpt_optimizer_options bad;
+    memset(&bad, 0x5a, sizeof bad);
+    bad.version = ULPT_OPTIMIZER_OPTIONS_VERSION + 1;
+    ulpt_optimizer_options copy = bad;
+    ck_assert_int_eq(ulpt_optimizer_get_options(&bad, o), ULPT_ERR_INVALID);
+    ck_assert_mem_eq(&bad, &copy, sizeof bad);
+    bad.version = 0;
+    ck_assert_int_eq(ulpt_optimizer_get_options(&bad, o), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_optimizer_get_options(NULL, o), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_optimizer_get_options(&out, NULL), ULPT_ERR_INVALID);
+    ulpt_optimizer_free(o);
+    ulpt_optimizer_free(o2);
+    ulpt_prompt_free(p);
+    ulpt_prompt_free(q);
+}

@@ -223,7 +223,7 @@ TEST(train_step_refuses_an_optimizer_of_another_prompt)
     ulpt_optimizer *o;
     ulpt_optimizer_create(&o, q, NULL);
     host h = {NULL, 1, 0};
-    ck_assert_int_eq(ulpt_train_step(p, o, host_loss, &h, NULL), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_train_step(p, o, host_loss, &h, NULL), ULPT_ERR_MISMATCH);
     ck_assert_int_eq(h.calls, 0);
     ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "another prompt"));
     ulpt_optimizer_free(o);

@@ -587,7 +587,7 @@ TEST(null_arguments_and_foreign_optimizers_are_refused)
     ck_assert_int_eq(ulpt_zo_create(NULL, p, o, NULL), ULPT_ERR_INVALID);
     ck_assert_int_eq(ulpt_zo_create(&z, NULL, o, NULL), ULPT_ERR_INVALID);
     ck_assert_int_eq(ulpt_zo_create(&z, p, NULL, NULL), ULPT_ERR_INVALID);
-    ck_assert_int_eq(ulpt_zo_create(&z, p, oq, NULL), ULPT_ERR_INVALID);
+    ck_assert_int_eq(ulpt_zo_create(&z, p, oq, NULL), ULPT_ERR_MISMATCH);
     ck_assert_ptr_nonnull(strstr(ulpt_last_error(), "another prompt"));
     ck_assert_ptr_null(z);
     ck_assert_int_eq(ulpt_zo_create(&z, p, o, NULL), ULPT_OK); /* NULL options: defaults */

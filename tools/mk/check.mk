@@ -53,17 +53,18 @@ check-install: all
 
 # ---- ABI guard ----------------------------------------------------------------------------
 # tests/abi/check-abi.sh (the library is built with -g, which abidiff needs):
-#   tests/abi/libulpt-1.0.abi  what 1.0.0 shipped, frozen: 1.0 symbols may not be removed,
-#                              changed or moved (additions only), and a program built
-#                              against 1.0's header (tests/abi/1.0/ulpt.h) must run.
-#   tests/abi/libulpt-1.1.abi  the release being made: the library must equal it.
-# To add a public function: declare it in include/ulpt.h ("Since 1.1"), list it in the
-# ulpt_1.1 node of lib/libulpt.map, run `make abi-baseline` and commit the regenerated
-# libulpt-1.1.abi with it.  When two branches both changed that file, resolve the merge
-# by taking either side and running `make abi-baseline` again.  Never regenerate the 1.0
-# baseline; an incompatible change needs a new soname.
+#   tests/abi/libulpt-1.0.abi  what 1.0.0 and 1.1.0 shipped, frozen: their symbols may not
+#   tests/abi/libulpt-1.1.abi  be removed, changed or moved to another node (additions
+#                              only), and a program built against 1.0's header
+#                              (tests/abi/1.0/ulpt.h) must run.
+#   tests/abi/libulpt-1.2.abi  the release being made: the library must equal it.
+# To add a public function: declare it in include/ulpt.h ("Since 1.2"), list it in the
+# ulpt_1.2 node of lib/libulpt.map, run `make abi-baseline` and commit the regenerated
+# libulpt-1.2.abi with it.  When two branches both changed that file, resolve the merge
+# by taking either side and running `make abi-baseline` again.  Never regenerate a
+# released baseline; an incompatible change needs a new soname.
 .PHONY: check-abi abi-baseline
-ABI_BASELINE := tests/abi/libulpt-1.1.abi
+ABI_BASELINE := tests/abi/libulpt-1.2.abi
 check-abi: need-test all
 	@CC="$(CC)" sh tests/abi/check-abi.sh
 
