@@ -13,7 +13,7 @@ use ulpt_sys as sys;
 use crate::callback::Host;
 use crate::error::{check, Error, ErrorKind, Result};
 use crate::options::OptimizerOptions;
-use crate::prompt::{c_path, Prompt};
+use crate::prompt::{c_path, take_buffer, Prompt};
 use crate::view::{PromptHolder, PromptMut};
 
 /// An optimizer for one prompt, which it holds for its whole life, owned
@@ -223,6 +223,21 @@ impl<P: PromptHolder> Optimizer<P> {
         unsafe { sys::ulpt_optimizer_lr_double(self.raw.as_ptr()) }
     }
 
+    /// The options the optimizer was created with, or loaded from a checkpoint with
+    /// (`ulpt_optimizer_get_options`); `weight_decay` is the value in use, e.g.
+    /// `Some(0.01)` for AdamW created with `None`.
+    ///
+    /// ```
+    /// use ulpt::{Optimizer, OptimizerKind, OptimizerOptions, Prompt, PromptOptions};
+    /// let o = OptimizerOptions { kind: OptimizerKind::Adam, lr: 0.05, ..Default::default() };
+    /// let opt = Optimizer::new(Prompt::new(&PromptOptions::new(2, 8))?, &o)?;
+    /// assert_eq!(opt.options(), OptimizerOptions { weight_decay: Some(0.0), ..o });
+    /// # Ok::<(), ulpt::Error>(())
+    /// ```
+    pub fn options(&self) -> OptimizerOptions {
+        OptimizerOptions::of(self.raw.as_ptr())
+    }
+
     /// One training step (`ulpt_train_step`): write E, call `loss_fn(E, G)` — the host
     /// runs its model and writes ∂L/∂E into G (which arrives zeroed), returning the
     /// loss — then back-propagate and step.  Returns the loss.
@@ -272,12 +287,42 @@ impl<P: PromptHolder> Optimizer<P> {
     }
 }
 
+impl<P: PromptHolder> Optimizer<P> {
+    /// The bytes [`save_checkpoint`](Self::save_checkpoint) writes
+    /// (`ulpt_checkpoint_save_buffer`).
+    pub fn to_checkpoint_bytes(&self) -> Result<Vec<u8>> {
+        check_pair("Optimizer::to_checkpoint_bytes", self.raw.as_ptr(), self.prompt.held())?;
+        let (p, o) = (self.prompt.held().as_ptr(), self.raw.as_ptr());
+        // SAFETY: live prompt and the optimizer made for it (checked), read only; valid
+        // out-pointers.
+        take_buffer(|buf, len| unsafe { sys::ulpt_checkpoint_save_buffer(buf, len, p, o) })
+    }
+}
+
 impl Optimizer<Prompt> {
     /// Load a checkpoint (`ulpt_checkpoint_load`) as an owning trainer, ready to go on.
     ///
     /// Errors: as [`load_checkpoint`].
     pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<Optimizer<Prompt>> {
         let (prompt, state) = load_checkpoint(path)?;
+        state.resume(prompt)
+    }
+
+    /// Load a checkpoint from its bytes (`ulpt_checkpoint_load_buffer`) as an owning
+    /// trainer.
+    ///
+    /// ```
+    /// use ulpt::{Optimizer, OptimizerOptions, Prompt, PromptOptions};
+    /// let mut a = Optimizer::new(Prompt::new(&PromptOptions::new(2, 8))?, &OptimizerOptions::default())?;
+    /// a.train_step(|e: &[f32], g: &mut [f32]| { g.copy_from_slice(e); Ok::<f64, ulpt::Error>(1.0) })?;
+    /// let b = Optimizer::from_checkpoint_bytes(&a.to_checkpoint_bytes()?)?;
+    /// assert_eq!((b.step_count(), b.prompt().params()), (1, a.prompt().params()));
+    /// # Ok::<(), ulpt::Error>(())
+    /// ```
+    ///
+    /// Errors: as [`load_checkpoint_bytes`].
+    pub fn from_checkpoint_bytes(bytes: &[u8]) -> Result<Optimizer<Prompt>> {
+        let (prompt, state) = load_checkpoint_bytes(bytes)?;
         state.resume(prompt)
     }
 }
@@ -342,6 +387,11 @@ impl OptimizerState {
         unsafe { sys::ulpt_optimizer_step_count(self.raw.as_ptr()) }
     }
 
+    /// The options (`ulpt_optimizer_get_options`), as [`Optimizer::options`].
+    pub fn options(&self) -> OptimizerOptions {
+        OptimizerOptions::of(self.raw.as_ptr())
+    }
+
     /// The learning rate the next step will use.
     pub fn lr(&self) -> f32 {
         // SAFETY: as step_count().
@@ -393,7 +443,66 @@ pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<(Prompt, OptimizerState
     let mut opt = std::ptr::null_mut();
     // SAFETY: valid out-pointers and path; on success both objects are ours.
     check(unsafe { sys::ulpt_checkpoint_load(&mut prompt, &mut opt, p.as_ptr()) })?;
+    Ok(adopt(prompt, opt))
+}
+
+/// Load a checkpoint from its bytes (`ulpt_checkpoint_load_buffer`), as
+/// [`load_checkpoint`] does from a file.
+///
+/// Errors: as [`load_checkpoint`], without [`Io`](crate::ErrorKind::Io).
+pub fn load_checkpoint_bytes(bytes: &[u8]) -> Result<(Prompt, OptimizerState)> {
+    let mut prompt = std::ptr::null_mut();
+    let mut opt = std::ptr::null_mut();
+    // SAFETY: valid out-pointers; bytes is readable for its length; on success both
+    // objects are ours.
+    check(unsafe {
+        sys::ulpt_checkpoint_load_buffer(&mut prompt, &mut opt, bytes.as_ptr() as *const c_void, bytes.len())
+    })?;
+    Ok(adopt(prompt, opt))
+}
+
+/// Take ownership of a freshly loaded prompt and its optimizer.
+pub(crate) fn adopt(prompt: *mut sys::ulpt_prompt, opt: *mut sys::ulpt_optimizer) -> (Prompt, OptimizerState) {
     let prompt = Prompt::from_raw(prompt);
     let state = OptimizerState::from_raw(opt, &prompt);
-    Ok((prompt, state))
+    (prompt, state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::PromptOptions;
+
+    /// The types keep every optimizer with its own prompt; were that ever broken inside
+    /// this crate, the pointer check refuses the call before the library runs it.
+    #[test]
+    fn a_mismatched_pair_is_refused_before_the_library_sees_it() {
+        let a = Prompt::new(&PromptOptions::new(2, 8)).unwrap();
+        let b = Prompt::new(&PromptOptions::new(2, 8)).unwrap();
+        let (a, state) = Optimizer::new(a, &OptimizerOptions::default()).unwrap().into_parts();
+        let state = ManuallyDrop::new(state);
+        let mut wrong = Optimizer { raw: state.raw, prompt: b };
+        let before = wrong.prompt().params().to_vec();
+        wrong.prompt_mut().grads_mut()[0] = 1.0;
+        for err in [
+            wrong.step().unwrap_err(),
+            wrong.train_step(|_: &[f32], _: &mut [f32]| -> std::result::Result<f64, Error> { unreachable!() }).unwrap_err(),
+            wrong.to_checkpoint_bytes().unwrap_err(),
+            wrong.save_checkpoint("unused").unwrap_err(),
+        ] {
+            assert_eq!(err.kind(), ErrorKind::Mismatch);
+            assert!(err.message().ends_with("the optimizer belongs to another prompt"), "{}", err);
+        }
+        assert_eq!(wrong.prompt().params(), &before[..]);
+        assert_eq!(wrong.step_count(), 0);
+        // take it apart again without freeing the optimizer twice
+        let (b, raw) = {
+            let w = ManuallyDrop::new(wrong);
+            // SAFETY: w is never used again; its prompt is moved out once.
+            (unsafe { std::ptr::read(&w.prompt) }, w.raw)
+        };
+        assert_eq!(raw, state.raw);
+        let opt = ManuallyDrop::into_inner(state).resume(a).unwrap();
+        drop((opt, b));
+    }
 }

@@ -62,6 +62,28 @@ impl PromptHolder for &mut Prompt {}
 /// # Ok::<(), ulpt::Error>(())
 /// ```
 ///
+/// nor swapped with another, nor read by another thread while the optimizer steps it
+/// (the two ways issue reports reached freed memory and a data race):
+///
+/// ```compile_fail
+/// use ulpt::{Optimizer, OptimizerOptions, Prompt, PromptOptions};
+/// let mut opt = Optimizer::new(Prompt::new(&PromptOptions::new(2, 8))?, &OptimizerOptions::default())?;
+/// let mut other = Prompt::new(&PromptOptions::new(20, 256))?;
+/// std::mem::swap(&mut *opt.prompt_mut(), &mut other); // error[E0596]
+/// # Ok::<(), ulpt::Error>(())
+/// ```
+///
+/// ```compile_fail
+/// use ulpt::{Optimizer, OptimizerOptions, Prompt, PromptOptions};
+/// let mut prompt = Prompt::new(&PromptOptions::new(2, 8))?;
+/// let mut opt = Optimizer::new(&mut prompt, &OptimizerOptions::default())?;
+/// std::thread::scope(|s| {
+///     s.spawn(|| prompt.embeddings()); // error[E0502]: prompt is borrowed by opt
+///     opt.step()
+/// })?;
+/// # Ok::<(), ulpt::Error>(())
+/// ```
+///
 /// whereas the same lines with a prompt of one's own compile:
 ///
 /// ```

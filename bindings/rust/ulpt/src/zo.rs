@@ -11,9 +11,9 @@ use ulpt_sys as sys;
 
 use crate::callback::Host;
 use crate::error::{check, Error, ErrorKind, Result};
-use crate::optimizer::{check_pair, Optimizer, OptimizerState};
+use crate::optimizer::{adopt, check_pair, Optimizer, OptimizerState};
 use crate::options::c_enum;
-use crate::prompt::{c_path, Prompt};
+use crate::prompt::{c_path, take_buffer, Prompt};
 use crate::view::PromptHolder;
 
 c_enum! {
@@ -344,7 +344,28 @@ impl<O: OptimizerHolder> Zo<O> {
     }
 }
 
+impl<O: OptimizerHolder> Zo<O> {
+    /// The bytes [`save_checkpoint`](Self::save_checkpoint) writes
+    /// (`ulpt_zo_checkpoint_save_buffer`).
+    pub fn to_checkpoint_bytes(&self) -> Result<Vec<u8>> {
+        self.check_triple("Zo::to_checkpoint_bytes")?;
+        let zo = self.raw.as_ptr();
+        // SAFETY: a live trainer with its own prompt and optimizer (checked), read only;
+        // valid out-pointers.
+        take_buffer(|buf, len| unsafe { sys::ulpt_zo_checkpoint_save_buffer(buf, len, zo) })
+    }
+}
+
 impl Zo<Optimizer<Prompt>> {
+    /// Load a forward-only checkpoint from its bytes (`ulpt_zo_checkpoint_load_buffer`)
+    /// as an owning trainer.
+    ///
+    /// Errors: as [`load_zo_checkpoint_bytes`].
+    pub fn from_checkpoint_bytes(bytes: &[u8]) -> Result<Zo> {
+        let (prompt, opt_state, zo_state) = load_zo_checkpoint_bytes(bytes)?;
+        zo_state.resume(opt_state.resume(prompt)?)
+    }
+
     /// Load a forward-only checkpoint (`ulpt_zo_checkpoint_load`) as an owning trainer,
     /// ready to go on.
     ///
@@ -394,13 +415,31 @@ impl ZoState {
 /// ```
 pub fn load_zo_checkpoint(path: impl AsRef<Path>) -> Result<(Prompt, OptimizerState, ZoState)> {
     let p = c_path("load_zo_checkpoint", path.as_ref())?;
-    let mut prompt = std::ptr::null_mut();
-    let mut opt = std::ptr::null_mut();
-    let mut zo = std::ptr::null_mut();
+    let (mut prompt, mut opt, mut zo) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
     // SAFETY: valid out-pointers and path; on success all three objects are ours.
     check(unsafe { sys::ulpt_zo_checkpoint_load(&mut prompt, &mut opt, &mut zo, p.as_ptr()) })?;
+    Ok(adopt_zo(prompt, opt, zo))
+}
+
+/// Load a forward-only checkpoint from its bytes (`ulpt_zo_checkpoint_load_buffer`), as
+/// [`load_zo_checkpoint`] does from a file.
+///
+/// Errors: as [`load_zo_checkpoint`], without [`Io`](crate::ErrorKind::Io).
+pub fn load_zo_checkpoint_bytes(bytes: &[u8]) -> Result<(Prompt, OptimizerState, ZoState)> {
+    let (mut prompt, mut opt, mut zo) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: valid out-pointers; bytes is readable for its length; on success all three
+    // objects are ours.
+    check(unsafe {
+        sys::ulpt_zo_checkpoint_load_buffer(&mut prompt, &mut opt, &mut zo, bytes.as_ptr() as *const c_void, bytes.len())
+    })?;
+    Ok(adopt_zo(prompt, opt, zo))
+}
+
+/// Take a freshly loaded prompt and optimizer, and the state of the trainer loaded with
+/// them (which is freed: it is re-created on resume, where its holder is known).
+fn adopt_zo(prompt: *mut sys::ulpt_prompt, opt: *mut sys::ulpt_optimizer, zo: *mut sys::ulpt_zo) -> (Prompt, OptimizerState, ZoState) {
     let mut raw = raw_defaults().expect("ulpt_zo_options_init");
-    // SAFETY: a live handle from the load; read, then freed before its optimizer and
+    // SAFETY: a live trainer from the load; read, then freed before its optimizer and
     // prompt (which the returned objects own).
     let state = unsafe {
         let rc = sys::ulpt_zo_get_options(&mut raw, zo);
@@ -409,9 +448,8 @@ pub fn load_zo_checkpoint(path: impl AsRef<Path>) -> Result<(Prompt, OptimizerSt
         assert_eq!(rc, sys::ULPT_OK, "ulpt_zo_get_options: {}", Error::last(rc));
         ZoState { options: ZoOptions::from_raw(&raw), position }
     };
-    let prompt = Prompt::from_raw(prompt);
-    let opt_state = OptimizerState::from_raw(opt, &prompt);
-    Ok((prompt, opt_state, state))
+    let (prompt, opt_state) = adopt(prompt, opt);
+    (prompt, opt_state, state)
 }
 
 impl<O: OptimizerHolder> Drop for Zo<O> {

@@ -139,6 +139,7 @@ fn error_kinds_map_every_code() {
         ErrorKind::Callback,
         ErrorKind::Unsupported,
         ErrorKind::NotFound,
+        ErrorKind::Busy,
     ];
     for (i, k) in kinds.iter().enumerate() {
         assert_eq!(k.code(), -(i as i32) - 1);
@@ -591,6 +592,82 @@ fn checkpoints_resume_bit_identically() {
     prompt.set_meta("note", "while detached").unwrap();
     let o = state.resume(&mut prompt).unwrap();
     assert_eq!(o.step_count(), 1);
+}
+
+#[test]
+fn optimizer_options_are_reported_back_also_after_a_load() {
+    let want = OptimizerOptions {
+        kind: OptimizerKind::Sgd,
+        lr: 0.25,
+        beta1: 0.8,
+        beta2: 0.95,
+        eps: 1e-6,
+        weight_decay: Some(0.125),
+        momentum: 0.5,
+        max_grad_norm: 2.0,
+        schedule: Schedule::Linear,
+        warmup_steps: 3,
+        total_steps: 40,
+    };
+    let mut o = Optimizer::new(Prompt::new(&opts(2, 8)).unwrap(), &want).unwrap();
+    assert_eq!(o.options(), want);
+    o.train_step(quadratic).unwrap();
+    assert_eq!(o.options(), want, "a step changes no option");
+    let bytes = o.to_checkpoint_bytes().unwrap();
+    let (p, state) = ulpt::load_checkpoint_bytes(&bytes).unwrap();
+    assert_eq!(state.options(), want);
+    assert_eq!(state.resume(p).unwrap().options(), want);
+    // None is reported as the value the kind resolves it to (torch's defaults)
+    for (kind, wd) in [(OptimizerKind::AdamW, 0.01), (OptimizerKind::Adam, 0.0), (OptimizerKind::Sgd, 0.0)] {
+        let o = Optimizer::new(Prompt::new(&opts(2, 8)).unwrap(), &OptimizerOptions { kind, ..Default::default() })
+            .unwrap();
+        assert_eq!(o.options().weight_decay, Some(wd), "{:?}", kind);
+        assert_eq!(o.options().kind, kind);
+    }
+}
+
+#[test]
+fn checkpoint_bytes_are_the_file_and_resume_bit_identically() {
+    let dir = TempDir::new("ckpt-bytes");
+    let oo = OptimizerOptions { lr: 0.05, schedule: Schedule::Cosine, warmup_steps: 2, total_steps: 12, ..Default::default() };
+    let mut straight = Optimizer::new(Prompt::new(&opts(3, 8)).unwrap(), &oo).unwrap();
+    for _ in 0..12 {
+        straight.train_step(quadratic).unwrap();
+    }
+    let mut half = Optimizer::new(Prompt::new(&opts(3, 8)).unwrap(), &oo).unwrap();
+    for _ in 0..6 {
+        half.train_step(quadratic).unwrap();
+    }
+    let bytes = half.to_checkpoint_bytes().unwrap();
+    let path = dir.path("half.ckpt");
+    half.save_checkpoint(&path).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the bytes are the file's");
+    drop(half);
+    let mut resumed = Optimizer::from_checkpoint_bytes(&bytes).unwrap();
+    assert_eq!(resumed.step_count(), 6);
+    for _ in 0..6 {
+        resumed.train_step(quadratic).unwrap();
+    }
+    assert_eq!(bits(resumed.prompt().params()), bits(straight.prompt().params()));
+    assert_eq!(resumed.lr_f64(), straight.lr_f64());
+
+    // damaged, truncated, empty, a plain prompt: specific errors, nothing made
+    let mut bad = bytes.clone();
+    let k = bad.len() - 5;
+    bad[k] ^= 0x40;
+    assert_eq!(ulpt::load_checkpoint_bytes(&bad).unwrap_err().kind(), ErrorKind::Corrupt);
+    let err = ulpt::load_checkpoint_bytes(&bytes[..bytes.len() / 2]).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Corrupt | ErrorKind::Format), "{:?}", err);
+    assert!(ulpt::load_checkpoint_bytes(&[]).is_err());
+    let plain = straight.prompt().to_bytes().unwrap();
+    assert_eq!(Optimizer::from_checkpoint_bytes(&plain).unwrap_err().kind(), ErrorKind::Format);
+}
+
+#[test]
+fn busy_is_its_own_kind() {
+    assert_eq!(ErrorKind::from_code(ulpt::sys::ULPT_ERR_BUSY), ErrorKind::Busy);
+    assert_eq!(ErrorKind::Busy.code(), -11);
+    assert_ne!(ErrorKind::Busy.description(), "unknown error");
 }
 
 #[test]
