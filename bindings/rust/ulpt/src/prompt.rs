@@ -157,27 +157,31 @@ impl Prompt {
 
     /// The number of soft tokens n.
     pub fn n_tokens(&self) -> u32 {
-        // SAFETY: a live prompt (the type's invariant); likewise below.
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_n_tokens(self.as_ptr()) }
     }
 
     /// The rank r.
     pub fn rank(&self) -> u32 {
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_rank(self.as_ptr()) }
     }
 
     /// The embedding width d.
     pub fn dim(&self) -> u32 {
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_dim(self.as_ptr()) }
     }
 
     /// The number of token groups.
     pub fn n_groups(&self) -> u32 {
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_n_groups(self.as_ptr()) }
     }
 
     /// The `ULPT_NO_SCALE | ULPT_NO_SHIFT` flags the prompt was made with.
     pub fn flags(&self) -> u32 {
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_flags(self.as_ptr()) }
     }
 
@@ -305,6 +309,7 @@ impl Prompt {
 
     /// The number of trainable parameters: n_tokens·rank + dim (scale) + dim (shift).
     pub fn num_params(&self) -> usize {
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_num_params(self.as_ptr()) }
     }
 
@@ -381,6 +386,7 @@ impl Prompt {
 
     /// The number of metadata pairs.
     pub fn meta_len(&self) -> usize {
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_meta_count(self.as_ptr()) }
     }
 
