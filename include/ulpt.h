@@ -43,11 +43,39 @@
  *     step: all memory is taken when the handles are created.
  *
  * THREADS
- *   Different handles may be used from different threads freely.  One handle may be
- *   used by several threads at once only through calls that take it as `const`
- *   (ulpt_prompt_forward, accessors, ulpt_projection_*); every other call on a handle
- *   needs exclusive access.  Projections are immutable and may be shared.  See
- *   docs/DESIGN.md.
+ *   Different handles may be used from different threads freely.  Projections are
+ *   immutable and may be shared.  A prompt, optimizer or forward-only handle may be
+ *   used by several threads at once only through READING calls: ulpt_prompt_forward,
+ *   the saves (ulpt_prompt_save*, ulpt_checkpoint_save*, ulpt_zo_checkpoint_save*,
+ *   ulpt_prompt_export_safetensors), ulpt_bank_add, and the accessors.  Every WRITING
+ *   call (ulpt_prompt_backward, ulpt_prompt_zero_grad, ulpt_prompt_set_meta,
+ *   ulpt_prompt_init_from_embeddings, ulpt_optimizer_create and ulpt_zo_create on their
+ *   prompt, ulpt_optimizer_step, ulpt_train_step, ulpt_zo_step, ulpt_zo_set_position)
+ *   needs the object to itself.
+ *
+ *   The library enforces this without waiting: a writing call that finds the object in
+ *   use returns ULPT_ERR_BUSY (since 1.2) and changes nothing, with a message naming
+ *   what holds it ("the prompt is in use by ulpt_train_step", "... being read by 1
+ *   running call(s)"); a reading call that finds it being written returns
+ *   ULPT_ERR_BUSY too.  (ulpt_prompt_zero_grad returns nothing: it then leaves the
+ *   gradients as they are and sets the message.)  The check is one atomic operation
+ *   per call; nothing is allocated.  Writing through the pointers of
+ *   ulpt_prompt_params / ulpt_prompt_grads, and freeing a handle another call uses,
+ *   cannot be seen and remain the caller's responsibility.
+ *
+ *   ulpt_train_step and ulpt_zo_step hold their prompt and optimizer (and handle) from
+ *   entry to return.  From inside their callback, or from another thread meanwhile,
+ *   writing calls on those objects get ULPT_ERR_BUSY (a nested step, a backward, an
+ *   optimizer step); reading calls are allowed, since nothing changes while the host
+ *   runs: a forward there gives the E the step handed over (forward-only: theta, never
+ *   a perturbation), a checkpoint save there records the state before the step.  The
+ *   step writes only once no reading call is running on the prompt or optimizer; if one
+ *   still is when the callback returns, the step returns ULPT_ERR_BUSY with everything
+ *   as it was.
+ *
+ *   ulpt_set_num_threads and ulpt_set_allocator are process-wide: call them only while
+ *   no other libulpt call runs (they are not checked).  A bank has its own rules (its
+ *   THREADS, below).
  */
 #ifndef ULPT_H
 #define ULPT_H
@@ -100,7 +128,7 @@ ULPT_API const char *ulpt_version_string(void);
 #define ULPT_ERR_CALLBACK     -8  /* the host's callback reported a failure */
 #define ULPT_ERR_UNSUPPORTED  -9  /* valid, but not supported by this build */
 #define ULPT_ERR_NOT_FOUND   -10  /* no such prompt in a bank: removed, or never there.  Since 1.1 */
-#define ULPT_ERR_BUSY        -11  /* the object is in use by another call (see THREADS).  Since 1.2 */
+#define ULPT_ERR_BUSY        -11  /* the object is in use by another call (THREADS).  Since 1.2 */
 
 /* A short static description of an error code ("invalid argument", ...).  Unknown codes
  * give "unknown error". */
@@ -136,7 +164,8 @@ typedef struct ulpt_allocator {
 ULPT_API int ulpt_set_allocator(const ulpt_allocator *a);
 
 /* The number of threads the BLAS kernels may use (OpenBLAS's thread pool, process-wide).
- * n >= 1.  Ranks up to 12 do not use BLAS: their forward and backward run in the
+ * Not thread-safe: call it while no other libulpt call runs (it reconfigures a pool
+ * that running calls may be using).  n >= 1.  Ranks up to 12 do not use BLAS: their forward and backward run in the
  * calling thread.  Above that, one or two threads are usually fastest.
  * Errors: ULPT_ERR_INVALID if n < 1. */
 ULPT_API int ulpt_set_num_threads(int n);
@@ -255,10 +284,12 @@ ULPT_API int ulpt_prompt_forward(const ulpt_prompt *p, float *embeddings, size_t
  *     dL/dZ_g = G_g . (P_g diag(s))^T
  * to the gradient buffer (so several backward calls accumulate).  G is not checked for
  * NaN or infinity here; ulpt_optimizer_step refuses non-finite gradients.
- * Errors: ULPT_ERR_INVALID (NULL argument, ld < dim or ld > INT_MAX, the BLAS limit). */
+ * Errors: ULPT_ERR_INVALID (NULL argument, ld < dim or ld > INT_MAX, the BLAS limit),
+ * ULPT_ERR_BUSY (a forward is running on the prompt, or a step holds it: THREADS). */
 ULPT_API int ulpt_prompt_backward(ulpt_prompt *p, const float *grad, size_t ld);
 
-/* Set every gradient to 0.  NULL is a no-op. */
+/* Set every gradient to 0.  NULL is a no-op.  A writing call (THREADS): on a prompt in
+ * use it changes nothing and leaves an ULPT_ERR_BUSY message for ulpt_last_error. */
 ULPT_API void ulpt_prompt_zero_grad(ulpt_prompt *p);
 
 /* The number of trainable parameters: n_tokens*rank + dim (unless ULPT_NO_SCALE)
@@ -360,7 +391,7 @@ ULPT_API void ulpt_optimizer_free(ulpt_optimizer *o);
  * below 1), update the parameters and the moments, advance the schedule.  The
  * gradients are not zeroed.
  * Errors: ULPT_ERR_INVALID (NULL), ULPT_ERR_NONFINITE (a gradient is NaN or infinite;
- * nothing is changed). */
+ * nothing is changed), ULPT_ERR_BUSY (the optimizer or its prompt is in use: THREADS). */
 ULPT_API int ulpt_optimizer_step(ulpt_optimizer *o);
 
 /* The number of steps taken so far (0 for NULL). */
@@ -391,8 +422,9 @@ ULPT_API int ulpt_optimizer_get_options(ulpt_optimizer_options *opts, const ulpt
 
 /* The host model.  It receives the prompt embeddings E (n_tokens x dim, row stride
  * dim), runs its model, writes dL/dE into `grad` (same shape, arrives zeroed) and the
- * loss into *loss.  Return 0 on success, anything else on failure.  It must not call
- * libulpt functions that modify the prompt or optimizer it is serving. */
+ * loss into *loss.  Return 0 on success, anything else on failure.  Writing calls on
+ * the prompt or optimizer it serves return ULPT_ERR_BUSY; reading calls (a forward, a
+ * checkpoint save) are allowed (THREADS). */
 typedef int (*ulpt_loss_fn)(void *user, const float *embeddings, uint32_t n_tokens,
                             uint32_t dim, float *grad, double *loss);
 
@@ -403,8 +435,9 @@ typedef int (*ulpt_loss_fn)(void *user, const float *embeddings, uint32_t n_toke
  * since 1.2, ULPT_ERR_INVALID before), ULPT_ERR_CALLBACK
  * (the callback returned nonzero), ULPT_ERR_NONFINITE (a parameter NaN or infinite,
  * named, before the callback is called; the loss or an element of G NaN or infinite;
- * the gradient overflowing in backward).  On any failure the parameters, gradients and
- * optimizer state are unchanged. */
+ * the gradient overflowing in backward), ULPT_ERR_BUSY (p or o in use by another call,
+ * or a reading call still running on them when the callback returned: THREADS).  On
+ * any failure the parameters, gradients and optimizer state are unchanged. */
 ULPT_API int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn loss_fn,
                              void *user, double *loss);
 
@@ -467,8 +500,9 @@ ULPT_API int ulpt_zo_options_init(ulpt_zo_options *opts, unsigned version);
  * (first + c)-th of the step, where `first` counts the prompts of earlier calls of the
  * step; prompt 2j is theta + eps*u_j, prompt 2j+1 is theta - eps*u_j.  The losses
  * arrive as NaN, so one left unwritten fails the step.  Return 0 on success, anything
- * else on failure.  While it runs, the prompt holds its unperturbed parameters; it must
- * not call libulpt functions that modify the prompt, optimizer or handle it serves. */
+ * else on failure.  While it runs, the prompt holds its unperturbed parameters;
+ * writing calls on the prompt, optimizer or handle it serves return ULPT_ERR_BUSY,
+ * reading calls are allowed (THREADS). */
 typedef int (*ulpt_zo_loss_fn)(void *user, const float *embeddings, uint32_t count,
                                uint32_t n_tokens, uint32_t dim, double *losses);
 
@@ -493,10 +527,11 @@ ULPT_API void ulpt_zo_free(ulpt_zo *zo);
  * calls, rounded up); check every loss is finite; replace the prompt's gradients with
  * the estimate g; ulpt_optimizer_step; advance the position by q.  *loss (may be NULL)
  * gets the mean of the 2q losses, an estimate of L(theta) (biased by O(eps^2)).  No
- * allocation.  Needs exclusive access to the handle, its prompt and its optimizer.
+ * allocation.  Holds the handle, its prompt and its optimizer from entry to return.
  * Errors: ULPT_ERR_INVALID (NULL zo or loss_fn), ULPT_ERR_CALLBACK (the callback
  * returned nonzero), ULPT_ERR_NONFINITE (a loss NaN or infinite, a perturbed parameter
- * or the estimate overflowed, or theta itself is not finite).  On any failure the
+ * or the estimate overflowed, or theta itself is not finite), ULPT_ERR_BUSY (the
+ * handle, its prompt or its optimizer in use: THREADS).  On any failure the
  * parameters, gradients, optimizer state, stream position and *loss are unchanged. */
 ULPT_API int ulpt_zo_step(double *loss, ulpt_zo *zo, ulpt_zo_loss_fn loss_fn, void *user);
 

@@ -81,7 +81,12 @@ int ulpt_bank_add(ulpt_bank *b, ulpt_bank_id *id, const ulpt_prompt *p, const ch
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !b ? "bank" : !id ? "id" : "prompt");
     entry *e;
     const char *what = "the prompt";
-    int rc = ulpt__bank_entry_make(__func__, b, p, name, what, &e);
+    ulpt_lock *l = (ulpt_lock *)&p->lock; /* never a const object; read while no step writes */
+    int rc = ulpt__lock_read(__func__, l, "prompt");
+    if (rc)
+        return rc;
+    rc = ulpt__bank_entry_make(__func__, b, p, name, what, &e);
+    ulpt__lock_unread(l);
     if (rc)
         return rc;
     lock_write(b);

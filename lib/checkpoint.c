@@ -74,13 +74,22 @@ static void write_zost(unsigned char *w, const void *ctx)
 
 /* The checkpoint of p and o, with zo's ZOST section unless zo is NULL, in a new
  * allocation from *a, `prefix` bytes in (*base is the allocation, *len the file's). */
-static int encode(const char *func, const ulpt_prompt *p, const ulpt_optimizer *o,
+static int encode_checkpoint(const char *func, const ulpt_prompt *p, const ulpt_optimizer *o,
                   const ulpt_zo *zo, size_t prefix, ulpt_allocator *a, unsigned char **base,
                   size_t *len)
 {
     *a = ulpt__allocator();
+    /* read while no step writes: the optimizer here, the prompt in ulpt__file_encode */
+    ulpt_lock *lo = (ulpt_lock *)&o->lock, *lz = zo ? (ulpt_lock *)ulpt__zo_lock(zo) : NULL;
+    int rc = ulpt__lock_read(func, lo, "optimizer");
+    if (rc)
+        return rc;
+    if (lz && (rc = ulpt__lock_read(func, lz, "forward-only handle")) != ULPT_OK) {
+        ulpt__lock_unread(lo);
+        return rc;
+    }
     ulpt_tensor m = { 0 }, v = { 0 };
-    int rc = ulpt__tensor_encode(func, a, o->m, o->n, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, &m);
+    rc = ulpt__tensor_encode(func, a, o->m, o->n, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, &m);
     if (!rc)
         rc = ulpt__tensor_encode(func, a, o->v, o->n, ULPT_DTYPE_F32, CHECKPOINT_LEVEL, &v);
     if (!rc) {
@@ -95,6 +104,9 @@ static int encode(const char *func, const ulpt_prompt *p, const ulpt_optimizer *
     }
     ulpt__tensor_free(a, &m);
     ulpt__tensor_free(a, &v);
+    if (lz)
+        ulpt__lock_unread(lz);
+    ulpt__lock_unread(lo);
     return rc;
 }
 
@@ -104,7 +116,7 @@ static int save(const char *func, const ulpt_prompt *p, const ulpt_optimizer *o,
     ulpt_allocator a;
     unsigned char *data;
     size_t n;
-    int rc = encode(func, p, o, zo, 0, &a, &data, &n);
+    int rc = encode_checkpoint(func, p, o, zo, 0, &a, &data, &n);
     if (rc)
         return rc;
     rc = ulpt__write_atomic(func, path, data, n);
@@ -117,7 +129,7 @@ static int save_buffer(const char *func, const ulpt_prompt *p, const ulpt_optimi
 {
     ulpt_allocator a;
     unsigned char *base;
-    int rc = encode(func, p, o, zo, ULPT_BUFFER_PREFIX, &a, &base, len);
+    int rc = encode_checkpoint(func, p, o, zo, ULPT_BUFFER_PREFIX, &a, &base, len);
     if (!rc)
         *buf = ulpt__buffer_hand_out(&a, base);
     return rc;
@@ -156,43 +168,6 @@ int ulpt_zo_checkpoint_save_buffer(void **buf, size_t *len, const ulpt_zo *zo)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !buf ? "buf" : !len ? "len" : "zo");
     return save_buffer(__func__, ulpt_zo_prompt(zo), ulpt_zo_optimizer(zo), zo, buf, len);
 }
-
-int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, const char *path)
-{
-    if (!prompt || !opt || !path)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
-                         !prompt ? "prompt" : !opt ? "opt" : "path");
-    return ulpt__file_load(__func__, path, prompt, opt, NULL, NULL);
-}
-
-int ulpt_checkpoint_load_buffer(ulpt_prompt **prompt, ulpt_optimizer **opt, const void *buf,
-                                size_t len)
-{
-    if (!prompt || !opt || !buf)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
-                         !prompt ? "prompt" : !opt ? "opt" : "buf");
-    return ulpt__file_decode(__func__, buf, len, prompt, opt, NULL, NULL);
-}
-
-int ulpt_zo_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt, ulpt_zo **zo,
-                            const char *path)
-{
-    if (!prompt || !opt || !zo || !path)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
-                         !prompt ? "prompt" : !opt ? "opt" : !zo ? "zo" : "path");
-    return ulpt__file_load(__func__, path, prompt, opt, zo, NULL);
-}
-
-int ulpt_zo_checkpoint_load_buffer(ulpt_prompt **prompt, ulpt_optimizer **opt, ulpt_zo **zo,
-                                   const void *buf, size_t len)
-{
-    if (!prompt || !opt || !zo || !buf)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL",
-                         !prompt ? "prompt" : !opt ? "opt" : !zo ? "zo" : "buf");
-    return ulpt__file_decode(__func__, buf, len, prompt, opt, zo, NULL);
-}
-
-#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
 
 static int read_optm(const char *func, const ulpt_section *s, ulpt_optimizer_options *oo,
                      uint64_t *steps)

@@ -56,8 +56,6 @@ void ulpt__tag_name(uint32_t tag, char out[12])
         snprintf(out, 12, "0x%08x", (unsigned)tag);
 }
 
-#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
-
 unsigned ulpt__section_minor(uint32_t tag) { return tag == TAG_ZOST ? 1 : 0; }
 
 /* Where a section of format 1.0 or 1.1 goes; NULL for a tag this version does not know. */
@@ -118,9 +116,9 @@ int ulpt__container_read(const char *func, const unsigned char *b, size_t len, u
             if (seen[i] == tag)
                 return CORRUPT("section %s appears twice", name);
         seen[n++] = tag;
-        ulpt_section *slot = slot_of(c, tag);
-        if (slot)
-            *slot = (ulpt_section){ b + pos + SECTION_BYTES, (size_t)slen };
+        ulpt_section *sect = slot_of(c, tag);
+        if (sect)
+            *sect = (ulpt_section){ b + pos + SECTION_BYTES, (size_t)slen };
         else if (flags & SECTION_REQUIRED)
             return ulpt__error(ULPT_ERR_FORMAT, func,
                                "requires section %s that format %d.%d readers do not know "

@@ -1,9 +1,9 @@
 /* file.c -- prompt files: the SHAP section, the checks a load makes in the order
  * docs/FORMAT.md gives them, and the public save, load and inspect calls.
  *
- * Loading checks the container, then the shape and the memory it implies before it
- * allocates anything; then it builds the prompt and checks the tensors, the fingerprint
- * and the values against it, freeing everything if one of them is wrong. */
+ * Decoding (for load.c) checks the shape and the memory it implies before it allocates
+ * anything; then it builds the prompt and checks the tensor, the fingerprint and the
+ * values against it, freeing everything if one of them is wrong. */
 #include "format.h"
 
 #include <math.h>
@@ -66,9 +66,9 @@ static void write_shape(unsigned char *w, const void *ctx)
     ulpt__put64(w + SHAP_N_PARAMS, p->n_params);
 }
 
-int ulpt__file_encode(const char *func, const ulpt_allocator *a, const ulpt_prompt *p, int dtype,
-                      int level, const ulpt_section_out *extra, int n_extra, size_t prefix,
-                      unsigned char **base, size_t *len)
+static int encode_file(const char *func, const ulpt_allocator *a, const ulpt_prompt *p, int dtype,
+                  int level, const ulpt_section_out *extra, int n_extra, size_t prefix,
+                  unsigned char **base, size_t *len)
 {
     /* a file never holds what a load would refuse, and nothing is lost silently */
     char name[48];
@@ -103,24 +103,26 @@ int ulpt__file_encode(const char *func, const ulpt_allocator *a, const ulpt_prom
     return rc;
 }
 
+int ulpt__file_encode(const char *func, const ulpt_allocator *a, const ulpt_prompt *p, int dtype,
+                      int level, const ulpt_section_out *extra, int n_extra, size_t prefix,
+                      unsigned char **base, size_t *len)
+{
+    ulpt_lock *l = (ulpt_lock *)&p->lock; /* never a const object */
+    int rc = ulpt__lock_read(func, l, "prompt");
+    if (rc)
+        return rc;
+    rc = encode_file(func, a, p, dtype, level, extra, n_extra, prefix, base, len);
+    ulpt__lock_unread(l);
+    return rc;
+}
+
 /* ---- decoding ----------------------------------------------------------------------- */
 
-#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
-
-/* The sections each kind of file must have and must not have (end of check 3). */
-static int check_sections(const char *func, const ulpt_container *c)
+int ulpt__shape_check(const char *func, const ulpt_container *c)
 {
-    if (!c->shap.data || !c->parm.data)
-        return CORRUPT("the %s section is missing", !c->shap.data ? "shape" : "parameter");
     if (c->shap.len < SHAP_BYTES)
         return CORRUPT("shape section of %zu bytes, expected at least %d", c->shap.len,
                        SHAP_BYTES);
-    if (c->kind == ULPT_FILE_CHECKPOINT && (!c->optm.data || !c->mom1.data || !c->mom2.data))
-        return CORRUPT("checkpoint without complete optimizer sections");
-    if (c->kind == ULPT_FILE_PROMPT && (c->optm.data || c->mom1.data || c->mom2.data))
-        return CORRUPT("a prompt file with optimizer sections");
-    if (c->kind == ULPT_FILE_PROMPT && c->zost.data)
-        return CORRUPT("a prompt file with a forward-only section (ZOST)");
     if (ulpt__get32(c->shap.data + SHAP_RESERVED) != 0)
         return CORRUPT("the shape's reserved field is not 0");
     return ULPT_OK;
@@ -157,10 +159,10 @@ static double memory_needed(const ulpt_prompt_options *o, int checkpoint, size_t
 }
 
 /* Checks 4-6: counts, the parameter tensor's header, memory, metadata.  Nothing is
- * allocated; a forged shape cannot outgrow the bytes behind it.  zo: the forward-only
- * trainer that will be built too, NULL for none. */
+ * allocated; a forged shape cannot outgrow the bytes behind it.  extra: bytes the
+ * objects built above the prompt will take (a forward-only trainer). */
 static int check_shape(const char *func, const ulpt_container *c, size_t len, int checkpoint,
-                       const ulpt_prompt_options *po, const ulpt_zo_options *zo, ulpt_tensor *tp)
+                       const ulpt_prompt_options *po, double extra, ulpt_tensor *tp)
 {
     double count = (double)po->n_tokens * po->rank +
                    (double)po->dim * !(po->flags & ULPT_NO_SCALE) +
@@ -179,8 +181,7 @@ static int check_shape(const char *func, const ulpt_container *c, size_t len, in
     if (c->kind == ULPT_FILE_CHECKPOINT && tp->dtype != ULPT_DTYPE_F32)
         return ulpt__error(ULPT_ERR_FORMAT, func, "checkpoint parameters must be f32");
     double need = memory_needed(po, checkpoint, len), allowed = (double)len * MAX_INFLATE;
-    if (zo)
-        need += ulpt__zo_memory(zo, count, (double)po->n_tokens * po->dim);
+    need += extra;
     if (need > (allowed > ALLOC_FLOOR ? allowed : ALLOC_FLOOR))
         return CORRUPT("shape %u x %u x %u needs %.0f bytes, impossible for a %zu-byte file",
                        po->n_tokens, po->rank, po->dim, need, len);
@@ -220,83 +221,36 @@ static int build(const char *func, const ulpt_container *c, const ulpt_prompt_op
     return rc;
 }
 
-int ulpt__file_decode(const char *func, const unsigned char *b, size_t len, ulpt_prompt **out,
-                      ulpt_optimizer **opt, ulpt_zo **zo, ulpt_file_info *info)
+double ulpt__shape_params(const ulpt_container *c)
 {
-    ulpt_container c;
-    int rc = ulpt__container_read(func, b, len, &c);
-    if (!rc)
-        rc = check_sections(func, &c);
-    if (rc)
-        return rc;
-    if (opt && c.kind != ULPT_FILE_CHECKPOINT)
-        return ulpt__error(ULPT_ERR_FORMAT, func, "a prompt file, not a checkpoint");
-    if (zo && !c.zost.data)
-        return ulpt__error(ULPT_ERR_FORMAT, func,
-                           "a checkpoint without forward-only state (format %u.%u, no ZOST "
-                           "section); load it with ulpt_checkpoint_load and start a stream "
-                           "with ulpt_zo_create", c.major, c.minor);
-    ulpt_zo_options zoo;
-    uint64_t position;
-    if (opt && c.zost.data && (rc = ulpt__zost_read(func, &c.zost, &zoo, &position)))
-        return rc; /* checked by every checkpoint reader, built only for zo */
+    return (double)ulpt__get64(c->shap.data + SHAP_N_PARAMS);
+}
+
+double ulpt__shape_rows(const ulpt_container *c)
+{
+    return (double)ulpt__get32(c->shap.data + SHAP_N_TOKENS) * ulpt__get32(c->shap.data + SHAP_DIM);
+}
+
+int ulpt__prompt_decode(const char *func, const ulpt_container *c, size_t len, int checkpoint,
+                        double extra, ulpt_prompt **out, ulpt_tensor *tp)
+{
     ulpt_prompt_options po;
-    ulpt_tensor tp;
-    shape_options(&c.shap, &po);
-    ulpt_prompt *p = NULL;
-    ulpt_optimizer *o = NULL;
-    ulpt_zo *z = NULL;
-    if ((rc = check_shape(func, &c, len, opt != NULL, &po, zo ? &zoo : NULL, &tp)) ||
-        (rc = build(func, &c, &po, &tp, &p)))
-        return rc;
-    if (opt && (rc = ulpt__checkpoint_decode(func, &c, p, &o, zo ? &z : NULL))) {
-        ulpt_prompt_free(p);
-        return rc;
-    }
-    if (info) {
-        info->kind = c.kind;
-        info->format_major = c.major;
-        info->format_minor = c.minor;
-        info->dtype = tp.dtype;
-        info->file_bytes = len;
-        info->stored_bytes = tp.len;
-    }
-    *out = p;
-    if (opt)
-        *opt = o;
-    if (zo)
-        *zo = z;
-    return ULPT_OK;
+    shape_options(&c->shap, &po);
+    int rc = check_shape(func, c, len, checkpoint, &po, extra, tp);
+    return rc ? rc : build(func, c, &po, tp, out);
 }
 
 /* ---- the public calls --------------------------------------------------------------- */
 
-static const size_t save_options_size[ULPT_SAVE_OPTIONS_VERSION + 1] = {
-    0, sizeof(ulpt_save_options),
-};
-static const ulpt_save_options save_defaults = ULPT_SAVE_OPTIONS_INIT;
-static const ulpt_versioned save_options_v = {
-    "save options", ULPT_SAVE_OPTIONS_VERSION, save_options_size, &save_defaults,
-};
-
-static const size_t file_info_size[ULPT_FILE_INFO_VERSION + 1] = { 0, sizeof(ulpt_file_info) };
-static const ulpt_file_info file_info_empty = ULPT_FILE_INFO_INIT;
-static const ulpt_versioned file_info_v = {
-    "info", ULPT_FILE_INFO_VERSION, file_info_size, &file_info_empty,
-};
+ULPT__VERSIONED(save_options_v, ulpt_save_options, ULPT_SAVE_OPTIONS_VERSION, "save options",
+                ULPT_SAVE_OPTIONS_INIT);
 
 int ulpt_save_options_init(ulpt_save_options *opts, unsigned version)
 {
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    return ulpt__versioned_write(__func__, &save_options_v, opts, version, &save_defaults);
-}
-
-int ulpt_file_info_init(ulpt_file_info *info, unsigned version)
-{
-    if (!info)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "info is NULL");
-    return ulpt__versioned_write(__func__, &file_info_v, info, version, &file_info_empty);
+    return ulpt__versioned_write(__func__, &save_options_v, opts, version,
+                                 &save_options_v_defaults);
 }
 
 /* A prompt file in a new allocation from *a, `prefix` bytes in. */
@@ -340,79 +294,5 @@ int ulpt_prompt_save(const ulpt_prompt *p, const char *path, const ulpt_save_opt
         return rc;
     rc = ulpt__write_atomic(__func__, path, data, n);
     ulpt__free(&a, data);
-    return rc;
-}
-
-int ulpt_prompt_load_buffer(ulpt_prompt **out, const void *buf, size_t len)
-{
-    if (!out || !buf)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "buf");
-    return ulpt__file_decode(__func__, buf, len, out, NULL, NULL, NULL);
-}
-
-int ulpt__file_load(const char *func, const char *path, ulpt_prompt **out, ulpt_optimizer **opt,
-                    ulpt_zo **zo, ulpt_file_info *info)
-{
-    ulpt_allocator a = ulpt__allocator();
-    void *data;
-    size_t len;
-    int rc = ulpt__read_file(func, &a, path, &data, &len);
-    if (rc)
-        return rc;
-    rc = ulpt__file_decode(func, data, len, out, opt, zo, info);
-    ulpt__free(&a, data);
-    return rc;
-}
-
-int ulpt_prompt_load(ulpt_prompt **out, const char *path)
-{
-    if (!out || !path)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "path");
-    return ulpt__file_load(__func__, path, out, NULL, NULL, NULL);
-}
-
-int ulpt_prompt_load_for_model(ulpt_prompt **out, const char *path, const char *model)
-{
-    if (!out || !path || !model)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : !path ? "path" : "model");
-    ulpt_prompt *p;
-    int rc = ulpt__file_load(__func__, path, &p, NULL, NULL, NULL);
-    if (rc)
-        return rc;
-    const char *tuned = ulpt_prompt_get_meta(p, "model");
-    if (!tuned || strcmp(tuned, model) != 0) {
-        rc = ULPT_FAIL(ULPT_ERR_MISMATCH, "%s was tuned for model \"%s\", not \"%s\"", path,
-                       tuned ? tuned : "(none recorded)", model);
-        ulpt_prompt_free(p);
-        return rc;
-    }
-    *out = p;
-    return ULPT_OK;
-}
-
-int ulpt_file_inspect(const char *path, ulpt_file_info *info)
-{
-    if (!path || !info)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !path ? "path" : "info");
-    ulpt_file_info tmp;
-    int rc = ulpt__versioned_read(__func__, &file_info_v, info, &tmp);
-    if (rc)
-        return rc;
-    ulpt_allocator a = ulpt__allocator();
-    void *data;
-    size_t len;
-    if ((rc = ulpt__read_file(__func__, &a, path, &data, &len)) != ULPT_OK)
-        return rc;
-    /* a checkpoint is checked with its optimizer sections, a prompt file without */
-    const unsigned char *b = data;
-    int checkpoint = len >= HEADER_BYTES && ulpt__get32(b + HDR_KIND) == ULPT_FILE_CHECKPOINT;
-    ulpt_prompt *p = NULL;
-    ulpt_optimizer *o = NULL;
-    rc = ulpt__file_decode(__func__, b, len, &p, checkpoint ? &o : NULL, NULL, &tmp);
-    ulpt__free(&a, data);
-    ulpt_optimizer_free(o);
-    ulpt_prompt_free(p);
-    if (!rc) /* only the fields the caller's version has */
-        ulpt__versioned_write(__func__, &file_info_v, info, info->version, &tmp);
     return rc;
 }

@@ -22,19 +22,14 @@
 #include <math.h>
 #include <string.h>
 
-static const size_t fit_options_size[ULPT_FIT_OPTIONS_VERSION + 1] = {
-    0, sizeof(ulpt_fit_options),
-};
-static const ulpt_fit_options defaults = ULPT_FIT_OPTIONS_INIT;
-static const ulpt_versioned options_v = {
-    "options", ULPT_FIT_OPTIONS_VERSION, fit_options_size, &defaults,
-};
+ULPT__VERSIONED(fit_options_v, ulpt_fit_options, ULPT_FIT_OPTIONS_VERSION, "options",
+                ULPT_FIT_OPTIONS_INIT);
 
 int ulpt_fit_options_init(ulpt_fit_options *opts, unsigned version)
 {
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
+    return ulpt__versioned_write(__func__, &fit_options_v, opts, version, &fit_options_v_defaults);
 }
 
 /* Eigendecomposition of the symmetric r x r matrix a (destroyed: its diagonal becomes
@@ -209,7 +204,7 @@ int ulpt_prompt_init_from_embeddings(ulpt_prompt *p, const float *target, size_t
         return ULPT_FAIL(ULPT_ERR_INVALID, "row stride %zu is outside [dim %u, %d]", ld, p->d,
                          INT_MAX);
     ulpt_fit_options o;
-    int rc = ulpt__versioned_read(__func__, &options_v, in, &o);
+    int rc = ulpt__versioned_read(__func__, &fit_options_v, in, &o);
     if (rc)
         return rc;
     if (o.max_iters < 1)
@@ -272,6 +267,8 @@ int ulpt_prompt_init_from_embeddings(ulpt_prompt *p, const float *target, size_t
         }
         out[k] = (float)v;
     }
+    if (!rc) /* the one write: nothing else may be reading or writing the prompt */
+        rc = ulpt__lock_hold(__func__, &p->lock, "prompt", 1);
     if (!rc) {
         memcpy(p->params, out, p->n_params * sizeof(float));
         if (residual) {
@@ -298,6 +295,7 @@ int ulpt_prompt_init_from_embeddings(ulpt_prompt *p, const float *target, size_t
             double e2 = residual2(&f);
             *residual = tnorm2 > 0 ? sqrt(e2 / tnorm2) : sqrt(e2);
         }
+        ulpt__lock_release(&p->lock);
     }
     ulpt__free(&al, out);
     ulpt__free(&al, block);

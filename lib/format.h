@@ -9,13 +9,17 @@
  *   zstream.c     zlib through the library's allocator, one chunk loop; CRC-32
  *   tensor.c      tensor payloads (PARM, MOM1, MOM2): dtypes, byte planes, codecs
  *   meta.c        the META payload (with the metadata it serialises)
- *   file.c        prompt files: SHAP, the load checks, save/load/inspect
- *   checkpoint.c  OPTM and the moments: checkpoints; ZOST, forward-only state (1.1) */
+ *   file.c        prompt files: SHAP, the prompt's load checks, save
+ *   checkpoint.c  OPTM and the moments: checkpoints; ZOST, forward-only state (1.1)
+ *   load.c        reading any file: the dispatch on its kind, every load and inspect */
 #ifndef ULPT_FORMAT_H
 #define ULPT_FORMAT_H
 
 #include "bytes.h"
 #include "internal.h"
+
+/* A damaged file, reported as coming from the `func` in scope. */
+#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
 
 #define FORMAT_MAJOR 1
 /* The newest minor version this library knows.  A file is written with the oldest minor
@@ -165,15 +169,18 @@ int ulpt__file_encode(const char *func, const ulpt_allocator *a, const ulpt_prom
                       int level, const ulpt_section_out *extra, int n_extra, size_t prefix,
                       unsigned char **base, size_t *len);
 
-/* Everything from a file's bytes; opt NULL: the prompt only; zo (with opt) not NULL:
- * the forward-only trainer of a ZOST checkpoint too.  info, if not NULL, describes the
- * file. */
-int ulpt__file_decode(const char *func, const unsigned char *b, size_t len, ulpt_prompt **out,
-                      ulpt_optimizer **opt, ulpt_zo **zo, ulpt_file_info *info);
+/* The SHAP section's size and reserved field (end of check 3). */
+int ulpt__shape_check(const char *func, const ulpt_container *c);
 
-/* Read path and decode it (opt, zo and info as for ulpt__file_decode). */
-int ulpt__file_load(const char *func, const char *path, ulpt_prompt **out, ulpt_optimizer **opt,
-                    ulpt_zo **zo, ulpt_file_info *info);
+/* The parameter count and n_tokens x dim a checked SHAP section declares. */
+double ulpt__shape_params(const ulpt_container *c);
+double ulpt__shape_rows(const ulpt_container *c);
+
+/* The prompt of a file whose container and sections passed (checks 4-8): shape, memory
+ * (with `extra` bytes for what the caller builds on it; checkpoint: with an optimizer),
+ * tensor, fingerprint, values, metadata.  *tp describes the parameter tensor. */
+int ulpt__prompt_decode(const char *func, const ulpt_container *c, size_t len, int checkpoint,
+                        double extra, ulpt_prompt **out, ulpt_tensor *tp);
 
 /* ---- checkpoints (checkpoint.c) ----------------------------------------------------- */
 

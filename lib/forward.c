@@ -114,10 +114,9 @@ static void gemm_forward(const ulpt_prompt *p, const float *proj, const float *z
     }
 }
 
-int ulpt__prompt_forward(const char *func, const ulpt_prompt *p, float *embeddings, size_t ld)
+/* Arguments and parameters, as both forwards check them (the caller is counted in). */
+static int forward_check(const char *func, const ulpt_prompt *p, size_t ld)
 {
-    if (!p || !embeddings)
-        return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !p ? "prompt" : "embeddings");
     if (ld < p->d || ld > INT_MAX)
         return ulpt__error(ULPT_ERR_INVALID, func, "row stride %zu is outside [dim %u, %d]", ld,
                            p->d, INT_MAX);
@@ -128,23 +127,26 @@ int ulpt__prompt_forward(const char *func, const ulpt_prompt *p, float *embeddin
         return ulpt__error(ULPT_ERR_NONFINITE, func, "parameter %s is %g", name,
                            (double)p->params[bad]);
     }
+    return ULPT_OK;
+}
+
+/* 1 if the kernel this forward runs is faster with the prompt's scratch: the fused one at
+ * ranks 1 and 2.  A bank's views have none. */
+static int wants_scratch(const ulpt_prompt *p)
+{
+    return p->kind != ULPT_PROJ_IDENTITY && use_fused(p) && p->ws_m &&
+           ulpt__fused_forward_work(p->r, p->d);
+}
+
+/* E into embeddings; work: the scratch the fused kernel may use, or NULL. */
+static void forward_run(const ulpt_prompt *p, float *embeddings, size_t ld, float *work)
+{
     if (p->kind == ULPT_PROJ_IDENTITY) {
         identity_forward(p, embeddings, ld);
-        return ULPT_OK;
+        return;
     }
     const size_t r = p->r, d = p->d, ng = p->n / p->groups;
     const int fused = use_fused(p);
-    /* At ranks 1 and 2 the fused kernel runs faster with scratch than on the stack.  No
-     * call that writes the prompt may run alongside a forward (the header's threading
-     * rules), so backward's scratch is free; but several forwards may run on one prompt
-     * at once, so one of them at a time takes it and the others run without, to the
-     * same bits.  A bank's views have none. */
-    atomic_int *busy = (atomic_int *)&p->scratch_busy; /* never a const object */
-    float *work = NULL;
-    if (fused && p->ws_m && ulpt__fused_forward_work(r, d) &&
-        !atomic_load_explicit(busy, memory_order_relaxed) && /* no write while it is held */
-        !atomic_exchange_explicit(busy, 1, memory_order_acquire))
-        work = p->ws_m;
     for (size_t g = 0; g < p->groups; g++) {
         const float *proj = ulpt_projection_data(p->proj[g]), *z = p->z + g * ng * r;
         float *e = embeddings + g * ng * ld;
@@ -153,9 +155,41 @@ int ulpt__prompt_forward(const char *func, const ulpt_prompt *p, float *embeddin
         else
             gemm_forward(p, proj, z, ng, e, ld);
     }
-    if (work)
-        atomic_store_explicit(busy, 0, memory_order_release);
-    return ULPT_OK;
+}
+
+int ulpt__prompt_forward(const char *func, const ulpt_prompt *p, float *embeddings, size_t ld)
+{
+    if (!p || !embeddings)
+        return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !p ? "prompt" : "embeddings");
+    /* Count this forward in as a reader: writers wait for no one and refuse while it runs
+     * (lock.c).  Several forwards may run on one prompt at once; the first to find
+     * backward's scratch free takes it (ULPT__LOCK_SCRATCH) and the others run without,
+     * to the same bits. */
+    ulpt_lock *l = (ulpt_lock *)&p->lock; /* never a const object */
+    int rc = ulpt__lock_read(func, l, "prompt");
+    if (rc)
+        return rc;
+    unsigned took = 0;
+    if (!(rc = forward_check(func, p, ld))) {
+        float *work = NULL;
+        if (wants_scratch(p) &&
+            !(atomic_load_explicit(&l->word, memory_order_relaxed) & ULPT__LOCK_SCRATCH) &&
+            !(atomic_fetch_or_explicit(&l->word, ULPT__LOCK_SCRATCH, memory_order_acquire) &
+              ULPT__LOCK_SCRATCH))
+            took = ULPT__LOCK_SCRATCH, work = p->ws_m;
+        forward_run(p, embeddings, ld, work);
+    }
+    /* out, with the scratch bit if this forward set it */
+    atomic_fetch_sub_explicit(&l->word, 1 + took, memory_order_release);
+    return rc;
+}
+
+int ulpt__prompt_forward_held(const char *func, ulpt_prompt *p, float *embeddings, size_t ld)
+{
+    int rc = forward_check(func, p, ld);
+    if (!rc)
+        forward_run(p, embeddings, ld, wants_scratch(p) ? p->ws_m : NULL);
+    return rc;
 }
 
 /* The GEMM path, one group: M = [Z_g | 1]^T . G_g gives dL/ds (rows 0..r-1, with P_g)
@@ -238,7 +272,14 @@ int ulpt__prompt_backward(const char *func, ulpt_prompt *p, const float *grad, s
 
 int ulpt_prompt_backward(ulpt_prompt *p, const float *grad, size_t ld)
 {
-    int rc = ulpt__prompt_backward(__func__, p, grad, ld);
+    if (!p || !grad)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : "grad");
+    /* the scratch and the gradients: no forward may be using the one, no step the other */
+    int rc = ulpt__lock_hold(__func__, &p->lock, "prompt", 1);
+    if (rc)
+        return rc;
+    rc = ulpt__prompt_backward(__func__, p, grad, ld);
+    ulpt__lock_release(&p->lock);
     /* As documented, non-finite gradients are kept here; ulpt_optimizer_step refuses them. */
     return rc == ULPT_ERR_NONFINITE ? ULPT_OK : rc;
 }

@@ -25,6 +25,9 @@ ULPT__MUST_CHECK int ulpt__error(int code, const char *func, const char *fmt, ..
 #endif
     ;
 #define ULPT_FAIL(code, ...) ulpt__error((code), __func__, __VA_ARGS__)
+/* A bad option (ULPT_ERR_INVALID), reported as coming from the public call `func` in
+ * scope that was given it. */
+#define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, func, __VA_ARGS__)
 
 /* ---- versioned structs (versioned.c) ----------------------------------------------- */
 
@@ -36,6 +39,14 @@ typedef struct {
     const void *defaults; /* a whole latest-version struct */
 } ulpt_versioned;
 
+/* The one definition of a versioned struct's table: NAME (a ulpt_versioned) and
+ * NAME_defaults (the INIT macro's struct), for structs with one version so far.  A new
+ * version appends its size to NAME's size table. */
+#define ULPT__VERSIONED(name, type, version, what, init)                                  \
+    static const size_t name##_size[(version) + 1] = { 0, sizeof(type) };               \
+    static const type name##_defaults = init;                                            \
+    static const ulpt_versioned name = { what, (version), name##_size, &name##_defaults }
+
 /* out (a latest-version struct) = the defaults, overwritten by as many bytes of in as
  * its version has; in NULL: the defaults.  ULPT_ERR_INVALID for an unknown version. */
 int ulpt__versioned_read(const char *func, const ulpt_versioned *t, const void *in, void *out);
@@ -45,6 +56,34 @@ int ulpt__versioned_read(const char *func, const ulpt_versioned *t, const void *
  * ULPT_ERR_INVALID for an unknown version, out untouched (the caller checks NULL). */
 int ulpt__versioned_write(const char *func, const ulpt_versioned *t, void *out, unsigned version,
                           const void *src);
+
+/* ---- the threading rules (lock.c) ----------------------------------------------------- */
+
+/* The word a prompt, optimizer or forward-only handle is guarded by: readers (forward,
+ * saves) count themselves in; one call at a time holds it (HELD), and while the holder
+ * changes what readers see it sets WRITE, which turns readers away.  Every call either
+ * gets what it asks for at once or returns ULPT_ERR_BUSY naming the holder. */
+#define ULPT__LOCK_READERS 0x00ffffffu
+#define ULPT__LOCK_SCRATCH (1u << 24) /* a prompt's: a forward borrows the scratch */
+#define ULPT__LOCK_HELD (1u << 25)
+#define ULPT__LOCK_WRITE (1u << 26)
+typedef struct {
+    atomic_uint word;
+    _Atomic(const char *) holder; /* the public call holding it, for messages */
+} ulpt_lock;
+
+void ulpt__lock_init(ulpt_lock *l);
+/* Count a reader in (ULPT_ERR_BUSY while WRITE is set); ulpt__lock_unread counts it out. */
+ULPT__MUST_CHECK int ulpt__lock_read(const char *func, ulpt_lock *l, const char *what);
+void ulpt__lock_unread(ulpt_lock *l);
+/* Hold an idle object (no holder, no reader) for func, with WRITE set if `write`. */
+ULPT__MUST_CHECK int ulpt__lock_hold(const char *func, ulpt_lock *l, const char *what,
+                                     int write);
+/* The holder starts writing (no reader may be in: ULPT_ERR_BUSY), or stops. */
+ULPT__MUST_CHECK int ulpt__lock_write(const char *func, ulpt_lock *l, const char *what);
+void ulpt__lock_unwrite(ulpt_lock *l);
+/* The holder lets go (HELD and WRITE cleared). */
+void ulpt__lock_release(ulpt_lock *l);
 
 /* ---- allocation (embed.c) ------------------------------------------------------- */
 
@@ -87,6 +126,9 @@ void ulpt__zo_direction(float *out, size_t count, uint64_t seed, uint64_t index,
 /* Check options (a full current-version struct) as ulpt_zo_create does, naming the
  * field in an ULPT_ERR_INVALID from func; batch 0 becomes 2q. */
 int ulpt__zo_check_options(const char *func, ulpt_zo_options *o);
+
+/* The handle's lock, for the checkpoint that reads it. */
+const ulpt_lock *ulpt__zo_lock(const ulpt_zo *zo);
 
 /* Bytes ulpt_zo_create takes for these options (batch resolved), a prompt of n_params
  * parameters and n_tokens x dim = nd rows: the load bound of a checkpoint counts them. */
@@ -215,9 +257,10 @@ struct ulpt_prompt {
        P_g diag(s) (r x d); from ws_m on, the fused kernel's work area where that is
        longer */
     float *ws_z1, *ws_m, *ws_ps;
-    /* 1 while a forward borrows the scratch from ws_m on (see forward.c): several
-       forwards may run on one prompt at once, and only one may use it */
-    atomic_int scratch_busy;
+    /* readers, holder and writer (lock.c); its ULPT__LOCK_SCRATCH bit is set while a
+       forward borrows the scratch from ws_m on (forward.c): several forwards may run on
+       one prompt at once, and only one may use it */
+    ulpt_lock lock;
     ulpt_meta meta;
     ulpt_work work;
 };
@@ -229,7 +272,12 @@ struct ulpt_optimizer {
     uint64_t steps;
     size_t n;     /* parameters */
     float *m, *v; /* Adam moments; SGD keeps its momentum buffer in m */
+    ulpt_lock lock;
 };
+
+/* ulpt_optimizer_step for a caller that holds o and its prompt with WRITE set; errors
+ * named as from func (optimizer.c). */
+ULPT__MUST_CHECK int ulpt__optimizer_step(const char *func, ulpt_optimizer *o);
 
 /* ---- numeric checks --------------------------------------------------------------- */
 
@@ -264,9 +312,15 @@ ULPT__MUST_CHECK int ulpt__prompt_reserve(const char *func, ulpt_prompt *p, uint
 ULPT__MUST_CHECK int ulpt__prompt_forward(const char *func, const ulpt_prompt *p,
                                           float *embeddings, size_t ld);
 
+/* The same for a caller that holds p with WRITE set (so no reader is in and the scratch
+ * is free): the forward-only step, between writing a perturbation and undoing it. */
+ULPT__MUST_CHECK int ulpt__prompt_forward_held(const char *func, ulpt_prompt *p,
+                                               float *embeddings, size_t ld);
+
 /* ulpt_prompt_backward with errors reported as coming from func, and
  * ULPT_ERR_NONFINITE (with no message set) when a gradient it added came out NaN or
- * infinite: G held one, or a sum overflowed.  The gradients are changed either way. */
+ * infinite: G held one, or a sum overflowed.  The gradients are changed either way.
+ * The caller holds p with WRITE set. */
 ULPT__MUST_CHECK int ulpt__prompt_backward(const char *func, ulpt_prompt *p, const float *grad,
                                            size_t ld);
 

@@ -4,7 +4,9 @@
  * target and syncs the directory: at every instant the target is the old file or the new
  * one, never a mix.  The system calls go through ulpt__io so that tests can make each
  * one fail. */
+#ifndef _DEFAULT_SOURCE
 #define _DEFAULT_SOURCE /* realpath, PATH_MAX, fchmod */
+#endif
 #include "internal.h"
 
 #include <errno.h>

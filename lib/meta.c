@@ -87,15 +87,14 @@ ULPT__MUST_CHECK static int reserve(const ulpt_allocator *a, ulpt_meta *m)
     return 1;
 }
 
-int ulpt_prompt_set_meta(ulpt_prompt *p, const char *key, const char *value)
+/* ulpt_prompt_set_meta, for a caller that holds p. */
+static int set_meta(const char *func, ulpt_prompt *p, const char *key, const char *value)
 {
-    if (!p || !key)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : "key");
     size_t klen = strlen(key), bad;
     if (klen == 0 || klen > META_MAX_KEY)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "key length %zu is outside 1..%d", klen, META_MAX_KEY);
+        return ulpt__error(ULPT_ERR_INVALID, func, "key length %zu is outside 1..%d", klen, META_MAX_KEY);
     if ((bad = utf8_bad_at((const unsigned char *)key, klen)) < klen)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "key is not UTF-8 (byte %zu)", bad);
+        return ulpt__error(ULPT_ERR_INVALID, func, "key is not UTF-8 (byte %zu)", bad);
     ulpt_meta *m = &p->meta;
     size_t at = find(m, key);
     if (!value) {
@@ -110,16 +109,16 @@ int ulpt_prompt_set_meta(ulpt_prompt *p, const char *key, const char *value)
     }
     size_t vlen = strlen(value);
     if (vlen > META_MAX_VALUE)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "value of \"%s\" is %zu bytes, over %d", key, vlen,
+        return ulpt__error(ULPT_ERR_INVALID, func, "value of \"%s\" is %zu bytes, over %d", key, vlen,
                          META_MAX_VALUE);
     if ((bad = utf8_bad_at((const unsigned char *)value, vlen)) < vlen)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "value of \"%s\" is not UTF-8 (byte %zu)", key, bad);
+        return ulpt__error(ULPT_ERR_INVALID, func, "value of \"%s\" is not UTF-8 (byte %zu)", key, bad);
     if (at == SIZE_MAX && m->count >= META_MAX_PAIRS)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "a prompt holds at most %d metadata keys",
+        return ulpt__error(ULPT_ERR_INVALID, func, "a prompt holds at most %d metadata keys",
                          META_MAX_PAIRS);
     char *v = copy(&p->al, value, vlen);
     if (!v)
-        return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for the value of \"%s\"", key);
+        return ulpt__error(ULPT_ERR_NOMEM, func, "no memory for the value of \"%s\"", key);
     if (at != SIZE_MAX) {
         ulpt__free(&p->al, m->values[at]);
         m->values[at] = v;
@@ -129,12 +128,25 @@ int ulpt_prompt_set_meta(ulpt_prompt *p, const char *key, const char *value)
     if (!k || !reserve(&p->al, m)) {
         ulpt__free(&p->al, k);
         ulpt__free(&p->al, v);
-        return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for metadata key \"%s\"", key);
+        return ulpt__error(ULPT_ERR_NOMEM, func, "no memory for metadata key \"%s\"", key);
     }
     m->keys[m->count] = k;
     m->values[m->count] = v;
     m->count++;
     return ULPT_OK;
+}
+
+int ulpt_prompt_set_meta(ulpt_prompt *p, const char *key, const char *value)
+{
+    if (!p || !key)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !p ? "prompt" : "key");
+    /* saves read the metadata */
+    int rc = ulpt__lock_hold(__func__, &p->lock, "prompt", 1);
+    if (rc)
+        return rc;
+    rc = set_meta(__func__, p, key, value);
+    ulpt__lock_release(&p->lock);
+    return rc;
 }
 
 const char *ulpt_prompt_get_meta(const ulpt_prompt *p, const char *key)
@@ -190,8 +202,6 @@ ulpt_section_out ulpt__meta_section(const ulpt_meta *m)
 {
     return (ulpt_section_out){ TAG_META, 0, meta_bytes(m), write_meta, m };
 }
-
-#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
 
 int ulpt__meta_check(const char *func, const ulpt_section *s)
 {

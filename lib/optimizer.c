@@ -12,26 +12,20 @@
 
 static int bad_range(double x, double lo, double hi) { return !(x >= lo && x < hi); }
 
-/* Errors found while checking options name the public call that got them. */
-#define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, "ulpt_optimizer_create", __VA_ARGS__)
 
 /* The bytes of ulpt_optimizer_options each version has (see prompt.c). */
-static const size_t options_size[ULPT_OPTIMIZER_OPTIONS_VERSION + 1] = {
-    0, sizeof(ulpt_optimizer_options),
-};
-static const ulpt_optimizer_options defaults = ULPT_OPTIMIZER_OPTIONS_INIT;
-static const ulpt_versioned options_v = {
-    "options", ULPT_OPTIMIZER_OPTIONS_VERSION, options_size, &defaults,
-};
+ULPT__VERSIONED(optimizer_options_v, ulpt_optimizer_options, ULPT_OPTIMIZER_OPTIONS_VERSION, "options",
+                ULPT_OPTIMIZER_OPTIONS_INIT);
 
 int ulpt_optimizer_options_init(ulpt_optimizer_options *opts, unsigned version)
 {
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
+    return ulpt__versioned_write(__func__, &optimizer_options_v, opts, version,
+                                 &optimizer_options_v_defaults);
 }
 
-ULPT__MUST_CHECK static int check_options(const ulpt_optimizer_options *o)
+ULPT__MUST_CHECK static int check_optimizer_options(const char *func, const ulpt_optimizer_options *o)
 {
     if (o->kind < ULPT_OPT_SGD || o->kind > ULPT_OPT_ADAMW)
         return BAD_OPTION("unknown optimizer kind %d", o->kind);
@@ -50,8 +44,7 @@ ULPT__MUST_CHECK static int check_options(const ulpt_optimizer_options *o)
     if (bad_range(o->max_grad_norm, 0, INFINITY))
         return BAD_OPTION("max_grad_norm %g is not a finite number >= 0", o->max_grad_norm);
     if (o->schedule != ULPT_SCHED_CONSTANT && o->total_steps <= o->warmup_steps)
-        return ulpt__error(ULPT_ERR_INVALID, "ulpt_optimizer_create",
-                           "total_steps %llu must exceed warmup_steps %llu for a decaying schedule",
+        return BAD_OPTION("total_steps %llu must exceed warmup_steps %llu for a decaying schedule",
                            (unsigned long long)o->total_steps, (unsigned long long)o->warmup_steps);
     return ULPT_OK;
 }
@@ -62,12 +55,12 @@ int ulpt_optimizer_create(ulpt_optimizer **out, ulpt_prompt *prompt,
     if (!out || !prompt)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !out ? "out" : "prompt");
     ulpt_optimizer_options opt;
-    int rc = ulpt__versioned_read(__func__, &options_v, opts, &opt);
+    int rc = ulpt__versioned_read(__func__, &optimizer_options_v, opts, &opt);
     if (rc)
         return rc;
     if (opt.weight_decay == ULPT_WEIGHT_DECAY_DEFAULT)
         opt.weight_decay = opt.kind == ULPT_OPT_ADAMW ? 0.01 : 0.0;
-    if ((rc = check_options(&opt)) != ULPT_OK)
+    if ((rc = check_optimizer_options(__func__, &opt)) != ULPT_OK)
         return rc;
 
     size_t n = ulpt_prompt_num_params(prompt);
@@ -79,14 +72,20 @@ int ulpt_optimizer_create(ulpt_optimizer **out, ulpt_prompt *prompt,
         return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for an optimizer over %zu parameters", n);
     }
     /* Last, as it is the one step that changes the prompt (all or nothing): E and G for
-     * ulpt_train_step, so that no step allocates. */
-    rc = ulpt__prompt_reserve(__func__, prompt, 1, 1);
+     * ulpt_train_step, so that no step allocates.  The buffers may move: no step or
+     * forward may be running on the prompt. */
+    rc = ulpt__lock_hold(__func__, &prompt->lock, "prompt", 1);
+    if (!rc) {
+        rc = ulpt__prompt_reserve(__func__, prompt, 1, 1);
+        ulpt__lock_release(&prompt->lock);
+    }
     if (rc) {
         ulpt__free(&al, buf);
         ulpt__free(&al, o);
         return rc;
     }
     o->al = al;
+    ulpt__lock_init(&o->lock);
     o->prompt = prompt;
     o->opt = opt;
     o->opt.version = ULPT_OPTIMIZER_OPTIONS_VERSION;
@@ -143,10 +142,8 @@ static double sum_squares(const float *restrict g, size_t n)
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-int ulpt_optimizer_step(ulpt_optimizer *o)
+int ulpt__optimizer_step(const char *func, ulpt_optimizer *o)
 {
-    if (!o)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "optimizer is NULL");
     /* restrict: the four arrays never overlap, which lets the loops below vectorise */
     float *restrict p = ulpt_prompt_params(o->prompt), *restrict g = ulpt_prompt_grads(o->prompt);
     float *restrict m = o->m, *restrict v = o->v;
@@ -156,8 +153,8 @@ int ulpt_optimizer_step(ulpt_optimizer *o)
     /* The norm doubles as the finiteness check: refuse before touching anything. */
     double sq = sum_squares(g, n);
     if (!isfinite(sq))
-        return ULPT_FAIL(ULPT_ERR_NONFINITE,
-                         "a gradient is NaN or infinite (or overflows the norm)");
+        return ulpt__error(ULPT_ERR_NONFINITE, func,
+                           "a gradient is NaN or infinite (or overflows the norm)");
     if (op->max_grad_norm > 0) {
         float coef = (float)(op->max_grad_norm / (sqrt(sq) + 1e-6));
         if (coef < 1.0f)
@@ -204,6 +201,21 @@ int ulpt_optimizer_step(ulpt_optimizer *o)
     return ULPT_OK;
 }
 
+int ulpt_optimizer_step(ulpt_optimizer *o)
+{
+    if (!o)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "optimizer is NULL");
+    int rc = ulpt__lock_hold(__func__, &o->lock, "optimizer", 1);
+    if (rc)
+        return rc;
+    if (!(rc = ulpt__lock_hold(__func__, &o->prompt->lock, "optimizer's prompt", 1))) {
+        rc = ulpt__optimizer_step(__func__, o);
+        ulpt__lock_release(&o->prompt->lock);
+    }
+    ulpt__lock_release(&o->lock);
+    return rc;
+}
+
 uint64_t ulpt_optimizer_step_count(const ulpt_optimizer *o) { return o ? o->steps : 0; }
 float ulpt_optimizer_lr(const ulpt_optimizer *o) { return o ? (float)current_lr(o) : 0.0f; }
 double ulpt_optimizer_lr_double(const ulpt_optimizer *o) { return o ? current_lr(o) : 0.0; }
@@ -213,5 +225,5 @@ int ulpt_optimizer_get_options(ulpt_optimizer_options *opts, const ulpt_optimize
 {
     if (!opts || !o)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !opts ? "opts" : "optimizer");
-    return ulpt__versioned_write(__func__, &options_v, opts, opts->version, &o->opt);
+    return ulpt__versioned_write(__func__, &optimizer_options_v, opts, opts->version, &o->opt);
 }

@@ -8,27 +8,21 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Errors found while checking options name the public call that got them. */
-#define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, func, __VA_ARGS__)
 
 /* The bytes of ulpt_prompt_options each version has: a caller built against an older
  * header passes a shorter struct, whose missing fields keep their defaults. */
-static const size_t options_size[ULPT_PROMPT_OPTIONS_VERSION + 1] = {
-    0, sizeof(ulpt_prompt_options),
-};
-static const ulpt_prompt_options defaults = ULPT_PROMPT_OPTIONS_INIT;
-static const ulpt_versioned options_v = {
-    "options", ULPT_PROMPT_OPTIONS_VERSION, options_size, &defaults,
-};
+ULPT__VERSIONED(prompt_options_v, ulpt_prompt_options, ULPT_PROMPT_OPTIONS_VERSION, "options",
+                ULPT_PROMPT_OPTIONS_INIT);
 
 int ulpt_prompt_options_init(ulpt_prompt_options *opts, unsigned version)
 {
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
+    return ulpt__versioned_write(__func__, &prompt_options_v, opts, version,
+                                 &prompt_options_v_defaults);
 }
 
-ULPT__MUST_CHECK static int check_options(const char *func, const ulpt_prompt_options *o)
+ULPT__MUST_CHECK static int check_prompt_options(const char *func, const ulpt_prompt_options *o)
 {
     if (o->projection_kind < ULPT_PROJ_XAVIER_UNIFORM || o->projection_kind > ULPT_PROJ_IDENTITY)
         return BAD_OPTION("unknown projection kind %d", o->projection_kind);
@@ -85,10 +79,10 @@ ULPT__MUST_CHECK static int layout(const ulpt_prompt_options *o, size_t *n_param
 
 /* The projections of a prompt: shared ones must be exactly those the options imply. */
 ULPT__MUST_CHECK static int check_shared(const char *func, const ulpt_prompt_options *o,
-                                         ulpt_projection *const *shared)
+                                         ulpt_projection *const *given)
 {
     for (uint32_t g = 0; g < o->n_groups; g++) {
-        const ulpt_projection *pr = shared[g];
+        const ulpt_projection *pr = given[g];
         if (!pr)
             return ulpt__error(ULPT_ERR_INVALID, func, "projection of group %u is NULL", g);
         uint64_t seed = ulpt__group_seed(o->projection_seed, g);
@@ -107,16 +101,16 @@ ULPT__MUST_CHECK static int check_shared(const char *func, const ulpt_prompt_opt
 
 ULPT__MUST_CHECK static int create(const char *func, ulpt_prompt **out,
                                    const ulpt_prompt_options *in,
-                                   ulpt_projection *const *shared)
+                                   ulpt_projection *const *given)
 {
     if (!out || !in)
         return ulpt__error(ULPT_ERR_INVALID, func, "%s is NULL", !out ? "out" : "opts");
     ulpt_prompt_options o, *opts = &o;
-    int rc = ulpt__versioned_read(func, &options_v, in, &o);
+    int rc = ulpt__versioned_read(func, &prompt_options_v, in, &o);
     if (!rc)
-        rc = check_options(func, opts);
-    if (!rc && shared)
-        rc = check_shared(func, opts, shared);
+        rc = check_prompt_options(func, opts);
+    if (!rc && given)
+        rc = check_shared(func, opts, given);
     if (rc)
         return rc;
     size_t n_params, n_scratch;
@@ -129,7 +123,7 @@ ULPT__MUST_CHECK static int create(const char *func, ulpt_prompt **out,
     if (!p)
         return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for a prompt");
     p->al = al;
-    atomic_init(&p->scratch_busy, 0);
+    ulpt__lock_init(&p->lock);
     p->n = opts->n_tokens;
     p->r = opts->rank;
     p->d = opts->dim;
@@ -146,8 +140,8 @@ ULPT__MUST_CHECK static int create(const char *func, ulpt_prompt **out,
                            n_params);
     }
     for (uint32_t g = 0; g < p->groups; g++) {
-        if (shared) {
-            p->proj[g] = ulpt__projection_ref(shared[g]);
+        if (given) {
+            p->proj[g] = ulpt__projection_ref(given[g]);
         } else if (ulpt_projection_create(&p->proj[g], ulpt__group_seed(opts->projection_seed, g),
                                           p->r, p->d, p->kind)) {
             ulpt_prompt_free(p);
@@ -217,6 +211,7 @@ void ulpt__prompt_view(ulpt_prompt *v, uint32_t n, uint32_t r, uint32_t d, uint3
         .proj = (ulpt_projection **)proj, .n_params = (size_t)n * r,
         .params = (float *)z, .z = (float *)z, .s = (float *)s, .b = (float *)b,
     };
+    ulpt__lock_init(&v->lock);
 }
 
 size_t ulpt__first_nonfinite(const ulpt_prompt *p)
@@ -271,8 +266,11 @@ int ulpt__prompt_reserve(const char *func, ulpt_prompt *p, uint32_t n_e, uint32_
 
 void ulpt_prompt_zero_grad(ulpt_prompt *p)
 {
-    if (p)
-        memset(p->grads, 0, p->n_params * sizeof(float));
+    /* void, so a busy prompt is left as it is, with the message set */
+    if (!p || ulpt__lock_hold(__func__, &p->lock, "prompt", 1) != ULPT_OK)
+        return;
+    memset(p->grads, 0, p->n_params * sizeof(float));
+    ulpt__lock_release(&p->lock);
 }
 
 size_t ulpt_prompt_num_params(const ulpt_prompt *p) { return p ? p->n_params : 0; }

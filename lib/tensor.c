@@ -116,8 +116,6 @@ ulpt_section_out ulpt__tensor_section(uint32_t tag, const ulpt_tensor *t)
     return (ulpt_section_out){ tag, SECTION_REQUIRED, TENSOR_BYTES + t->len, write_tensor, t };
 }
 
-#define CORRUPT(...) ulpt__error(ULPT_ERR_CORRUPT, func, __VA_ARGS__)
-
 int ulpt__tensor_check(const char *func, const ulpt_section *s, size_t count, const char *what,
                        ulpt_tensor *t)
 {

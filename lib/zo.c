@@ -14,10 +14,9 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Errors found while checking options name the public call that got them. */
-#define BAD_OPTION(...) ulpt__error(ULPT_ERR_INVALID, func, __VA_ARGS__)
 /* and those found inside a step, the step */
-#define STEP_FAIL(code, ...) ulpt__error((code), "ulpt_zo_step", __VA_ARGS__)
+#define STEP_FUNC "ulpt_zo_step"
+#define STEP_FAIL(code, ...) ulpt__error((code), STEP_FUNC, __VA_ARGS__)
 
 /* directions <= 2^30 keeps 2q in a uint32; elements < 2^34 keeps the block index of the
  * stream in one counter word */
@@ -36,22 +35,18 @@ struct ulpt_zo {
        call gets and the saved gradients are the prompt's working buffers (internal.h) */
     double *losses;   /* 2q */
     float *theta, *u; /* n_params each */
+    ulpt_lock lock;   /* a step holds it; the position is what it writes (lock.c) */
 };
 
 /* The bytes of ulpt_zo_options each version has (see prompt.c). */
-static const size_t options_size[ULPT_ZO_OPTIONS_VERSION + 1] = {
-    0, sizeof(ulpt_zo_options),
-};
-static const ulpt_zo_options defaults = ULPT_ZO_OPTIONS_INIT;
-static const ulpt_versioned options_v = {
-    "options", ULPT_ZO_OPTIONS_VERSION, options_size, &defaults,
-};
+ULPT__VERSIONED(zo_options_v, ulpt_zo_options, ULPT_ZO_OPTIONS_VERSION, "options",
+                ULPT_ZO_OPTIONS_INIT);
 
 int ulpt_zo_options_init(ulpt_zo_options *opts, unsigned version)
 {
     if (!opts)
         return ULPT_FAIL(ULPT_ERR_INVALID, "opts is NULL");
-    return ulpt__versioned_write(__func__, &options_v, opts, version, &defaults);
+    return ulpt__versioned_write(__func__, &zo_options_v, opts, version, &zo_options_v_defaults);
 }
 
 int ulpt__zo_check_options(const char *func, ulpt_zo_options *o)
@@ -81,7 +76,7 @@ int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *opt, const ulp
     if (ulpt_optimizer_prompt(opt) != p)
         return ULPT_FAIL(ULPT_ERR_MISMATCH, "the optimizer was created for another prompt");
     ulpt_zo_options o;
-    int rc = ulpt__versioned_read(func, &options_v, opts, &o);
+    int rc = ulpt__versioned_read(func, &zo_options_v, opts, &o);
     if (!rc)
         rc = ulpt__zo_check_options(func, &o);
     if (rc)
@@ -107,14 +102,20 @@ int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *opt, const ulp
         ulpt__free(&al, z);
         return ULPT_FAIL(ULPT_ERR_NOMEM, "no memory for %zu bytes of forward-only buffers", bytes);
     }
-    /* last, the one step that changes the prompt (all or nothing): k slots of E */
-    rc = ulpt__prompt_reserve(func, p, o.batch, 0);
+    /* last, the one step that changes the prompt (all or nothing): k slots of E, which
+       may move, so no step or forward may be running on it */
+    rc = ulpt__lock_hold(func, &p->lock, "prompt", 1);
+    if (!rc) {
+        rc = ulpt__prompt_reserve(func, p, o.batch, 0);
+        ulpt__lock_release(&p->lock);
+    }
     if (rc) {
         ulpt__free(&al, buf);
         ulpt__free(&al, z);
         return rc;
     }
     z->al = al;
+    ulpt__lock_init(&z->lock);
     z->prompt = p;
     z->opt = opt;
     z->o = o;
@@ -187,10 +188,17 @@ static int evaluate(ulpt_zo *z, ulpt_zo_loss_fn fn, void *user)
         if (s % 2 == 0)
             direction(z, z->position + s / 2, z->u);
         const float sign = s % 2 ? -eps : eps;
+        /* readers (a forward from the callback, or from another thread) must not see
+           theta perturbed */
+        int rc = ulpt__lock_write(STEP_FUNC, &z->prompt->lock, "prompt");
+        if (rc)
+            return rc;
         for (size_t i = 0; i < npert; i++)
             theta[i] = z->theta[i] + sign * z->u[i];
-        int rc = ulpt_prompt_forward(z->prompt, z->prompt->work.e + (size_t)(s - first) * nd, d);
+        rc = ulpt__prompt_forward_held(STEP_FUNC, z->prompt,
+                                       z->prompt->work.e + (size_t)(s - first) * nd, d);
         memcpy(theta, z->theta, npert * sizeof(float));
+        ulpt__lock_unwrite(&z->prompt->lock);
         if (rc) { /* forward's message names the parameter */
             char why[512];
             snprintf(why, sizeof why, "%s", ulpt_last_error());
@@ -206,10 +214,9 @@ static int evaluate(ulpt_zo *z, ulpt_zo_loss_fn fn, void *user)
     return ULPT_OK;
 }
 
-int ulpt_zo_step(double *loss, ulpt_zo *zo, ulpt_zo_loss_fn loss_fn, void *user)
+/* The step itself; the caller holds zo, its optimizer and its prompt. */
+static int zo_run(double *loss, ulpt_zo *zo, ulpt_zo_loss_fn loss_fn, void *user)
 {
-    if (!zo || !loss_fn)
-        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !zo ? "zo" : "loss_fn");
     int rc = evaluate(zo, loss_fn, user);
     if (rc)
         return rc;
@@ -223,30 +230,64 @@ int ulpt_zo_step(double *loss, ulpt_zo *zo, ulpt_zo_loss_fn loss_fn, void *user)
     for (uint32_t j = 0; j < q; j++) { /* each coefficient must fit a float */
         const double c = (zo->losses[2 * j] - zo->losses[2 * j + 1]) / (2.0 * q * (double)zo->eps);
         if (!(fabs(c) <= FLT_MAX))
-            return ULPT_FAIL(ULPT_ERR_NONFINITE, "the gradient estimate of direction %u "
+            return STEP_FAIL(ULPT_ERR_NONFINITE, "the gradient estimate of direction %u "
                              "overflows float (losses %g and %g); nothing was changed", j,
                              zo->losses[2 * j], zo->losses[2 * j + 1]);
     }
-    float *grads = ulpt_prompt_grads(zo->prompt);
-    memcpy(zo->prompt->work.saved_grads, grads, np * sizeof(float));
-    memset(grads, 0, np * sizeof(float));
-    for (uint32_t j = 0; j < q; j++) {
-        const float c = (float)((zo->losses[2 * j] - zo->losses[2 * j + 1]) /
-                                (2.0 * q * (double)zo->eps));
-        direction(zo, zo->position + j, zo->u);
-        for (size_t i = 0; i < npert; i++)
-            grads[i] += c * zo->u[i];
+    /* from here on the step writes: no forward or save may still be reading */
+    ulpt_lock *held[] = { &zo->prompt->lock, &zo->opt->lock, &zo->lock };
+    static const char *const names[] = { "prompt", "optimizer", "forward-only handle" };
+    int w = 0;
+    for (; w < 3 && !rc; w++)
+        rc = ulpt__lock_write(STEP_FUNC, held[w], names[w]);
+    if (!rc) {
+        float *grads = ulpt_prompt_grads(zo->prompt);
+        memcpy(zo->prompt->work.saved_grads, grads, np * sizeof(float));
+        memset(grads, 0, np * sizeof(float));
+        for (uint32_t j = 0; j < q; j++) {
+            const float c = (float)((zo->losses[2 * j] - zo->losses[2 * j + 1]) /
+                                    (2.0 * q * (double)zo->eps));
+            direction(zo, zo->position + j, zo->u);
+            for (size_t i = 0; i < npert; i++)
+                grads[i] += c * zo->u[i];
+        }
+        rc = ulpt__optimizer_step(STEP_FUNC, zo->opt);
+        if (rc) { /* finite losses, but the estimate overflowed */
+            memcpy(grads, zo->prompt->work.saved_grads, np * sizeof(float));
+            rc = STEP_FAIL(rc, "the gradient estimate overflowed; nothing was changed");
+        } else {
+            zo->position += q;
+            if (loss)
+                *loss = mean;
+        }
+    } else {
+        w--; /* the one that failed is not held for writing */
     }
-    rc = ulpt_optimizer_step(zo->opt);
-    if (rc) { /* finite losses, but the estimate overflowed */
-        memcpy(grads, zo->prompt->work.saved_grads, np * sizeof(float));
-        return ULPT_FAIL(rc, "the gradient estimate overflowed; nothing was changed");
-    }
-    zo->position += q;
-    if (loss)
-        *loss = mean;
-    return ULPT_OK;
+    while (w-- > 0)
+        ulpt__lock_unwrite(held[w]);
+    return rc;
 }
+
+int ulpt_zo_step(double *loss, ulpt_zo *zo, ulpt_zo_loss_fn loss_fn, void *user)
+{
+    if (!zo || !loss_fn)
+        return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !zo ? "zo" : "loss_fn");
+    /* from entry to return, the handle, its optimizer and its prompt are the step's */
+    int rc = ulpt__lock_hold(__func__, &zo->lock, "forward-only handle", 0);
+    if (rc)
+        return rc;
+    if (!(rc = ulpt__lock_hold(__func__, &zo->opt->lock, "optimizer", 0))) {
+        if (!(rc = ulpt__lock_hold(__func__, &zo->prompt->lock, "prompt", 0))) {
+            rc = zo_run(loss, zo, loss_fn, user);
+            ulpt__lock_release(&zo->prompt->lock);
+        }
+        ulpt__lock_release(&zo->opt->lock);
+    }
+    ulpt__lock_release(&zo->lock);
+    return rc;
+}
+
+const ulpt_lock *ulpt__zo_lock(const ulpt_zo *zo) { return &zo->lock; }
 
 uint64_t ulpt_zo_position(const ulpt_zo *zo) { return zo ? zo->position : 0; }
 
@@ -254,7 +295,11 @@ int ulpt_zo_set_position(ulpt_zo *zo, uint64_t position)
 {
     if (!zo)
         return ULPT_FAIL(ULPT_ERR_INVALID, "zo is NULL");
+    int rc = ulpt__lock_hold(__func__, &zo->lock, "forward-only handle", 1);
+    if (rc)
+        return rc;
     zo->position = position;
+    ulpt__lock_release(&zo->lock);
     return ULPT_OK;
 }
 
@@ -270,7 +315,7 @@ int ulpt_zo_get_options(ulpt_zo_options *opts, const ulpt_zo *zo)
 {
     if (!opts || !zo)
         return ULPT_FAIL(ULPT_ERR_INVALID, "%s is NULL", !opts ? "opts" : "zo");
-    return ulpt__versioned_write(__func__, &options_v, opts, opts->version, &zo->o);
+    return ulpt__versioned_write(__func__, &zo_options_v, opts, opts->version, &zo->o);
 }
 
 ulpt_prompt *ulpt_zo_prompt(const ulpt_zo *zo) { return zo ? zo->prompt : NULL; }

@@ -424,13 +424,14 @@ TEST_LOOP(forward_without_the_scratch_gives_the_same_bits, 0, 2)
         float *buf = calloc(n * ld + 8, sizeof *buf), *e = buf + off;
         float *want = malloc(n * ld * sizeof *want);
         ck_assert_int_eq(ulpt_prompt_forward(p, e, ld), ULPT_OK);
-        ck_assert_int_eq(atomic_load(&p->scratch_busy), 0); /* given back */
+        ck_assert_uint_eq(atomic_load(&p->lock.word), 0); /* given back, counted out */
         memcpy(want, e, n * ld * sizeof *want);
         memset(buf, 0, (n * ld + 8) * sizeof *buf);
-        atomic_store(&p->scratch_busy, 1); /* as if another forward held it */
+        /* as if another forward were running and held the scratch */
+        atomic_store(&p->lock.word, 1 | ULPT__LOCK_SCRATCH);
         ck_assert_int_eq(ulpt_prompt_forward(p, e, ld), ULPT_OK);
-        ck_assert_int_eq(atomic_load(&p->scratch_busy), 1); /* not released by this one */
-        atomic_store(&p->scratch_busy, 0);
+        ck_assert_uint_eq(atomic_load(&p->lock.word), 1 | ULPT__LOCK_SCRATCH); /* not its */
+        atomic_store(&p->lock.word, 0);
         for (size_t i = 0; i < n; i++)
             ck_assert_msg(!memcmp(want + i * ld, e + i * ld, d * sizeof *e),
                           "n %zu r %u d %zu: row %zu of E differs without the scratch", n,
@@ -480,7 +481,7 @@ TEST(concurrent_forwards_on_one_prompt_agree)
         ck_assert_int_eq(pthread_join(t[k], NULL), 0);
         ck_assert_int_eq(jobs[k].mismatches, 0);
     }
-    ck_assert_int_eq(atomic_load(&p->scratch_busy), 0);
+    ck_assert_uint_eq(atomic_load(&p->lock.word), 0);
     free(want);
     ulpt_prompt_free(p);
 }

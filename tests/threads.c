@@ -5,8 +5,10 @@
  * served prompt (forward, save to memory and to a file, safetensors export, metadata),
  * while each trains its own prompt, checkpoints it and reloads it.  Then threads
  * materialise mixed batches from one prompt bank (float32 and f16) while another adds and
- * removes prompts in it.  Exit status 0 only if every thread saw the values a single
- * thread computes. */
+ * removes prompts in it.  Last, forwards race a training step on one prompt, breaking
+ * the rules: each call must succeed or give ULPT_ERR_BUSY, and every E a forward wrote
+ * must be that of whole-step parameters.  Exit status 0 only if every thread saw the
+ * values a single thread computes. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <stdatomic.h>
@@ -14,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ulpt.h"
@@ -201,6 +204,107 @@ static int bank_threads(void)
     return failed;
 }
 
+/* ---- misuse: forwards race a training step on one prompt -------------------------- */
+
+/* Breaking the threading rules must give ULPT_ERR_BUSY, never a wrong E: every forward
+ * that succeeds wrote the E of the parameters after some whole step. */
+enum { RACE_STEPS = 60, RACE_FORWARDS = 2, RACE_KEEP = 40 };
+static ulpt_prompt *race;
+static float race_params[RACE_STEPS + 1][N * R + 2 * D];
+static _Atomic int race_done;
+
+typedef struct {
+    float e[RACE_KEEP][N * D];
+    _Atomic int ok;
+    int kept, busy;
+    const char *error;
+} race_reader;
+
+static void *race_forward(void *arg)
+{
+    race_reader *r = arg;
+    static _Thread_local float e[N * D];
+    while (!atomic_load(&race_done)) {
+        int rc = ulpt_prompt_forward(race, e, D);
+        if (rc == ULPT_ERR_BUSY) {
+            r->busy++;
+            continue;
+        }
+        if (rc) {
+            r->error = "forward failed with another error";
+            break;
+        }
+        if (r->ok++ % 7 == 0 && r->kept < RACE_KEEP)
+            memcpy(r->e[r->kept++], e, sizeof e);
+        /* a pause, so that the steps find the prompt idle now and then */
+        nanosleep(&(struct timespec){ 0, 20000 }, NULL);
+    }
+    return NULL;
+}
+
+static int race_threads(void)
+{
+    ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
+    po.n_tokens = N, po.rank = R, po.dim = D;
+    ulpt_optimizer_options oo = ULPT_OPTIMIZER_OPTIONS_INIT;
+    oo.kind = ULPT_OPT_SGD, oo.lr = 0.01;
+    ulpt_optimizer *o;
+    if (ulpt_prompt_create(&race, &po) || ulpt_optimizer_create(&o, race, &oo))
+        return 1;
+    const size_t np = ulpt_prompt_num_params(race);
+    memcpy(race_params[0], ulpt_prompt_params(race), np * sizeof(float));
+    static race_reader readers[RACE_FORWARDS];
+    pthread_t t[RACE_FORWARDS];
+    for (int i = 0; i < RACE_FORWARDS; i++)
+        pthread_create(&t[i], NULL, race_forward, &readers[i]);
+    for (int i = 0; i < RACE_FORWARDS; i++) /* the race starts once both forwards run */
+        while (atomic_load(&readers[i].ok) < 3 && !readers[i].error)
+            nanosleep(&(struct timespec){ 0, 100000 }, NULL);
+    int steps = 0, busy = 0, failed = 0;
+    while (steps < RACE_STEPS && busy < 1000000) {
+        int rc = ulpt_train_step(race, o, quadratic, served_e, NULL);
+        if (rc == ULPT_OK)
+            memcpy(race_params[++steps], ulpt_prompt_params(race), np * sizeof(float));
+        else if (rc == ULPT_ERR_BUSY)
+            busy++;
+        else
+            failed = 1, steps = RACE_STEPS;
+    }
+    if (steps < RACE_STEPS)
+        failed = 1; /* never found the prompt idle */
+    atomic_store(&race_done, 1);
+    int forwards = 0, forward_busy = 0, checked = 0;
+    for (int i = 0; i < RACE_FORWARDS; i++) {
+        pthread_join(t[i], NULL);
+        if (readers[i].error)
+            failed = 1;
+        forwards += readers[i].ok, forward_busy += readers[i].busy;
+    }
+    /* each kept E against the E of every whole step's parameters, single-threaded */
+    static float want[RACE_STEPS + 1][N * D];
+    for (int k = 0; k <= RACE_STEPS && !failed; k++) {
+        memcpy(ulpt_prompt_params(race), race_params[k], np * sizeof(float));
+        if (ulpt_prompt_forward(race, want[k], D))
+            failed = 1;
+    }
+    for (int i = 0; i < RACE_FORWARDS && !failed; i++)
+        for (int j = 0; j < readers[i].kept; j++, checked++) {
+            int found = 0;
+            for (int k = 0; k <= RACE_STEPS && !found; k++)
+                found = !memcmp(readers[i].e[j], want[k], sizeof want[k]);
+            if (!found)
+                failed = 1;
+        }
+    if (checked < RACE_FORWARDS)
+        failed = 1;
+    ulpt_optimizer_free(o);
+    ulpt_prompt_free(race);
+    printf("threads: %d forwards racing %d training steps on one prompt: %d forwards ok, %d "
+           "busy; %d steps busy; %d E checked against whole steps: %s\n", RACE_FORWARDS,
+           RACE_STEPS, forwards, forward_busy, busy, checked, failed ? "FAILED" : "ok");
+    return failed;
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/ulpt-threads-%ld", (long)getpid());
@@ -238,5 +342,5 @@ int main(void)
         failed = 1;
     printf("threads: %d threads x %d steps sharing a projection and a served prompt: %s\n",
            THREADS, STEPS, failed ? "FAILED" : "ok");
-    return failed | bank_threads();
+    return failed | bank_threads() | race_threads();
 }

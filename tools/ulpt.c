@@ -2,7 +2,7 @@
  *
  *     ulpt info FILE...             ulpt convert --dtype f16|bf16|f32 IN OUT
  *     ulpt verify FILE...           ulpt export-peft IN DIR
- *     ulpt materialize IN OUT.npy   ulpt diff A B
+ *     ulpt materialise IN OUT.npy   ulpt diff A B
  *
  * Errors: one line on stderr, exit status 1 (2 for usage errors; `diff` exits 1 when the
  * prompts differ and 2 on errors, as diff(1) does). */
@@ -284,13 +284,13 @@ done:
     return status;
 }
 
-/* ---- materialize ------------------------------------------------------------------ */
+/* ---- materialise ------------------------------------------------------------------ */
 
-static const char NPY_USAGE[] = "ulpt materialize IN OUT.npy";
+static const char NPY_USAGE[] = "ulpt materialise IN OUT.npy";
 static const char NPY_HELP[] =
     "Write the prompt's embeddings E (n_tokens x dim, float32) as a NumPy .npy file.\n";
 
-static int cmd_materialize(int argc, char **argv)
+static int cmd_materialise(int argc, char **argv)
 {
     if (argc != 2)
         return usage_error(NPY_USAGE);
@@ -300,7 +300,7 @@ static int cmd_materialize(int argc, char **argv)
     uint32_t n = ulpt_prompt_n_tokens(p), d = ulpt_prompt_dim(p);
     float *e = malloc((size_t)n * d * sizeof *e);
     if (!e) {
-        fprintf(stderr, "ulpt materialize: out of memory\n");
+        fprintf(stderr, "ulpt materialise: out of memory\n");
         ulpt_prompt_free(p);
         return 1;
     }
@@ -330,7 +330,7 @@ static int cmd_materialize(int argc, char **argv)
     if (f && fclose(f) != 0)
         ok = 0;
     if (!ok || rename(tmp, argv[1]) != 0) {
-        fprintf(stderr, "ulpt materialize: cannot write %s: %s\n", argv[1], strerror(errno));
+        fprintf(stderr, "ulpt materialise: cannot write %s: %s\n", argv[1], strerror(errno));
         unlink(tmp);
         status = 1;
     }
@@ -445,7 +445,7 @@ static const struct {
     { "verify", VERIFY_USAGE, VERIFY_HELP, cmd_verify },
     { "convert", CONVERT_USAGE, CONVERT_HELP, cmd_convert },
     { "export-peft", PEFT_USAGE, PEFT_HELP, cmd_export_peft },
-    { "materialize", NPY_USAGE, NPY_HELP, cmd_materialize },
+    { "materialise", NPY_USAGE, NPY_HELP, cmd_materialise },
     { "diff", DIFF_USAGE, DIFF_HELP, cmd_diff },
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
@@ -472,6 +472,9 @@ int main(int argc, char **argv)
         printf("ulpt %s\n", ulpt_version_string());
         return 0;
     }
+    /* the API's spelling; the one of 1.1 stays, so that scripts keep working */
+    if (!strcmp(argv[1], "materialize"))
+        argv[1] = "materialise";
     for (size_t i = 0; i < N_COMMANDS; i++) {
         if (strcmp(argv[1], commands[i].name) != 0)
             continue;

@@ -30,7 +30,7 @@ def prompt_file(tmp_path):
 
 
 def test_help_on_every_subcommand():
-    for cmd in ["info", "verify", "convert", "export-peft", "materialize", "diff"]:
+    for cmd in ["info", "verify", "convert", "export-peft", "materialise", "diff"]:
         r = run(cmd, "--help")
         assert r.returncode == 0 and r.stdout.startswith("usage: ulpt " + cmd)
     assert run("--help").returncode == 0
@@ -130,11 +130,15 @@ def test_export_peft_writes_adapter_files(prompt_file, tmp_path):
     np.testing.assert_array_equal(E, p.forward())
 
 
-def test_materialize_writes_a_numpy_file(prompt_file, tmp_path):
+def test_materialise_writes_a_numpy_file(prompt_file, tmp_path):
     path, p = prompt_file
     out = tmp_path / "e.npy"
-    assert run("materialize", path, out).returncode == 0
+    assert run("materialise", path, out).returncode == 0
     np.testing.assert_array_equal(np.load(out), p.forward())
+    # the spelling of 1.1 stays an alias
+    old = tmp_path / "old.npy"
+    assert run("materialize", path, old).returncode == 0
+    np.testing.assert_array_equal(np.load(old), p.forward())
 
 
 def test_diff_exit_status_and_report(prompt_file, tmp_path):

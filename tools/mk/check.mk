@@ -2,7 +2,8 @@
 # is one rule here (or in its own tools/mk file) and one `CHECK_STEPS += check-NAME`,
 # anywhere.
 
-CHECK_STEPS := check-unit check-tinylm check-warnings check-abi check-exports check-install
+CHECK_STEPS := check-unit check-tinylm check-warnings check-abi check-exports check-install \
+    check-layers
 
 .PHONY: check check-run $(CHECK_STEPS)
 check:
@@ -48,6 +49,11 @@ check-warnings: need-test
 check-exports: all
 	sh tests/check-exports.sh
 
+# The call graph between lib/ files (nm of the objects) and their includes (cc -MM),
+# printed; any cycle in the calls fails: a lower layer never calls a higher one.
+check-layers: all
+	@CC="$(CC)" sh tests/check-layers.sh
+
 check-install: all
 	sh tests/check-install.sh
 
@@ -86,3 +92,18 @@ bench: need-build tests/bench_step tests/bench_bank
 	else echo "bench: no PyTorch ($(PYTHON) -c 'import torch' failed): libulpt figures only"; \
 	    ./tests/bench_step; fi
 	./tests/bench_bank
+
+# The library as one translation unit (every lib/*.c #included into one file, as an
+# engine would drop it into its tree): file-scope names are unique across lib/, and the
+# Check suite passes against it.
+CHECK_STEPS += check-single-file
+tests/build/single/ulpt-all.c: $(SRCS)
+	@mkdir -p $(@D)
+	@for f in $(SRCS); do echo "#include \"$$f\""; done > $@
+tests/build/single/test_ulpt: tests/build/single/ulpt-all.c $(TEST_OBJS) $(LIB_HDRS)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Werror -Wno-missing-prototypes -Wno-format-truncation -I. -Iinclude -Ilib \
+	    $(DEP_CFLAGS) -c $< -o tests/build/single/ulpt-all.o
+	$(CC) $(CFLAGS) -o $@ $(TEST_OBJS) tests/build/single/ulpt-all.o $(CHECK_LIBS) \
+	    $(DEP_LIBS) -pthread
+check-single-file: need-test tests/build/single/test_ulpt
+	./tests/build/single/test_ulpt
