@@ -665,6 +665,19 @@ fn checkpoint_bytes_are_the_file_and_resume_bit_identically() {
 
 #[test]
 fn busy_is_its_own_kind() {
+    // Safe code cannot nest a step in a step; through the raw API the library refuses it.
+    let mut opt = Optimizer::new(Prompt::new(&opts(2, 8)).unwrap(), &OptimizerOptions::default()).unwrap();
+    let raw = opt.as_ptr() as *mut ulpt::sys::ulpt_optimizer;
+    let mut nested = None;
+    opt.train_step(|e: &[f32], g: &mut [f32]| {
+        g.copy_from_slice(e);
+        // SAFETY: a live optimizer; the library sees the misuse and refuses it.
+        nested = Some(unsafe { ulpt::sys::ulpt_optimizer_step(raw) });
+        Ok::<f64, ulpt::Error>(1.0)
+    })
+    .unwrap();
+    assert_eq!(ErrorKind::from_code(nested.unwrap()), ErrorKind::Busy);
+    assert_eq!(opt.step_count(), 1, "only the outer step counted");
     assert_eq!(ErrorKind::from_code(ulpt::sys::ULPT_ERR_BUSY), ErrorKind::Busy);
     assert_eq!(ErrorKind::Busy.code(), -11);
     assert_ne!(ErrorKind::Busy.description(), "unknown error");
