@@ -159,6 +159,7 @@ impl Bank {
 
     /// The embedding width of the bank's model (`ulpt_bank_dim`).
     pub fn dim(&self) -> u32 {
+        // SAFETY: a live bank; a const accessor.
         unsafe { sys::ulpt_bank_dim(self.as_ptr()) }
     }
 

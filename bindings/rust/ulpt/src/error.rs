@@ -36,6 +36,11 @@ pub enum ErrorKind {
     /// `ULPT_ERR_NOT_FOUND`: no such prompt in a [`Bank`](crate::Bank) (removed, or
     /// never there).
     NotFound,
+    /// `ULPT_ERR_BUSY`: the object is in use by another call (the threading rules of
+    /// `ulpt.h` broken); the message says what holds it.  Safe code of this crate cannot
+    /// provoke it (the borrow rules keep writers exclusive); it comes from objects also
+    /// reached through [`sys`](crate::sys).  Since 1.2.
+    Busy,
     /// A code this crate does not know (from a newer library).
     Other(i32),
 }
@@ -54,6 +59,7 @@ impl ErrorKind {
             sys::ULPT_ERR_CALLBACK => ErrorKind::Callback,
             sys::ULPT_ERR_UNSUPPORTED => ErrorKind::Unsupported,
             sys::ULPT_ERR_NOT_FOUND => ErrorKind::NotFound,
+            sys::ULPT_ERR_BUSY => ErrorKind::Busy,
             other => ErrorKind::Other(other),
         }
     }
@@ -71,6 +77,7 @@ impl ErrorKind {
             ErrorKind::Callback => sys::ULPT_ERR_CALLBACK,
             ErrorKind::Unsupported => sys::ULPT_ERR_UNSUPPORTED,
             ErrorKind::NotFound => sys::ULPT_ERR_NOT_FOUND,
+            ErrorKind::Busy => sys::ULPT_ERR_BUSY,
             ErrorKind::Other(code) => code,
         }
     }

@@ -59,6 +59,7 @@ mod optimizer;
 mod options;
 mod projection;
 mod prompt;
+mod view;
 mod zo;
 
 use std::ffi::CStr;
@@ -66,14 +67,15 @@ use std::ffi::CStr;
 pub use bank::{Bank, BankId, Request};
 pub use error::{Error, ErrorKind, Result};
 pub use file::{inspect, FileInfo};
-pub use optimizer::{load_checkpoint, Optimizer, OptimizerState};
+pub use optimizer::{load_checkpoint, load_checkpoint_bytes, Optimizer, OptimizerState};
 pub use options::{
     Dtype, FileKind, FitOptions, OptimizerKind, OptimizerOptions, ProjectionKind, PromptOptions, SaveOptions,
     Schedule,
 };
 pub use projection::{Projection, ProjectionRef};
 pub use prompt::Prompt;
-pub use zo::{load_zo_checkpoint, Zo, ZoDistribution, ZoOptions, ZoPerturb, ZoState};
+pub use view::{PromptHolder, PromptMut};
+pub use zo::{load_zo_checkpoint, load_zo_checkpoint_bytes, OptimizerHolder, Zo, ZoDistribution, ZoOptions, ZoPerturb, ZoState};
 /// The raw C API (`ulpt-sys`), for what this crate does not wrap.
 pub use ulpt_sys as sys;
 

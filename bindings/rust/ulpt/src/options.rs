@@ -229,6 +229,12 @@ impl Default for OptimizerOptions {
         if rc != sys::ULPT_OK {
             init_failed("ulpt_optimizer_options_init", rc);
         }
+        OptimizerOptions::from_raw(&raw)
+    }
+}
+
+impl OptimizerOptions {
+    pub(crate) fn from_raw(raw: &sys::ulpt_optimizer_options) -> OptimizerOptions {
         OptimizerOptions {
             kind: OptimizerKind::from_raw(raw.kind).unwrap_or(OptimizerKind::AdamW),
             lr: raw.lr,
@@ -247,9 +253,26 @@ impl Default for OptimizerOptions {
             total_steps: raw.total_steps,
         }
     }
-}
 
-impl OptimizerOptions {
+    /// The options of a live C optimizer (`ulpt_optimizer_get_options`).
+    pub(crate) fn of(opt: *const sys::ulpt_optimizer) -> OptimizerOptions {
+        let mut raw = sys::ulpt_optimizer_options::default();
+        // SAFETY: raw is a ulpt_optimizer_options of the version passed, then of the
+        // version get_options writes; opt is live (the caller's invariant), read only.
+        let rc = unsafe {
+            let rc = sys::ulpt_optimizer_options_init(&mut raw, sys::ULPT_OPTIMIZER_OPTIONS_VERSION);
+            if rc == sys::ULPT_OK {
+                sys::ulpt_optimizer_get_options(&mut raw, opt)
+            } else {
+                rc
+            }
+        };
+        if rc != sys::ULPT_OK {
+            init_failed("ulpt_optimizer_get_options", rc);
+        }
+        OptimizerOptions::from_raw(&raw)
+    }
+
     pub(crate) fn to_raw(&self) -> Result<sys::ulpt_optimizer_options> {
         let mut raw = sys::ulpt_optimizer_options::default();
         // SAFETY: as in default().

@@ -146,6 +146,7 @@ impl fmt::Debug for ProjectionRef {
             .field("seed", &self.seed())
             .field("rank", &self.rank())
             .field("dim", &self.dim())
+            // SAFETY: a live projection; a const accessor.
             .field("kind", &ProjectionKind::from_raw(unsafe { sys::ulpt_projection_kind(self.as_ptr()) }))
             .finish()
     }

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::ffi::{CStr, CString};
 use std::fmt;
-use std::os::raw::{c_char, c_void};
+use std::os::raw::{c_char, c_int, c_void};
 use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +47,21 @@ pub(crate) fn c_path(func: &str, path: &Path) -> Result<CString> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::invalid(format!("{}: the path {:?} contains a NUL byte", func, path)))
+}
+
+/// The bytes a `*_save_buffer` call hands out, copied into a vector and released with
+/// `ulpt_free`.  `save` gets the two out-pointers and returns the call's code.
+pub(crate) fn take_buffer(save: impl FnOnce(*mut *mut c_void, *mut usize) -> c_int) -> Result<Vec<u8>> {
+    let mut buf: *mut c_void = std::ptr::null_mut();
+    let mut len = 0usize;
+    check(save(&mut buf, &mut len))?;
+    // SAFETY: on success buf holds len bytes the library allocated for us; copied, then
+    // released exactly once with ulpt_free, as ulpt.h requires.
+    unsafe {
+        let bytes = if len == 0 { Vec::new() } else { std::slice::from_raw_parts(buf as *const u8, len).to_vec() };
+        sys::ulpt_free(buf);
+        Ok(bytes)
+    }
 }
 
 /// The rows × cols block at stride ld must fit in `len` floats.  A stride below cols
@@ -142,27 +157,31 @@ impl Prompt {
 
     /// The number of soft tokens n.
     pub fn n_tokens(&self) -> u32 {
-        // SAFETY: a live prompt (the type's invariant); likewise below.
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_n_tokens(self.as_ptr()) }
     }
 
     /// The rank r.
     pub fn rank(&self) -> u32 {
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_rank(self.as_ptr()) }
     }
 
     /// The embedding width d.
     pub fn dim(&self) -> u32 {
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_dim(self.as_ptr()) }
     }
 
     /// The number of token groups.
     pub fn n_groups(&self) -> u32 {
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_n_groups(self.as_ptr()) }
     }
 
     /// The `ULPT_NO_SCALE | ULPT_NO_SHIFT` flags the prompt was made with.
     pub fn flags(&self) -> u32 {
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_flags(self.as_ptr()) }
     }
 
@@ -290,6 +309,7 @@ impl Prompt {
 
     /// The number of trainable parameters: n_tokens·rank + dim (scale) + dim (shift).
     pub fn num_params(&self) -> usize {
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_num_params(self.as_ptr()) }
     }
 
@@ -366,6 +386,7 @@ impl Prompt {
 
     /// The number of metadata pairs.
     pub fn meta_len(&self) -> usize {
+        // SAFETY: a live prompt (the type's invariant); a const accessor.
         unsafe { sys::ulpt_prompt_meta_count(self.as_ptr()) }
     }
 
@@ -412,16 +433,8 @@ impl Prompt {
     /// The bytes [`save_with`](Self::save_with) would write.
     pub fn to_bytes_with(&self, opts: &SaveOptions) -> Result<Vec<u8>> {
         let o = opts.to_raw()?;
-        let mut buf: *mut c_void = std::ptr::null_mut();
-        let mut len = 0usize;
-        // SAFETY: valid out-pointers; on success buf holds len bytes we copy and then
-        // release with ulpt_free, as ulpt.h requires.
-        unsafe {
-            check(sys::ulpt_prompt_save_buffer(self.as_ptr(), &mut buf, &mut len, &o))?;
-            let bytes = std::slice::from_raw_parts(buf as *const u8, len).to_vec();
-            sys::ulpt_free(buf);
-            Ok(bytes)
-        }
+        // SAFETY: a live prompt read only, valid out-pointers and options.
+        take_buffer(|buf, len| unsafe { sys::ulpt_prompt_save_buffer(self.as_ptr(), buf, len, &o) })
     }
 
     /// Load a prompt file (`ulpt_prompt_load`): regenerate the projection(s), check them

@@ -139,6 +139,7 @@ fn error_kinds_map_every_code() {
         ErrorKind::Callback,
         ErrorKind::Unsupported,
         ErrorKind::NotFound,
+        ErrorKind::Busy,
     ];
     for (i, k) in kinds.iter().enumerate() {
         assert_eq!(k.code(), -(i as i32) - 1);
@@ -594,6 +595,95 @@ fn checkpoints_resume_bit_identically() {
 }
 
 #[test]
+fn optimizer_options_are_reported_back_also_after_a_load() {
+    let want = OptimizerOptions {
+        kind: OptimizerKind::Sgd,
+        lr: 0.25,
+        beta1: 0.8,
+        beta2: 0.95,
+        eps: 1e-6,
+        weight_decay: Some(0.125),
+        momentum: 0.5,
+        max_grad_norm: 2.0,
+        schedule: Schedule::Linear,
+        warmup_steps: 3,
+        total_steps: 40,
+    };
+    let mut o = Optimizer::new(Prompt::new(&opts(2, 8)).unwrap(), &want).unwrap();
+    assert_eq!(o.options(), want);
+    o.train_step(quadratic).unwrap();
+    assert_eq!(o.options(), want, "a step changes no option");
+    let bytes = o.to_checkpoint_bytes().unwrap();
+    let (p, state) = ulpt::load_checkpoint_bytes(&bytes).unwrap();
+    assert_eq!(state.options(), want);
+    assert_eq!(state.resume(p).unwrap().options(), want);
+    // None is reported as the value the kind resolves it to (torch's defaults)
+    for (kind, wd) in [(OptimizerKind::AdamW, 0.01), (OptimizerKind::Adam, 0.0), (OptimizerKind::Sgd, 0.0)] {
+        let o = Optimizer::new(Prompt::new(&opts(2, 8)).unwrap(), &OptimizerOptions { kind, ..Default::default() })
+            .unwrap();
+        assert_eq!(o.options().weight_decay, Some(wd), "{:?}", kind);
+        assert_eq!(o.options().kind, kind);
+    }
+}
+
+#[test]
+fn checkpoint_bytes_are_the_file_and_resume_bit_identically() {
+    let dir = TempDir::new("ckpt-bytes");
+    let oo = OptimizerOptions { lr: 0.05, schedule: Schedule::Cosine, warmup_steps: 2, total_steps: 12, ..Default::default() };
+    let mut straight = Optimizer::new(Prompt::new(&opts(3, 8)).unwrap(), &oo).unwrap();
+    for _ in 0..12 {
+        straight.train_step(quadratic).unwrap();
+    }
+    let mut half = Optimizer::new(Prompt::new(&opts(3, 8)).unwrap(), &oo).unwrap();
+    for _ in 0..6 {
+        half.train_step(quadratic).unwrap();
+    }
+    let bytes = half.to_checkpoint_bytes().unwrap();
+    let path = dir.path("half.ckpt");
+    half.save_checkpoint(&path).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the bytes are the file's");
+    drop(half);
+    let mut resumed = Optimizer::from_checkpoint_bytes(&bytes).unwrap();
+    assert_eq!(resumed.step_count(), 6);
+    for _ in 0..6 {
+        resumed.train_step(quadratic).unwrap();
+    }
+    assert_eq!(bits(resumed.prompt().params()), bits(straight.prompt().params()));
+    assert_eq!(resumed.lr_f64(), straight.lr_f64());
+
+    // damaged, truncated, empty, a plain prompt: specific errors, nothing made
+    let mut bad = bytes.clone();
+    let k = bad.len() - 5;
+    bad[k] ^= 0x40;
+    assert_eq!(ulpt::load_checkpoint_bytes(&bad).unwrap_err().kind(), ErrorKind::Corrupt);
+    let err = ulpt::load_checkpoint_bytes(&bytes[..bytes.len() / 2]).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Corrupt | ErrorKind::Format), "{:?}", err);
+    assert!(ulpt::load_checkpoint_bytes(&[]).is_err());
+    let plain = straight.prompt().to_bytes().unwrap();
+    assert_eq!(Optimizer::from_checkpoint_bytes(&plain).unwrap_err().kind(), ErrorKind::Format);
+}
+
+#[test]
+fn busy_is_its_own_kind() {
+    // Safe code cannot nest a step in a step; through the raw API the library refuses it.
+    let mut opt = Optimizer::new(Prompt::new(&opts(2, 8)).unwrap(), &OptimizerOptions::default()).unwrap();
+    let raw = opt.as_ptr() as *mut ulpt::sys::ulpt_optimizer;
+    let mut nested = None;
+    opt.train_step(|e: &[f32], g: &mut [f32]| {
+        g.copy_from_slice(e);
+        // SAFETY: a live optimizer; the library sees the misuse and refuses it.
+        nested = Some(unsafe { ulpt::sys::ulpt_optimizer_step(raw) });
+        Ok::<f64, ulpt::Error>(1.0)
+    })
+    .unwrap();
+    assert_eq!(ErrorKind::from_code(nested.unwrap()), ErrorKind::Busy);
+    assert_eq!(opt.step_count(), 1, "only the outer step counted");
+    assert_eq!(ErrorKind::from_code(ulpt::sys::ULPT_ERR_BUSY), ErrorKind::Busy);
+    assert_eq!(ErrorKind::Busy.code(), -11);
+    assert_ne!(ErrorKind::Busy.description(), "unknown error");
+}
+
+#[test]
 fn safetensors_export_holds_e() {
     let dir = TempDir::new("st");
     let p = trained(3, 4, 2);
@@ -620,10 +710,13 @@ fn threads_share_projections_and_forward_while_each_trains_its_own() {
     assert_send_sync::<Projection>();
     assert_send_sync::<ulpt::ProjectionRef>();
     assert_send_sync::<Prompt>();
-    assert_send_sync::<Optimizer<'static>>();
+    assert_send_sync::<Optimizer>();
+    assert_send_sync::<Optimizer<&'static mut Prompt>>();
+    assert_send_sync::<ulpt::PromptMut<'static>>();
     assert_send_sync::<ulpt::Error>();
     assert_send_sync::<ulpt::OptimizerState>();
-    assert_send_sync::<ulpt::Zo<'static, 'static>>();
+    assert_send_sync::<ulpt::Zo>();
+    assert_send_sync::<ulpt::Zo<&'static mut Optimizer<&'static mut Prompt>>>();
 
     // One projection shared by prompts built in four threads, each trained in its own
     // thread, give what one thread gives.

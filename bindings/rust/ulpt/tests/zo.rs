@@ -221,3 +221,49 @@ fn a_forward_only_checkpoint_resumes_bit_identically() {
     assert_eq!(ulpt::inspect(&path).unwrap().format_minor, 1);
     assert_eq!(ulpt::inspect(&plain).unwrap().format_minor, 0);
 }
+
+#[test]
+fn forward_only_checkpoint_bytes_are_the_file_and_resume_bit_identically() {
+    let dir = TempDir::new("zo-bytes");
+    let oo = OptimizerOptions { lr: 0.05, ..Default::default() };
+    let zoo = ZoOptions { directions: 2, epsilon: 1e-2, seed: 77, ..Default::default() };
+    let ok = |e: &[f32], l: &mut [f64]| {
+        losses_of(e, l);
+        Ok::<(), std::convert::Infallible>(())
+    };
+    // an owning trainer: prompt in optimizer in Zo
+    let mut straight = Zo::new(Optimizer::new(prompt(), &oo).unwrap(), &zoo).unwrap();
+    for _ in 0..8 {
+        straight.step(ok).unwrap();
+    }
+    let mut half = Zo::new(Optimizer::new(prompt(), &oo).unwrap(), &zoo).unwrap();
+    for _ in 0..4 {
+        half.step(ok).unwrap();
+    }
+    let bytes = half.to_checkpoint_bytes().unwrap();
+    half.save_checkpoint(dir.path("z.ckpt")).unwrap();
+    assert_eq!(std::fs::read(dir.path("z.ckpt")).unwrap(), bytes);
+    let state = half.state();
+    drop(half);
+
+    let (p, os, zs) = ulpt::load_zo_checkpoint_bytes(&bytes).unwrap();
+    assert_eq!(zs, state);
+    assert_eq!(os.step_count(), 4);
+    assert_eq!(os.options(), Optimizer::new(prompt(), &oo).unwrap().options());
+    drop((p, os));
+    let mut resumed = Zo::from_checkpoint_bytes(&bytes).unwrap();
+    for _ in 0..4 {
+        resumed.step(ok).unwrap();
+    }
+    assert_eq!(resumed.position(), straight.position());
+    assert_eq!(bits(resumed.prompt().params()), bits(straight.prompt().params()));
+    // the file loads the same way, and an ordinary checkpoint's bytes are refused
+    let from_file = Zo::load_checkpoint(dir.path("z.ckpt")).unwrap();
+    assert_eq!(from_file.state(), state);
+    let plain = from_file.optimizer().to_checkpoint_bytes().unwrap();
+    assert_eq!(Zo::from_checkpoint_bytes(&plain).unwrap_err().kind(), ErrorKind::Format);
+    assert_eq!(ulpt::load_checkpoint_bytes(&bytes).unwrap().1.step_count(), 4, "also an ordinary checkpoint");
+    // the trainer gives its optimizer back, and that its prompt
+    let trained = resumed.into_optimizer().into_prompt();
+    assert_eq!(bits(trained.params()), bits(straight.prompt().params()));
+}
