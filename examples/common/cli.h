@@ -1,8 +1,9 @@
 /*
  * cli.h -- what every example program shares: its one-line errors, a clock, the parsing
  * of option values, the weights shipped beside it, and the check of a libulpt call.
- * One copy of each, used by examples/tinylm/tune, examples/mpi/tune_mpi and the llama
- * host (examples/common/task.h holds the task files and the order examples are drawn in).
+ * One copy of each, used by examples/tinylm (tune, tlm), examples/mpi/tune_mpi and the
+ * llama host.  Beside it: task.h, the task files and the order their examples are drawn
+ * in; recipe.h, the prompt and optimizer options every host trains with.
  *
  * Errors follow one rule in every program: a one-line message "PROGRAM: what went wrong"
  * on stderr, exit status 1 (2 for usage).

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "recipe.h"
 #include "task.h"
 #include "tinylm.h"
 #include "ulpt.h"
@@ -301,19 +302,8 @@ static int make_prompt(run *r)
                         was);
         return 0;
     }
-    ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
-    po.n_tokens = o->tokens;
-    po.rank = o->rank;
-    po.dim = r->cfg->width;
-    po.projection_seed = o->seed;
-    po.init_seed = o->seed;
-    ulpt_optimizer_options oo = ULPT_OPTIMIZER_OPTIONS_INIT; /* AdamW */
-    oo.lr = o->lr;
-    oo.weight_decay = 1e-5;
-    oo.max_grad_norm = 1.0;
-    oo.schedule = ULPT_SCHED_LINEAR;
-    oo.warmup_steps = o->steps / 10;
-    oo.total_steps = o->steps;
+    const ulpt_prompt_options po = recipe_prompt(o->tokens, o->rank, r->cfg->width, o->seed);
+    const ulpt_optimizer_options oo = recipe_adamw(o->lr, o->steps);
     const char *model = tlm_meta_of(r->h.model)->corpus[0] ? "tinylm" : "tinylm-random";
     if (ulpt_prompt_create(&r->prompt, &po) != ULPT_OK ||
         ulpt_optimizer_create(&r->opt, r->prompt, &oo) != ULPT_OK ||

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "recipe.h"
 #include "task.h"
 #include "tinylm.h"
 #include "ulpt.h"
@@ -483,24 +484,19 @@ static int init_from_text(run *r, const char *text)
     return rc != ULPT_OK ? fail("%s", ulpt_last_error()) : 0;
 }
 
-/* The prompt of --method, AdamW with 10% warmup and linear decay, and (--zo) the
- * forward-only trainer over them. */
+/* The prompt of --method, the examples' AdamW (recipe.h), and (--zo) the forward-only
+ * trainer over them. */
 static int create_prompt(run *r)
 {
     const options *o = r->o;
     int rc = 0;
-    ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
-    po.n_tokens = o->tokens;
-    po.dim = r->cfg->width;
-    po.projection_seed = o->seed;
-    po.init_seed = o->seed;
+    ulpt_prompt_options po = recipe_prompt(o->tokens, o->rank, r->cfg->width, o->seed);
     if (r->vanilla) { /* P = I, no scale or shift: E = Z, n x d trainable */
         po.rank = r->cfg->width;
         po.projection_kind = ULPT_PROJ_IDENTITY;
         po.flags = ULPT_NO_SCALE | ULPT_NO_SHIFT;
         po.init_std = (float)embedding_rms(r->h.w[0].model, r->cfg);
     } else {
-        po.rank = o->rank;
         po.flags = o->no_scale_shift ? ULPT_NO_SCALE | ULPT_NO_SHIFT : 0;
         po.n_groups = o->groups;
         po.init_std = (float)o->init_std;
@@ -508,13 +504,7 @@ static int create_prompt(run *r)
     TRY(ulpt_prompt_create(&r->prompt, &po));
     if (o->init_text && init_from_text(r, o->init_text))
         return 1;
-    ulpt_optimizer_options oo = ULPT_OPTIMIZER_OPTIONS_INIT;
-    oo.lr = o->lr;
-    oo.weight_decay = 1e-5;
-    oo.max_grad_norm = 1.0;
-    oo.schedule = ULPT_SCHED_LINEAR;
-    oo.warmup_steps = o->steps / 10;
-    oo.total_steps = o->steps;
+    ulpt_optimizer_options oo = recipe_adamw(o->lr, o->steps);
     TRY(ulpt_optimizer_create(&r->opt, r->prompt, &oo));
     if (o->zo) {
         ulpt_zo_options zoo = ULPT_ZO_OPTIONS_INIT; /* Rademacher, Z, s and b */
