@@ -23,6 +23,9 @@ TLM_CFLAGS = -std=c11 $(WARN) -Iexamples/tinylm $(COMMON_CFLAGS) $(DEP_CFLAGS)
 TLM_SRCS := examples/tinylm/tinylm.c
 TLM_DEPS := $(TLM_SRCS) examples/tinylm/tinylm.h
 
+# The example hosts' Check suite (check.mk builds it, variants.mk under sanitizers).
+TLM_TEST_SRCS := tests/tinylm/test_tinylm.c tests/tinylm/test_common.c tests/test_main.c
+
 examples/tinylm/tlm: examples/tinylm/tlm.c $(TLM_DEPS) $(CLI_DEPS)
 	$(CC) $(CFLAGS) $(TLM_CFLAGS) -o $@ $< $(TLM_SRCS) $(CLI_SRCS) $(DEP_LIBS) -pthread
 
