@@ -29,17 +29,14 @@ void task_split_free(task_split *s)
     s->n = 0;
 }
 
-/* The file is read whole and its lines cut in place, so the texts need no copies. */
-int task_split_load(task_split *s, const char *dir, const char *name, uint32_t max_text,
-                    uint32_t vocab, char *err, size_t errsize)
+/* The whole file, NUL-terminated, in a buffer of its own; NULL with err set on failure. */
+static char *read_whole(const char *path, size_t *size, char *err, size_t errsize)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s.tsv", dir, name);
-    memset(s, 0, sizeof *s);
-    memcpy(s->path, path, sizeof path);
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return refuse(err, errsize, "%s: %s", path, strerror(errno));
+    if (!f) {
+        refuse(err, errsize, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
     size_t cap = 1 << 16, len = 0;
     char *blob = malloc(cap);
     for (size_t got; blob && (got = fread(blob + len, 1, cap - len - 1, f)) > 0;) {
@@ -53,65 +50,80 @@ int task_split_load(task_split *s, const char *dir, const char *name, uint32_t m
     }
     int bad = ferror(f);
     fclose(f);
-    if (!blob)
-        return refuse(err, errsize, "%s: out of memory", path);
-    if (bad) {
+    if (!blob || bad) {
         free(blob);
-        return refuse(err, errsize, "%s: read error", path);
+        refuse(err, errsize, "%s: %s", path, blob ? "read error" : "out of memory");
+        return NULL;
     }
     blob[len] = '\0';
-    size_t lines = 0;
+    *size = len;
+    return blob;
+}
+
+/* The first line, "#<TAB>label0<TAB>label1", into s->names. */
+static int parse_labels(task_split *s, const char *line, char *err, size_t errsize)
+{
+    const char *a = line[0] == '#' && line[1] == '\t' ? line + 2 : NULL;
+    const char *b = a ? strchr(a, '\t') : NULL;
+    if (!b || b == a || !b[1] || strchr(b + 1, '\t') || (size_t)(b - a) >= sizeof s->names[0] ||
+        strlen(b + 1) >= sizeof s->names[1] || a[0] == b[1])
+        return refuse(err, errsize, "%s:1: expected \"#<TAB>label0<TAB>label1\" with "
+                      "different first letters", s->path);
+    memcpy(s->names[0], a, (size_t)(b - a));
+    strcpy(s->names[1], b + 1);
+    return 0;
+}
+
+/* Line number `no`, "0|1<TAB>text" of len bytes, appended to s->ex. */
+static int parse_example(task_split *s, const char *line, size_t len, size_t no,
+                         uint32_t max_text, uint32_t vocab, char *err, size_t errsize)
+{
+    if ((line[0] != '0' && line[0] != '1') || line[1] != '\t' || len < 3 || len - 2 > max_text)
+        return refuse(err, errsize, "%s:%zu: expected \"0|1<TAB>text\" with 1..%" PRIu32
+                      " bytes of text", s->path, no, max_text);
+    const uint32_t tlen = (uint32_t)len - 2;
+    for (uint32_t k = 0; k < tlen; k++)
+        if ((uint8_t)line[2 + k] >= vocab)
+            return refuse(err, errsize, "%s:%zu: byte 0x%02x is past the model's vocabulary "
+                          "of %" PRIu32, s->path, no, (uint8_t)line[2 + k], vocab);
+    s->ex[s->n++] = (task_example){ (const uint8_t *)line + 2, tlen, line[0] - '0' };
+    return 0;
+}
+
+/* The file is read whole and its lines cut in place, so the texts need no copies. */
+int task_split_load(task_split *s, const char *dir, const char *name, uint32_t max_text,
+                    uint32_t vocab, char *err, size_t errsize)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->path, sizeof s->path, "%s/%s.tsv", dir, name);
+    size_t len, lines = 0;
+    if (!(s->blob = read_whole(s->path, &len, err, errsize)))
+        return -1;
     for (size_t i = 0; i < len; i++)
-        lines += blob[i] == '\n';
-    s->blob = blob;
-    s->ex = calloc(lines + 1, sizeof *s->ex);
-    if (!s->ex) {
+        lines += s->blob[i] == '\n';
+    if (!(s->ex = calloc(lines + 1, sizeof *s->ex))) {
         task_split_free(s);
-        return refuse(err, errsize, "%s: out of memory", path);
+        return refuse(err, errsize, "%s: out of memory", s->path);
     }
-    char *line = blob, *end = blob + len;
-    for (size_t no = 1; line < end; no++) {
+    char *line = s->blob, *end = s->blob + len;
+    int rc = 0;
+    for (size_t no = 1; !rc && line < end; no++) {
         char *nl = memchr(line, '\n', (size_t)(end - line));
         if (!nl) {
-            task_split_free(s);
-            return refuse(err, errsize, "%s:%zu: the last line has no newline", path, no);
+            rc = refuse(err, errsize, "%s:%zu: the last line has no newline", s->path, no);
+            break;
         }
         *nl = '\0';
-        if (no == 1) {
-            char *a = line[0] == '#' && line[1] == '\t' ? line + 2 : NULL;
-            char *b = a ? strchr(a, '\t') : NULL;
-            if (!b || b == a || !b[1] || strchr(b + 1, '\t') || (size_t)(b - a) >= 64 ||
-                strlen(b + 1) >= 64 || a[0] == b[1]) {
-                task_split_free(s);
-                return refuse(err, errsize, "%s:1: expected \"#<TAB>label0<TAB>label1\" with "
-                              "different first letters", path);
-            }
-            memcpy(s->names[0], a, (size_t)(b - a));
-            strcpy(s->names[1], b + 1);
-        } else {
-            uint32_t tlen = (uint32_t)(nl - line) - 2;
-            if ((line[0] != '0' && line[0] != '1') || line[1] != '\t' || nl - line < 3 ||
-                tlen > max_text) {
-                task_split_free(s);
-                return refuse(err, errsize, "%s:%zu: expected \"0|1<TAB>text\" with 1..%" PRIu32
-                              " bytes of text", path, no, max_text);
-            }
-            for (uint32_t k = 0; k < tlen; k++) {
-                if ((uint8_t)line[2 + k] >= vocab) {
-                    task_split_free(s);
-                    return refuse(err, errsize, "%s:%zu: byte 0x%02x is past the model's "
-                                  "vocabulary of %" PRIu32, path, no, (uint8_t)line[2 + k], vocab);
-                }
-            }
-            s->ex[s->n++] = (task_example){ (const uint8_t *)line + 2, tlen, line[0] - '0' };
-        }
+        rc = no == 1 ? parse_labels(s, line, err, errsize)
+                     : parse_example(s, line, (size_t)(nl - line), no, max_text, vocab, err,
+                                     errsize);
         line = nl + 1;
     }
-    if (s->n == 0) {
+    if (!rc && s->n == 0)
+        rc = refuse(err, errsize, "%s: no examples", s->path);
+    if (rc)
         task_split_free(s);
-        return refuse(err, errsize, "%s: no examples", path);
-    }
-    return 0;
+    return rc;
 }
 
 uint64_t task_splitmix(uint64_t *state)
