@@ -1,0 +1,314 @@
+"""Docs that run: every code block of README.md and docs/*.md, as a reader would copy it.
+
+Each block carries a marker, an HTML comment on the line before it (a blank line between
+is allowed), that says how it runs or why it does not:
+
+    <!-- doctest: KIND [key=value ...] [reason] -->
+
+    sh        run with bash -e in a scratch directory that mirrors the checkout (its
+              top-level entries linked, so `examples/...` paths work and new files stay
+              out of the tree); /usr/bin comes first on PATH; as root, mpirun is allowed
+    c         a complete program: compiled with cc -std=c11 -Wall -Werror against
+              include/ and the build tree's lib/libulpt.so, then run (exit status 0)
+    python    run with /usr/bin/python3 and the package of this checkout
+    cargo     a Cargo.toml fragment: the manifest of the next rust block, with
+              /path/to/libulpt standing for this checkout
+    rust      the body of `fn main() -> Result<(), Box<dyn std::error::Error>>`, built
+              offline with Debian's cargo against the crates of bindings/rust and run
+              with LD_LIBRARY_PATH naming the build tree's lib/
+    output    what the block before printed (stdout, then stderr), compared line by line;
+              a line "..." stands for any number of lines, and lines before the first
+              expected one are passed over.  `cmd="..."` runs that shell command instead of
+              taking the block before's output.  `machine=REGEX`: numbers matching it are
+              the machine's (times, shares) and not compared; the doc must say so
+    skip      not run; the rest of the comment says why (a formula, a diagram, pseudo-code,
+              a fragment of a larger program that is run elsewhere, a root-only command)
+
+    keys:  continue    (python, sh) run after the previous block of the same kind in the
+                       same doc, as one program: later snippets use earlier names
+           needs=data  needs the task files of `make data` (downloaded); run only when
+                       examples/tinylm/cache/tasks exists, otherwise reported as not run
+           needs=install  (sh) runs after `make install PREFIX=SCRATCH`, with pkg-config
+                       finding that copy and the doc's C program before it as app.c
+           needs=llama needs the llama.cpp build: run by `make check-llama` (which sets
+                       ULPT_LLAMA_HOST), reported as not run by `make check`
+           timeout=S   seconds (default 120)
+           path=DIR    (sh) the checkout's DIR comes first on PATH, as an installed
+                       command would be found (path=tools: the ulpt tool)
+           setup="..." (sh) a command run first, to make the files the block names
+           status=N    the exit status the block ends with when it works (default 0)
+
+A block without a marker fails: say how it runs, or why it does not.  A run block fails
+when its program fails; an output block when a line differs.  The figures a cheap command
+can reproduce that are written in prose are checked by the test_figure_* tests below.
+
+`make check-docs` (a step of `make check`) runs this file; the summary line counts the
+blocks run, not run (needs), skipped (by marker) and failed.
+"""
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+DOCS = ["README.md"] + sorted("docs/" + f for f in os.listdir(os.path.join(ROOT, "docs"))
+                              if f.endswith(".md"))
+PYTHON = "/usr/bin/python3"
+CARGO = "/usr/bin/cargo"
+MARKER = re.compile(r"^<!--\s*doctest:\s*(.*?)\s*-->\s*$")
+KINDS = {"sh", "c", "python", "cargo", "rust", "output", "skip"}
+HAS_DATA = os.path.isdir(os.path.join(ROOT, "examples", "tinylm", "cache", "tasks"))
+HAS_LLAMA = bool(os.environ.get("ULPT_LLAMA_HOST"))
+
+
+class Block:
+    def __init__(self, doc, line, text, marker):
+        self.doc, self.line, self.text = doc, line, text
+        self.kind, self.keys, self.reason = None, {}, ""
+        if marker is not None:
+            words = marker.split(None, 1)
+            self.kind = words[0] if words else None
+            rest = words[1] if len(words) > 1 else ""
+            while True:  # key=value, key="a value", or continue, then the reason
+                m = re.match(r'([a-z]+)=(?:"([^"]*)"|(\S+))\s*|(continue)\b\s*', rest)
+                if not m:
+                    break
+                if m.group(4):
+                    self.keys["continue"] = True
+                else:
+                    self.keys[m.group(1)] = m.group(2) if m.group(2) is not None else m.group(3)
+                rest = rest[m.end():]
+            self.reason = rest.strip()
+
+    @property
+    def name(self):
+        return "%s:%d" % (self.doc, self.line)
+
+
+def parse(doc):
+    """The code blocks of a Markdown file, fenced or indented, each with its marker."""
+    lines = open(os.path.join(ROOT, doc), encoding="utf-8").read().split("\n")
+    blocks, i, in_list = [], 0, False
+
+    def marker_before(k):
+        k -= 1
+        while k >= 0 and not lines[k].strip():
+            k -= 1
+        m = MARKER.match(lines[k]) if k >= 0 else None
+        return m.group(1) if m else None
+
+    while i < len(lines):
+        line = lines[i]
+        fence = re.match(r"^(\s*)(```+|~~~+)", line)
+        if fence:
+            indent, mark = fence.groups()
+            j = i + 1
+            while j < len(lines) and not lines[j].strip().startswith(mark):
+                j += 1
+            text = "\n".join(l[len(indent):] for l in lines[i + 1:j])
+            blocks.append(Block(doc, i + 1, text, marker_before(i)))
+            i = j + 1
+            continue
+        # an indented block starts after a blank line, outside a list item's paragraphs
+        if re.match(r"^\s*([-*+]|\d+\.)\s", line):
+            in_list = True
+        elif line.strip() and not line.startswith(" "):
+            in_list = False
+        after = i == 0 or not lines[i - 1].strip() or MARKER.match(lines[i - 1])
+        if line.startswith("    ") and after and not in_list:
+            j = i
+            while j < len(lines) and (lines[j].startswith("    ") or
+                                      (not lines[j].strip() and j + 1 < len(lines) and
+                                       lines[j + 1].startswith("    "))):
+                j += 1
+            blocks.append(Block(doc, i + 1, "\n".join(l[4:] for l in lines[i:j]),
+                                marker_before(i)))
+            i = j
+            continue
+        i += 1
+    return blocks
+
+
+ALL = [b for d in DOCS for b in parse(d)]
+
+
+# ---- running ----------------------------------------------------------------------------
+
+def environment():
+    env = dict(os.environ)
+    env["PATH"] = "/usr/bin:/bin:" + env.get("PATH", "")
+    env["PYTHONPATH"] = os.path.join(ROOT, "bindings", "python")
+    env["OMPI_ALLOW_RUN_AS_ROOT"] = env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    env["OMP_WAIT_POLICY"] = "passive"
+    return env
+
+
+def mirror(tmp):
+    """A scratch directory whose top-level entries link to the checkout's."""
+    for entry in os.listdir(ROOT):
+        if entry not in (".git",):
+            os.symlink(os.path.join(ROOT, entry), os.path.join(tmp, entry))
+    return tmp
+
+
+def run(argv, cwd, timeout, stdin=None):
+    p = subprocess.run(argv, cwd=cwd, env=environment(), input=stdin, text=True,
+                       capture_output=True, timeout=timeout)
+    return p.returncode, p.stdout + p.stderr
+
+
+def program(block):
+    """The block's source, after the earlier blocks it continues."""
+    if not block.keys.get("continue"):
+        return block.text
+    same = [b for b in ALL if b.doc == block.doc and b.kind == block.kind and b.line < block.line]
+    assert same, "%s: `continue` but no earlier %s block" % (block.name, block.kind)
+    return program(same[-1]) + "\n" + block.text
+
+
+def run_sh(block, tmp, timeout):
+    script = program(block)
+    if block.keys.get("needs") == "install":
+        prefix = os.path.join(tmp, "prefix")
+        rc, out = run(["make", "-s", "--no-print-directory", "install", "PREFIX=" + prefix],
+                      ROOT, timeout)
+        if rc:
+            return rc, "make install failed:\n" + out
+        programs = [b for b in ALL if b.doc == block.doc and b.kind == "c" and b.line < block.line]
+        assert programs, "%s: needs=install but no C program before it" % block.name
+        with open(os.path.join(tmp, "app.c"), "w") as f:
+            f.write(programs[-1].text + "\n")
+        script = "export PKG_CONFIG_PATH=%s/lib/pkgconfig\n%s" % (shlex.quote(prefix), script)
+    if "setup" in block.keys:
+        script = block.keys["setup"] + "\n" + script
+    if "path" in block.keys:
+        script = "export PATH=%s:$PATH\n%s" % (shlex.quote(os.path.join(ROOT, block.keys["path"])),
+                                                script)
+    return run(["bash", "-e", "-o", "pipefail", "-c", script], mirror(tmp), timeout)
+
+
+def run_python(block, tmp, timeout):
+    path = os.path.join(tmp, "block.py")
+    with open(path, "w") as f:
+        f.write(program(block))
+    return run([PYTHON, path], tmp, timeout)
+
+
+def run_c(block, tmp, timeout):
+    src, exe = os.path.join(tmp, "block.c"), os.path.join(tmp, "block")
+    with open(src, "w") as f:
+        f.write(block.text + "\n")
+    lib = os.path.join(ROOT, "lib")
+    rc, out = run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-I" + os.path.join(ROOT, "include"),
+                   "-o", exe, src, "-L" + lib, "-lulpt", "-Wl,-rpath," + lib, "-lm"], tmp, timeout)
+    if rc:
+        return rc, "does not compile:\n" + out
+    return run([exe], tmp, timeout)
+
+
+def run_rust(block, tmp, timeout):
+    manifests = [b for b in ALL if b.doc == block.doc and b.kind == "cargo" and b.line < block.line]
+    assert manifests, "%s: a rust block needs a cargo block before it" % block.name
+    manifest = manifests[-1].text.replace("/path/to/libulpt", ROOT)
+    if "[dependencies]" not in manifest:
+        manifest = "[dependencies]\n" + manifest
+    # inside bindings/rust, so that its .cargo/config.toml (Debian's crates, offline) applies
+    os.makedirs(os.path.join(ROOT, "bindings", "rust", "target"), exist_ok=True)
+    crate = tempfile.mkdtemp(prefix="doctest-", dir=os.path.join(ROOT, "bindings", "rust", "target"))
+    try:
+        os.makedirs(os.path.join(crate, "src"))
+        with open(os.path.join(crate, "Cargo.toml"), "w") as f:
+            f.write('[package]\nname = "doctest"\nversion = "0.0.0"\nedition = "2021"\n\n'
+                    '[workspace]\n\n' + manifest + "\n")
+        with open(os.path.join(crate, "src", "main.rs"), "w") as f:
+            f.write("#[allow(unused)]\nfn main() -> Result<(), Box<dyn std::error::Error>> {\n"
+                    + block.text + "\n    Ok(())\n}\n")
+        env_target = os.path.join(ROOT, "bindings", "rust", "target")
+        # run with LD_LIBRARY_PATH, one of docs/RUST.md's ways to find the library
+        lib = os.path.join(ROOT, "lib")
+        return run(["env", "CARGO_TARGET_DIR=" + env_target, "ULPT_LIB_DIR=" + lib,
+                    "LD_LIBRARY_PATH=" + lib,
+                    "ULPT_INCLUDE_DIR=" + os.path.join(ROOT, "include"), CARGO, "run", "-q",
+                    "--offline", "--manifest-path", os.path.join(crate, "Cargo.toml")], crate, timeout)
+    finally:
+        shutil.rmtree(crate, ignore_errors=True)
+
+
+RUNNERS = {"sh": run_sh, "python": run_python, "c": run_c, "rust": run_rust}
+OUTPUTS = {}  # block name -> what it printed, for the output block after it
+
+
+def compare(expected, actual, machine):
+    """None if every expected line is in actual in order ('...' skips lines), else why."""
+    def norm(line):
+        line = line.rstrip()
+        return re.sub(machine, "#", line) if machine else line
+    want = [norm(l) for l in expected.split("\n") if l.strip()]
+    got = [norm(l) for l in actual.split("\n")]
+    k = 0
+    while k < len(got) and got[k] != want[0]:  # lines before the first expected one
+        k += 1
+    skipping = False
+    for w in want:
+        if w.strip() == "...":
+            skipping = True
+            continue
+        while skipping and k < len(got) and got[k] != w:
+            k += 1
+        if k >= len(got) or got[k] != w:
+            return "expected  %r\nbut got   %r" % (w, got[k] if k < len(got) else "(end)")
+        k += 1
+        skipping = False
+    return None
+
+
+def not_run(block):
+    needs = block.keys.get("needs")
+    if needs == "data" and not HAS_DATA:
+        return "needs the task files of `make data`"
+    if needs == "llama" and not HAS_LLAMA:
+        return "needs llama.cpp: run by `make check-llama`"
+    return None
+
+
+@pytest.mark.parametrize("block", ALL, ids=[b.name for b in ALL])
+def test_block(block, tmp_path):
+    assert block.kind is not None, (
+        "%s has no <!-- doctest: ... --> marker; say how it runs or why it does not:\n%s"
+        % (block.name, block.text[:300]))
+    assert block.kind in KINDS, "%s: unknown kind %r" % (block.name, block.kind)
+    if block.kind == "skip":
+        assert block.reason, "%s: skip needs a reason" % block.name
+        pytest.skip("marked: " + block.reason)
+    if block.kind == "cargo":
+        pytest.skip("a manifest, built with the rust block after it")
+    why = not_run(block)
+    if why:
+        pytest.skip(why)
+    timeout = float(block.keys.get("timeout", 120))
+    if block.kind == "output":
+        if "cmd" in block.keys:
+            rc, out = run(["bash", "-e", "-o", "pipefail", "-c", block.keys["cmd"]],
+                          mirror(str(tmp_path)), timeout)
+            assert rc == 0, "%s: `%s` failed (%d):\n%s" % (block.name, block.keys["cmd"], rc, out[-3000:])
+        else:
+            before = [b for b in ALL if b.doc == block.doc and b.line < block.line
+                      and b.kind in RUNNERS]
+            assert before, "%s: an output block with nothing before it" % block.name
+            out = OUTPUTS.get(before[-1].name)
+            assert out is not None, "%s: the block before (%s) did not run" % (block.name,
+                                                                                 before[-1].name)
+        why = compare(block.text, out, block.keys.get("machine"))
+        assert why is None, "%s: the output differs:\n%s\n--- all of it:\n%s" % (
+            block.name, why, out[-3000:])
+        return
+    rc, out = RUNNERS[block.kind](block, str(tmp_path), timeout)
+    OUTPUTS[block.name] = out
+    status = int(block.keys.get("status", 0))
+    assert rc == status, "%s (%s) ended with status %d, not %d:\n%s" % (
+        block.name, block.kind, rc, status, out[-3000:])
