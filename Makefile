@@ -16,6 +16,8 @@
 #                     the prompt bank's materialisation rate and memory
 #   make check-asan, check-ubsan, check-tsan, check-valgrind, fuzz, coverage
 #                     the suite under sanitizers and valgrind, libFuzzer, gcov
+#   make check-docs   every code block of README.md and docs/ run, figures checked (a step
+#                     of make check)
 #   make check-abi    the exported ABI against the committed baseline (abi-baseline renews it)
 #   make check-python the Python package installed into a scratch venv, tests/python on it
 #   make bench-python the Python callback path against the by-hand loop
@@ -40,3 +42,4 @@ include tools/mk/variants.mk    # sanitizer, fuzz and coverage builds: how each 
 include tools/mk/python.mk      # the Python package: check-python, bench-python
 include tools/mk/install.mk     # install, uninstall, clean
 include tools/mk/llama.mk       # llama.cpp hosts libulpt: llama, llama-demo, check-llama
+include tools/mk/docs.mk        # docs that run: check-docs (a check step)

@@ -181,15 +181,8 @@ def figures(label, rs, lr):
             if "curve" in rs[0] else None}
 
 
-def main():
-    jobs = 2
-    if "--jobs" in sys.argv:
-        jobs = int(sys.argv[sys.argv.index("--jobs") + 1])
-    os.makedirs(OUT, exist_ok=True)
-    if "--fresh" in sys.argv and os.path.exists(RUNS):
-        os.remove(RUNS)
-    wall = time.time()
-    runner = Runner(jobs)
+def run_protocol(runner):
+    """Every run of the protocol not yet in runs.jsonl; the chosen learning rates."""
     trained = [m[0] for m in METHODS if m[0] != "none"]
     # no prompt: nothing to tune or seed, one evaluation per task
     runner.batch([(t, "none", LRS[0], 1) for t in TASKS])
@@ -206,16 +199,11 @@ def main():
     chosen.update({(t, m): choose_lr(runner, t, m) for t in TASKS for m in WIDE_TRAINED})
     runner.batch([(t, m, chosen[t, m], s)
                   for t in TASKS for m in WIDE_TRAINED for s in SEEDS[1:]])
-    elapsed = time.time() - wall
-    summary = os.path.join(OUT, "summary.json")
-    if os.path.exists(summary) and "--fresh" not in sys.argv:
-        # the recorded time is that of every sitting that trained runs: add this one's
-        with open(summary) as f:
-            before = json.load(f)
-        elapsed = before["seconds"] + (elapsed if runner.ran else 0)
-    n_runs = len(runner.runs)
+    return chosen
 
-    # rows[task][method] = dict of figures over the three seeds
+
+def summarise(runner, chosen):
+    """rows[task][method] (figures over the three seeds), the sweeps, the search."""
     rows = {t: {} for t in TASKS + ["average"]}
     labels = dict((m, label) for m, label, _ in METHODS)
     for m, label in [(m, l) for m, l, _ in METHODS] + [(m + "@wide", labels[m]) for m in WIDE]:
@@ -238,8 +226,31 @@ def main():
                              chosen[t, "ulpt2"]) for m, label, _ in SWEEPS}
               for t in SWEEP_TASKS}
     # the learning-rate search itself: validation accuracy of every (method, rate), seed 1
+    trained = [m[0] for m in METHODS if m[0] != "none"]
     search = {t: {m: [runner.get(t, m, lr, SEEDS[0])["acc_valid"] for lr in LRS]
                   for m in trained + WIDE_TRAINED} for t in TASKS}
+    return rows, sweeps, search
+
+
+def main():
+    jobs = 2
+    if "--jobs" in sys.argv:
+        jobs = int(sys.argv[sys.argv.index("--jobs") + 1])
+    os.makedirs(OUT, exist_ok=True)
+    if "--fresh" in sys.argv and os.path.exists(RUNS):
+        os.remove(RUNS)
+    wall = time.time()
+    runner = Runner(jobs)
+    chosen = run_protocol(runner)
+    elapsed = time.time() - wall
+    summary = os.path.join(OUT, "summary.json")
+    if os.path.exists(summary) and "--fresh" not in sys.argv:
+        # the recorded time is that of every sitting that trained runs: add this one's
+        with open(summary) as f:
+            before = json.load(f)
+        elapsed = before["seconds"] + (elapsed if runner.ran else 0)
+    n_runs = len(runner.runs)
+    rows, sweeps, search = summarise(runner, chosen)
     with open(summary, "w") as f:
         json.dump({"rows": rows, "sweeps": sweeps, "search": search,
                    "chosen_lr": {"%s/%s" % k: v for k, v in chosen.items()},
@@ -350,12 +361,8 @@ unset multiplot
 """ % (CURVES, len(TASKS), CURVE_EVERY, "\n".join(panels)))
 
 
-def write_report(rows, sweeps, search, elapsed, n_runs):
-    """docs/RESULTS.md: results_template.md with the tables, figures and prose filled in."""
-    with open(os.path.join(HERE, "results_template.md")) as f:
-        template = f.read()
-    with open(os.path.join(HERE, "results_prose.md")) as f:
-        prose = f.read().strip()
+def results_tables(rows):
+    """One table a task (and the average): every method's size, accuracy, loss and time."""
     tables = []
     for t in ["average"] + TASKS:
         lines = ["| method | trainable parameters | file bytes | test accuracy, % | "
@@ -374,8 +381,13 @@ def write_report(rows, sweeps, search, elapsed, n_runs):
         title = ("Average over the three tasks" if t == "average" else
                  "Task `%s` (%d steps)" % (t, STEPS[t]))
         tables.append("### %s\n\n%s\n" % (title, "\n".join(lines)))
-    search_lines = ["| task | method | " + " | ".join("lr %g" % lr for lr in LRS) + " |",
-                    "|---|---|" + "---:|" * len(LRS)]
+    return "\n".join(tables)
+
+
+def search_table(rows, search):
+    """The learning-rate search: validation accuracy at every rate, the chosen one bold."""
+    lines = ["| task | method | " + " | ".join("lr %g" % lr for lr in LRS) + " |",
+             "|---|---|" + "---:|" * len(LRS)]
     for t in TASKS:
         for m, label in [(m, l) for m, l, _ in METHODS[1:]] + \
                 [(m + "@wide", rows[t][m]["label"] + ", wider host") for m in WIDE[1:]]:
@@ -383,48 +395,71 @@ def write_report(rows, sweeps, search, elapsed, n_runs):
             best = max(accs)
             cells = [("**%.1f**" if a == best and LRS[k] == rows[t][m]["lr"] else "%.1f") % (100 * a)
                      for k, a in enumerate(accs)]
-            search_lines.append("| %s | %s | %s |" % (t, label, " | ".join(cells)))
-    sweep_lines = ["| task | variant | trainable parameters | test accuracy, % | "
-                   "final training loss | learning rate |", "|---|---|---:|---:|---:|---:|"]
+            lines.append("| %s | %s | %s |" % (t, label, " | ".join(cells)))
+    return "\n".join(lines)
+
+
+def sweeps_table(rows, sweeps):
+    """The sweeps of ULPT r=2 against ULPT r=2 itself."""
+    lines = ["| task | variant | trainable parameters | test accuracy, % | "
+             "final training loss | learning rate |", "|---|---|---:|---:|---:|---:|"]
     for t in SWEEP_TASKS:
         base = rows[t]["ulpt2"]
-        sweep_lines.append("| %s | ULPT r=2 (1 group, Z from N(0, 1)) | %d | %s | %.3f | %g |"
-                           % (t, base["params"], fmt_acc(base["acc"]), base["loss_last"], base["lr"]))
+        lines.append("| %s | ULPT r=2 (1 group, Z from N(0, 1)) | %d | %s | %.3f | %g |"
+                     % (t, base["params"], fmt_acc(base["acc"]), base["loss_last"], base["lr"]))
         for m, label, _ in SWEEPS:
             r = sweeps[t][m]
-            sweep_lines.append("| %s | %s | %d | %s | %.3f | %g |" % (
+            lines.append("| %s | %s | %d | %s | %.3f | %g |" % (
                 t, label, r["params"], fmt_acc(r["acc"]), r["loss_last"], r["lr"]))
-    # the two hosts side by side: each method's accuracy and the gap to vanilla
-    wide_lines = ["| task | method | trainable parameters, d = 128 / 256 | test accuracy, "
-                  "d = 128 | test accuracy, d = 256 | final training loss, d = 128 / 256 | "
-                  "learning rate, d = 128 / 256 |", "|---|---|---:|---:|---:|---:|---:|"]
+    return "\n".join(lines)
+
+
+def hosts_table(rows):
+    """The two hosts side by side: each method's accuracy and the gap to vanilla."""
+    lines = ["| task | method | trainable parameters, d = 128 / 256 | test accuracy, "
+             "d = 128 | test accuracy, d = 256 | final training loss, d = 128 / 256 | "
+             "learning rate, d = 128 / 256 |", "|---|---|---:|---:|---:|---:|---:|"]
     for t in ["average"] + TASKS:
         for m in WIDE:
             a, b = rows[t][m], rows[t][m + "@wide"]
             trained_here = m != "none" and t != "average"
-            wide_lines.append("| %s | %s | %s / %s | %s | %s | %s | %s |" % (
+            lines.append("| %s | %s | %s / %s | %s | %s | %s | %s |" % (
                 t, a["label"], "{:,}".format(a["params"]), "{:,}".format(b["params"]),
                 fmt_acc(a["acc"]), fmt_acc(b["acc"]),
                 "%.3f / %.3f" % (a["loss_last"], b["loss_last"]) if trained_here else "—",
                 "%g / %g" % (a["lr"], b["lr"]) if trained_here else "—"))
-        wide_lines.append("| %s | majority class | — | %.1f | %.1f | — | — |" % (
+        lines.append("| %s | majority class | — | %.1f | %.1f | — | — |" % (
             t, 100 * rows[t]["none"]["majority"], 100 * rows[t]["none@wide"]["majority"]))
         gaps = ["%.1f" % (100 * (rows[t]["vanilla" + h]["acc"][0] - rows[t]["ulpt2" + h]["acc"][0]))
                 for h in ("", "@wide")]
-        wide_lines.append("| %s | *vanilla − ULPT r=2, points* | — | *%s* | *%s* | — | — |"
-                          % (t, gaps[0], gaps[1]))
-    share = []
+        lines.append("| %s | *vanilla − ULPT r=2, points* | — | *%s* | *%s* | — | — |"
+                     % (t, gaps[0], gaps[1]))
+    return "\n".join(lines)
+
+
+def share_table(rows):
+    """How much of a training run is spent outside the host's callback."""
+    lines = ["| method | a training run, s | outside the host's callback, s | share |",
+             "|---|---:|---:|---:|"]
     for m, label, _ in METHODS[1:]:
         r = rows["average"][m]
-        share.append("| %s | %.1f | %.3f | %.3f%% |" % (label, r["time"], r["ulpt"],
-                                                    100 * r["ulpt"] / r["time"]))
+        lines.append("| %s | %.1f | %.3f | %.3f%% |" % (label, r["time"], r["ulpt"],
+                                                     100 * r["ulpt"] / r["time"]))
+    return "\n".join(lines)
+
+
+def write_report(rows, sweeps, search, elapsed, n_runs):
+    """docs/RESULTS.md: results_template.md with the tables, figures and prose filled in."""
+    with open(os.path.join(HERE, "results_template.md")) as f:
+        template = f.read()
+    with open(os.path.join(HERE, "results_prose.md")) as f:
+        prose = f.read().strip()
     figures = {
-        "TABLES": "\n".join(tables),
-        "SEARCH": "\n".join(search_lines),
-        "SWEEPS": "\n".join(sweep_lines),
-        "WIDE": "\n".join(wide_lines),
-        "SHARE": "\n".join(["| method | a training run, s | outside the host's callback, s | share |",
-                            "|---|---:|---:|---:|"] + share),
+        "TABLES": results_tables(rows),
+        "SEARCH": search_table(rows, search),
+        "SWEEPS": sweeps_table(rows, sweeps),
+        "WIDE": hosts_table(rows),
+        "SHARE": share_table(rows),
         "MINUTES": "%.0f" % (elapsed / 60),
         "LRS": ", ".join("%g" % x for x in LRS),
         "STEPS": ", ".join("%s %d" % (t, STEPS[t]) for t in TASKS),

@@ -1,9 +1,7 @@
 /* test_tinylm.c -- the example host model of docs/TINYLM.md: its input-row gradient
  * against finite differences, causality, the .tlm file (round trip and every refusal),
  * and the loss of an untrained model. */
-#define _POSIX_C_SOURCE 200809L /* mkdtemp, opendir, setrlimit, sysconf */
-#include <check.h>
-#include <dirent.h>
+#define _POSIX_C_SOURCE 200809L /* setrlimit, sysconf */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -12,6 +10,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "test.h"
 #include "tinylm.h"
 
 /* Small enough for thousands of forward passes; the default is checked once. */
@@ -19,7 +18,7 @@ static const tlm_config small_cfg = {256, 32, 2, 2, 64, 24};
 /* A file small enough to truncate and damage at every byte. */
 static const tlm_config tiny_cfg = {16, 8, 1, 2, 8, 8};
 
-static char dir[64]; /* this run's scratch directory */
+TEST_TIMEOUT(120); /* the finite-difference and every-byte tests, under sanitizers too */
 
 static double uniform(uint64_t *state) /* [-1, 1), not the model's generator */
 {
@@ -202,16 +201,15 @@ static void check_gradient(const char *name, tlm_model *m, uint32_t n_prompt, co
 
 static const char text[] = "great movie, would watch again\n";
 
-START_TEST(class_loss_gradient_matches_finite_differences)
+TEST(class_loss_gradient_matches_finite_differences)
 {
     tlm_model *m = random_model(&small_cfg, 1);
     perturb(m, 2);
     check_gradient("class loss, small", m, 4, text + 14, class_loss, NULL); /* n = 21 */
     tlm_free(m);
 }
-END_TEST
 
-START_TEST(weighted_logits_gradient_matches_finite_differences)
+TEST(weighted_logits_gradient_matches_finite_differences)
 {
     tlm_model *m = random_model(&small_cfg, 3);
     perturb(m, 4);
@@ -224,18 +222,16 @@ START_TEST(weighted_logits_gradient_matches_finite_differences)
     free(w);
     tlm_free(m);
 }
-END_TEST
 
-START_TEST(default_config_gradient_matches_finite_differences)
+TEST(default_config_gradient_matches_finite_differences)
 {
     tlm_config cfg = TLM_CONFIG_DEFAULT;
     tlm_model *m = random_model(&cfg, 5);
     check_gradient("class loss, default init", m, 8, text, class_loss, NULL); /* n = 39 */
     tlm_free(m);
 }
-END_TEST
 
-START_TEST(class_loss_is_the_verbalizer_cross_entropy)
+TEST(class_loss_is_the_verbalizer_cross_entropy)
 {
     tlm_model *m = random_model(&small_cfg, 6);
     perturb(m, 7);
@@ -255,11 +251,10 @@ START_TEST(class_loss_is_the_verbalizer_cross_entropy)
     free(rows), free(logits);
     tlm_free(m);
 }
-END_TEST
 
 /* ---- the forward pass ------------------------------------------------------------------ */
 
-START_TEST(changing_a_later_row_leaves_earlier_logits_unchanged)
+TEST(changing_a_later_row_leaves_earlier_logits_unchanged)
 {
     tlm_model *m = random_model(&small_cfg, 10);
     perturb(m, 11);
@@ -278,9 +273,8 @@ START_TEST(changing_a_later_row_leaves_earlier_logits_unchanged)
     free(rows), free(a), free(b);
     tlm_free(m);
 }
-END_TEST
 
-START_TEST(a_prefix_has_the_logits_of_the_full_sequence)
+TEST(a_prefix_has_the_logits_of_the_full_sequence)
 {
     tlm_model *m = random_model(&small_cfg, 13);
     perturb(m, 14);
@@ -295,9 +289,8 @@ START_TEST(a_prefix_has_the_logits_of_the_full_sequence)
     free(rows), free(a), free(b);
     tlm_free(m);
 }
-END_TEST
 
-START_TEST(half_float_gelu_moves_logits_a_little_and_switches_off)
+TEST(half_float_gelu_moves_logits_a_little_and_switches_off)
 {
     tlm_model *m = random_model(&small_cfg, 16);
     perturb(m, 17);
@@ -318,9 +311,8 @@ START_TEST(half_float_gelu_moves_logits_a_little_and_switches_off)
     free(rows), free(a), free(b);
     tlm_free(m);
 }
-END_TEST
 
-START_TEST(forward_and_backward_refuse_bad_arguments)
+TEST(forward_and_backward_refuse_bad_arguments)
 {
     tlm_model *m = random_model(&small_cfg, 16);
     float rows[25 * 32] = {0}, logits[25 * 256], d[25 * 32];
@@ -336,11 +328,10 @@ START_TEST(forward_and_backward_refuse_bad_arguments)
     ck_assert_ptr_null(tlm_token_embedding(m, -1));
     tlm_free(m);
 }
-END_TEST
 
 /* ---- creation --------------------------------------------------------------------------- */
 
-START_TEST(default_model_has_the_documented_size_and_init)
+TEST(default_model_has_the_documented_size_and_init)
 {
     tlm_config cfg = TLM_CONFIG_DEFAULT;
     tlm_model *m = random_model(&cfg, 42), *same = random_model(&cfg, 42);
@@ -360,9 +351,8 @@ START_TEST(default_model_has_the_documented_size_and_init)
     ck_assert_ptr_eq(tlm_token_embedding(m, 3), p + 3 * 128);
     tlm_free(m), tlm_free(same), tlm_free(other);
 }
-END_TEST
 
-START_TEST(create_refuses_a_bad_configuration)
+TEST(create_refuses_a_bad_configuration)
 {
     tlm_model *m = (tlm_model *)&m; /* a sentinel that must survive */
     tlm_config zero = {256, 128, 0, 4, 512, 192}, odd = {256, 130, 4, 4, 512, 192};
@@ -374,9 +364,8 @@ START_TEST(create_refuses_a_bad_configuration)
     ck_assert_ptr_nonnull(strstr(tlm_last_error(), "limit"));
     ck_assert_ptr_eq(m, (tlm_model *)&m);
 }
-END_TEST
 
-START_TEST(lm_loss_of_a_random_model_is_about_ln_256)
+TEST(lm_loss_of_a_random_model_is_about_ln_256)
 {
     tlm_config cfg = TLM_CONFIG_DEFAULT;
     tlm_model *m = random_model(&cfg, 17);
@@ -389,14 +378,13 @@ START_TEST(lm_loss_of_a_random_model_is_about_ln_256)
     ck_assert_double_eq_tol(l, log(256), 0.1);
     tlm_free(m);
 }
-END_TEST
 
 /* ---- the .tlm file ---------------------------------------------------------------------- */
 
 static const char *path_of(const char *name)
 {
-    static char path[sizeof dir + 320]; /* room for any file name */
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    static char path[4096];
+    snprintf(path, sizeof path, "%s/%s", test_dir(), name);
     return path;
 }
 
@@ -441,7 +429,7 @@ static unsigned char *tiny_file(size_t *size)
     return read_all(path_of("tiny.tlm"), size);
 }
 
-START_TEST(save_load_round_trip_is_bit_exact)
+TEST(save_load_round_trip_is_bit_exact)
 {
     tlm_model *m = random_model(&small_cfg, 22), *back = NULL;
     perturb(m, 23);
@@ -464,9 +452,8 @@ START_TEST(save_load_round_trip_is_bit_exact)
     tlm_free(m), tlm_free(back);
     unlink(path_of("m.tlm")), unlink(path_of("again.tlm"));
 }
-END_TEST
 
-START_TEST(save_refuses_a_long_corpus_name)
+TEST(save_refuses_a_long_corpus_name)
 {
     tlm_model *m = random_model(&tiny_cfg, 24);
     char name[66];
@@ -480,9 +467,8 @@ START_TEST(save_refuses_a_long_corpus_name)
     tlm_free(m), tlm_free(back);
     unlink(path_of("long.tlm"));
 }
-END_TEST
 
-START_TEST(every_truncation_is_refused)
+TEST(every_truncation_is_refused)
 {
     size_t size;
     unsigned char *buf = tiny_file(&size);
@@ -497,11 +483,10 @@ START_TEST(every_truncation_is_refused)
     free(buf), free(longer);
     unlink(path_of("cut.tlm")), unlink(path_of("tiny.tlm"));
 }
-END_TEST
 
 /* The loader from memory agrees with the one from a file: the same model from the whole
  * file, a refusal (one line, *out untouched) from every prefix and from a flipped byte. */
-START_TEST(load_buffer_agrees_with_load)
+TEST(load_buffer_agrees_with_load)
 {
     size_t size;
     unsigned char *buf = tiny_file(&size);
@@ -529,9 +514,8 @@ START_TEST(load_buffer_agrees_with_load)
     free(buf);
     unlink(path_of("tiny.tlm"));
 }
-END_TEST
 
-START_TEST(every_flipped_byte_is_refused)
+TEST(every_flipped_byte_is_refused)
 {
     size_t size;
     unsigned char *buf = tiny_file(&size);
@@ -544,7 +528,6 @@ START_TEST(every_flipped_byte_is_refused)
     free(buf);
     unlink(path_of("flip.tlm")), unlink(path_of("tiny.tlm"));
 }
-END_TEST
 
 static uint32_t crc_of(const unsigned char *p, size_t len)
 {
@@ -587,7 +570,7 @@ static const char *refused_with_good_crc(const unsigned char *orig, size_t size,
     return e;
 }
 
-START_TEST(each_header_check_refuses_behind_a_good_crc)
+TEST(each_header_check_refuses_behind_a_good_crc)
 {
     size_t size;
     unsigned char *buf = tiny_file(&size);
@@ -606,7 +589,6 @@ START_TEST(each_header_check_refuses_behind_a_good_crc)
     free(buf);
     unlink(path_of("edit.tlm")), unlink(path_of("tiny.tlm"));
 }
-END_TEST
 
 /* A file of the tiny configuration whose zlib stream holds `raw_len` bytes. */
 static void write_with_payload(const unsigned char *header, size_t raw_len, const char *path)
@@ -636,7 +618,7 @@ static void write_with_payload(const unsigned char *header, size_t raw_len, cons
     free(raw), free(b);
 }
 
-START_TEST(zlib_data_must_inflate_to_exactly_4p_bytes)
+TEST(zlib_data_must_inflate_to_exactly_4p_bytes)
 {
     size_t size;
     unsigned char *buf = tiny_file(&size);
@@ -652,7 +634,6 @@ START_TEST(zlib_data_must_inflate_to_exactly_4p_bytes)
     free(buf);
     unlink(path_of("z.tlm")), unlink(path_of("tiny.tlm"));
 }
-END_TEST
 
 /* Address space now in use, from /proc; 0 where there is no /proc. */
 static uint64_t address_space_in_use(void)
@@ -667,7 +648,7 @@ static uint64_t address_space_in_use(void)
     return pages * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
-START_TEST(a_huge_parameter_count_is_refused_without_a_huge_allocation)
+TEST(a_huge_parameter_count_is_refused_without_a_huge_allocation)
 {
     size_t size;
     unsigned char *buf = tiny_file(&size);
@@ -704,18 +685,16 @@ START_TEST(a_huge_parameter_count_is_refused_without_a_huge_allocation)
     free(b), free(buf);
     unlink(path_of("huge.tlm")), unlink(path_of("edit.tlm")), unlink(path_of("tiny.tlm"));
 }
-END_TEST
 
-START_TEST(load_refuses_a_missing_file)
+TEST(load_refuses_a_missing_file)
 {
     ck_assert_ptr_nonnull(strstr(refused(path_of("none.tlm"), "missing"), "none.tlm"));
 }
-END_TEST
 
 /* The shipped weights (make pretrain) load and model English far better than chance:
  * held-out Moby-Dick was 1.55 nats/byte when they were trained; this sentence is not
  * from the novel.  The test runs from the top of the tree, as make check does. */
-START_TEST(shipped_weights_load_and_model_english)
+TEST(shipped_weights_load_and_model_english)
 {
     tlm_model *m = NULL;
     ck_assert_msg(tlm_load(&m, "examples/tinylm/tinylm.tlm") == 0, "%s", tlm_last_error());
@@ -726,65 +705,4 @@ START_TEST(shipped_weights_load_and_model_english)
     printf("shipped tinylm: %.3f nats/byte on an English sentence (chance: 5.545)\n", loss);
     ck_assert_double_lt(loss, 2.5);
     tlm_free(m);
-}
-END_TEST
-
-static Suite *tinylm_suite(void)
-{
-    Suite *s = suite_create("tinylm");
-    TCase *grad = tcase_create("gradients");
-    tcase_set_timeout(grad, 120);
-    tcase_add_test(grad, class_loss_gradient_matches_finite_differences);
-    tcase_add_test(grad, weighted_logits_gradient_matches_finite_differences);
-    tcase_add_test(grad, default_config_gradient_matches_finite_differences);
-    tcase_add_test(grad, class_loss_is_the_verbalizer_cross_entropy);
-    suite_add_tcase(s, grad);
-
-    TCase *fwd = tcase_create("model");
-    tcase_set_timeout(fwd, 60);
-    tcase_add_test(fwd, changing_a_later_row_leaves_earlier_logits_unchanged);
-    tcase_add_test(fwd, a_prefix_has_the_logits_of_the_full_sequence);
-    tcase_add_test(fwd, half_float_gelu_moves_logits_a_little_and_switches_off);
-    tcase_add_test(fwd, forward_and_backward_refuse_bad_arguments);
-    tcase_add_test(fwd, default_model_has_the_documented_size_and_init);
-    tcase_add_test(fwd, create_refuses_a_bad_configuration);
-    tcase_add_test(fwd, lm_loss_of_a_random_model_is_about_ln_256);
-    tcase_add_test(fwd, shipped_weights_load_and_model_english);
-    suite_add_tcase(s, fwd);
-
-    TCase *file = tcase_create("file");
-    tcase_set_timeout(file, 120);
-    tcase_add_test(file, save_load_round_trip_is_bit_exact);
-    tcase_add_test(file, save_refuses_a_long_corpus_name);
-    tcase_add_test(file, every_truncation_is_refused);
-    tcase_add_test(file, every_flipped_byte_is_refused);
-    tcase_add_test(file, load_buffer_agrees_with_load);
-    tcase_add_test(file, each_header_check_refuses_behind_a_good_crc);
-    tcase_add_test(file, zlib_data_must_inflate_to_exactly_4p_bytes);
-    tcase_add_test(file, a_huge_parameter_count_is_refused_without_a_huge_allocation);
-    tcase_add_test(file, load_refuses_a_missing_file);
-    suite_add_tcase(s, file);
-    return s;
-}
-
-int main(void)
-{
-    snprintf(dir, sizeof dir, "/tmp/tinylm-test-XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    SRunner *sr = srunner_create(tinylm_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    DIR *d = opendir(dir); /* whatever a failed test left behind */
-    for (struct dirent *e; d && (e = readdir(d)) != NULL;)
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-            unlink(path_of(e->d_name));
-    if (d)
-        closedir(d);
-    rmdir(dir);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

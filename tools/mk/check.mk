@@ -29,10 +29,13 @@ tests/test_ulpt: $(TEST_OBJS) $(STATIC)
 check-unit: need-test tests/test_ulpt
 	./tests/test_ulpt
 
-# tinylm's own suite: the example host's model, loader and trainer.
-tests/tinylm/test_tinylm: tests/tinylm/test_tinylm.c $(TLM_DEPS)
-	$(CC) $(CFLAGS) $(TLM_CFLAGS) -Wno-missing-prototypes $(CHECK_CFLAGS) -o $@ $< \
-	    $(TLM_SRCS) $(CHECK_LIBS) $(DEP_LIBS) -pthread
+# The example hosts' suite (TLM_TEST_SRCS, examples.mk): tinylm's model and loader, and
+# examples/common; registered with TEST() and run by the library's tests/test_main.c.
+tests/tinylm/test_tinylm: $(TLM_TEST_SRCS) $(TLM_DEPS) $(TASK_DEPS) $(CLI_DEPS) \
+    $(wildcard tests/*.h) $(STATIC)
+	$(CC) $(CFLAGS) $(TLM_CFLAGS) -Iinclude -Itests -Wno-missing-prototypes $(CHECK_CFLAGS) \
+	    -o $@ $(TLM_TEST_SRCS) $(TLM_SRCS) $(TASK_SRCS) $(CLI_SRCS) $(STATIC) $(CHECK_LIBS) \
+	    $(DEP_LIBS) -pthread
 
 # The example programs build too (python tests run tlm and tune).
 check-tinylm: need-test tests/tinylm/test_tinylm examples/tinylm/tlm examples/tinylm/tune \

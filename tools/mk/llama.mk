@@ -43,7 +43,7 @@ $(LLAMA_GGUF_GELU0): examples/llama/convert.py examples/tinylm/tinylm.tlm $(LLAM
 # The host: libulpt from the build tree, llama.cpp from the cache (-lllama -lggml
 # -lggml-base), tinylm's C forward for the comparisons.
 $(LLAMA_HOST): $(LLAMA_HOST_DEPS) $(SHARED) include/ulpt.h $(LLAMA_STAMP)
-	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -Iexamples/tinylm -I$(LLAMA_SRC)/include \
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -Iexamples/tinylm $(COMMON_CFLAGS) -I$(LLAMA_SRC)/include \
 	    -I$(LLAMA_SRC)/ggml/include $(DEP_CFLAGS) -o $@ $(LLAMA_HOST_SRCS) $(TLM_SRCS) $(TASK_SRCS) \
 	    $(call link_shared,../../lib) -L$(LLAMA_BIN) -lllama -lggml -lggml-base \
 	    -Wl,-rpath,$(LLAMA_BIN) $(DEP_LIBS) -pthread

@@ -30,7 +30,7 @@ fuzz_LINK := -fsanitize=fuzzer,address,undefined
 cov_CC := gcc
 cov_FLAGS := -O0 --coverage
 
-VARIANT_CFLAGS = -std=c11 -g -Iinclude -Ilib -Iexamples/tinylm -Itests $(DEP_CFLAGS) \
+VARIANT_CFLAGS = -std=c11 -g -Iinclude -Ilib -Iexamples/tinylm $(COMMON_CFLAGS) -Itests $(DEP_CFLAGS) \
     $(CHECK_CFLAGS)
 
 # $(call variant,NAME): the object rules and the programs of one variant.
@@ -50,7 +50,8 @@ tests/build/$1/%.o: %.c $(LIB_HDRS) $(wildcard tests/*.h)
 tests/build/$1/test_ulpt: $$($1_LIB) $(patsubst %.c,tests/build/$1/%.o,$(TEST_SRCS))
 	$$($1_CC) $$($1_LINK) -o $$@ $$^ $$(CHECK_LIBS) $$(DEP_LIBS) -pthread
 
-tests/build/$1/test_tinylm: $$($1_TLM) tests/build/$1/tests/tinylm/test_tinylm.o
+tests/build/$1/test_tinylm: $$($1_LIB) $$($1_TLM) \
+    $(patsubst %.c,tests/build/$1/%.o,$(TLM_TEST_SRCS) $(TASK_SRCS) $(CLI_SRCS))
 	$$($1_CC) $$($1_LINK) -o $$@ $$^ $$(CHECK_LIBS) $$(DEP_LIBS) -pthread
 
 tests/build/$1/threads: $$($1_LIB) tests/build/$1/tests/threads.o
