@@ -62,7 +62,10 @@ results: need-results
 # tinylm-wide.tlm, the wider host of docs/RESULTS.md (d = 256, 2 blocks, about 30 minutes).
 PRETRAIN_FLAGS ?= --steps 1500 --batch 16 --seed 1
 PRETRAIN_WIDE ?= --width 256 --layers 2 --heads 8 --mlp 1024
+# tinylm-llama.tlm, the Llama-shaped host (docs/TINYLM.md; about 23 minutes, 1000 steps).
+PRETRAIN_LLAMA ?= --arch llama --steps 1000 --batch 16 --seed 1
 pretrain: need-test data
 	$(PYTHON) examples/tinylm/pretrain.py examples/tinylm/tinylm.tlm $(PRETRAIN_FLAGS)
 	$(PYTHON) examples/tinylm/pretrain.py examples/tinylm/tinylm-wide.tlm $(PRETRAIN_FLAGS) \
 	    $(PRETRAIN_WIDE)
+	$(PYTHON) examples/tinylm/pretrain.py examples/tinylm/tinylm-llama.tlm $(PRETRAIN_LLAMA)
