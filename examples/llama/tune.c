@@ -20,6 +20,7 @@
 #include "cli.h"
 #include "engine.h"
 #include "host.h"
+#include "recipe.h"
 #include "task.h"
 #include "ulpt.h"
 
@@ -188,21 +189,11 @@ static int tune_setup(tuner *t)
     for (size_t i = 0; i < t->train.n; i++)
         t->index_view.ex[i].label = (int)i;
 
-    /* the prompt and optimizer of examples/tinylm/tune: rank r, AdamW, 10% warmup, then
-     * linear decay to 0, weight decay 1e-5, clipping at norm 1 */
-    ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
-    po.n_tokens = o->tokens;
-    po.dim = engine_identity_of(t->e)->n_embd;
-    po.rank = o->rank;
-    po.projection_seed = po.init_seed = o->seed;
+    /* the recipe of every example host (examples/common/recipe.h) */
+    const ulpt_prompt_options po =
+        recipe_prompt(o->tokens, o->rank, engine_identity_of(t->e)->n_embd, o->seed);
     TRY(ulpt_prompt_create(&t->p, &po));
-    ulpt_optimizer_options oo = ULPT_OPTIMIZER_OPTIONS_INIT;
-    oo.lr = o->lr;
-    oo.weight_decay = 1e-5;
-    oo.max_grad_norm = 1.0;
-    oo.schedule = ULPT_SCHED_LINEAR;
-    oo.warmup_steps = o->steps / 10;
-    oo.total_steps = o->steps;
+    const ulpt_optimizer_options oo = recipe_adamw(o->lr, o->steps);
     TRY(ulpt_optimizer_create(&t->opt, t->p, &oo));
     rc = 0;
 out:
@@ -246,12 +237,16 @@ static int tune_loop(tuner *t, const tune_method *method, double *first, double 
 /* The prompt records the model, the layout, the labels and the task; saved if asked. */
 static int tune_save(tuner *t)
 {
-    char task[256];
+    char task[256], dir[4096];
     const options *o = t->o;
-    task_name(o->n_args ? o->args[0] : o->train, task, sizeof task);
-    char *dot = o->n_args ? NULL : strrchr(task, '.');
-    if (dot)
-        *dot = '\0';
+    /* the task: the task directory, or the directory of the training file */
+    snprintf(dir, sizeof dir, "%s", o->n_args ? o->args[0] : o->train);
+    char *slash = o->n_args ? NULL : strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    else if (!o->n_args)
+        snprintf(dir, sizeof dir, ".");
+    task_name(dir, task, sizeof task);
     if (engine_identity_to_prompt(t->e, t->p))
         return fail("%s", engine_error());
     if (format_to_prompt(t->p, &t->fmt, &t->labels.names))

@@ -173,3 +173,10 @@ def read_vectors(vocab_path):
             v.pop()
     assert len(inp) == len(out), vocab_path
     return [(t, [int(x) for x in o.split()]) for t, o in zip(inp, out)]
+
+
+def tokenizer_bos(vocab_path):
+    """The BOS id of a vocabulary file (read with gguf-py, which load_gguf_py imported)."""
+    import gguf  # noqa: E402
+    f = gguf.GGUFReader(vocab_path).fields["tokenizer.ggml.bos_token_id"]
+    return int(f.contents())
