@@ -453,8 +453,8 @@ int data_load(data_split *s, const char *path, data_labels *labels, int grow, ch
     const int jsonl = ends_with(path, ".jsonl") || ends_with(path, ".json");
     if (!jsonl && !ends_with(path, ".tsv"))
         return err_at(err, errsize, "%s: the file name must end in .jsonl or .tsv", path);
-    char *data;
-    size_t size;
+    char *data = NULL;
+    size_t size = 0;
     if (read_file(path, &data, &size, err, errsize))
         return -1;
     data_split got = { 0 };

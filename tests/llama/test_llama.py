@@ -132,7 +132,7 @@ def tuned_jsonl(tmp_path_factory):
     n_test = tsv_to_jsonl(os.path.join(FIXTURES, "names", "test.tsv"), d / "test.jsonl")
     assert n_train >= 24 and n_test >= 24
     r = host("tune", "--gguf", GGUF, "--train", d / "train.jsonl", "--test", d / "test.jsonl",
-             "--steps", 40, "--examples", 8, "--tokens", 8, "--lr", 0.05, "--threads", 1,
+             "--steps", 60, "--examples", 16, "--tokens", 16, "--lr", 0.05, "--threads", 1,
              "--save", d / "names.ulpt", "--json")
     assert r.returncode == 0, r.stderr
     return d, last_json(r.stdout)
@@ -141,7 +141,7 @@ def tuned_jsonl(tmp_path_factory):
 def test_forward_only_tuning_from_jsonl(tuned_jsonl):
     d, s = tuned_jsonl
     assert s["method"] == "forward-only" and s["eval"] == "test"
-    assert s["sequences"] == 40 * 2 * 8
+    assert s["sequences"] == 60 * 2 * 16
     assert s["loss_last"] < s["loss_first"] + 0.5, s  # a short run: it must not blow up
     p = ulpt.Prompt.load(d / "names.ulpt")
     m = dict(p.meta)
@@ -190,8 +190,10 @@ def test_quantized_models_accept_the_prompt_and_report_the_difference(qtype, tun
     r = host("serve", "--gguf", q, "--prompt", d / "names.ulpt", "--test", d / "test.jsonl")
     assert "trained against F32 weights; this file's are " + qtype in r.stdout, r.stdout
     diff = float(np.max(np.abs(scores[qtype] - scores["f32"])))
+    scale = float(np.max(np.abs(scores["f32"])))
     same = float(np.mean(scores[qtype].argmax(1) == scores["f32"].argmax(1)))
     print(f"tinylm {qtype}: accuracy {acc[qtype]:.4f} (f32 {acc['f32']:.4f}), same label on "
-          f"{same:.3f}, label log-prob max |diff| {diff:.3g}")
-    assert diff < {"Q8_0": 0.05, "Q4_0": 0.5, "Q4_K_M": 0.5}[qtype], diff
+          f"{same:.3f}, label log-prob max |diff| {diff:.3g} (largest |log-prob| {scale:.3g})")
+    # quantization moves the scores, by a few percent at 8 bits, more at 4
+    assert 0 < diff < {"Q8_0": 0.05, "Q4_0": 0.3, "Q4_K_M": 0.3}[qtype] * scale, (diff, scale)
     assert abs(acc[qtype] - acc["f32"]) <= {"Q8_0": 0.05, "Q4_0": 0.2, "Q4_K_M": 0.2}[qtype]

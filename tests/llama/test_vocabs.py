@@ -193,3 +193,38 @@ def test_no_prompt_scores_equal_numpy(models, data, tmp_path):
            for line in host("tokenize", "--gguf", path, tok_in).stdout.splitlines()]
     want = fwd.label_scores(fwd.embed(ids[0]), ids[1:])
     np.testing.assert_allclose(served[0]["scores"], want, rtol=2e-4, atol=2e-4)
+
+
+@pytest.fixture(scope="module")
+def wide(data, tmp_path_factory):
+    """A Llama-shaped random model of width 256 (every K-quant's super-block) with the
+    llama-spm vocabulary, and a prompt tuned on it."""
+    gguf = vocab_model.load_gguf_py(SRC)
+    d = tmp_path_factory.mktemp("wide")
+    path = str(d / "wide.gguf")
+    vocab_model.write_model(gguf, vocab_path("llama-spm"), path, n_embd=256, n_head=4,
+                            n_head_kv=2, n_ff=512, tied=False, seed=11)
+    host("tune", "--gguf", path, "--train", data / "train.jsonl", "--steps", 2, "--examples", 2,
+         "--tokens", 4, "--threads", 1, "--save", d / "p.ulpt")
+    return path, d / "p.ulpt"
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K_M", "Q4_0"])
+def test_quantized_llama_accepts_the_prompt(qtype, wide, data, tmp_path):
+    path, prompt = wide
+    q = tmp_path / f"wide-{qtype}.gguf"
+    host("quantize", path, q, qtype)
+    assert os.path.getsize(q) < os.path.getsize(path) / 2
+    scores = {}
+    for tag, model in (("F32", path), (qtype, q)):
+        r = host("serve", "--gguf", model, "--prompt", prompt, "--test", data / "test.jsonl",
+                 "--scores", tmp_path / f"{tag}.jsonl")
+        assert ("trained against F32 weights; this file's are " + qtype in r.stdout) == \
+            (tag != "F32"), r.stdout
+        scores[tag] = np.array([json.loads(x)["scores"] for x in open(tmp_path / f"{tag}.jsonl")])
+    diff = float(np.max(np.abs(scores[qtype] - scores["F32"])))
+    scale = float(np.max(np.abs(scores["F32"])))
+    same = float(np.mean(scores[qtype].argmax(1) == scores["F32"].argmax(1)))
+    print(f"llama width 256 {qtype}: label log-prob max |diff| {diff:.3g} of scale "
+          f"{scale:.3g}, same label on {same:.2f}")
+    assert 0 < diff < {"Q8_0": 0.02, "Q4_K_M": 0.2, "Q4_0": 0.3}[qtype] * scale
