@@ -6,7 +6,8 @@
 #    through llama.cpp and through `tune --load`;
 # 3. several prompts (two tasks, two seeds) served at once, against one at a time;
 # 4. a prompt tuned inside llama.cpp with forward passes only, against the first-order
-#    prompt tinylm's own backward trains with the same budget of examples.
+#    prompt tinylm's own backward trains with the same budget of examples;
+# 5. the names prompt served on quantized copies of the model (llama_model_quantize).
 # Prompts are kept in examples/tinylm/cache and reused by later runs.
 set -eu
 gguf=$1
@@ -96,3 +97,13 @@ print("  forward-only inside llama.cpp: %.1f%% test accuracy (from %.1f%%), %d s
       % (100 * zo["acc_test"], 100 * zo["acc_before"], zo["steps"], zo["batch"],
          zo["train_seconds"], zo["decode_seconds"]))
 ' "$zo"
+
+echo
+echo "== 5. the same prompt on quantized weights"
+"$host" identity --gguf "$gguf"
+for q in Q8_0 Q4_0 Q4_K_M; do
+    qg=$cache/tinylm-$q.gguf
+    [ -f "$qg" ] || "$host" quantize "$gguf" "$qg" "$q" >/dev/null
+    "$host" serve --gguf "$qg" --prompt "$cache/names-rank2.ulpt" --threads "$threads" \
+        "$tasks/names"
+done
