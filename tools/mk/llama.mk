@@ -2,16 +2,18 @@
 # tinylm converted to GGUF, the host examples/llama/ulpt-llama, its demo and its test.
 #
 # llama.cpp is fetched as the npm package node-llama-cpp at this exact version
-# (tools/fetch-package, checked against tools/packages.sha512) and built once, CPU only,
-# into LLAMA_CACHE: examples/llama/cache by default, or the environment's
-# ULPT_LLAMA_CACHE.  The directory is keyed by the version; later runs, and other clones
-# pointed at the same cache, reuse the build.
+# (tools/fetch-package, checked against tools/packages.sha512), patched with the series in
+# examples/llama/patches/ and built once, CPU only, into LLAMA_CACHE: examples/llama/cache
+# by default, or the environment's ULPT_LLAMA_CACHE.  The build's directory is keyed by
+# the version and the series' hash (build-llama.sh --key); later runs, and other clones
+# pointed at the same cache, reuse the build, and every target here uses that one build.
 
 .PHONY: llama llama-demo check-llama
 
 LLAMA_VERSION := 3.21.1
 LLAMA_CACHE ?= $(or $(ULPT_LLAMA_CACHE),examples/llama/cache)
-LLAMA_DIR := $(LLAMA_CACHE)/node-llama-cpp-$(LLAMA_VERSION)
+LLAMA_KEY := $(shell sh examples/llama/build-llama.sh --key)
+LLAMA_DIR := $(LLAMA_CACHE)/$(LLAMA_KEY)
 LLAMA_STAMP := $(LLAMA_DIR)/built
 LLAMA_SRC := $(LLAMA_DIR)/llama.cpp
 LLAMA_BIN = $(abspath $(LLAMA_DIR)/build/bin)
