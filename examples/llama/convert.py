@@ -1,7 +1,13 @@
 """Convert tinylm weights (.tlm, docs/TINYLM.md) to a GGUF file that llama.cpp runs as
-architecture `gpt2`.
+architecture `gpt2`, or the Llama-shaped tinylm-llama's as architecture `llama`.
 
-    convert.py MODEL.tlm OUT.gguf
+    convert.py MODEL.tlm OUT.gguf [--f16]
+
+The architecture comes from the file: a version-1 .tlm is tinylm (`gpt2`, below), a
+version-2 .tlm is tinylm-llama (`llama`: RMSNorm, adjacent-pair RoPE, grouped-query
+attention, SwiGLU, untied head; examples/tinylm/llama_format.py writes it, with the same
+byte vocabulary and naming as here: "tinylm-llama", or "tinylm-llama-random" for weights
+without a training record).  --f16 stores its matrices as float16 (llama only).
 
 tinylm has GPT-2's shape: learned positions, pre-LayerNorm blocks with a fused QKV
 projection, a tanh-GELU MLP and an output head tied to the token embeddings. The GGUF
@@ -206,6 +212,26 @@ def convert(tlm_path, out_path, gguf, gelu_zero=False):
     return cfg, meta
 
 
+def convert_llama(tlm_path, out_path, gguf, f16=False):
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(here, "..", "tinylm"))
+    import llama_format
+    try:
+        cfg, meta, flat = llama_format.read_llama(tlm_path)
+    except ValueError as e:
+        raise ConvertError(str(e))
+    name = "tinylm-llama" if meta["corpus"] else "tinylm-llama-random"
+    desc = (f"tinylm-llama (docs/TINYLM.md) converted from {os.path.basename(tlm_path)}: "
+            f"trained on {meta['corpus'] or 'nothing'}, seed {meta['seed']}, "
+            f"{meta['steps']} steps")
+    try:
+        llama_format.write_gguf_arrays(cfg, llama_format.split_flat(cfg, flat), out_path,
+                                       gguf, name, desc, f16)
+    except ValueError as e:
+        raise ConvertError(f"{tlm_path}: {e}")
+    return cfg, name
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tlm", help="tinylm weights (.tlm)")
@@ -214,6 +240,8 @@ def main(argv=None):
     ap.add_argument("--gelu-zero", action="store_true",
                     help=f"a test variant: every MLP pre-activation lowered by "
                          f"{GELU_ZERO_SHIFT:g}, so GELU is exactly 0 in every engine")
+    ap.add_argument("--f16", action="store_true",
+                    help="store a Llama-shaped model's matrices as float16")
     args = ap.parse_args(argv)
     if args.gguf_py:
         sys.path.insert(0, args.gguf_py)
@@ -224,6 +252,21 @@ def main(argv=None):
               file=sys.stderr)
         return 1
     try:
+        with open(args.tlm, "rb") as f:
+            head = f.read(12)
+        version = struct.unpack_from("<I", head, 8)[0] \
+            if len(head) == 12 and head[:8] == MAGIC else None
+        if version == 2:
+            if args.gelu_zero:
+                raise ConvertError("--gelu-zero is for tinylm (gpt2); tinylm-llama has no GELU")
+            cfg, name = convert_llama(args.tlm, args.out, gguf, args.f16)
+            print(f"convert.py: {args.out}: llama, {cfg.L} blocks, width {cfg.C}, "
+                  f"{cfg.H} query heads, {cfg.KVH} key/value heads, MLP {cfg.F}, "
+                  f"context {cfg.T}, 256 byte tokens, "
+                  f"{'float16' if args.f16 else 'float32'}, model \"{name}\"")
+            return 0
+        if args.f16:
+            raise ConvertError("--f16 is for a Llama-shaped model; tinylm stays float32")
         cfg, meta = convert(args.tlm, args.out, gguf, args.gelu_zero)
     except (ConvertError, OSError) as e:
         print(f"convert.py: {e}", file=sys.stderr)

