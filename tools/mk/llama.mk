@@ -50,6 +50,13 @@ $(LLAMA_HOST): $(LLAMA_HOST_DEPS) $(SHARED) include/ulpt.h $(LLAMA_STAMP)
 	    $(call link_shared,../../lib) -L$(LLAMA_BIN) -lllama -lggml -lggml-base \
 	    -Wl,-rpath,$(LLAMA_BIN) $(DEP_LIBS) -pthread
 
+# llama_embd_grad from C for tests/llama/test_grad.py, and llama_model_quantize for the
+# quantized files it tests.
+LLAMA_GRAD_CHECK := tests/llama/llama_grad
+$(LLAMA_GRAD_CHECK): tests/llama/llama_grad.c $(LLAMA_STAMP)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include \
+	    -o $@ $< -L$(LLAMA_BIN) -lllama -lggml -lggml-base -Wl,-rpath,$(LLAMA_BIN)
+
 # End to end on a fresh clone: build llama.cpp once, convert tinylm, serve the prompt
 # `make demo` trains (and one for spam) through llama.cpp against tune --load, several
 # prompts at once, and a prompt tuned inside llama.cpp with forward passes only.
@@ -65,7 +72,9 @@ llama-demo:
 check-llama:
 	@sh .ci/install-deps llama
 	@$(MAKE) -s --no-print-directory all $(LLAMA_STAMP)
-	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST)
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST) \
+	    $(LLAMA_GRAD_CHECK)
 	ULPT_LLAMA_GGUF=$(LLAMA_GGUF) ULPT_LLAMA_GGUF_GELU0=$(LLAMA_GGUF_GELU0) \
-	    ULPT_LLAMA_HOST=$(LLAMA_HOST) \
+	    ULPT_LLAMA_HOST=$(LLAMA_HOST) ULPT_LLAMA_GRAD=$(LLAMA_GRAD_CHECK) \
+	    ULPT_LLAMA_CACHE_DIR=$(LLAMA_CACHE) ULPT_LLAMA_SRC=$(LLAMA_SRC) \
 	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/llama
