@@ -221,6 +221,7 @@ def test_reduced_precision_gradient_against_pytorch_on_its_weights(models, kind,
 def test_a_graph_without_backward_is_named_not_aborted(models, tmp_path):
     # tinylm as gpt2: layer norm and GELU, which ggml_compute_backward has no case for
     seqs = [Seq([-1] * 2 + text("hi"), np.zeros((2, CFG.C)), [(3, ord("a"))])]
+    seqs[0].embd = np.zeros((2, 128), dtype=np.float32)  # tinylm's width
     req, out = str(tmp_path / "r.bin"), str(tmp_path / "o.bin")
     write_request(req, seqs, [])
     r = run(GPT2, req, out)
