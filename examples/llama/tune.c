@@ -1,248 +1,335 @@
-/* tune.c -- tuning a prompt inside llama.cpp with forward passes only.
+/* tune.c -- tuning a prompt inside llama.cpp.
  *
- * llama.cpp has no gradient with respect to its input embeddings, so the prompt is
- * trained through libulpt's forward-only API (ulpt_zo_step): each step libulpt writes
- * 2q perturbed prompts theta +- eps*u_j and asks for their losses on one minibatch of m
- * examples.  The callback decodes every (perturbed prompt, example) pair as its own
- * sequence, up to --batch sequences per llama_decode, and returns each prompt's mean
- * verbalizer cross-entropy; libulpt forms the two-point gradient estimate and steps
- * AdamW.  The options and schedule are those of examples/tinylm/tune. */
+ * A tuning method is a step that moves the prompt on one minibatch (tune_method below).
+ * The forward-only method needs nothing of the engine but its forward: libulpt's
+ * ulpt_zo_step writes 2q perturbed prompts theta +- eps*u_j and asks for their losses on
+ * the minibatch; each (perturbed prompt, example) pair is decoded as its own sequence and
+ * scored by engine_score; libulpt forms the two-point gradient estimate and steps AdamW.
+ * A method that has the gradient with respect to the rows (a first-order method) plugs in
+ * ahead of it in `methods`: the first method usable with the model is taken, and the
+ * line saying which (and why not the others) is printed.
+ *
+ * The loss of an example is -log softmax over the labels of their scores (each label's
+ * summed token log-probability); the schedule is examples/tinylm/tune's. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
+#include "cli.h"
 #include "engine.h"
 #include "host.h"
+#include "recipe.h"
 #include "task.h"
 #include "ulpt.h"
 
-typedef struct {
-    engine *e;
-    const task_example **batch; /* this step's minibatch */
-    size_t m;
-    uint8_t verbalizer[2];
-    engine_request *req;
-    float *logits;
-    int max_seqs;
-    uint64_t sequences;         /* decoded so far */
-    double decode_seconds;
-} zo_host;
+typedef struct tuner tuner;
 
-/* -log softmax(l0, l1)[label], in double */
-static double verbalizer_loss(float l0, float l1, int label)
-{
-    double a = l0, b = l1, top = fmax(a, b);
-    double lse = top + log(exp(a - top) + exp(b - top));
-    return lse - (label ? b : a);
-}
+typedef struct {
+    const char *name;
+    /* 0 if the method can tune on t's model; else 1 with why[] saying why not */
+    int (*usable)(const tuner *t, char *why, size_t size);
+    int (*init)(tuner *t);                   /* 0 or 1 (reported) */
+    int (*step)(tuner *t, double *loss);     /* one step on t->batch; 0 or 1 (reported) */
+    void (*done)(tuner *t);
+} tune_method;
+
+struct tuner {
+    const options *o;
+    engine *e;
+    label_set labels;
+    text_format fmt;
+    data_split train_data, valid_data, test_data;
+    task_set train, valid, test;
+    ulpt_prompt *p;
+    ulpt_optimizer *opt;
+    task_sampler sampler;
+    task_split index_view;    /* the sampler draws example indices: ex[i].label = i */
+    const task_example **drawn;
+    size_t *batch;            /* this step's examples (indices into train) */
+    uint32_t m;               /* examples a step */
+    engine_seq *seqs;
+    double *scores;
+    uint64_t sequences;       /* decoded so far */
+    double decode_seconds;
+    void *method_state;
+};
+
+/* ---- the forward-only method ------------------------------------------------------- */
 
 /* libulpt's forward-only callback: losses[c] = the mean loss of perturbed prompt c on the
  * step's minibatch.  Pair (c, i) -- prompt c, example i -- is sequence c*m + i. */
 static int zo_losses(void *user, const float *emb, uint32_t count, uint32_t n_tokens,
                      uint32_t dim, double *losses)
 {
-    zo_host *h = user;
-    const size_t total = (size_t)count * h->m, V = engine_n_vocab(h->e);
+    tuner *t = user;
+    const size_t total = (size_t)count * t->m;
+    const uint32_t L = t->labels.names.n;
+    for (size_t j = 0; j < total; j++) {
+        const size_t c = j / t->m, i = t->batch[j % t->m];
+        t->seqs[j] = (engine_seq){ emb + c * n_tokens * dim, n_tokens, t->train.tokens[i],
+                                   t->train.len[i], 1, NULL };
+    }
+    double t0 = now();
+    if (engine_score(t->e, t->seqs, total, &t->labels.view, t->scores))
+        return fail("%s", engine_error()), -1;
+    t->decode_seconds += now() - t0;
+    t->sequences += total;
     for (uint32_t c = 0; c < count; c++)
         losses[c] = 0;
-    for (size_t start = 0; start < total; start += (size_t)h->max_seqs) {
-        int n = (int)(total - start < (size_t)h->max_seqs ? total - start : (size_t)h->max_seqs);
-        for (int j = 0; j < n; j++) {
-            size_t c = (start + (size_t)j) / h->m, i = (start + (size_t)j) % h->m;
-            h->req[j] = (engine_request){ emb + c * n_tokens * dim, n_tokens, h->batch[i]->text,
-                                          h->batch[i]->len, TASK_SEPARATOR };
-        }
-        double t0 = now();
-        if (engine_run(h->e, h->req, n, h->logits, NULL)) {
-            fail("%s", engine_error());
-            return -1;
-        }
-        h->decode_seconds += now() - t0;
-        h->sequences += (uint64_t)n;
-        for (int j = 0; j < n; j++) {
-            size_t c = (start + (size_t)j) / h->m, i = (start + (size_t)j) % h->m;
-            const float *l = h->logits + (size_t)j * V;
-            losses[c] += verbalizer_loss(l[h->verbalizer[0]], l[h->verbalizer[1]],
-                                         h->batch[i]->label);
-        }
-    }
+    for (size_t j = 0; j < total; j++)
+        losses[j / t->m] += label_loss(t->scores + j * L, L, t->train.label[t->batch[j % t->m]]);
     for (uint32_t c = 0; c < count; c++)
-        losses[c] /= (double)h->m;
+        losses[c] /= (double)t->m;
     return 0;
 }
 
-/* Test accuracy of prompt rows E through llama.cpp, max_seqs requests per decode. */
-static int accuracy(zo_host *h, const task_split *s, const float *E, uint32_t n_rows, double *acc)
+static int zo_usable(const tuner *t, char *why, size_t size)
 {
-    const size_t V = engine_n_vocab(h->e);
-    size_t right = 0;
-    for (size_t i = 0; i < s->n; i += (size_t)h->max_seqs) {
-        int n = (int)(s->n - i < (size_t)h->max_seqs ? s->n - i : (size_t)h->max_seqs);
-        for (int j = 0; j < n; j++)
-            h->req[j] = (engine_request){ E, n_rows, s->ex[i + (size_t)j].text,
-                                          s->ex[i + (size_t)j].len, TASK_SEPARATOR };
-        if (engine_run(h->e, h->req, n, h->logits, NULL))
-            return fail("%s", engine_error());
-        for (int j = 0; j < n; j++)
-            right += task_predict(h->logits + (size_t)j * V, h->verbalizer) ==
-                     s->ex[i + (size_t)j].label;
+    (void)t, (void)why, (void)size;
+    return 0; /* a forward is all it needs */
+}
+
+static int zo_init(tuner *t)
+{
+    ulpt_zo *zo = NULL;
+    ulpt_zo_options zopt = ULPT_ZO_OPTIONS_INIT;
+    zopt.epsilon = t->o->mu;
+    zopt.directions = t->o->directions;
+    zopt.seed = t->o->seed;
+    if (ulpt_zo_create(&zo, t->p, t->opt, &zopt) != ULPT_OK)
+        return fail("%s", ulpt_last_error());
+    const size_t most = (size_t)2 * t->o->directions * t->m;
+    t->seqs = malloc(sizeof *t->seqs * most);
+    t->scores = malloc(sizeof(double) * most * t->labels.names.n);
+    if (!t->seqs || !t->scores) {
+        ulpt_zo_free(zo);
+        return fail("out of memory");
     }
+    t->method_state = zo;
+    return 0;
+}
+
+static int zo_step(tuner *t, double *loss)
+{
+    return ulpt_zo_step(loss, t->method_state, zo_losses, t) != ULPT_OK
+               ? fail("%s", ulpt_last_error())
+               : 0;
+}
+
+static void zo_done(tuner *t)
+{
+    ulpt_zo_free(t->method_state);
+    t->method_state = NULL;
+}
+
+static const tune_method methods[] = {
+    { "forward-only", zo_usable, zo_init, zo_step, zo_done },
+};
+
+/* ---- phases ------------------------------------------------------------------------ */
+
+/* Test (or validation) accuracy of prompt rows E over s, max_seqs sequences a decode. */
+static int accuracy(tuner *t, const task_set *s, const float *E, double *acc)
+{
+    const uint32_t L = t->labels.names.n;
+    engine_seq *seqs = malloc(sizeof *seqs * s->n);
+    double *scores = malloc(sizeof(double) * s->n * L);
+    if (!seqs || !scores) {
+        free(seqs);
+        free(scores);
+        return fail("out of memory");
+    }
+    task_seqs(s, 0, s->n, E, ulpt_prompt_n_tokens(t->p), seqs);
+    int rc = engine_score(t->e, seqs, s->n, &t->labels.view, scores);
+    size_t right = 0;
+    for (size_t i = 0; !rc && i < s->n; i++)
+        right += predict(scores + i * L, L) == s->label[i];
+    free(seqs);
+    free(scores);
+    if (rc)
+        return fail("%s", engine_error());
     *acc = (double)right / (double)s->n;
     return 0;
 }
 
-#define TRY(call)                                                                          \
-    do {                                                                                   \
-        if ((call) != ULPT_OK) {                                                           \
-            fail("%s", ulpt_last_error());                                                 \
-            goto out;                                                                      \
-        }                                                                                  \
-    } while (0)
-
-int cmd_tune(const options *o)
+/* The model, the data (tokenized and checked to fit), the prompt and its optimizer. */
+static int tune_setup(tuner *t)
 {
-    if (o->n_args != 1)
-        return fail("tune: usage: ulpt-llama tune --gguf M.gguf [--save P.ulpt] [--steps S] "
-                    "[--directions Q] TASKDIR");
-    zo_host h = { 0 };
-    task_split train = { 0 }, test = { 0 };
-    ulpt_prompt *p = NULL;
-    ulpt_optimizer *opt = NULL;
-    ulpt_zo *zo = NULL;
-    float *E = NULL;
-    size_t *order = NULL;
+    const options *o = t->o;
+    data_labels names = { 0 };
+    char err[512];
     int rc = 1;
-    char err[4608], task[256];
-    const uint32_t m = o->examples; /* examples a step */
+    snprintf(t->fmt.sep, sizeof t->fmt.sep, "%s", o->sep ? o->sep : "\n");
+    t->fmt.chat = o->chat;
+    if (open_engine(o, o->batch, &t->e))
+        return 1;
+    if (o->labels && data_labels_parse(&names, o->labels, ',', err, sizeof err))
+        return fail("--labels: %s", err);
+    if (task_load(o->n_args ? o->args[0] : NULL, o, &names, &t->fmt, &t->train_data,
+                  &t->valid_data, &t->test_data) ||
+        labels_prepare(t->e, &names, &t->labels) ||
+        task_set_prepare(t->e, &t->train_data, &t->fmt, o->tokens, &t->labels, &t->train) ||
+        (t->valid_data.n && task_set_prepare(t->e, &t->valid_data, &t->fmt, o->tokens,
+                                             &t->labels, &t->valid)) ||
+        (t->test_data.n && task_set_prepare(t->e, &t->test_data, &t->fmt, o->tokens,
+                                            &t->labels, &t->test)))
+        goto out;
+    t->m = o->examples;
+    t->batch = malloc(sizeof *t->batch * t->m);
+    t->drawn = malloc(sizeof *t->drawn * t->m);
+    t->index_view.ex = calloc(t->train.n, sizeof *t->index_view.ex);
+    t->index_view.n = t->train.n;
+    if (!t->batch || !t->drawn || !t->index_view.ex ||
+        task_sampler_init(&t->sampler, t->train.n, o->seed)) {
+        rc = fail("out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < t->train.n; i++)
+        t->index_view.ex[i].label = (int)i;
 
-    h.max_seqs = o->batch;
-    if (engine_open(&h.e, o->gguf, h.max_seqs, o->threads, o->verbose)) {
-        fail("%s", engine_error());
-        goto out;
-    }
-    const uint32_t C = engine_n_embd(h.e), T = engine_max_len(h.e), V = engine_n_vocab(h.e);
-    if (o->tokens + 2 > T) {
-        fail("--tokens %u leaves no room for text in a context of %u", o->tokens, T);
-        goto out;
-    }
-    if (task_split_load(&train, o->args[0], "train", T - o->tokens - 1, V, err, sizeof err) ||
-        task_split_load(&test, o->args[0], "test", T - o->tokens - 1, V, err, sizeof err)) {
-        fail("%s", err);
-        goto out;
-    }
-    if (strcmp(train.names[0], test.names[0]) || strcmp(train.names[1], test.names[1])) {
-        fail("%s and %s have different labels", train.path, test.path);
-        goto out;
-    }
-    task_verbalizer(&test, h.verbalizer);
-    h.m = m;
-    h.batch = malloc(sizeof *h.batch * m);
-    h.req = malloc(sizeof *h.req * (size_t)h.max_seqs);
-    h.logits = malloc(sizeof(float) * (size_t)h.max_seqs * V);
-    order = malloc(sizeof *order * train.n);
-    E = malloc(sizeof(float) * o->tokens * C);
-    if (!h.batch || !h.req || !h.logits || !order || !E) {
-        fail("out of memory");
-        goto out;
-    }
+    /* the recipe of every example host (examples/common/recipe.h) */
+    const ulpt_prompt_options po =
+        recipe_prompt(o->tokens, o->rank, engine_identity_of(t->e)->n_embd, o->seed);
+    TRY(ulpt_prompt_create(&t->p, &po));
+    const ulpt_optimizer_options oo = recipe_adamw(o->lr, o->steps);
+    TRY(ulpt_optimizer_create(&t->opt, t->p, &oo));
+    rc = 0;
+out:
+    data_labels_free(&names);
+    return rc;
+}
 
-    /* the prompt and optimizer of examples/tinylm/tune: rank r, AdamW, 10% warmup, then
-     * linear decay to 0, weight decay 1e-5, clipping at norm 1 */
-    ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
-    po.n_tokens = o->tokens;
-    po.dim = C;
-    po.rank = o->rank;
-    po.projection_seed = po.init_seed = o->seed;
-    TRY(ulpt_prompt_create(&p, &po));
-    ulpt_optimizer_options oo = ULPT_OPTIMIZER_OPTIONS_INIT;
-    oo.lr = o->lr;
-    oo.weight_decay = 1e-5;
-    oo.max_grad_norm = 1.0;
-    oo.schedule = ULPT_SCHED_LINEAR;
-    oo.warmup_steps = o->steps / 10;
-    oo.total_steps = o->steps;
-    TRY(ulpt_optimizer_create(&opt, p, &oo));
-    ulpt_zo_options zopt = ULPT_ZO_OPTIONS_INIT;
-    zopt.epsilon = o->mu;
-    zopt.directions = o->directions;
-    zopt.seed = o->seed;
-    TRY(ulpt_zo_create(&zo, p, opt, &zopt));
+/* The first usable method, and a line saying which and why not those before it. */
+static const tune_method *tune_pick(const tuner *t)
+{
+    for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
+        char why[512] = "";
+        if (!methods[i].usable(t, why, sizeof why))
+            return &methods[i];
+        if (!t->o->json)
+            printf("not %s: %s\n", methods[i].name, why);
+    }
+    return NULL;
+}
 
-    double acc0;
-    TRY(ulpt_prompt_forward(p, E, C));
-    if (accuracy(&h, &test, E, o->tokens, &acc0))
-        goto out;
-    if (!o->json)
-        printf("tuning a rank-%u prompt of %u rows (%zu parameters) inside llama.cpp on %s with "
-               "forward passes only:\n  %u steps of %u examples, %u directions (%u perturbed "
-               "prompts a step), eps %g, lr %g; test accuracy before: %.1f%%\n", o->rank,
-               o->tokens, ulpt_prompt_num_params(p), o->args[0], o->steps, m, o->directions,
-               2 * o->directions, o->mu, o->lr, 100 * acc0);
-
-    for (size_t i = 0; i < train.n; i++)
-        order[i] = i;
-    uint64_t state = o->seed;
-    size_t next = train.n;
-    double loss = 0, first = 0, start = now();
-    for (uint32_t step = 1; step <= o->steps; step++) {
-        for (uint32_t b = 0; b < m; b++) { /* epochs of a fresh permutation, as tune does */
-            if (next == train.n) {
-                task_shuffle(order, train.n, &state);
-                next = 0;
-            }
-            h.batch[b] = &train.ex[order[next++]];
-        }
-        if (ulpt_zo_step(&loss, zo, zo_losses, &h) != ULPT_OK) {
-            fail("step %u: %s", step, ulpt_last_error());
-            goto out;
-        }
+static int tune_loop(tuner *t, const tune_method *method, double *first, double *last)
+{
+    const double start = now();
+    for (uint32_t step = 1; step <= t->o->steps; step++) {
+        task_sampler_next(&t->sampler, &t->index_view, t->drawn, t->m);
+        for (uint32_t b = 0; b < t->m; b++)
+            t->batch[b] = (size_t)t->drawn[b]->label;
+        if (method->step(t, last))
+            return fail("step %u: %s", step, "the step failed (see above)");
         if (step == 1)
-            first = loss;
-        if (!o->json && (step % 50 == 0 || step == o->steps)) {
-            printf("  step %4u/%u  loss %.4f  %6.1f s\n", step, o->steps, loss, now() - start);
+            *first = *last;
+        if (!t->o->json && (step % 50 == 0 || step == t->o->steps)) {
+            printf("  step %4u/%u  loss %.4f  %6.1f s\n", step, t->o->steps, *last,
+                   now() - start);
             fflush(stdout);
         }
     }
-    const double seconds = now() - start;
-    double acc;
-    TRY(ulpt_prompt_forward(p, E, C));
-    if (accuracy(&h, &test, E, o->tokens, &acc))
+    return 0;
+}
+
+/* The prompt records the model, the layout, the labels and the task; saved if asked. */
+static int tune_save(tuner *t)
+{
+    char task[256], dir[4096];
+    const options *o = t->o;
+    /* the task: the task directory, or the directory of the training file */
+    snprintf(dir, sizeof dir, "%s", o->n_args ? o->args[0] : o->train);
+    char *slash = o->n_args ? NULL : strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    else if (!o->n_args)
+        snprintf(dir, sizeof dir, ".");
+    task_name(dir, task, sizeof task);
+    if (engine_identity_to_prompt(t->e, t->p))
+        return fail("%s", engine_error());
+    if (format_to_prompt(t->p, &t->fmt, &t->labels.names))
+        return 1;
+    if (ulpt_prompt_set_meta(t->p, "task", task) != ULPT_OK ||
+        (o->save && ulpt_prompt_save(t->p, o->save, NULL) != ULPT_OK))
+        return fail("%s", ulpt_last_error());
+    return 0;
+}
+
+static void tuner_free(tuner *t)
+{
+    ulpt_optimizer_free(t->opt);
+    ulpt_prompt_free(t->p);
+    task_sampler_free(&t->sampler);
+    free(t->index_view.ex);
+    free(t->drawn);
+    free(t->batch);
+    free(t->seqs);
+    free(t->scores);
+    task_set_free(&t->train);
+    task_set_free(&t->valid);
+    task_set_free(&t->test);
+    data_free(&t->train_data);
+    data_free(&t->valid_data);
+    data_free(&t->test_data);
+    labels_free(&t->labels);
+    engine_free(t->e);
+}
+
+int cmd_tune(const options *o)
+{
+    tuner t = { .o = o };
+    const tune_method *method = NULL;
+    float *E = NULL;
+    int rc = 1;
+    if (o->n_args > 1)
+        return fail("tune: usage: ulpt-llama tune --gguf M.gguf (--train T.jsonl | TASKDIR) "
+                    "[--test X.jsonl] [--save P.ulpt]");
+    if (tune_setup(&t) || !(method = tune_pick(&t)) || method->init(&t))
         goto out;
-    TRY(ulpt_prompt_set_meta(p, "model", engine_model_name(h.e)));
-    task_name(o->args[0], task, sizeof task);
-    TRY(ulpt_prompt_set_meta(p, "task", task));
-    if (o->save)
-        TRY(ulpt_prompt_save(p, o->save, NULL));
+    const task_set *eval = t.test.n ? &t.test : t.valid.n ? &t.valid : &t.train;
+    const char *eval_name = t.test.n ? "test" : t.valid.n ? "validation" : "training";
+    const size_t C = engine_identity_of(t.e)->n_embd;
+    double acc0, acc, first = 0, loss = 0;
+    if (!(E = malloc(sizeof(float) * o->tokens * C))) {
+        rc = fail("out of memory");
+        goto out;
+    }
+    TRY(ulpt_prompt_forward(t.p, E, C));
+    if (accuracy(&t, eval, E, &acc0))
+        goto out;
+    if (!o->json)
+        printf("tuning a rank-%u prompt of %u rows (%zu parameters) inside llama.cpp, %s:\n"
+               "  %u steps of %u examples, %u labels; %s accuracy before: %.1f%%\n", o->rank,
+               o->tokens, ulpt_prompt_num_params(t.p), method->name, o->steps, t.m,
+               t.labels.names.n, eval_name, 100 * acc0);
+    const double start = now();
+    if (tune_loop(&t, method, &first, &loss))
+        goto out;
+    const double seconds = now() - start;
+    TRY(ulpt_prompt_forward(t.p, E, C));
+    if (accuracy(&t, eval, E, &acc) || tune_save(&t))
+        goto out;
     if (o->json) {
-        printf("{\"task\": \"%s\", \"steps\": %u, \"batch\": %u, \"directions\": %u, "
-               "\"epsilon\": %g, \"lr\": %g, \"sequences\": %" PRIu64 ", \"acc_before\": %.6f, "
-               "\"acc_test\": %.6f, \"loss_first\": %.6f, \"loss_last\": %.6f, "
-               "\"train_seconds\": %.3f, \"decode_seconds\": %.3f}\n", task, o->steps, m,
-               o->directions, o->mu, o->lr, h.sequences, acc0, acc, first, loss, seconds,
-               h.decode_seconds);
+        printf("{\"method\": \"%s\", \"steps\": %u, \"batch\": %u, \"directions\": %u, "
+               "\"epsilon\": %g, \"lr\": %g, \"sequences\": %" PRIu64 ", \"eval\": \"%s\", "
+               "\"acc_before\": %.6f, \"acc_test\": %.6f, \"loss_first\": %.6f, "
+               "\"loss_last\": %.6f, \"train_seconds\": %.3f, \"decode_seconds\": %.3f}\n",
+               method->name, o->steps, t.m, o->directions, o->mu, o->lr, t.sequences,
+               eval_name, acc0, acc, first, loss, seconds, t.decode_seconds);
     } else {
-        printf("tuned in %.1f s (%.1f s in llama_decode, %" PRIu64 " sequences of prompt + "
-               "text); loss %.4f -> %.4f\n", seconds, h.decode_seconds, h.sequences, first, loss);
-        printf("forward-only prompt: test accuracy %.1f%% through llama.cpp\n", 100 * acc);
+        printf("tuned in %.1f s (%.1f s scoring, %" PRIu64 " sequences); loss %.4f -> %.4f\n",
+               seconds, t.decode_seconds, t.sequences, first, loss);
+        printf("%s accuracy %.1f%% through llama.cpp\n", eval_name, 100 * acc);
         if (o->save)
             printf("saved %s\n", o->save);
     }
     rc = 0;
 out:
-    ulpt_zo_free(zo);
-    ulpt_optimizer_free(opt);
-    ulpt_prompt_free(p);
+    if (method && method->done)
+        method->done(&t);
     free(E);
-    free(order);
-    free(h.batch);
-    free(h.req);
-    free(h.logits);
-    task_split_free(&train);
-    task_split_free(&test);
-    engine_free(h.e);
+    tuner_free(&t);
     return rc;
 }

@@ -14,19 +14,19 @@
  * With 1, 2 or 4 ranks the global batch is the same, so the parameters agree up to the
  * order in which float sums are taken; docs/DESIGN.md ("Data parallelism") explains the
  * tolerance and gives the same recipe for torch.distributed and NCCL.
- * Errors: one line on stderr naming the rank; exit status 1 on every rank (2 for usage). */
-#define _GNU_SOURCE /* memrchr */
-#include <errno.h>
+ * Errors: one line on stderr naming the rank ("tune_mpi: rank 1: ...", written whole, so
+ * that mpirun does not interleave it with another rank's); exit status 1 on every rank (2
+ * for usage). */
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <mpi.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "cli.h"
+#include "recipe.h"
 #include "task.h"
 #include "tinylm.h"
 #include "ulpt.h"
@@ -50,30 +50,6 @@ static const char usage_text[] =
     "  --quiet            no progress lines\n";
 
 static int world_rank, world_size;
-
-static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* The line goes out in one write(): mpirun forwards each rank's stderr as it reads it, so
- * a line written in pieces can be cut by another rank's line. */
-static int fail(const char *fmt, ...)
-{
-    char line[4096]; /* PIPE_BUF: a write that size is never split */
-    int n = snprintf(line, sizeof line, "tune_mpi: rank %d: ", world_rank);
-    va_list ap;
-    va_start(ap, fmt);
-    n += vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
-    va_end(ap);
-    if ((size_t)n > sizeof line - 2) /* cut a long message, keep the newline */
-        n = (int)sizeof line - 2;
-    line[n++] = '\n';
-    for (ssize_t k = 0, w; k < n; k += w)
-        if ((w = write(STDERR_FILENO, line + k, (size_t)(n - k))) < 0) {
-            if (errno != EINTR)
-                break;
-            w = 0;
-        }
-    return 1;
-}
 
 /* 1 on every rank if `failed` is set on any of them: after a step that can fail on some
  * ranks only, so that all of them leave together instead of waiting in a collective. */
@@ -129,26 +105,6 @@ static double host_shard(host *h, const float *e, const task_split *src,
     return loss;
 }
 
-/* ---- the data order: the same on every rank, a function of the seed and the step ---- */
-
-typedef struct {
-    size_t *order, next, n;
-    uint64_t state;
-} sampler;
-
-/* The next global batch: epochs of fresh permutations of the training set, as tune. */
-static void next_batch(sampler *s, const task_split *train, const task_example **batch,
-                       uint32_t B)
-{
-    for (uint32_t b = 0; b < B; b++) {
-        if (s->next == s->n) {
-            task_shuffle(s->order, s->n, &s->state);
-            s->next = 0;
-        }
-        batch[b] = &train->ex[s->order[s->next++]];
-    }
-}
-
 /* ---- keeping the ranks together --------------------------------------------------- */
 
 static uint64_t params_hash(ulpt_prompt *p)
@@ -193,7 +149,7 @@ static int rank0_save(const ulpt_prompt *p, const ulpt_optimizer *o, const char 
     return rc != 0;
 }
 
-/* ---- the command ---------------------------------------------------------------- */
+/* ---- the command line ------------------------------------------------------------ */
 
 typedef struct {
     const char *model, *taskdir, *checkpoint, *resume, *save;
@@ -203,80 +159,32 @@ typedef struct {
     int quiet;
 } options;
 
-static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, const char *what)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
-        return fail("%s must be an integer in [%" PRIu32 ", %" PRIu32 "], not \"%s\"", what,
-                    lo, hi, s);
-    *out = (uint32_t)v;
-    return 0;
-}
-
 /* 0: run; 1: a bad argument (reported); 2: no TASKDIR (usage printed); 3: --help. */
 static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){ .tokens = 8, .rank = 2, .steps = 40, .batch = 8, .lr = 0.05, .seed = 1 };
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        uint32_t u;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            if (world_rank == 0)
-                fputs(usage_text, stdout);
-            return 3;
-        } else if (!strcmp(a, "--quiet")) {
-            o->quiet = 1;
-        } else if (a[0] == '-' && a[1] == '-') {
-            if (!v)
-                return fail("%s needs a value", a);
-            i++;
-            if (!strcmp(a, "--model"))
-                o->model = v;
-            else if (!strcmp(a, "--checkpoint"))
-                o->checkpoint = v;
-            else if (!strcmp(a, "--resume"))
-                o->resume = v;
-            else if (!strcmp(a, "--save"))
-                o->save = v;
-            else if (!strcmp(a, "--tokens")) {
-                if (parse_u32(v, 1, 128, &o->tokens, a))
-                    return 1;
-            } else if (!strcmp(a, "--rank")) {
-                if (parse_u32(v, 1, 4096, &o->rank, a))
-                    return 1;
-            } else if (!strcmp(a, "--steps")) {
-                if (parse_u32(v, 1, 1000000, &o->steps, a))
-                    return 1;
-            } else if (!strcmp(a, "--batch")) {
-                if (parse_u32(v, 1, 1 << 20, &o->batch, a))
-                    return 1;
-            } else if (!strcmp(a, "--every")) {
-                if (parse_u32(v, 1, 1000000, &o->every, a))
-                    return 1;
-            } else if (!strcmp(a, "--stop-at")) {
-                if (parse_u32(v, 1, 1000000, &o->stop_at, a))
-                    return 1;
-            } else if (!strcmp(a, "--seed")) {
-                if (parse_u32(v, 0, UINT32_MAX, &u, a))
-                    return 1;
-                o->seed = u;
-            } else if (!strcmp(a, "--lr")) {
-                char *end;
-                o->lr = strtod(v, &end);
-                if (end == v || *end || !(o->lr > 0) || !isfinite(o->lr))
-                    return fail("--lr must be a positive number, not \"%s\"", v);
-            } else {
-                return fail("unknown option %s (see --help)", a);
-            }
-        } else if (!o->taskdir) {
-            o->taskdir = a;
-        } else {
-            return fail("one TASKDIR only (see --help)");
-        }
-    }
-    if (!o->taskdir) {
+    const cli_option table[] = {
+        { "--model", CLI_STRING, &o->model, 0, 0 },
+        { "--tokens", CLI_U32, &o->tokens, 1, 128 },
+        { "--rank", CLI_U32, &o->rank, 1, 4096 },
+        { "--steps", CLI_U32, &o->steps, 1, 1000000 },
+        { "--batch", CLI_U32, &o->batch, 1, 1 << 20 },
+        { "--lr", CLI_REAL, &o->lr, 0, 0 },
+        { "--seed", CLI_U64, &o->seed, 0, UINT32_MAX },
+        { "--checkpoint", CLI_STRING, &o->checkpoint, 0, 0 },
+        { "--every", CLI_U32, &o->every, 1, 1000000 },
+        { "--stop-at", CLI_U32, &o->stop_at, 1, 1000000 },
+        { "--resume", CLI_STRING, &o->resume, 0, 0 },
+        { "--save", CLI_STRING, &o->save, 0, 0 },
+        { "--quiet", CLI_FLAG, &o->quiet, 0, 0 },
+        { NULL, CLI_FLAG, NULL, 0, 0 },
+    };
+    int n_operands, rc = cli_parse(argc, argv, table, &o->taskdir, 1, &n_operands);
+    if (rc == 3 && world_rank == 0)
+        fputs(usage_text, stdout);
+    if (rc)
+        return rc;
+    if (!n_operands) {
         if (world_rank == 0)
             fputs(usage_text, stderr);
         return 2;
@@ -285,238 +193,274 @@ static int parse_args(int argc, char **argv, options *o)
         return fail("--checkpoint and --save name the same file");
     if (o->every && !o->checkpoint)
         return fail("--every needs --checkpoint");
-    if (!o->model) { /* the weights shipped with the tinylm example, wherever this runs from */
-        static char path[4096];
-        ssize_t n = readlink("/proc/self/exe", path, sizeof path - 32);
-        char *slash = n > 0 ? memrchr(path, '/', (size_t)n) : NULL;
-        if (slash)
-            strcpy(slash + 1, "../tinylm/tinylm.tlm");
-        o->model = slash ? path : "examples/tinylm/tinylm.tlm";
+    if (!o->model) /* the weights shipped with the tinylm example, wherever this runs from */
+        o->model = beside_program("../tinylm/tinylm.tlm", "examples/tinylm/tinylm.tlm");
+    return 0;
+}
+
+/* ---- one run on every rank, phase by phase ---------------------------------------- */
+
+typedef struct {
+    options o;
+    host h;
+    const tlm_config *cfg;
+    task_split train, test;
+    ulpt_prompt *prompt;
+    ulpt_optimizer *opt;
+    task_sampler order;          /* the global batches, the same on every rank */
+    const task_example **batch;  /* this step's global batch */
+    float *e, *g;                /* the prompt rows and this rank's dL/dE */
+    char recipe[128];            /* the options a resumed run must repeat */
+    uint32_t start, last;        /* the steps already taken, and the one to stop after */
+    double first, loss;          /* the global batch's loss at the first and last logged step */
+    uint64_t hash;               /* rank 0's parameters, as every rank holds them */
+} run;
+
+static void run_free(run *r)
+{
+    task_sampler_free(&r->order);
+    free(r->batch);
+    free(r->e);
+    free(r->g);
+    free(r->h.rows);
+    free(r->h.drows);
+    tlm_free(r->h.model);
+    ulpt_optimizer_free(r->opt);
+    ulpt_prompt_free(r->prompt);
+    task_split_free(&r->train);
+    task_split_free(&r->test);
+}
+
+/* The model, and with --resume the checkpoint; whether they fit together. */
+static int load_model(run *r)
+{
+    const options *o = &r->o;
+    if (tlm_load(&r->h.model, o->model))
+        return fail("%s", tlm_last_error());
+    if (o->resume && ulpt_checkpoint_load(&r->prompt, &r->opt, o->resume) != ULPT_OK)
+        return fail("%s", ulpt_last_error());
+    r->cfg = tlm_config_of(r->h.model);
+    r->h.C = r->cfg->width;
+    r->h.n_tokens = r->prompt ? ulpt_prompt_n_tokens(r->prompt) : o->tokens;
+    if (r->prompt && ulpt_prompt_dim(r->prompt) != r->cfg->width)
+        return fail("%s: the prompt's dim %" PRIu32 " is not the model's width %" PRIu32,
+                    o->resume, ulpt_prompt_dim(r->prompt), r->cfg->width);
+    if (r->h.n_tokens + 2 > r->cfg->max_len)
+        return fail("%" PRIu32 " soft tokens leave no room for text in a context of %" PRIu32,
+                    r->h.n_tokens, r->cfg->max_len);
+    return 0;
+}
+
+/* train.tsv and test.tsv, with one pair of labels inside the vocabulary. */
+static int load_splits(run *r)
+{
+    const uint32_t max_text = r->cfg->max_len - r->h.n_tokens - 1, vocab = r->cfg->vocab;
+    char err[4608];
+    if (task_split_load(&r->train, r->o.taskdir, "train", max_text, vocab, err, sizeof err) ||
+        task_split_load(&r->test, r->o.taskdir, "test", max_text, vocab, err, sizeof err))
+        return fail("%s", err);
+    const task_split *train = &r->train, *test = &r->test;
+    if (strcmp(train->names[0], test->names[0]) || strcmp(train->names[1], test->names[1]))
+        return fail("%s: labels \"%s\", \"%s\" differ from test.tsv's \"%s\", \"%s\"",
+                    train->path, train->names[0], train->names[1], test->names[0],
+                    test->names[1]);
+    r->h.verbalizer[0] = (uint8_t)test->names[0][0];
+    r->h.verbalizer[1] = (uint8_t)test->names[1][0];
+    if (r->h.verbalizer[0] >= vocab || r->h.verbalizer[1] >= vocab)
+        return fail("%s: a label's first byte is past the model's vocabulary", test->path);
+    return 0;
+}
+
+/* The host's rows, the prompt's rows and gradient, the batch and its order. */
+static int allocate(run *r)
+{
+    const size_t nc = (size_t)r->h.n_tokens * r->h.C, rows = (size_t)r->cfg->max_len * r->h.C;
+    r->h.rows = malloc(sizeof(float) * rows);
+    r->h.drows = malloc(sizeof(float) * rows);
+    r->e = malloc(sizeof(float) * nc);
+    r->g = malloc(sizeof(float) * nc);
+    r->batch = malloc(sizeof *r->batch * r->o.batch);
+    if (!r->h.rows || !r->h.drows || !r->e || !r->g || !r->batch ||
+        task_sampler_init(&r->order, r->train.n, r->o.seed))
+        return fail("out of memory");
+    return 0;
+}
+
+/* A new prompt and optimizer, the same on every rank from the same seeds, or the resumed
+ * checkpoint's, which must have been started with the same data order and schedule. */
+static int make_prompt(run *r)
+{
+    const options *o = &r->o;
+    snprintf(r->recipe, sizeof r->recipe, "--seed %" PRIu64 " --batch %" PRIu32
+             " --steps %" PRIu32, o->seed, o->batch, o->steps);
+    if (r->prompt) {
+        const char *was = ulpt_prompt_get_meta(r->prompt, "tune_mpi");
+        if (!was)
+            return fail("%s: no \"tune_mpi\" metadata; not a tune_mpi checkpoint", o->resume);
+        if (strcmp(was, r->recipe))
+            return fail("%s was started with %s; resume it with the same options", o->resume,
+                        was);
+        return 0;
+    }
+    const ulpt_prompt_options po = recipe_prompt(o->tokens, o->rank, r->cfg->width, o->seed);
+    const ulpt_optimizer_options oo = recipe_adamw(o->lr, o->steps);
+    const char *model = tlm_meta_of(r->h.model)->corpus[0] ? "tinylm" : "tinylm-random";
+    if (ulpt_prompt_create(&r->prompt, &po) != ULPT_OK ||
+        ulpt_optimizer_create(&r->opt, r->prompt, &oo) != ULPT_OK ||
+        ulpt_prompt_set_meta(r->prompt, "model", model) != ULPT_OK ||
+        ulpt_prompt_set_meta(r->prompt, "tune_mpi", r->recipe) != ULPT_OK)
+        return fail("%s", ulpt_last_error());
+    return 0;
+}
+
+/* Where the run starts: the checkpoint's step count says where the data order stands. */
+static int position(run *r)
+{
+    r->start = (uint32_t)ulpt_optimizer_step_count(r->opt);
+    for (uint32_t k = 0; k < r->start; k++)
+        task_sampler_next(&r->order, &r->train, r->batch, r->o.batch);
+    r->last = r->o.stop_at && r->o.stop_at < r->o.steps ? r->o.stop_at : r->o.steps;
+    if (ranks_agree(r->prompt, &r->hash))
+        return 1;
+    if (world_rank == 0 && !r->o.quiet) {
+        const uint32_t B = r->o.batch, few = B / (uint32_t)world_size;
+        const uint32_t many = few + (B % (uint32_t)world_size != 0);
+        printf("%d rank%s, global batch %" PRIu32 " (", world_size, world_size > 1 ? "s" : "", B);
+        if (few != many)
+            printf("%" PRIu32 " or ", few);
+        printf("%" PRIu32 " examples a rank), %zu trainable parameters; %s step %" PRIu32 "\n",
+               many, ulpt_prompt_num_params(r->prompt),
+               r->start ? "resuming after" : "starting at", r->start);
     }
     return 0;
 }
 
-/* Runs on every rank; returns the exit status: 0, 1 (failed: the same on every rank) or
- * 2 (usage). */
-static int run(int argc, char **argv)
+/* This rank's share of one step: the prompt's gradient of its shard of the global batch,
+ * or NaN everywhere in it if anything failed (h.error says what), so that every rank's
+ * optimizer refuses the summed gradient alike.  Returns this rank's part of the loss. */
+static double shard_gradient(run *r, size_t lo, size_t hi)
 {
-    options o;
-    int rc = parse_args(argc, argv, &o);
-    if (anyone(rc == 1 || rc == 2))
-        return 2;
-    if (anyone(rc == 3))
-        return 0;
+    const size_t np = ulpt_prompt_num_params(r->prompt), nc = (size_t)r->h.n_tokens * r->h.C;
+    memset(r->g, 0, sizeof(float) * nc);
+    double part = NAN;
+    int failed = ulpt_prompt_forward(r->prompt, r->e, r->h.C) != ULPT_OK;
+    if (failed)
+        snprintf(r->h.error, sizeof r->h.error, "%s", ulpt_last_error());
+    else /* each example weighs 1/B of the global batch, on whichever rank it lands */
+        part = host_shard(&r->h, r->e, &r->train, r->batch + lo, hi - lo, 1.0 / r->o.batch,
+                          r->g, NULL);
+    failed = failed || !isfinite(part);
+    ulpt_prompt_zero_grad(r->prompt);
+    if (!failed && ulpt_prompt_backward(r->prompt, r->g, r->h.C) != ULPT_OK) {
+        snprintf(r->h.error, sizeof r->h.error, "%s", ulpt_last_error());
+        failed = 1;
+    }
+    float *grads = ulpt_prompt_grads(r->prompt);
+    for (size_t k = 0; failed && k < np; k++)
+        grads[k] = NAN;
+    return failed ? NAN : part;
+}
 
-    host h = { 0 };
-    task_split train = { 0 }, test = { 0 };
-    ulpt_prompt *prompt = NULL;
-    ulpt_optimizer *opt = NULL;
-    sampler smp = { 0 };
-    const task_example **batch = NULL;
-    float *e = NULL, *g = NULL;
-    rc = 1;
-
-    /* Set-up: any rank may fail; all leave together. */
-    int bad = 0;
-    if (tlm_load(&h.model, o.model))
-        bad = fail("%s", tlm_last_error());
-    if (!bad && o.resume && ulpt_checkpoint_load(&prompt, &opt, o.resume) != ULPT_OK)
-        bad = fail("%s", ulpt_last_error());
-    const tlm_config *cfg = bad ? NULL : tlm_config_of(h.model);
-    if (!bad) {
-        h.C = cfg->width;
-        h.n_tokens = prompt ? ulpt_prompt_n_tokens(prompt) : o.tokens;
-        if (prompt && ulpt_prompt_dim(prompt) != cfg->width)
-            bad = fail("%s: the prompt's dim %" PRIu32 " is not the model's width %" PRIu32,
-                       o.resume, ulpt_prompt_dim(prompt), cfg->width);
-        else if (h.n_tokens + 2 > cfg->max_len)
-            bad = fail("%" PRIu32 " soft tokens leave no room for text in a context of %" PRIu32,
-                       h.n_tokens, cfg->max_len);
-    }
-    if (!bad) {
-        const uint32_t max_text = cfg->max_len - h.n_tokens - 1;
-        char err[4608];
-        if (task_split_load(&train, o.taskdir, "train", max_text, cfg->vocab, err, sizeof err) ||
-            task_split_load(&test, o.taskdir, "test", max_text, cfg->vocab, err, sizeof err))
-            bad = fail("%s", err);
-    }
-    if (!bad && (strcmp(train.names[0], test.names[0]) || strcmp(train.names[1], test.names[1])))
-        bad = fail("%s: labels \"%s\", \"%s\" differ from test.tsv's \"%s\", \"%s\"", train.path,
-                   train.names[0], train.names[1], test.names[0], test.names[1]);
-    h.verbalizer[0] = (uint8_t)test.names[0][0];
-    h.verbalizer[1] = (uint8_t)test.names[1][0];
-    if (!bad && (h.verbalizer[0] >= cfg->vocab || h.verbalizer[1] >= cfg->vocab))
-        bad = fail("%s: a label's first byte is past the model's vocabulary", test.path);
-    if (!bad) {
-        const size_t nc = (size_t)h.n_tokens * h.C;
-        h.rows = malloc(sizeof(float) * cfg->max_len * h.C);
-        h.drows = malloc(sizeof(float) * cfg->max_len * h.C);
-        e = malloc(sizeof(float) * nc);
-        g = malloc(sizeof(float) * nc);
-        batch = malloc(sizeof *batch * o.batch);
-        smp = (sampler){ malloc(sizeof(size_t) * train.n), train.n, train.n, o.seed };
-        if (!h.rows || !h.drows || !e || !g || !batch || !smp.order)
-            bad = fail("out of memory");
-        for (size_t i = 0; !bad && i < train.n; i++)
-            smp.order[i] = i;
-    }
-    /* The data order and the schedule follow from these; a resumed run must repeat them. */
-    char recipe[128];
-    snprintf(recipe, sizeof recipe, "--seed %" PRIu64 " --batch %" PRIu32 " --steps %" PRIu32,
-             o.seed, o.batch, o.steps);
-    const char *was = prompt ? ulpt_prompt_get_meta(prompt, "tune_mpi") : NULL;
-    if (!bad && prompt && !was)
-        bad = fail("%s: no \"tune_mpi\" metadata; not a tune_mpi checkpoint", o.resume);
-    else if (!bad && prompt && strcmp(was, recipe))
-        bad = fail("%s was started with %s; resume it with the same options", o.resume, was);
-    if (!bad && !prompt) { /* every rank makes the same prompt from the same seeds */
-        ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
-        po.n_tokens = o.tokens;
-        po.rank = o.rank;
-        po.dim = cfg->width;
-        po.projection_seed = o.seed;
-        po.init_seed = o.seed;
-        ulpt_optimizer_options oo = ULPT_OPTIMIZER_OPTIONS_INIT; /* AdamW */
-        oo.lr = o.lr;
-        oo.weight_decay = 1e-5;
-        oo.max_grad_norm = 1.0;
-        oo.schedule = ULPT_SCHED_LINEAR;
-        oo.warmup_steps = o.steps / 10;
-        oo.total_steps = o.steps;
-        if (ulpt_prompt_create(&prompt, &po) != ULPT_OK ||
-            ulpt_optimizer_create(&opt, prompt, &oo) != ULPT_OK ||
-            ulpt_prompt_set_meta(prompt, "model", tlm_meta_of(h.model)->corpus[0]
-                                                      ? "tinylm" : "tinylm-random") != ULPT_OK ||
-            ulpt_prompt_set_meta(prompt, "tune_mpi", recipe) != ULPT_OK)
-            bad = fail("%s", ulpt_last_error());
-    }
-    if (anyone(bad))
-        goto out;
-
-    /* The checkpoint's step count says where the data order stands. */
-    const uint32_t start = (uint32_t)ulpt_optimizer_step_count(opt);
-    for (uint32_t k = 0; k < start; k++)
-        next_batch(&smp, &train, batch, o.batch);
-    const uint32_t last = o.stop_at && o.stop_at < o.steps ? o.stop_at : o.steps;
-    uint64_t hash;
-    if (ranks_agree(prompt, &hash))
-        goto out;
-    if (world_rank == 0 && !o.quiet) {
-        const uint32_t few = o.batch / (uint32_t)world_size;
-        const uint32_t many = few + (o.batch % (uint32_t)world_size != 0);
-        printf("%d rank%s, global batch %" PRIu32 " (", world_size, world_size > 1 ? "s" : "",
-               o.batch);
-        if (few != many)
-            printf("%" PRIu32 " or ", few);
-        printf("%" PRIu32 " examples a rank), %zu trainable parameters; %s step %" PRIu32 "\n",
-               many, ulpt_prompt_num_params(prompt), start ? "resuming after" : "starting at",
-               start);
-    }
-
-    /* This rank's shard of every global batch. */
-    const size_t lo = (size_t)o.batch * (size_t)world_rank / (size_t)world_size;
-    const size_t hi = (size_t)o.batch * (size_t)(world_rank + 1) / (size_t)world_size;
-    const size_t np = ulpt_prompt_num_params(prompt), nc = (size_t)h.n_tokens * h.C;
-    if (np > INT_MAX) {
-        fail("%zu parameters do not fit one MPI count", np); /* the same on every rank */
-        goto out;
-    }
-    ulpt_set_num_threads(1); /* ranks share the cores */
-    double first = NAN, loss = NAN;
-    for (uint32_t step = start + 1; step <= last; step++) {
-        next_batch(&smp, &train, batch, o.batch);
-        memset(g, 0, sizeof(float) * nc);
-        int failed = ulpt_prompt_forward(prompt, e, h.C) != ULPT_OK;
-        if (failed)
-            snprintf(h.error, sizeof h.error, "%s", ulpt_last_error());
-        /* Each example weighs 1/B of the global batch, on whichever rank it lands. */
-        double part = NAN;
-        if (!failed)
-            part = host_shard(&h, e, &train, batch + lo, hi - lo, 1.0 / o.batch, g, NULL);
-        failed = failed || !isfinite(part);
-        ulpt_prompt_zero_grad(prompt);
-        if (!failed && ulpt_prompt_backward(prompt, g, h.C) != ULPT_OK) {
-            snprintf(h.error, sizeof h.error, "%s", ulpt_last_error());
-            failed = 1;
-        }
-        float *grads = ulpt_prompt_grads(prompt);
-        if (failed) /* poison the sum: every rank's optimizer step then refuses it alike */
-            for (size_t k = 0; k < np; k++)
-                grads[k] = NAN;
+/* Steps start+1 .. last: each rank's shard, one MPI_Allreduce of the gradients, the same
+ * AdamW step everywhere; a log line and the checkpoint on the steps that have them. */
+static int train(run *r)
+{
+    const size_t lo = (size_t)r->o.batch * (size_t)world_rank / (size_t)world_size;
+    const size_t hi = (size_t)r->o.batch * (size_t)(world_rank + 1) / (size_t)world_size;
+    const size_t np = ulpt_prompt_num_params(r->prompt);
+    if (np > INT_MAX) /* the same on every rank */
+        return fail("%zu parameters do not fit one MPI count", np);
+    r->first = r->loss = NAN;
+    for (uint32_t step = r->start + 1; step <= r->last; step++) {
+        task_sampler_next(&r->order, &r->train, r->batch, r->o.batch);
+        const double part = shard_gradient(r, lo, hi);
+        float *grads = ulpt_prompt_grads(r->prompt);
         MPI_Allreduce(MPI_IN_PLACE, grads, (int)np, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-        const int logged = step == start + 1 || step == last || step % 10 == 0;
+        const int logged = step == r->start + 1 || step == r->last || step % 10 == 0;
         double norm = 0; /* of the global gradient, before clipping: the log shows its scale */
         for (size_t k = 0; logged && k < np; k++)
             norm += (double)grads[k] * grads[k];
-        if (ulpt_optimizer_step(opt) != ULPT_OK) {
-            if (failed)
-                fail("step %" PRIu32 ": %s", step, h.error);
-            else
-                fail("step %" PRIu32 ": %s (another rank failed)", step, ulpt_last_error());
-            goto out;
+        if (ulpt_optimizer_step(r->opt) != ULPT_OK)
+            return isfinite(part) ? fail("step %" PRIu32 ": %s (another rank failed)", step,
+                                         ulpt_last_error())
+                                  : fail("step %" PRIu32 ": %s", step, r->h.error);
+        if (logged) { /* the loss, for the log only: a second, tiny reduction */
+            MPI_Reduce(&part, &r->loss, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+            if (step == r->start + 1)
+                r->first = r->loss;
+            if (world_rank == 0 && !r->o.quiet)
+                printf("step %4" PRIu32 "/%" PRIu32 "  loss %.6f  |grad| %.6e\n", step,
+                       r->o.steps, r->loss, sqrt(norm));
         }
-        /* the loss, for the log only: a second, tiny reduction on logged steps */
-        if (logged) {
-            MPI_Reduce(&part, &loss, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
-            if (step == start + 1)
-                first = loss;
-            if (world_rank == 0 && !o.quiet)
-                printf("step %4" PRIu32 "/%" PRIu32 "  loss %.6f  |grad| %.6e\n", step, o.steps,
-                       loss, sqrt(norm));
-        }
-        if (o.checkpoint && ((o.every && step % o.every == 0) || step == last) &&
-            rank0_save(prompt, opt, o.checkpoint))
-            goto out;
+        if (r->o.checkpoint && ((r->o.every && step % r->o.every == 0) || step == r->last) &&
+            rank0_save(r->prompt, r->opt, r->o.checkpoint))
+            return 1;
     }
-    if (ranks_agree(prompt, &hash))
-        goto out;
+    return ranks_agree(r->prompt, &r->hash);
+}
 
-    /* Test accuracy, each rank scoring its share of the test set. */
-    int correct = 0, ok = ulpt_prompt_forward(prompt, e, h.C) == ULPT_OK;
-    const task_example **all = ok ? malloc(sizeof *all * test.n) : NULL;
+/* Test accuracy, each rank scoring its share of the test set; *total (on rank 0) is the
+ * number right.  Every rank learns whether all of them succeeded. */
+static int evaluate(run *r, int *total)
+{
+    const task_split *test = &r->test;
+    int correct = 0, ok = ulpt_prompt_forward(r->prompt, r->e, r->h.C) == ULPT_OK;
+    const task_example **all = ok ? malloc(sizeof *all * test->n) : NULL;
     if (all) {
-        for (size_t i = 0; i < test.n; i++)
-            all[i] = &test.ex[i];
-        const size_t a = test.n * (size_t)world_rank / (size_t)world_size;
-        const size_t b = test.n * (size_t)(world_rank + 1) / (size_t)world_size;
-        ok = isfinite(host_shard(&h, e, &test, all + a, b - a, 1.0, NULL, &correct));
+        for (size_t i = 0; i < test->n; i++)
+            all[i] = &test->ex[i];
+        const size_t a = test->n * (size_t)world_rank / (size_t)world_size;
+        const size_t b = test->n * (size_t)(world_rank + 1) / (size_t)world_size;
+        ok = isfinite(host_shard(&r->h, r->e, test, all + a, b - a, 1.0, NULL, &correct));
         if (!ok)
-            fail("evaluation: %s", h.error);
+            fail("evaluation: %s", r->h.error);
         free(all);
     } else {
         fail("evaluation: %s", ok ? "out of memory" : ulpt_last_error());
     }
     if (anyone(!all || !ok))
-        goto out;
+        return 1;
+    *total = 0;
+    MPI_Reduce(&correct, total, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
+    return 0;
+}
+
+/* Rank 0's last lines: the losses, the accuracy, the hash, where to resume. */
+static void report(const run *r, int total)
+{
+    if (world_rank != 0)
+        return;
+    if (r->last > r->start)
+        printf("steps %" PRIu32 "..%" PRIu32 ": loss %.6f -> %.6f; ", r->start + 1, r->last,
+               r->first, r->loss);
+    printf("test accuracy %.1f%%; parameters identical on all %d rank%s (hash %016" PRIx64
+           ")\n", 100.0 * total / (double)r->test.n, world_size, world_size > 1 ? "s" : "",
+           r->hash);
+    if (r->last < r->o.steps)
+        printf("stopped after step %" PRIu32 " of %" PRIu32 "%s%s\n", r->last, r->o.steps,
+               r->o.checkpoint ? "; resume with --resume " : "",
+               r->o.checkpoint ? r->o.checkpoint : "");
+}
+
+/* Runs on every rank; returns the exit status: 0, 1 (failed: the same on every rank) or
+ * 2 (usage). */
+static int tune(int argc, char **argv)
+{
+    run r = { 0 };
+    int rc = parse_args(argc, argv, &r.o);
+    if (anyone(rc == 1 || rc == 2))
+        return 2;
+    if (anyone(rc == 3))
+        return 0;
+    /* Set-up: any rank may fail; all leave together. */
     int total = 0;
-    MPI_Reduce(&correct, &total, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
-    if (o.save && rank0_save(prompt, NULL, o.save))
-        goto out;
-    if (world_rank == 0) {
-        if (last > start)
-            printf("steps %" PRIu32 "..%" PRIu32 ": loss %.6f -> %.6f; ", start + 1, last,
-                   first, loss);
-        printf("test accuracy %.1f%%; parameters identical on all %d rank%s (hash %016" PRIx64
-               ")\n", 100.0 * total / (double)test.n, world_size, world_size > 1 ? "s" : "",
-               hash);
-        if (last < o.steps)
-            printf("stopped after step %" PRIu32 " of %" PRIu32 "%s%s\n", last, o.steps,
-                   o.checkpoint ? "; resume with --resume " : "",
-                   o.checkpoint ? o.checkpoint : "");
-    }
-    rc = 0;
-out:
-    free(smp.order);
-    free(batch);
-    free(e);
-    free(g);
-    free(h.rows);
-    free(h.drows);
-    tlm_free(h.model);
-    ulpt_optimizer_free(opt);
-    ulpt_prompt_free(prompt);
-    task_split_free(&train);
-    task_split_free(&test);
+    rc = anyone(load_model(&r) || load_splits(&r) || allocate(&r) || make_prompt(&r));
+    ulpt_set_num_threads(1); /* ranks share the cores */
+    rc = rc || position(&r) || train(&r) || evaluate(&r, &total) ||
+         (r.o.save && rank0_save(r.prompt, NULL, r.o.save));
+    if (!rc)
+        report(&r, total);
+    run_free(&r);
     return rc;
 }
 
@@ -526,7 +470,10 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0); /* each progress line reaches mpirun whole */
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world_size);
-    int rc = run(argc, argv);
+    char name[64];
+    snprintf(name, sizeof name, "tune_mpi: rank %d", world_rank);
+    cli_set_name(name);
+    int rc = tune(argc, argv);
     MPI_Finalize();
     return rc;
 }

@@ -8,11 +8,11 @@
  * Errors: one line on stderr, exit status 1 (2 for usage). */
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "tinylm.h"
 
 static int usage(void)
@@ -22,35 +22,18 @@ static int usage(void)
     return 2;
 }
 
-#if defined(__GNUC__) || defined(__clang__)
-static int error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-#endif
-
-static int error(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("tlm: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return 1;
-}
-
 static int cmd_init(const char *path, const char *seed_text)
 {
-    char *end;
-    errno = 0;
-    unsigned long long seed = strtoull(seed_text, &end, 10);
-    if (errno || end == seed_text || *end || seed_text[0] == '-')
-        return error("seed %s is not an unsigned 64-bit number", seed_text);
+    uint64_t seed;
+    if (parse_u64(seed_text, 0, UINT64_MAX, &seed, "SEED"))
+        return 1;
     tlm_config cfg = TLM_CONFIG_DEFAULT;
     tlm_model *m;
     if (tlm_create_random(&m, &cfg, seed))
-        return error("%s", tlm_last_error());
+        return fail("%s", tlm_last_error());
     int rc = tlm_save(m, path, seed, 0, "");
     tlm_free(m);
-    return rc ? error("%s", tlm_last_error()) : 0;
+    return rc ? fail("%s", tlm_last_error()) : 0;
 }
 
 /* The whole text, refused when it is empty or has more than max_len bytes. */
@@ -58,7 +41,7 @@ static uint8_t *read_text(const char *path, uint32_t max_len, uint32_t *n)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        error("%s: %s", path, strerror(errno));
+        fail("%s: %s", path, strerror(errno));
         return NULL;
     }
     uint8_t *buf = malloc((size_t)max_len + 1);
@@ -66,12 +49,12 @@ static uint8_t *read_text(const char *path, uint32_t max_len, uint32_t *n)
     int bad = !buf || ferror(f);
     fclose(f);
     if (bad)
-        error("%s: %s", path, buf ? "read failed" : "out of memory");
+        fail("%s: %s", path, buf ? "read failed" : "out of memory");
     else if (got == 0 || got > max_len) {
         if (got)
-            error("%s: more than %u bytes, the model's maximum length", path, (unsigned)max_len);
+            fail("%s: more than %u bytes, the model's maximum length", path, (unsigned)max_len);
         else
-            error("%s: empty; there is nothing to score", path);
+            fail("%s: empty; there is nothing to score", path);
         bad = 1;
     }
     if (bad) {
@@ -99,7 +82,7 @@ static int cmd_logits(const char *model_path, const char *text_path)
 {
     tlm_model *m;
     if (tlm_load(&m, model_path))
-        return error("%s", tlm_last_error());
+        return fail("%s", tlm_last_error());
     const tlm_config *c = tlm_config_of(m);
     uint32_t n = 0;
     uint8_t *text = read_text(text_path, c->max_len, &n);
@@ -110,23 +93,23 @@ static int cmd_logits(const char *model_path, const char *text_path)
     rows = malloc((size_t)n * c->width * sizeof *rows);
     logits = malloc((size_t)n * c->vocab * sizeof *logits);
     if (!rows || !logits) {
-        error("out of memory");
+        fail("out of memory");
         goto done;
     }
     for (uint32_t t = 0; t < n; t++) {
         const float *e = tlm_token_embedding(m, text[t]);
         if (!e) {
-            error("%s: byte %u is outside the model's vocabulary", text_path, text[t]);
+            fail("%s: byte %u is outside the model's vocabulary", text_path, text[t]);
             goto done;
         }
         memcpy(rows + (size_t)t * c->width, e, c->width * sizeof *rows);
     }
     if (tlm_forward(m, rows, n, logits)) {
-        error("%s", tlm_last_error());
+        fail("%s", tlm_last_error());
         goto done;
     }
     if (write_le_floats(logits, (size_t)n * c->vocab)) {
-        error("writing the logits: %s", strerror(errno));
+        fail("writing the logits: %s", strerror(errno));
         goto done;
     }
     rc = 0;
@@ -140,7 +123,7 @@ static int cmd_info(const char *path)
 {
     tlm_model *m;
     if (tlm_load(&m, path))
-        return error("%s", tlm_last_error());
+        return fail("%s", tlm_last_error());
     const tlm_config *c = tlm_config_of(m);
     const tlm_meta *meta = tlm_meta_of(m);
     printf("%s: tinylm V=%u C=%u L=%u H=%u F=%u T=%u, %zu parameters\n", path, c->vocab, c->width,
@@ -148,11 +131,12 @@ static int cmd_info(const char *path)
     printf("trained from seed %" PRIu64 " for %" PRIu64 " steps on \"%s\"\n", meta->seed,
            meta->steps, meta->corpus);
     tlm_free(m);
-    return fflush(stdout) ? error("writing: %s", strerror(errno)) : 0;
+    return fflush(stdout) ? fail("writing: %s", strerror(errno)) : 0;
 }
 
 int main(int argc, char **argv)
 {
+    cli_set_name("tlm");
     if (argc == 4 && strcmp(argv[1], "init") == 0)
         return cmd_init(argv[2], argv[3]);
     if (argc == 4 && strcmp(argv[1], "logits") == 0)

@@ -12,19 +12,18 @@
  * predicts next, restricted to the two verbalizer bytes (the labels' first letters).
  * docs/TINYLM.md describes the tasks and the method; run `tune --help` for the options.
  * Errors: one line on stderr, exit status 1 (2 for usage). */
-#define _GNU_SOURCE /* memrchr */
-#include <errno.h>
+#define _POSIX_C_SOURCE 200809L /* fileno, isatty */
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
+#include "recipe.h"
 #include "task.h"
 #include "tinylm.h"
 #include "ulpt.h"
@@ -57,26 +56,6 @@ static const char usage_text[] =
     "  --curve K         with --json: also the mean training loss of every K steps\n"
     "  --skip-baseline   do not measure the no-prompt accuracy (reported as -1)\n"
     "  --quiet           no progress bar\n";
-
-static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("tune: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return 1;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- the task files (task.h) ------------------------------------------------------ */
 
@@ -121,7 +100,7 @@ struct host {
     const example *const *batch; /* the examples of this call */
     const split *source;         /* the split they come from, for messages */
     size_t batch_n;
-    const float *e;              /* prompt rows (n_tokens x C); NULL: none (baseline, --method none) */
+    const float *e;              /* prompt rows (n_tokens x C); NULL: none (baseline, none) */
     uint32_t n_prompts;          /* prompts at e, one after the other: > 1 only for --zo */
     uint32_t max_prompts;        /* room in each worker's losses */
     int want_grad;
@@ -280,6 +259,7 @@ static void host_free(host *h)
         free(h->w[t].grad);
         free(h->w[t].losses);
     }
+    h->n_threads = 0;
 }
 
 static int host_init(host *h, const char *model_path, int threads, uint32_t n_tokens,
@@ -311,15 +291,236 @@ static int host_init(host *h, const char *model_path, int threads, uint32_t n_to
     return 0;
 }
 
-/* ---- the command ---------------------------------------------------------------- */
+/* ---- the command line ------------------------------------------------------------ */
 
 typedef struct {
     const char *model, *taskdir, *method, *save, *load, *init_text;
-    uint32_t tokens, rank, steps, batch, directions, groups, curve;
-    int no_scale_shift, threads, valid, json, quiet, skip_baseline, zo;
+    uint32_t tokens, rank, steps, batch, directions, groups, curve, threads;
+    int no_scale_shift, valid, json, quiet, skip_baseline, zo;
     double lr, eps, init_std;
     uint64_t seed;
 } options;
+
+/* 0: run; 2: a bad argument (reported) or no TASKDIR (usage printed); 3: --help. */
+static int parse_args(int argc, char **argv, options *o)
+{
+    *o = (options){ .method = "ulpt", .tokens = 16, .rank = 2, .steps = 200, .batch = 16,
+                    .threads = 2, .lr = 0.03, .seed = 1, .directions = 1, .eps = 1e-3,
+                    .groups = 1, .init_std = 1 };
+    const cli_option table[] = {
+        { "--model", CLI_STRING, &o->model, 0, 0 },
+        { "--method", CLI_STRING, &o->method, 0, 0 },
+        { "--tokens", CLI_U32, &o->tokens, 1, 128 },
+        { "--rank", CLI_U32, &o->rank, 1, 4096 },
+        { "--no-scale-shift", CLI_FLAG, &o->no_scale_shift, 0, 0 },
+        { "--groups", CLI_U32, &o->groups, 1, 128 },
+        { "--init-std", CLI_REAL0, &o->init_std, 0, 0 },
+        { "--init-text", CLI_STRING, &o->init_text, 0, 0 },
+        { "--steps", CLI_U32, &o->steps, 1, 1000000 },
+        { "--batch", CLI_U32, &o->batch, 1, 4096 },
+        { "--lr", CLI_REAL, &o->lr, 0, 0 },
+        { "--seed", CLI_U64, &o->seed, 0, UINT32_MAX },
+        { "--zo", CLI_FLAG, &o->zo, 0, 0 },
+        { "--eps", CLI_REAL, &o->eps, 0, 0 },
+        { "--directions", CLI_U32, &o->directions, 1, 1024 },
+        { "--threads", CLI_U32, &o->threads, 1, MAX_THREADS },
+        { "--save", CLI_STRING, &o->save, 0, 0 },
+        { "--load", CLI_STRING, &o->load, 0, 0 },
+        { "--valid", CLI_FLAG, &o->valid, 0, 0 },
+        { "--json", CLI_FLAG, &o->json, 0, 0 },
+        { "--curve", CLI_U32, &o->curve, 1, 1000000 },
+        { "--skip-baseline", CLI_FLAG, &o->skip_baseline, 0, 0 },
+        { "--quiet", CLI_FLAG, &o->quiet, 0, 0 },
+        { NULL, CLI_FLAG, NULL, 0, 0 },
+    };
+    int n_operands, rc = cli_parse(argc, argv, table, &o->taskdir, 1, &n_operands);
+    if (rc == 3) {
+        fputs(usage_text, stdout);
+        return 3;
+    }
+    if (rc)
+        return 2;
+    if (!n_operands) {
+        fputs(usage_text, stderr);
+        return 2;
+    }
+    if (strcmp(o->method, "ulpt") && strcmp(o->method, "vanilla") && strcmp(o->method, "none"))
+        return 2 * fail("--method must be ulpt, vanilla or none, not \"%s\"", o->method);
+    if (o->init_text && !*o->init_text)
+        return 2 * fail("--init-text needs at least one byte of text");
+    if (strcmp(o->method, "ulpt") && (o->groups != 1 || o->init_std != 1 || o->init_text))
+        return 2 * fail("--groups, --init-std and --init-text are for --method ulpt");
+    if (o->tokens % o->groups)
+        return 2 * fail("--groups %" PRIu32 " does not divide --tokens %" PRIu32, o->groups,
+                        o->tokens);
+    if (o->curve && !o->json)
+        return 2 * fail("--curve goes with --json");
+    if (!o->model) /* the weights shipped beside the program, wherever it is run from */
+        o->model = beside_program("tinylm.tlm", "examples/tinylm/tinylm.tlm");
+    return 0;
+}
+
+/* ---- one run, phase by phase ------------------------------------------------------ */
+
+typedef struct {
+    const options *o;
+    int none, vanilla;           /* --method none (and nothing loaded); --method vanilla */
+    uint32_t n_tokens;           /* prompt rows in front of each example (0: none) */
+    host h;
+    const tlm_config *cfg;
+    split train, valid, test;
+    char task[256];
+    ulpt_prompt *prompt;
+    ulpt_optimizer *opt;
+    ulpt_zo *zo;                 /* --zo only */
+    float *e;                    /* the tuned prompt's rows, for evaluation */
+    double *curve;               /* --curve: mean loss of each window of steps */
+    double acc_before, acc_after, acc_valid, train_seconds, loss_first, loss_last;
+    long long file_bytes;
+} run;
+
+static void run_free(run *r)
+{
+    free(r->curve);
+    free(r->e);
+    ulpt_zo_free(r->zo);
+    ulpt_optimizer_free(r->opt);
+    ulpt_prompt_free(r->prompt);
+    host_free(&r->h);
+    task_split_free(&r->train);
+    task_split_free(&r->valid);
+    task_split_free(&r->test);
+}
+
+/* The prompt to evaluate (--load), the workers' models, and whether they fit together. */
+static int open_host(run *r)
+{
+    const options *o = r->o;
+    if (o->load && ulpt_prompt_load(&r->prompt, o->load) != ULPT_OK)
+        return fail("%s", ulpt_last_error());
+    r->n_tokens = r->none ? 0 : r->prompt ? ulpt_prompt_n_tokens(r->prompt) : o->tokens;
+    if (host_init(&r->h, o->model, (int)o->threads, r->n_tokens, 2 * o->directions))
+        return 1;
+    r->cfg = tlm_config_of(r->h.w[0].model);
+    if (r->n_tokens + 2 > r->cfg->max_len)
+        return fail("--tokens %" PRIu32 " leaves no room for text in a context of %" PRIu32,
+                    r->n_tokens, r->cfg->max_len);
+    if (r->prompt && ulpt_prompt_dim(r->prompt) != r->cfg->width)
+        return fail("%s: the prompt's dim %" PRIu32 " is not the model's width %" PRIu32,
+                    o->load, ulpt_prompt_dim(r->prompt), r->cfg->width);
+    return 0;
+}
+
+/* test.tsv, and train.tsv and valid.tsv when they are used; one pair of labels. */
+static int load_splits(run *r)
+{
+    const options *o = r->o;
+    const uint32_t max_text = r->cfg->max_len - r->n_tokens - 1, vocab = r->cfg->vocab;
+    if (split_load(&r->test, o->taskdir, "test", max_text, vocab) ||
+        (!o->load && !r->none && split_load(&r->train, o->taskdir, "train", max_text, vocab)) ||
+        (o->valid && split_load(&r->valid, o->taskdir, "valid", max_text, vocab)))
+        return 1;
+    const split *test = &r->test, *others[2] = { &r->train, &r->valid };
+    for (int k = 0; k < 2; k++)
+        if (others[k]->n && (strcmp(others[k]->names[0], test->names[0]) ||
+                             strcmp(others[k]->names[1], test->names[1])))
+            return fail("%s: labels \"%s\", \"%s\" differ from test.tsv's \"%s\", \"%s\"",
+                        others[k]->path, others[k]->names[0], others[k]->names[1],
+                        test->names[0], test->names[1]);
+    r->h.verbalizer[0] = (uint8_t)test->names[0][0];
+    r->h.verbalizer[1] = (uint8_t)test->names[1][0];
+    if (r->h.verbalizer[0] >= vocab || r->h.verbalizer[1] >= vocab || SEPARATOR >= vocab)
+        return fail("%s: a label's first byte or the separator is past the model's "
+                    "vocabulary of %" PRIu32, test->path, vocab);
+    task_name(o->taskdir, r->task, sizeof r->task);
+    return 0;
+}
+
+/* The frozen model's accuracy without a prompt, and the report's first lines. */
+static int measure_baseline(run *r)
+{
+    const options *o = r->o;
+    const split *test = &r->test;
+    r->acc_before = -1;
+    if ((!o->skip_baseline || r->none) && evaluate(&r->h, test, NULL, &r->acc_before))
+        return 1;
+    if (o->json)
+        return 0;
+    if (r->train.n)
+        printf("task %s: %zu training, %zu test examples; labels \"%s\" and \"%s\"\n", r->task,
+               r->train.n, test->n, test->names[0], test->names[1]);
+    else
+        printf("task %s: %zu test examples; labels \"%s\" and \"%s\"\n", r->task, test->n,
+               test->names[0], test->names[1]);
+    printf("majority class: %.1f%% of the test set\n", 100 * majority(test));
+    if (r->acc_before >= 0)
+        printf("frozen tinylm (%zu parameters), no prompt: test accuracy %.1f%%\n",
+               tlm_num_params(r->h.w[0].model), 100 * r->acc_before);
+    return 0;
+}
+
+/* The root mean square of the model's token embeddings: where a vanilla prompt starts. */
+static double embedding_rms(const tlm_model *m, const tlm_config *cfg)
+{
+    const float *wte = tlm_token_embedding(m, 0);
+    double ss = 0;
+    for (size_t k = 0; k < (size_t)cfg->vocab * cfg->width; k++)
+        ss += (double)wte[k] * wte[k];
+    return sqrt(ss / ((double)cfg->vocab * cfg->width));
+}
+
+/* E fitted to the model's embeddings of the text's bytes, repeated to fill the rows. */
+static int init_from_text(run *r, const char *text)
+{
+    const size_t C = r->cfg->width, len = strlen(text);
+    float *rows = malloc(sizeof(float) * r->o->tokens * C);
+    if (!rows)
+        return fail("out of memory");
+    for (uint32_t i = 0; i < r->o->tokens; i++)
+        memcpy(rows + i * C, tlm_token_embedding(r->h.w[0].model, (unsigned char)text[i % len]),
+               sizeof(float) * C);
+    int rc = ulpt_prompt_init_from_embeddings(r->prompt, rows, (uint32_t)C, NULL, NULL);
+    free(rows);
+    return rc != ULPT_OK ? fail("%s", ulpt_last_error()) : 0;
+}
+
+/* The prompt of --method, the examples' AdamW (recipe.h), and (--zo) the forward-only
+ * trainer over them. */
+static int create_prompt(run *r)
+{
+    const options *o = r->o;
+    int rc = 0;
+    ulpt_prompt_options po = recipe_prompt(o->tokens, o->rank, r->cfg->width, o->seed);
+    if (r->vanilla) { /* P = I, no scale or shift: E = Z, n x d trainable */
+        po.rank = r->cfg->width;
+        po.projection_kind = ULPT_PROJ_IDENTITY;
+        po.flags = ULPT_NO_SCALE | ULPT_NO_SHIFT;
+        po.init_std = (float)embedding_rms(r->h.w[0].model, r->cfg);
+    } else {
+        po.flags = o->no_scale_shift ? ULPT_NO_SCALE | ULPT_NO_SHIFT : 0;
+        po.n_groups = o->groups;
+        po.init_std = (float)o->init_std;
+    }
+    TRY(ulpt_prompt_create(&r->prompt, &po));
+    if (o->init_text && init_from_text(r, o->init_text))
+        return 1;
+    ulpt_optimizer_options oo = recipe_adamw(o->lr, o->steps);
+    TRY(ulpt_optimizer_create(&r->opt, r->prompt, &oo));
+    if (o->zo) {
+        ulpt_zo_options zoo = ULPT_ZO_OPTIONS_INIT; /* Rademacher, Z, s and b */
+        zoo.epsilon = o->eps;
+        zoo.directions = o->directions;
+        zoo.seed = o->seed;
+        TRY(ulpt_zo_create(&r->zo, r->prompt, r->opt, &zoo));
+    }
+    if (!o->json)
+        printf("tuning %s%s: %" PRIu32 " soft tokens, %zu trainable parameters "
+               "(vanilla prompt tuning: %" PRIu32 ")\n",
+               r->vanilla ? "a vanilla prompt" : "a ULPT prompt", o->zo ? " forward-only" : "",
+               o->tokens, ulpt_prompt_num_params(r->prompt), o->tokens * r->cfg->width);
+out:
+    return rc;
+}
 
 static void progress(const options *o, uint32_t step, double loss, float lr, double elapsed)
 {
@@ -339,422 +540,159 @@ static void progress(const options *o, uint32_t step, double loss, float lr, dou
     fflush(stdout);
 }
 
-static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, const char *what)
+/* o->steps steps on batches drawn in seeded epochs (task_sampler); the loss of the first
+ * and the last, and with --curve the mean of every window of o->curve steps. */
+static int train(run *r)
 {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
-        return fail("%s must be an integer in [%" PRIu32 ", %" PRIu32 "], not \"%s\"", what,
-                    lo, hi, s);
-    *out = (uint32_t)v;
-    return 0;
-}
-
-/* A finite number above 0 (or at least 0 with zero_ok) */
-static int parse_real(const char *s, int zero_ok, double *out, const char *what)
-{
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || *end || !isfinite(v) || !(zero_ok ? v >= 0 : v > 0))
-        return fail("%s must be a %s number, not \"%s\"", what,
-                    zero_ok ? "finite, non-negative" : "positive", s);
-    *out = v;
-    return 0;
-}
-
-static int parse_args(int argc, char **argv, options *o)
-{
-    *o = (options){ .model = NULL, .method = "ulpt", .tokens = 16,
-                    .rank = 2, .steps = 200, .batch = 16, .threads = 2, .lr = 0.03,
-                    .seed = 1, .directions = 1, .eps = 1e-3, .groups = 1, .init_std = 1 };
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        uint32_t u;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(usage_text, stdout);
-            exit(0);
-        } else if (!strcmp(a, "--no-scale-shift")) {
-            o->no_scale_shift = 1;
-        } else if (!strcmp(a, "--valid")) {
-            o->valid = 1;
-        } else if (!strcmp(a, "--json")) {
-            o->json = 1;
-        } else if (!strcmp(a, "--skip-baseline")) {
-            o->skip_baseline = 1;
-        } else if (!strcmp(a, "--quiet")) {
-            o->quiet = 1;
-        } else if (!strcmp(a, "--zo")) {
-            o->zo = 1;
-        } else if (a[0] == '-' && a[1] == '-') {
-            if (!v)
-                return fail("%s needs a value", a);
-            i++;
-            if (!strcmp(a, "--model")) {
-                o->model = v;
-            } else if (!strcmp(a, "--method")) {
-                if (strcmp(v, "ulpt") && strcmp(v, "vanilla") && strcmp(v, "none"))
-                    return fail("--method must be ulpt, vanilla or none, not \"%s\"", v);
-                o->method = v;
-            } else if (!strcmp(a, "--tokens")) {
-                if (parse_u32(v, 1, 128, &o->tokens, "--tokens"))
-                    return 1;
-            } else if (!strcmp(a, "--rank")) {
-                if (parse_u32(v, 1, 4096, &o->rank, "--rank"))
-                    return 1;
-            } else if (!strcmp(a, "--steps")) {
-                if (parse_u32(v, 1, 1000000, &o->steps, "--steps"))
-                    return 1;
-            } else if (!strcmp(a, "--batch")) {
-                if (parse_u32(v, 1, 4096, &o->batch, "--batch"))
-                    return 1;
-            } else if (!strcmp(a, "--threads")) {
-                if (parse_u32(v, 1, MAX_THREADS, &u, "--threads"))
-                    return 1;
-                o->threads = (int)u;
-            } else if (!strcmp(a, "--seed")) {
-                if (parse_u32(v, 0, UINT32_MAX, &u, "--seed"))
-                    return 1;
-                o->seed = u;
-            } else if (!strcmp(a, "--lr")) {
-                if (parse_real(v, 0, &o->lr, "--lr"))
-                    return 1;
-            } else if (!strcmp(a, "--directions")) {
-                if (parse_u32(v, 1, 1024, &o->directions, "--directions"))
-                    return 1;
-            } else if (!strcmp(a, "--eps")) {
-                if (parse_real(v, 0, &o->eps, "--eps"))
-                    return 1;
-            } else if (!strcmp(a, "--groups")) {
-                if (parse_u32(v, 1, 128, &o->groups, "--groups"))
-                    return 1;
-            } else if (!strcmp(a, "--curve")) {
-                if (parse_u32(v, 1, 1000000, &o->curve, "--curve"))
-                    return 1;
-            } else if (!strcmp(a, "--init-std")) {
-                if (parse_real(v, 1, &o->init_std, "--init-std"))
-                    return 1;
-            } else if (!strcmp(a, "--init-text")) {
-                if (!*v)
-                    return fail("--init-text needs at least one byte of text");
-                o->init_text = v;
-            } else if (!strcmp(a, "--save")) {
-                o->save = v;
-            } else if (!strcmp(a, "--load")) {
-                o->load = v;
-            } else {
-                return fail("unknown option %s (see --help)", a);
-            }
-        } else if (!o->taskdir) {
-            o->taskdir = a;
-        } else {
-            return fail("one TASKDIR only (see --help)");
+    const options *o = r->o;
+    const example **batch = malloc(sizeof *batch * o->batch);
+    task_sampler order = { 0 };
+    int rc = 0;
+    if (o->curve && !(r->curve = calloc((o->steps + o->curve - 1) / o->curve, sizeof *r->curve)))
+        rc = fail("out of memory");
+    else if (!batch || task_sampler_init(&order, r->train.n, o->seed))
+        rc = fail("out of memory");
+    r->h.batch = batch;
+    r->h.batch_n = o->batch;
+    r->h.source = &r->train;
+    const double start = now();
+    for (uint32_t step = 1; !rc && step <= o->steps; step++) {
+        task_sampler_next(&order, &r->train, batch, o->batch);
+        const float lr = ulpt_optimizer_lr(r->opt);
+        double loss;
+        if ((r->zo ? ulpt_zo_step(&loss, r->zo, host_losses, &r->h)
+                   : ulpt_train_step(r->prompt, r->opt, host_loss, &r->h, &loss)) != ULPT_OK) {
+            rc = fail("step %" PRIu32 ": %s%s%s", step, ulpt_last_error(),
+                      r->h.error[0] ? ": " : "", r->h.error);
+            break;
         }
+        if (step == 1)
+            r->loss_first = loss;
+        r->loss_last = loss;
+        if (r->curve) /* the last window may be short */
+            r->curve[(step - 1) / o->curve] +=
+                loss / (step > o->steps / o->curve * o->curve ? o->steps % o->curve : o->curve);
+        progress(o, step, loss, lr, now() - start);
     }
-    if (!o->taskdir) {
-        fputs(usage_text, stderr);
-        exit(2);
-    }
-    if (strcmp(o->method, "ulpt") && (o->groups != 1 || o->init_std != 1 || o->init_text))
-        return fail("--groups, --init-std and --init-text are for --method ulpt");
-    if (o->tokens % o->groups)
-        return fail("--groups %" PRIu32 " does not divide --tokens %" PRIu32, o->groups,
-                    o->tokens);
-    if (o->curve && !o->json)
-        return fail("--curve goes with --json");
-    if (!o->model) { /* the weights shipped beside the program, wherever it is run from */
-        static char path[4096];
-        ssize_t n = readlink("/proc/self/exe", path, sizeof path - 16);
-        char *slash = n > 0 ? memrchr(path, '/', (size_t)n) : NULL;
-        if (slash)
-            strcpy(slash + 1, "tinylm.tlm");
-        o->model = slash ? path : "examples/tinylm/tinylm.tlm";
-    }
-    return 0;
+    r->train_seconds = now() - start;
+    r->h.batch = NULL;
+    free(batch);
+    task_sampler_free(&order);
+    if (rc)
+        return rc;
+    TRY(ulpt_prompt_set_meta(r->prompt, "model", tlm_meta_of(r->h.w[0].model)->corpus[0]
+                                                     ? "tinylm" : "tinylm-random"));
+    TRY(ulpt_prompt_set_meta(r->prompt, "task", r->task));
+out:
+    return rc;
 }
 
-#define ULPT_TRY(call)                                                                     \
-    do {                                                                                   \
-        if ((call) != ULPT_OK) {                                                           \
-            rc = fail("%s", ulpt_last_error());                                            \
-            goto out;                                                                      \
-        }                                                                                  \
-    } while (0)
+/* Test (and --valid) accuracy with the prompt's rows; --save writes the prompt. */
+static int evaluate_prompt(run *r)
+{
+    const options *o = r->o;
+    int rc = 0;
+    if (r->prompt) {
+        if (!(r->e = malloc(sizeof(float) * r->n_tokens * r->cfg->width)))
+            return fail("out of memory");
+        TRY(ulpt_prompt_forward(r->prompt, r->e, r->cfg->width));
+    }
+    if (evaluate(&r->h, &r->test, r->e, &r->acc_after) ||
+        (o->valid && evaluate(&r->h, &r->valid, r->e, &r->acc_valid)))
+        return 1;
+    if (o->save && r->prompt) {
+        TRY(ulpt_prompt_save(r->prompt, o->save, NULL));
+        struct stat st;
+        if (stat(o->save, &st) == 0)
+            r->file_bytes = (long long)st.st_size;
+    }
+out:
+    return rc;
+}
+
+/* The training loop's time outside the host's callback: libulpt's work (forward,
+ * backward, checks, AdamW) plus picking each batch's examples, so at most libulpt's. */
+static double ulpt_seconds(const run *r)
+{
+    return r->train_seconds - r->h.callback_seconds;
+}
+
+/* --json: one line, the fields docs/TINYLM.md lists. */
+static void report_json(const run *r)
+{
+    const options *o = r->o;
+    const ulpt_prompt *p = r->prompt;
+    const int zo = r->zo != NULL;
+    printf("{\"task\": \"%s\", \"method\": \"%s\", \"tokens\": %" PRIu32
+           ", \"rank\": %" PRIu32 ", \"scale_shift\": %s, \"seed\": %" PRIu64
+           ", \"lr\": %g, \"steps\": %" PRIu32 ", \"batch\": %" PRIu32
+           ", \"params\": %zu, \"file_bytes\": %lld, \"majority\": %.6f"
+           ", \"acc_no_prompt\": %.6f, \"acc_test\": %.6f, \"acc_valid\": %.6f"
+           ", \"loss_first\": %.6f, \"loss_last\": %.6f, \"train_seconds\": %.3f"
+           ", \"ulpt_seconds\": %.4f, \"forward_only\": %s, \"directions\": %" PRIu32
+           ", \"eps\": %g, \"groups\": %" PRIu32 ", \"init_std\": %g, \"init_text\": %s",
+           r->task, o->load ? "loaded" : o->method, r->n_tokens, p ? ulpt_prompt_rank(p) : 0,
+           p && !(ulpt_prompt_flags(p) & (ULPT_NO_SCALE | ULPT_NO_SHIFT)) ? "true" : "false",
+           o->seed, o->lr, r->none || o->load ? 0 : o->steps, o->batch,
+           p && !o->load ? ulpt_prompt_num_params(p) : 0, r->file_bytes, majority(&r->test),
+           r->acc_before, r->acc_after, r->acc_valid, r->loss_first, r->loss_last,
+           r->train_seconds, ulpt_seconds(r), zo ? "true" : "false", zo ? o->directions : 0,
+           zo ? o->eps : 0.0, p ? ulpt_prompt_n_groups(p) : 0, o->init_std,
+           o->init_text ? "true" : "false");
+    if (r->curve) {
+        printf(", \"curve_every\": %" PRIu32 ", \"curve\": [", o->curve);
+        for (uint32_t k = 0; k < (o->steps + o->curve - 1) / o->curve; k++)
+            printf("%s%.5f", k ? ", " : "", r->curve[k]);
+        printf("]");
+    }
+    printf("}\n");
+}
+
+/* The report's last lines: training, accuracy, the saved file. */
+static void report_text(const run *r)
+{
+    const options *o = r->o;
+    if (!r->prompt)
+        return;
+    const double share = 100 * ulpt_seconds(r) / r->train_seconds;
+    if (!o->load && r->zo)
+        printf("tuned forward-only in %.1f s (%" PRIu32 " steps x %" PRIu32
+               " forward passes of the batch; at most %.3f%% of the time inside libulpt); "
+               "loss %.4f -> %.4f\n", r->train_seconds, o->steps, 2 * o->directions, share,
+               r->loss_first, r->loss_last);
+    else if (!o->load)
+        printf("tuned in %.1f s (at most %.3f%% of it inside libulpt); loss %.4f -> %.4f\n",
+               r->train_seconds, share, r->loss_first, r->loss_last);
+    printf("%s prompt: test accuracy %.1f%%  (", o->load ? "loaded" : "tuned",
+           100 * r->acc_after);
+    if (r->acc_before >= 0)
+        printf("no prompt %.1f%%, ", 100 * r->acc_before);
+    printf("majority %.1f%%)\n", 100 * majority(&r->test));
+    if (o->valid)
+        printf("validation accuracy %.1f%%\n", 100 * r->acc_valid);
+    if (o->save)
+        printf("saved %s: %lld bytes (a vanilla soft prompt of %" PRIu32 " x %" PRIu32
+               " floats: %zu bytes)\n", o->save, r->file_bytes, r->n_tokens, r->cfg->width,
+               sizeof(float) * r->n_tokens * r->cfg->width);
+}
 
 int main(int argc, char **argv)
 {
     options o;
-    if (parse_args(argc, argv, &o))
-        return 2;
-    const int none = !strcmp(o.method, "none") && !o.load;
-    const int vanilla = !strcmp(o.method, "vanilla");
-
-    split train = { 0 }, valid = { 0 }, test = { 0 };
-    host h;
-    ulpt_prompt *prompt = NULL;
-    ulpt_optimizer *opt = NULL;
-    ulpt_zo *zo = NULL;
-    float *e = NULL;
-    double *curve = NULL;
-    size_t *order = NULL;
-    int rc = 0;
-
-    if (o.load) { /* the prompt decides the shape */
-        if (ulpt_prompt_load(&prompt, o.load) != ULPT_OK)
-            return fail("%s", ulpt_last_error());
-        o.tokens = ulpt_prompt_n_tokens(prompt);
-    }
-    const uint32_t n_tokens = none ? 0 : o.tokens;
-    if (host_init(&h, o.model, o.threads, n_tokens, 2 * o.directions)) {
-        ulpt_prompt_free(prompt);
-        return 1;
-    }
-    const tlm_config *cfg = tlm_config_of(h.w[0].model);
-    if (n_tokens + 2 > cfg->max_len) {
-        rc = fail("--tokens %" PRIu32 " leaves no room for text in a context of %" PRIu32,
-                  n_tokens, cfg->max_len);
-        goto out;
-    }
-    if (prompt && ulpt_prompt_dim(prompt) != cfg->width) {
-        rc = fail("%s: the prompt's dim %" PRIu32 " is not the model's width %" PRIu32,
-                  o.load, ulpt_prompt_dim(prompt), cfg->width);
-        goto out;
-    }
-    const uint32_t max_text = cfg->max_len - n_tokens - 1;
-    if (split_load(&test, o.taskdir, "test", max_text, cfg->vocab) ||
-        (!o.load && !none && split_load(&train, o.taskdir, "train", max_text, cfg->vocab)) ||
-        (o.valid && split_load(&valid, o.taskdir, "valid", max_text, cfg->vocab))) {
-        rc = 1;
-        goto out;
-    }
-    const split *others[2] = { &train, &valid };
-    for (int k = 0; k < 2; k++) {
-        if (others[k]->n && (strcmp(others[k]->names[0], test.names[0]) ||
-                             strcmp(others[k]->names[1], test.names[1]))) {
-            rc = fail("%s: labels \"%s\", \"%s\" differ from test.tsv's \"%s\", \"%s\"",
-                      others[k]->path, others[k]->names[0], others[k]->names[1],
-                      test.names[0], test.names[1]);
-            goto out;
-        }
-    }
-    h.verbalizer[0] = (uint8_t)test.names[0][0];
-    h.verbalizer[1] = (uint8_t)test.names[1][0];
-    if (h.verbalizer[0] >= cfg->vocab || h.verbalizer[1] >= cfg->vocab ||
-        SEPARATOR >= cfg->vocab) {
-        rc = fail("%s: a label's first byte or the separator is past the model's vocabulary "
-                  "of %" PRIu32, test.path, cfg->vocab);
-        goto out;
-    }
+    cli_set_name("tune");
+    int rc = parse_args(argc, argv, &o);
+    if (rc)
+        return rc == 3 ? 0 : rc;
+    run r = { .o = &o, .none = !strcmp(o.method, "none") && !o.load,
+              .vanilla = !strcmp(o.method, "vanilla") };
+    const int tuning = !r.none && !o.load;
     ulpt_set_num_threads(1); /* parallelism comes from the workers */
-
-    double acc_before = -1, acc_after = 0, acc_valid = 0, train_seconds = 0, loss = 0, first = 0;
-    if ((!o.skip_baseline || none) && evaluate(&h, &test, NULL, &acc_before)) {
-        rc = 1;
-        goto out;
-    }
-    char task[256];
-    task_name(o.taskdir, task, sizeof task);
-    if (!o.json) {
-        if (train.n)
-            printf("task %s: %zu training, %zu test examples; labels \"%s\" and \"%s\"\n",
-                   task, train.n, test.n, test.names[0], test.names[1]);
-        else
-            printf("task %s: %zu test examples; labels \"%s\" and \"%s\"\n", task, test.n,
-                   test.names[0], test.names[1]);
-        printf("majority class: %.1f%% of the test set\n", 100 * majority(&test));
-        if (acc_before >= 0)
-            printf("frozen tinylm (%zu parameters), no prompt: test accuracy %.1f%%\n",
-                   tlm_num_params(h.w[0].model), 100 * acc_before);
-    }
-
-    if (!none && !o.load) {
-        ulpt_prompt_options po = ULPT_PROMPT_OPTIONS_INIT;
-        po.n_tokens = o.tokens;
-        po.dim = cfg->width;
-        po.projection_seed = o.seed;
-        po.init_seed = o.seed;
-        if (vanilla) { /* P = I, no scale or shift: E = Z, n x d trainable */
-            po.rank = cfg->width;
-            po.projection_kind = ULPT_PROJ_IDENTITY;
-            po.flags = ULPT_NO_SCALE | ULPT_NO_SHIFT;
-            /* start at the scale of the model's own token embeddings */
-            const float *wte = tlm_token_embedding(h.w[0].model, 0);
-            double ss = 0;
-            for (size_t k = 0; k < (size_t)cfg->vocab * cfg->width; k++)
-                ss += (double)wte[k] * wte[k];
-            po.init_std = (float)sqrt(ss / ((double)cfg->vocab * cfg->width));
-        } else {
-            po.rank = o.rank;
-            po.flags = o.no_scale_shift ? ULPT_NO_SCALE | ULPT_NO_SHIFT : 0;
-            po.n_groups = o.groups;
-            po.init_std = (float)o.init_std;
-        }
-        ULPT_TRY(ulpt_prompt_create(&prompt, &po));
-        if (o.init_text) { /* E fitted to the embeddings of the text's bytes */
-            e = malloc(sizeof(float) * o.tokens * cfg->width);
-            if (!e) {
-                rc = fail("out of memory");
-                goto out;
-            }
-            size_t len = strlen(o.init_text);
-            for (uint32_t i = 0; i < o.tokens; i++)
-                memcpy(e + (size_t)i * cfg->width,
-                       tlm_token_embedding(h.w[0].model, (unsigned char)o.init_text[i % len]),
-                       sizeof(float) * cfg->width);
-            ULPT_TRY(ulpt_prompt_init_from_embeddings(prompt, e, cfg->width, NULL, NULL));
-            free(e);
-            e = NULL;
-        }
-        ulpt_optimizer_options oo = ULPT_OPTIMIZER_OPTIONS_INIT; /* AdamW */
-        oo.lr = o.lr;
-        oo.weight_decay = 1e-5;
-        oo.max_grad_norm = 1.0;
-        oo.schedule = ULPT_SCHED_LINEAR;
-        oo.warmup_steps = o.steps / 10;
-        oo.total_steps = o.steps;
-        ULPT_TRY(ulpt_optimizer_create(&opt, prompt, &oo));
-        if (o.zo) {
-            ulpt_zo_options zoo = ULPT_ZO_OPTIONS_INIT; /* Rademacher, Z, s and b */
-            zoo.epsilon = o.eps;
-            zoo.directions = o.directions;
-            zoo.seed = o.seed;
-            ULPT_TRY(ulpt_zo_create(&zo, prompt, opt, &zoo));
-        }
-
-        if (!o.json)
-            printf("tuning %s%s: %" PRIu32 " soft tokens, %zu trainable parameters "
-                   "(vanilla prompt tuning: %" PRIu32 ")\n",
-                   vanilla ? "a vanilla prompt" : "a ULPT prompt",
-                   o.zo ? " forward-only" : "", o.tokens, ulpt_prompt_num_params(prompt),
-                   o.tokens * cfg->width);
-        order = malloc(sizeof *order * train.n);
-        if (o.curve && !(curve = calloc((o.steps + o.curve - 1) / o.curve, sizeof *curve))) {
-            rc = fail("out of memory");
-            goto out;
-        }
-        const example **batch = malloc(sizeof *batch * o.batch);
-        if (!order || !batch) {
-            free(batch);
-            rc = fail("out of memory");
-            goto out;
-        }
-        for (size_t i = 0; i < train.n; i++)
-            order[i] = i;
-        uint64_t state = o.seed;
-        size_t next = train.n;
-        h.batch = batch;
-        h.batch_n = o.batch;
-        h.source = &train;
-        double start = now();
-        for (uint32_t step = 1; step <= o.steps; step++) {
-            for (uint32_t b = 0; b < o.batch; b++) { /* epochs of a fresh permutation */
-                if (next == train.n) {
-                    task_shuffle(order, train.n, &state);
-                    next = 0;
-                }
-                batch[b] = &train.ex[order[next++]];
-            }
-            float lr = ulpt_optimizer_lr(opt);
-            if ((zo ? ulpt_zo_step(&loss, zo, host_losses, &h)
-                    : ulpt_train_step(prompt, opt, host_loss, &h, &loss)) != ULPT_OK) {
-                free(batch);
-                rc = fail("step %" PRIu32 ": %s%s%s", step, ulpt_last_error(),
-                          h.error[0] ? ": " : "", h.error);
-                goto out;
-            }
-            if (step == 1)
-                first = loss;
-            if (curve) /* the mean loss of each window of o.curve steps (the last may be short) */
-                curve[(step - 1) / o.curve] += loss / (step > o.steps / o.curve * o.curve
-                                                            ? o.steps % o.curve : o.curve);
-            progress(&o, step, loss, lr, now() - start);
-        }
-        train_seconds = now() - start;
-        free(batch);
-        ulpt_prompt_set_meta(prompt, "model", tlm_meta_of(h.w[0].model)->corpus[0]
-                                                  ? "tinylm" : "tinylm-random");
-        ulpt_prompt_set_meta(prompt, "task", task);
-    }
-
-    if (prompt) {
-        e = malloc(sizeof(float) * n_tokens * cfg->width);
-        if (!e) {
-            rc = fail("out of memory");
-            goto out;
-        }
-        ULPT_TRY(ulpt_prompt_forward(prompt, e, cfg->width));
-    }
-    if (evaluate(&h, &test, e, &acc_after) || (o.valid && evaluate(&h, &valid, e, &acc_valid))) {
-        rc = 1;
-        goto out;
-    }
-    long long file_bytes = 0;
-    if (o.save && prompt) {
-        ULPT_TRY(ulpt_prompt_save(prompt, o.save, NULL));
-        struct stat st;
-        if (stat(o.save, &st) == 0)
-            file_bytes = (long long)st.st_size;
-    }
-    const size_t params = prompt && !o.load ? ulpt_prompt_num_params(prompt) : 0;
-    /* The training loop's time outside the host's callback: libulpt's work (forward,
-     * backward, checks, AdamW) plus picking each batch's examples, so at most libulpt's. */
-    const double ulpt_seconds = train_seconds - h.callback_seconds;
-    if (o.json) {
-        printf("{\"task\": \"%s\", \"method\": \"%s\", \"tokens\": %" PRIu32
-               ", \"rank\": %" PRIu32 ", \"scale_shift\": %s, \"seed\": %" PRIu64
-               ", \"lr\": %g, \"steps\": %" PRIu32 ", \"batch\": %" PRIu32
-               ", \"params\": %zu, \"file_bytes\": %lld, \"majority\": %.6f"
-               ", \"acc_no_prompt\": %.6f, \"acc_test\": %.6f, \"acc_valid\": %.6f"
-               ", \"loss_first\": %.6f, \"loss_last\": %.6f, \"train_seconds\": %.3f"
-               ", \"ulpt_seconds\": %.4f, \"forward_only\": %s, \"directions\": %" PRIu32
-               ", \"eps\": %g, \"groups\": %" PRIu32 ", \"init_std\": %g, \"init_text\": %s",
-               task, o.load ? "loaded" : o.method, n_tokens, prompt ? ulpt_prompt_rank(prompt) : 0,
-               prompt && !(ulpt_prompt_flags(prompt) & (ULPT_NO_SCALE | ULPT_NO_SHIFT))
-                   ? "true" : "false",
-               o.seed, o.lr, none || o.load ? 0 : o.steps, o.batch, params, file_bytes, majority(&test), acc_before,
-               acc_after, acc_valid, first, loss, train_seconds, ulpt_seconds,
-               zo ? "true" : "false", zo ? o.directions : 0, zo ? o.eps : 0.0,
-               prompt ? ulpt_prompt_n_groups(prompt) : 0, o.init_std,
-               o.init_text ? "true" : "false");
-        if (curve) {
-            printf(", \"curve_every\": %" PRIu32 ", \"curve\": [", o.curve);
-            for (uint32_t k = 0; k < (o.steps + o.curve - 1) / o.curve; k++)
-                printf("%s%.5f", k ? ", " : "", curve[k]);
-            printf("]");
-        }
-        printf("}\n");
-    } else if (prompt) {
-        if (!o.load && zo)
-            printf("tuned forward-only in %.1f s (%" PRIu32 " steps x %" PRIu32
-                   " forward passes of the batch; at most %.3f%% of the time inside libulpt); "
-                   "loss %.4f -> %.4f\n", train_seconds, o.steps, 2 * o.directions,
-                   100 * ulpt_seconds / train_seconds, first, loss);
-        else if (!o.load)
-            printf("tuned in %.1f s (at most %.3f%% of it inside libulpt); loss %.4f -> %.4f\n",
-                   train_seconds, 100 * ulpt_seconds / train_seconds, first, loss);
-        printf("%s prompt: test accuracy %.1f%%  (", o.load ? "loaded" : "tuned",
-               100 * acc_after);
-        if (acc_before >= 0)
-            printf("no prompt %.1f%%, ", 100 * acc_before);
-        printf("majority %.1f%%)\n", 100 * majority(&test));
-        if (o.valid)
-            printf("validation accuracy %.1f%%\n", 100 * acc_valid);
-        if (o.save)
-            printf("saved %s: %lld bytes (a vanilla soft prompt of %" PRIu32 " x %" PRIu32
-                   " floats: %zu bytes)\n", o.save, file_bytes, n_tokens, cfg->width,
-                   sizeof(float) * n_tokens * cfg->width);
-    }
-out:
-    free(curve);
-    free(order);
-    free(e);
-    ulpt_zo_free(zo);
-    ulpt_optimizer_free(opt);
-    ulpt_prompt_free(prompt);
-    host_free(&h);
-    task_split_free(&train);
-    task_split_free(&valid);
-    task_split_free(&test);
+    rc = open_host(&r) || load_splits(&r) || measure_baseline(&r) ||
+         (tuning && (create_prompt(&r) || train(&r))) || evaluate_prompt(&r);
+    if (!rc && o.json)
+        report_json(&r);
+    else if (!rc)
+        report_text(&r);
+    run_free(&r);
     return rc;
 }

@@ -63,7 +63,8 @@ def test_bytes_are_token_ids(check):
 
 def test_a_prompt_for_another_model_is_refused(check, tmp_path):
     out, _ = check
-    assert 'a prompt tuned for "tinylm-random" is refused' in out
+    assert 'a prompt tuned for model "tinylm-random" is refused' in out
+    assert 'a prompt tuned for model.vocab "fnv1a64:0123456789abcdef" is refused' in out
     # and by serve, with the file's model and the GGUF's named, and exit status 1
     p = ulpt.Prompt(n_tokens=4, dim=128, rank=2, projection_seed=1)
     p.set_meta("model", "gpt2-small")
@@ -72,7 +73,8 @@ def test_a_prompt_for_another_model_is_refused(check, tmp_path):
     p.save(path)
     r = host("serve", "--gguf", GGUF, "--prompt", path, os.path.join(FIXTURES, "names"))
     assert r.returncode == 1
-    assert "gpt2-small" in r.stderr and "tinylm" in r.stderr
+    assert "gpt2-small" in r.stderr and '"tinylm"' in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_serving_matches_tinylm_on_the_fixtures(tmp_path):
@@ -108,3 +110,88 @@ def test_batched_tenants_give_the_one_at_a_time_answers(tmp_path):
     t = last_json(r.stdout)
     assert t["prompts"] == 4 and t["disagree"] == 0 and t["max_diff"] < 1e-3, t
     assert "not served" in r.stdout and "someone-else" in r.stdout
+
+
+def tsv_to_jsonl(src, dst):
+    """A tinylm task split as the users' format: label names instead of 0/1."""
+    with open(src, encoding="utf-8") as f:
+        names = f.readline().rstrip("\n").split("\t")[1:]
+        rows = [line.rstrip("\n").split("\t", 1) for line in f if line.strip()]
+    with open(dst, "w", encoding="utf-8") as f:
+        for label, text in rows:
+            # the verbalizer of docs/TINYLM.md: each label's first byte
+            f.write(json.dumps({"text": text, "label": names[int(label)][0]}) + "\n")
+    return len(rows)
+
+
+@pytest.fixture(scope="module")
+def tuned_jsonl(tmp_path_factory):
+    """A names prompt tuned forward-only inside llama.cpp from JSONL files."""
+    d = tmp_path_factory.mktemp("tinylm-jsonl")
+    n_train = tsv_to_jsonl(os.path.join(FIXTURES, "names", "train.tsv"), d / "train.jsonl")
+    n_test = tsv_to_jsonl(os.path.join(FIXTURES, "names", "test.tsv"), d / "test.jsonl")
+    assert n_train >= 24 and n_test >= 24
+    r = host("tune", "--gguf", GGUF, "--train", d / "train.jsonl", "--test", d / "test.jsonl",
+             "--steps", 40, "--examples", 8, "--tokens", 8, "--lr", 0.05, "--threads", 1,
+             "--save", d / "names.ulpt", "--json")
+    assert r.returncode == 0, r.stderr
+    return d, last_json(r.stdout)
+
+
+def test_forward_only_tuning_from_jsonl(tuned_jsonl):
+    d, s = tuned_jsonl
+    assert s["method"] == "forward-only" and s["eval"] == "test"
+    assert s["sequences"] == 40 * 2 * 8
+    assert s["loss_last"] < s["loss_first"] + 0.5, s  # a short run: it must not blow up
+    p = ulpt.Prompt.load(d / "names.ulpt")
+    m = dict(p.meta)
+    assert m["model"] == "tinylm" and m["model.arch"] == "gpt2" and m["model.n_embd"] == "128"
+    assert m["model.weights"] == "F32" and sorted(m["labels"].split("\n")) == ["f", "m"]
+    assert m["task"] == d.name
+    print(f"tinylm forward-only from JSONL: test accuracy {s['acc_before']:.3f} -> "
+          f"{s['acc_test']:.3f} in {s['train_seconds']:.1f} s")
+
+
+def test_served_accuracy_equals_tinylm_on_every_example(tuned_jsonl):
+    d, s = tuned_jsonl
+    r = host("serve", "--gguf", GGUF, "--prompt", d / "names.ulpt", "--test", d / "test.jsonl",
+             "--tlm", TLM, "--json")
+    assert r.returncode == 0, r.stderr
+    v = last_json(r.stdout)
+    assert v["label_agreement"] == 1.0 and v["acc_llama"] == v["acc_tinylm"], v
+    assert abs(v["acc_llama"] - s["acc_test"]) <= 1 / v["examples"], (v, s)
+    assert v["max_rel_label_logit"] < 1e-2, v
+    print(f"tinylm served: {v['acc_llama']:.4f} through llama.cpp, {v['acc_tinylm']:.4f} "
+          f"through tinylm's C forward, label scores within {v['max_abs_label_logit']:.2g}")
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_K_M"])
+def test_quantized_models_accept_the_prompt_and_report_the_difference(qtype, tuned_jsonl,
+                                                                      tmp_path):
+    d, _ = tuned_jsonl
+    q = tmp_path / f"tinylm-{qtype}.gguf"
+    r = host("quantize", GGUF, q, qtype)
+    assert r.returncode == 0, r.stderr
+    assert os.path.getsize(q) < os.path.getsize(GGUF)
+    ident = last_json(host("identity", "--gguf", q, "--json").stdout)
+    assert ident["weights"] == qtype, ident
+    f32 = last_json(host("identity", "--gguf", GGUF, "--json").stdout)
+    assert ident["vocab"] == f32["vocab"] and ident["name"] == f32["name"]
+    scores = {}
+    acc = {}
+    for tag, model in (("f32", GGUF), (qtype, q)):
+        r = host("serve", "--gguf", model, "--prompt", d / "names.ulpt", "--test",
+                 d / "test.jsonl", "--scores", tmp_path / f"{tag}.jsonl", "--json")
+        assert r.returncode == 0, r.stderr
+        v = last_json(r.stdout)
+        acc[tag] = v["acc_llama"]
+        assert v["identity_note"] == (tag != "f32"), v
+        scores[tag] = np.array([json.loads(x)["scores"] for x in open(tmp_path / f"{tag}.jsonl")])
+    r = host("serve", "--gguf", q, "--prompt", d / "names.ulpt", "--test", d / "test.jsonl")
+    assert "trained against F32 weights; this file's are " + qtype in r.stdout, r.stdout
+    diff = float(np.max(np.abs(scores[qtype] - scores["f32"])))
+    same = float(np.mean(scores[qtype].argmax(1) == scores["f32"].argmax(1)))
+    print(f"tinylm {qtype}: accuracy {acc[qtype]:.4f} (f32 {acc['f32']:.4f}), same label on "
+          f"{same:.3f}, label log-prob max |diff| {diff:.3g}")
+    assert diff < {"Q8_0": 0.05, "Q4_0": 0.5, "Q4_K_M": 0.5}[qtype], diff
+    assert abs(acc[qtype] - acc["f32"]) <= {"Q8_0": 0.05, "Q4_0": 0.2, "Q4_K_M": 0.2}[qtype]

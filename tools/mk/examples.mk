@@ -10,19 +10,26 @@ examples/quickstart: examples/quickstart.c $(SHARED) include/ulpt.h
 quickstart: all examples/quickstart
 	./examples/quickstart
 
-TLM_CFLAGS = -std=c11 $(WARN) -Iexamples/tinylm $(DEP_CFLAGS)
+# What every example host shares (examples/common): task.c reads the task files and draws
+# their examples in seeded epochs; cli.c holds the errors, clock and option parsing;
+# recipe.h the prompt and AdamW options every host trains with.
+COMMON_CFLAGS := -Iexamples/common
+TASK_SRCS := examples/common/task.c
+TASK_DEPS := $(TASK_SRCS) examples/common/task.h
+CLI_SRCS := examples/common/cli.c
+CLI_DEPS := $(CLI_SRCS) examples/common/cli.h examples/common/recipe.h
+
+TLM_CFLAGS = -std=c11 $(WARN) -Iexamples/tinylm $(COMMON_CFLAGS) $(DEP_CFLAGS)
 TLM_SRCS := examples/tinylm/tinylm.c
 TLM_DEPS := $(TLM_SRCS) examples/tinylm/tinylm.h
 
-examples/tinylm/tlm: examples/tinylm/tlm.c $(TLM_DEPS)
-	$(CC) $(CFLAGS) $(TLM_CFLAGS) -o $@ $< $(TLM_SRCS) $(DEP_LIBS) -pthread
+examples/tinylm/tlm: examples/tinylm/tlm.c $(TLM_DEPS) $(CLI_DEPS)
+	$(CC) $(CFLAGS) $(TLM_CFLAGS) -o $@ $< $(TLM_SRCS) $(CLI_SRCS) $(DEP_LIBS) -pthread
 
-# The example host: tunes a prompt for tinylm on a task through libulpt.  task.c reads
-# the task files; examples/mpi/tune_mpi shares it.
-TASK_SRCS := examples/tinylm/task.c
-TASK_DEPS := $(TASK_SRCS) examples/tinylm/task.h
-examples/tinylm/tune: examples/tinylm/tune.c $(TLM_DEPS) $(TASK_DEPS) $(SHARED) include/ulpt.h
-	$(CC) $(CFLAGS) $(TLM_CFLAGS) -Iinclude -o $@ $< $(TLM_SRCS) $(TASK_SRCS) \
+# The example host: tunes a prompt for tinylm on a task through libulpt.
+examples/tinylm/tune: examples/tinylm/tune.c $(TLM_DEPS) $(TASK_DEPS) $(CLI_DEPS) $(SHARED) \
+    include/ulpt.h
+	$(CC) $(CFLAGS) $(TLM_CFLAGS) -Iinclude -o $@ $< $(TLM_SRCS) $(TASK_SRCS) $(CLI_SRCS) \
 	    $(call link_shared,../../lib) $(DEP_LIBS) -pthread
 
 # The main job: the shipped tinylm, a rank-2 ULPT prompt tuned on the names task, saved,

@@ -20,10 +20,10 @@ LLAMA_BIN = $(abspath $(LLAMA_DIR)/build/bin)
 LLAMA_GGUF := $(LLAMA_DIR)/tinylm.gguf
 LLAMA_GGUF_GELU0 := $(LLAMA_DIR)/tinylm-gelu-zero.gguf
 LLAMA_HOST := examples/llama/ulpt-llama
-LLAMA_HOST_SRCS := examples/llama/ulpt-llama.c examples/llama/engine.c \
-    examples/llama/tenants.c examples/llama/tune.c
+LLAMA_HOST_SRCS := examples/llama/ulpt-llama.c examples/llama/engine.c examples/llama/data.c \
+    examples/llama/inputs.c examples/llama/check.c examples/llama/tenants.c examples/llama/tune.c
 LLAMA_HOST_DEPS := $(LLAMA_HOST_SRCS) examples/llama/engine.h examples/llama/host.h \
-    $(TLM_DEPS) $(TASK_DEPS)
+    examples/llama/data.h $(TLM_DEPS) $(TASK_DEPS) $(CLI_DEPS)
 
 # The long build (about 8 minutes on two free cores), with progress as it goes.
 $(LLAMA_STAMP):
@@ -43,10 +43,12 @@ $(LLAMA_GGUF_GELU0): examples/llama/convert.py examples/tinylm/tinylm.tlm $(LLAM
 	    --gelu-zero
 
 # The host: libulpt from the build tree, llama.cpp from the cache (-lllama -lggml
-# -lggml-base), tinylm's C forward for the comparisons.
+# -lggml-base; gguf.h for the vocabulary fingerprint), tinylm's C forward for the
+# comparisons, examples/common for the task files and the command line.
 $(LLAMA_HOST): $(LLAMA_HOST_DEPS) $(SHARED) include/ulpt.h $(LLAMA_STAMP)
-	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude -Iexamples/tinylm -I$(LLAMA_SRC)/include \
-	    -I$(LLAMA_SRC)/ggml/include $(DEP_CFLAGS) -o $@ $(LLAMA_HOST_SRCS) $(TLM_SRCS) $(TASK_SRCS) \
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -Iinclude $(COMMON_CFLAGS) -Iexamples/tinylm \
+	    -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include $(DEP_CFLAGS) -o $@ \
+	    $(LLAMA_HOST_SRCS) $(TLM_SRCS) $(TASK_SRCS) $(CLI_SRCS) \
 	    $(call link_shared,../../lib) -L$(LLAMA_BIN) -lllama -lggml -lggml-base \
 	    -Wl,-rpath,$(LLAMA_BIN) $(DEP_LIBS) -pthread
 

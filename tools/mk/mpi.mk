@@ -7,11 +7,12 @@ MPICC ?= mpicc
 CHECK_STEPS += check-mpi
 .PHONY: check-mpi
 
-examples/mpi/tune_mpi: examples/mpi/tune_mpi.c $(TLM_DEPS) $(TASK_DEPS) $(SHARED) include/ulpt.h
+examples/mpi/tune_mpi: examples/mpi/tune_mpi.c $(TLM_DEPS) $(TASK_DEPS) $(CLI_DEPS) $(SHARED) \
+    include/ulpt.h
 	@command -v $(MPICC) >/dev/null 2>&1 || { echo "$@: $(MPICC) is missing; install \
 	Debian's OpenMPI: apt-get install libopenmpi-dev openmpi-bin (or run make deps as root)" >&2; \
 	exit 1; }
-	$(MPICC) $(CFLAGS) $(TLM_CFLAGS) -Iinclude -o $@ $< $(TLM_SRCS) $(TASK_SRCS) \
+	$(MPICC) $(CFLAGS) $(TLM_CFLAGS) -Iinclude -o $@ $< $(TLM_SRCS) $(TASK_SRCS) $(CLI_SRCS) \
 	    $(call link_shared,../../lib) $(DEP_LIBS) -pthread
 
 tests/mpi/param_diff: tests/mpi/param_diff.c $(SHARED) include/ulpt.h

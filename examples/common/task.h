@@ -1,7 +1,7 @@
 /*
  * task.h -- the task files of docs/TINYLM.md ("Tasks") and the seeded order the examples
- * are drawn in, shared by the example hosts tune (worker threads) and
- * examples/mpi/tune_mpi (MPI ranks).
+ * are drawn in, shared by the example hosts: examples/tinylm/tune (worker threads),
+ * examples/mpi/tune_mpi (MPI ranks) and the llama host.
  *
  * A split is one file, TASKDIR/NAME.tsv: a first line "#<TAB>label0<TAB>label1" (label
  * names whose first bytes differ: they are the verbalizer), then one "0|1<TAB>text" line
@@ -45,5 +45,26 @@ uint64_t task_splitmix(uint64_t *state);
 
 /* Fisher-Yates shuffle of idx[0 .. n), drawing from task_splitmix(state). */
 void task_shuffle(size_t *idx, size_t n, uint64_t *state);
+
+/* The order training examples are drawn in: epochs, each a fresh permutation of the
+ * split.  The same seed gives the same batches in every program and on every MPI rank,
+ * which is what lets tune_mpi on R ranks repeat tune's data order. */
+typedef struct {
+    size_t *order; /* a permutation of 0 .. n-1 */
+    size_t n, next;
+    uint64_t state;
+} task_sampler;
+
+/* A sampler over n > 0 examples, seeded; the first batch starts the first epoch.
+ * Returns 0, or -1 (out of memory) with *s empty. */
+int task_sampler_init(task_sampler *s, size_t n, uint64_t seed);
+
+/* Fills batch[0 .. count) with the next examples of split (which has the sampler's n),
+ * starting a new permutation whenever an epoch is used up. */
+void task_sampler_next(task_sampler *s, const task_split *split, const task_example **batch,
+                       uint32_t count);
+
+/* Releases what init took; *s is empty afterwards. */
+void task_sampler_free(task_sampler *s);
 
 #endif

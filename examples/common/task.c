@@ -1,4 +1,4 @@
-/* task.c -- the task files (task.h) and the seeded order of their examples. */
+/* task.c -- the task files (task.h), the seeded order of their examples, the sampler. */
 #include "task.h"
 
 #include <errno.h>
@@ -8,10 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(char *err, size_t errsize, const char *fmt, ...)
+static int refuse(char *err, size_t errsize, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static int fail(char *err, size_t errsize, const char *fmt, ...)
+static int refuse(char *err, size_t errsize, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -39,7 +39,7 @@ int task_split_load(task_split *s, const char *dir, const char *name, uint32_t m
     memcpy(s->path, path, sizeof path);
     FILE *f = fopen(path, "rb");
     if (!f)
-        return fail(err, errsize, "%s: %s", path, strerror(errno));
+        return refuse(err, errsize, "%s: %s", path, strerror(errno));
     size_t cap = 1 << 16, len = 0;
     char *blob = malloc(cap);
     for (size_t got; blob && (got = fread(blob + len, 1, cap - len - 1, f)) > 0;) {
@@ -54,10 +54,10 @@ int task_split_load(task_split *s, const char *dir, const char *name, uint32_t m
     int bad = ferror(f);
     fclose(f);
     if (!blob)
-        return fail(err, errsize, "%s: out of memory", path);
+        return refuse(err, errsize, "%s: out of memory", path);
     if (bad) {
         free(blob);
-        return fail(err, errsize, "%s: read error", path);
+        return refuse(err, errsize, "%s: read error", path);
     }
     blob[len] = '\0';
     size_t lines = 0;
@@ -67,14 +67,14 @@ int task_split_load(task_split *s, const char *dir, const char *name, uint32_t m
     s->ex = calloc(lines + 1, sizeof *s->ex);
     if (!s->ex) {
         task_split_free(s);
-        return fail(err, errsize, "%s: out of memory", path);
+        return refuse(err, errsize, "%s: out of memory", path);
     }
     char *line = blob, *end = blob + len;
     for (size_t no = 1; line < end; no++) {
         char *nl = memchr(line, '\n', (size_t)(end - line));
         if (!nl) {
             task_split_free(s);
-            return fail(err, errsize, "%s:%zu: the last line has no newline", path, no);
+            return refuse(err, errsize, "%s:%zu: the last line has no newline", path, no);
         }
         *nl = '\0';
         if (no == 1) {
@@ -83,8 +83,8 @@ int task_split_load(task_split *s, const char *dir, const char *name, uint32_t m
             if (!b || b == a || !b[1] || strchr(b + 1, '\t') || (size_t)(b - a) >= 64 ||
                 strlen(b + 1) >= 64 || a[0] == b[1]) {
                 task_split_free(s);
-                return fail(err, errsize, "%s:1: expected \"#<TAB>label0<TAB>label1\" with "
-                            "different first letters", path);
+                return refuse(err, errsize, "%s:1: expected \"#<TAB>label0<TAB>label1\" with "
+                              "different first letters", path);
             }
             memcpy(s->names[0], a, (size_t)(b - a));
             strcpy(s->names[1], b + 1);
@@ -93,14 +93,14 @@ int task_split_load(task_split *s, const char *dir, const char *name, uint32_t m
             if ((line[0] != '0' && line[0] != '1') || line[1] != '\t' || nl - line < 3 ||
                 tlen > max_text) {
                 task_split_free(s);
-                return fail(err, errsize, "%s:%zu: expected \"0|1<TAB>text\" with 1..%" PRIu32
-                            " bytes of text", path, no, max_text);
+                return refuse(err, errsize, "%s:%zu: expected \"0|1<TAB>text\" with 1..%" PRIu32
+                              " bytes of text", path, no, max_text);
             }
             for (uint32_t k = 0; k < tlen; k++) {
                 if ((uint8_t)line[2 + k] >= vocab) {
                     task_split_free(s);
-                    return fail(err, errsize, "%s:%zu: byte 0x%02x is past the model's "
-                                "vocabulary of %" PRIu32, path, no, (uint8_t)line[2 + k], vocab);
+                    return refuse(err, errsize, "%s:%zu: byte 0x%02x is past the model's "
+                                  "vocabulary of %" PRIu32, path, no, (uint8_t)line[2 + k], vocab);
                 }
             }
             s->ex[s->n++] = (task_example){ (const uint8_t *)line + 2, tlen, line[0] - '0' };
@@ -109,7 +109,7 @@ int task_split_load(task_split *s, const char *dir, const char *name, uint32_t m
     }
     if (s->n == 0) {
         task_split_free(s);
-        return fail(err, errsize, "%s: no examples", path);
+        return refuse(err, errsize, "%s: no examples", path);
     }
     return 0;
 }
@@ -130,6 +130,36 @@ void task_shuffle(size_t *idx, size_t n, uint64_t *state)
         idx[i - 1] = idx[j];
         idx[j] = t;
     }
+}
+
+int task_sampler_init(task_sampler *s, size_t n, uint64_t seed)
+{
+    *s = (task_sampler){ malloc(sizeof(size_t) * (n ? n : 1)), n, n, seed };
+    if (!s->order) {
+        *s = (task_sampler){ 0 };
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        s->order[i] = i;
+    return 0;
+}
+
+void task_sampler_next(task_sampler *s, const task_split *split, const task_example **batch,
+                       uint32_t count)
+{
+    for (uint32_t b = 0; b < count; b++) {
+        if (s->next == s->n) {
+            task_shuffle(s->order, s->n, &s->state);
+            s->next = 0;
+        }
+        batch[b] = &split->ex[s->order[s->next++]];
+    }
+}
+
+void task_sampler_free(task_sampler *s)
+{
+    free(s->order);
+    *s = (task_sampler){ 0 };
 }
 
 /* The last component of dir ("names" of "x/names/"), with characters that JSON or a
