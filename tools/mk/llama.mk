@@ -21,8 +21,9 @@ LLAMA_GGUF := $(LLAMA_DIR)/tinylm.gguf
 LLAMA_GGUF_GELU0 := $(LLAMA_DIR)/tinylm-gelu-zero.gguf
 LLAMA_HOST := examples/llama/ulpt-llama
 LLAMA_HOST_SRCS := examples/llama/ulpt-llama.c examples/llama/engine.c examples/llama/data.c \
-    examples/llama/inputs.c examples/llama/check.c examples/llama/tenants.c examples/llama/tune.c
-LLAMA_HOST_DEPS := $(LLAMA_HOST_SRCS) examples/llama/engine.h examples/llama/host.h \
+    examples/llama/inputs.c examples/llama/check.c examples/llama/tenants.c examples/llama/tune.c \
+    examples/llama/grad.c
+LLAMA_HOST_DEPS := $(LLAMA_HOST_SRCS) examples/llama/engine.h examples/llama/host.h examples/llama/grad.h \
     examples/llama/data.h $(TLM_DEPS) $(TASK_DEPS) $(CLI_DEPS)
 
 # The long build (about 8 minutes on two free cores), with progress as it goes.
