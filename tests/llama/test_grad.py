@@ -266,3 +266,36 @@ def test_bad_batches_get_their_status(models):
     nan = Seq(ok.tokens, np.full((3, CFG.C), np.nan), ok.targets)
     r = llama_grad(paths["f32"], [nan], [], str(d))
     assert r.returncode == 3 and "NaN" in r.stderr
+
+
+def tune(gguf, tmp, *opts):
+    import json
+    host = os.environ.get("ULPT_LLAMA_HOST", os.path.join(ROOT, "examples", "llama", "ulpt-llama"))
+    r = np.random.default_rng(5)
+    for split, n in (("train", 64), ("test", 16)):
+        with open(os.path.join(tmp, split + ".jsonl"), "w") as f:
+            for _ in range(n):
+                y = int(r.integers(2))
+                f.write(json.dumps({"text": "it was " + ("good" if y else "bad"),
+                                    "label": ("yes", "no")[y]}) + "\n")
+    env = dict(os.environ, OMP_WAIT_POLICY="passive")
+    return subprocess.run([host, "tune", "--gguf", gguf, "--train", os.path.join(tmp, "train.jsonl"),
+                           "--test", os.path.join(tmp, "test.jsonl"), "--steps", "3",
+                           "--threads", "2", *opts], capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def test_tune_is_first_order_on_a_llama_graph_and_says_why_not_on_gpt2(models, tmp_path):
+    import json
+    _, paths = models
+    for kind in ("f32", "q4_0"):
+        r = tune(paths[kind], str(tmp_path), "--json")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["method"] == "first-order", r.stdout
+        assert np.isfinite(out["loss_last"]) and out["sequences"] == 3 * 16 * 2
+    r = tune(GPT2, str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "not first-order: the model's graph holds what ggml cannot differentiate: NORM" \
+        in r.stdout, r.stdout
+    assert "forward-only" in r.stdout
