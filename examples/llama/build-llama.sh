@@ -1,46 +1,130 @@
 #!/bin/sh
-# Build llama.cpp's libllama and ggml for the CPU, once, into a cache that later runs
-# reuse.  llama.cpp's source comes from the npm package node-llama-cpp at the pinned
-# version (its package/llama/gitRelease.bundle), fetched by tools/fetch-package, which
-# checks the tarball against the sha512 committed in tools/packages.sha512.
+# Build llama.cpp's libllama and ggml for the CPU, with the project's patch series, once,
+# into a cache that later runs reuse.  llama.cpp's source comes from the npm package
+# node-llama-cpp at the pinned version (its package/llama/gitRelease.bundle), fetched by
+# tools/fetch-package, which checks the tarball against the sha512 committed in
+# tools/packages.sha512.
 #
-#     examples/llama/build-llama.sh CACHEDIR
+#     examples/llama/build-llama.sh CACHEDIR            fetch (once), patch, build
+#     examples/llama/build-llama.sh --prepare CACHEDIR  fetch (once) and patch only
+#     examples/llama/build-llama.sh --key               the build's directory name
 #
-# CACHEDIR/node-llama-cpp-VERSION/ gets llama.cpp/ (the cloned source, with gguf-py),
-# build/bin/ (libllama.so, libggml*.so), build.log and the stamp `built` once complete;
-# with the stamp present this does nothing.  Progress goes to stdout as the build
-# advances (about 8 minutes on two free cores).  LLAMA_JOBS (default 2) sets the
-# parallel jobs.  Debian's cmake, a C/C++ compiler, git and npm are needed
-# (.ci/install-deps llama).
+# CACHEDIR/node-llama-cpp-VERSION/llama.cpp is the pinned source as fetched (a git
+# clone of the bundle; nothing is built or changed there).  The build goes to
+# CACHEDIR/KEY/, KEY = node-llama-cpp-VERSION-pHASH, HASH the first 12 hex digits of the
+# sha256 of the patch series (each patch's file name and contents, in order): a changed
+# patch is a new directory and a new build, and an unpatched build is never taken for a
+# patched one.  KEY/ gets llama.cpp/ (a clone of the pinned commit with
+# examples/llama/patches/*.patch applied in name order, gguf-py included), build/bin/
+# (libllama.so, libggml*.so), build.log and the stamp `built` once complete; with the
+# stamp present this does nothing.
+#
+# Each patch is `git apply --check`ed against the tree so far, then applied; one that
+# does not apply stops everything with its name and git's reason, and leaves no
+# patched tree behind.  Progress goes to stdout as the build advances (about 8 minutes on
+# two free cores).  LLAMA_JOBS (default 2) sets the parallel jobs; LLAMA_PATCHES
+# (default examples/llama/patches) another patch directory, for tests.  Debian's cmake, a
+# C/C++ compiler, git and npm are needed (.ci/install-deps llama).
 set -eu
 
 PACKAGE=node-llama-cpp
 VERSION=3.21.1
-cache=${1:?usage: build-llama.sh CACHEDIR}
+# The commit the pinned package's bundle holds: a fetched source must be exactly this.
+COMMIT=80fb11ac73e66d89eae2c6a91d8a77428fa733ed
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-dir=$cache/$PACKAGE-$VERSION
+patches=${LLAMA_PATCHES:-$here/patches}
 jobs=${LLAMA_JOBS:-2}
 
-[ -f "$dir/built" ] && exit 0
-mkdir -p "$dir"
-dir=$(cd "$dir" && pwd)
+mode=build
+case "${1:-}" in
+--key) mode=key ;;
+--prepare) mode=prepare; shift ;;
+esac
 
-if [ ! -f "$dir/llama.cpp/CMakeLists.txt" ]; then
+# The patch series in name order (none is a series too).
+series() {
+    for p in "$patches"/*.patch; do
+        [ -f "$p" ] && echo "$p"
+    done
+    return 0
+}
+
+# sha256 of every patch's name and contents: the cache key.
+series_hash() {
+    series | while IFS= read -r p; do
+        printf '%s\n' "${p##*/}"
+        cat "$p"
+    done | sha256sum | cut -c1-12
+}
+
+key=$PACKAGE-$VERSION-p$(series_hash)
+if [ "$mode" = key ]; then
+    echo "$key"
+    exit 0
+fi
+
+cache=${1:?usage: build-llama.sh [--prepare] CACHEDIR | --key}
+mkdir -p "$cache"
+cache=$(cd "$cache" && pwd)
+pristine=$cache/$PACKAGE-$VERSION
+dir=$cache/$key
+
+[ "$mode" = build ] && [ -f "$dir/built" ] && exit 0
+
+# The pinned source, fetched once and shared by every patch series.
+if [ ! -f "$pristine/llama.cpp/CMakeLists.txt" ]; then
     echo "llama.cpp: fetching $PACKAGE@$VERSION (checked against tools/packages.sha512)"
-    rm -rf "$dir/package" "$dir/llama.cpp"
-    "$root/tools/fetch-package" "$PACKAGE@$VERSION" "$dir/package"
-    bundle=$dir/package/llama/gitRelease.bundle
+    mkdir -p "$pristine"
+    rm -rf "$pristine/package" "$pristine/llama.cpp"
+    "$root/tools/fetch-package" "$PACKAGE@$VERSION" "$pristine/package"
+    bundle=$pristine/package/llama/gitRelease.bundle
     [ -f "$bundle" ] || {
         echo "build-llama.sh: $PACKAGE@$VERSION has no llama/gitRelease.bundle" >&2
         exit 1
     }
-    git clone --quiet "$bundle" "$dir/llama.cpp.tmp" 2>"$dir/clone.log" || {
-        cat "$dir/clone.log" >&2; rm -rf "$dir/llama.cpp.tmp"; exit 1; }
-    mv "$dir/llama.cpp.tmp" "$dir/llama.cpp"
-    rm -rf "$dir/package" "$dir/clone.log"
-    echo "llama.cpp: source $(git -C "$dir/llama.cpp" rev-parse --short HEAD) in $dir/llama.cpp"
+    git clone --quiet "$bundle" "$pristine/llama.cpp.tmp" 2>"$pristine/clone.log" || {
+        cat "$pristine/clone.log" >&2; rm -rf "$pristine/llama.cpp.tmp"; exit 1; }
+    mv "$pristine/llama.cpp.tmp" "$pristine/llama.cpp"
+    rm -rf "$pristine/package" "$pristine/clone.log"
+    echo "llama.cpp: source $(git -C "$pristine/llama.cpp" rev-parse --short HEAD) in $pristine/llama.cpp"
 fi
+
+# The patched tree: a clone of the pinned commit (a clone takes the commit, not whatever
+# the pristine work tree holds), the series applied in a scratch copy moved into place
+# only when every patch applied.
+if [ ! -f "$dir/llama.cpp/CMakeLists.txt" ]; then
+    mkdir -p "$dir"
+    tmp=$dir/llama.cpp.tmp
+    rm -rf "$tmp"
+    git clone --quiet --no-checkout "$pristine/llama.cpp" "$tmp" 2>"$dir/clone.log" &&
+        git -C "$tmp" checkout --quiet --detach "$COMMIT" 2>>"$dir/clone.log" || {
+        echo "build-llama.sh: the source in $pristine/llama.cpp does not hold commit $COMMIT" \
+             "of $PACKAGE@$VERSION; delete that directory to fetch it again" >&2
+        cat "$dir/clone.log" >&2; rm -rf "$tmp" "$dir/clone.log"; exit 1; }
+    rm -f "$dir/clone.log"
+    n=0
+    for p in "$patches"/*.patch; do
+        [ -f "$p" ] || continue
+        name=${p##*/}
+        if ! git -C "$tmp" apply --check "$p" 2>"$dir/apply.log"; then
+            echo "build-llama.sh: patch $name does not apply to $PACKAGE@$VERSION" \
+                 "(llama.cpp ${COMMIT%${COMMIT#????????????}}) after the patches before it:" >&2
+            sed 's/^/    /' "$dir/apply.log" >&2
+            echo "build-llama.sh: update $name against that source; nothing was built" >&2
+            rm -rf "$tmp" "$dir/apply.log"
+            rmdir "$dir" 2>/dev/null || true
+            exit 1
+        fi
+        git -C "$tmp" apply "$p"
+        n=$((n + 1))
+        echo "llama.cpp: applied $name"
+    done
+    rm -f "$dir/apply.log"
+    mv "$tmp" "$dir/llama.cpp"
+    echo "llama.cpp: $n patch(es) applied in $dir/llama.cpp"
+fi
+[ "$mode" = prepare ] && exit 0
 
 echo "llama.cpp: configuring (log: $dir/build.log)"
 # Only the library and ggml's CPU backend: no tools, examples, server or tests.

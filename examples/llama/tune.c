@@ -19,6 +19,7 @@
 
 #include "cli.h"
 #include "engine.h"
+#include "grad.h"
 #include "host.h"
 #include "recipe.h"
 #include "task.h"
@@ -124,7 +125,66 @@ static void zo_done(tuner *t)
     t->method_state = NULL;
 }
 
+/* ---- the first-order method: dL/dE from llama.cpp (grad.c, llama_embd_grad) ---------- */
+
+static grad_model *fo_model; /* opened by fo_usable, which must learn whether it can */
+
+/* the step's loss and dL/dE for ulpt_train_step */
+static int fo_loss(void *user, const float *E, uint32_t n_rows, uint32_t dim, float *G,
+                   double *loss)
+{
+    tuner *t = user;
+    grad_example *ex = t->method_state;
+    char err[600];
+    (void)dim;
+    for (uint32_t b = 0; b < t->m; b++)
+        ex[b] = (grad_example){ t->train.tokens[t->batch[b]], t->train.len[t->batch[b]],
+                                t->train.label[t->batch[b]] };
+    const grad_labels labels = { t->labels.view.tokens, t->labels.view.len, t->labels.view.n };
+    const double t0 = now();
+    if (grad_loss(fo_model, E, n_rows, ex, t->m, &labels, G, loss, err, sizeof err))
+        return fail("%s", err), -1;
+    t->decode_seconds += now() - t0;
+    return 0;
+}
+
+static int fo_usable(const tuner *t, char *why, size_t size)
+{
+    /* graphs of at least 512 rows, and at least the longest sequence of a step */
+    uint32_t longest = 0;
+    for (size_t i = 0; i < t->train.n; i++)
+        longest = t->train.len[i] > longest ? t->train.len[i] : longest;
+    uint32_t rows = 2 + t->o->tokens + longest + t->labels.longest;
+    rows = rows > 512 ? rows : 512;
+    return grad_open(&fo_model, t->o->gguf, rows, (int)t->o->threads, why, size) != 0;
+}
+
+static int fo_init(tuner *t)
+{
+    if (!(t->method_state = malloc(sizeof(grad_example) * t->m)))
+        return fail("out of memory");
+    return 0;
+}
+
+static int fo_step(tuner *t, double *loss)
+{
+    const uint64_t before = grad_sequences(fo_model);
+    if (ulpt_train_step(t->p, t->opt, fo_loss, t, loss) != ULPT_OK)
+        return fail("%s", ulpt_last_error());
+    t->sequences += grad_sequences(fo_model) - before;
+    return 0;
+}
+
+static void fo_done(tuner *t)
+{
+    free(t->method_state);
+    t->method_state = NULL;
+    grad_free(fo_model);
+    fo_model = NULL;
+}
+
 static const tune_method methods[] = {
+    { "first-order", fo_usable, fo_init, fo_step, fo_done },
     { "forward-only", zo_usable, zo_init, zo_step, zo_done },
 };
 

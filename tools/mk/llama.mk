@@ -2,16 +2,18 @@
 # tinylm converted to GGUF, the host examples/llama/ulpt-llama, its demo and its test.
 #
 # llama.cpp is fetched as the npm package node-llama-cpp at this exact version
-# (tools/fetch-package, checked against tools/packages.sha512) and built once, CPU only,
-# into LLAMA_CACHE: examples/llama/cache by default, or the environment's
-# ULPT_LLAMA_CACHE.  The directory is keyed by the version; later runs, and other clones
-# pointed at the same cache, reuse the build.
+# (tools/fetch-package, checked against tools/packages.sha512), patched with the series in
+# examples/llama/patches/ and built once, CPU only, into LLAMA_CACHE: examples/llama/cache
+# by default, or the environment's ULPT_LLAMA_CACHE.  The build's directory is keyed by
+# the version and the series' hash (build-llama.sh --key); later runs, and other clones
+# pointed at the same cache, reuse the build, and every target here uses that one build.
 
 .PHONY: llama llama-demo check-llama
 
 LLAMA_VERSION := 3.21.1
 LLAMA_CACHE ?= $(or $(ULPT_LLAMA_CACHE),examples/llama/cache)
-LLAMA_DIR := $(LLAMA_CACHE)/node-llama-cpp-$(LLAMA_VERSION)
+LLAMA_KEY := $(shell sh examples/llama/build-llama.sh --key)
+LLAMA_DIR := $(LLAMA_CACHE)/$(LLAMA_KEY)
 LLAMA_STAMP := $(LLAMA_DIR)/built
 LLAMA_SRC := $(LLAMA_DIR)/llama.cpp
 LLAMA_BIN = $(abspath $(LLAMA_DIR)/build/bin)
@@ -19,8 +21,9 @@ LLAMA_GGUF := $(LLAMA_DIR)/tinylm.gguf
 LLAMA_GGUF_GELU0 := $(LLAMA_DIR)/tinylm-gelu-zero.gguf
 LLAMA_HOST := examples/llama/ulpt-llama
 LLAMA_HOST_SRCS := examples/llama/ulpt-llama.c examples/llama/engine.c examples/llama/data.c \
-    examples/llama/inputs.c examples/llama/check.c examples/llama/tenants.c examples/llama/tune.c
-LLAMA_HOST_DEPS := $(LLAMA_HOST_SRCS) examples/llama/engine.h examples/llama/host.h \
+    examples/llama/inputs.c examples/llama/check.c examples/llama/tenants.c examples/llama/tune.c \
+    examples/llama/grad.c
+LLAMA_HOST_DEPS := $(LLAMA_HOST_SRCS) examples/llama/engine.h examples/llama/host.h examples/llama/grad.h \
     examples/llama/data.h $(TLM_DEPS) $(TASK_DEPS) $(CLI_DEPS)
 
 # The long build (about 8 minutes on two free cores), with progress as it goes.
@@ -50,6 +53,13 @@ $(LLAMA_HOST): $(LLAMA_HOST_DEPS) $(SHARED) include/ulpt.h $(LLAMA_STAMP)
 	    $(call link_shared,../../lib) -L$(LLAMA_BIN) -lllama -lggml -lggml-base \
 	    -Wl,-rpath,$(LLAMA_BIN) $(DEP_LIBS) -pthread
 
+# llama_embd_grad from C for tests/llama/test_grad.py, and llama_model_quantize for the
+# quantized files it tests.
+LLAMA_GRAD_CHECK := tests/llama/llama_grad
+$(LLAMA_GRAD_CHECK): tests/llama/llama_grad.c $(LLAMA_STAMP)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include \
+	    -o $@ $< -L$(LLAMA_BIN) -lllama -lggml -lggml-base -Wl,-rpath,$(LLAMA_BIN)
+
 # End to end on a fresh clone: build llama.cpp once, convert tinylm, serve the prompt
 # `make demo` trains (and one for spam) through llama.cpp against tune --load, several
 # prompts at once, and a prompt tuned inside llama.cpp with forward passes only.
@@ -65,7 +75,9 @@ llama-demo:
 check-llama:
 	@sh .ci/install-deps llama
 	@$(MAKE) -s --no-print-directory all $(LLAMA_STAMP)
-	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST)
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST) \
+	    $(LLAMA_GRAD_CHECK)
 	ULPT_LLAMA_GGUF=$(LLAMA_GGUF) ULPT_LLAMA_GGUF_GELU0=$(LLAMA_GGUF_GELU0) \
-	    ULPT_LLAMA_HOST=$(LLAMA_HOST) ULPT_LLAMA_SRC=$(LLAMA_SRC) \
+	    ULPT_LLAMA_HOST=$(LLAMA_HOST) ULPT_LLAMA_GRAD=$(LLAMA_GRAD_CHECK) \
+	    ULPT_LLAMA_CACHE_DIR=$(LLAMA_CACHE) ULPT_LLAMA_SRC=$(LLAMA_SRC) \
 	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/llama
