@@ -31,8 +31,6 @@
 #define SLACK_FLOATS 1024
 #define AREA_FLOATS (2560 + SLACK_FLOATS)
 
-int ulpt__kernel_force = ULPT__KERNEL_AUTO;
-
 /* ---- eight floats at a time -------------------------------------------------------- */
 
 /* GCC and clang lower an 8-float vector to one AVX register, or to two SSE (or NEON)
@@ -479,26 +477,10 @@ ULPT__MUST_CHECK AVX2_FMA static int backward_avx2_fma(BACKWARD_ARGS)
 }
 #endif
 
-int ulpt__use_avx2(void)
-{
-#ifdef HAVE_AVX2
-    if (ulpt__kernel_force == ULPT__KERNEL_FUSED_PORTABLE)
-        return 0;
-    __builtin_cpu_init(); /* idempotent; needed if called before constructors ran */
-    return __builtin_cpu_supports("avx2");
-#else
-    return 0;
-#endif
-}
-
 /* The AVX2 + FMA copies may run (every x86-64 CPU with AVX2 but a few has FMA too). */
 static int use_avx2_fma(void)
 {
-#ifdef HAVE_AVX2
-    return ulpt__use_avx2() && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
+    return ulpt__use_avx2() && ulpt__cpu_has(ULPT__CPU_FMA);
 }
 
 size_t ulpt__fused_forward_work(size_t r, size_t d)

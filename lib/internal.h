@@ -158,12 +158,17 @@ ulpt_projection *ulpt__projection_ref(ulpt_projection *p);
 /* Seed of projection group g of a prompt seeded with `seed`. */
 uint64_t ulpt__group_seed(uint64_t seed, uint32_t group);
 
-/* ---- the small-rank kernels (fused.c) ------------------------------------------- */
+/* ---- what the CPU can run (cpu.c) ------------------------------------------------ */
 
-/* The largest rank the fused kernels take; above it only the GEMM path runs. */
-#define ULPT__FUSED_MAX_RANK 16
+#define ULPT__CPU_AVX2 1u
+#define ULPT__CPU_FMA 2u
+#define ULPT__CPU_F16C 4u
 
-/* Which kernels forward and backward use.  AUTO chooses by shape (prompt.c, the
+/* 1 if the CPU, and the OS (which must save the YMM registers), support every one of
+ * `features`; asked once, thread-safe.  0 off x86 and under other compilers. */
+int ulpt__cpu_has(unsigned features);
+
+/* Which kernels forward and backward use.  AUTO chooses by shape (forward.c, the
  * crossover measured in docs/DESIGN.md); the others force one path, for the tests that
  * cross-check the paths and for the benchmark.  Not thread-safe: set it while no other
  * libulpt call runs.  Not public API. */
@@ -175,9 +180,14 @@ enum {
 };
 extern int ulpt__kernel_force;
 
-/* 1 if the AVX2 copies of the vectorised loops may run: the CPU has AVX2 and the tests
- * have not forced the baseline copies (ULPT__KERNEL_FUSED_PORTABLE). */
+/* 1 if the AVX2 copies of the vectorised loops (fused.c, philox.c) may run: the CPU has
+ * AVX2 and the tests have not forced the baseline copies (ULPT__KERNEL_FUSED_PORTABLE). */
 int ulpt__use_avx2(void);
+
+/* ---- the small-rank kernels (fused.c) ------------------------------------------- */
+
+/* The largest rank the fused kernels take; above it only the GEMM path runs. */
+#define ULPT__FUSED_MAX_RANK 16
 
 /* E[i,:] = b + sum_k z[i,k] (proj[k,:] (.) s) for `rows` rows (E row stride ld, z rows
  * of r <= ULPT__FUSED_MAX_RANK, proj r x d); s and b NULL when absent.  `work` holds
