@@ -141,7 +141,7 @@ double ulpt__zo_bytes(const ulpt_zo_options *o, double n_params, double nd);
  * allocator requests, as a double so that any shape (a forged one too) can be sized
  * without overflow.  A file load sums them for its memory bound (file.c; docs/FORMAT.md,
  * check 5, states the same sums).  Every handle counts as ULPT__HANDLE_BYTES. */
-#define ULPT__HANDLE_BYTES 512.0
+#define ULPT__HANDLE_BYTES 512
 
 /* ulpt_optimizer_create over a prompt of n_params parameters and n_tokens x dim = nd:
  * the handle, the moments and the prompt's working block (optimizer.c). */
