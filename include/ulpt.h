@@ -29,7 +29,15 @@
  *   - Every fallible call returns int: ULPT_OK (0) on success, a negative ULPT_ERR_* code
  *     on failure, with a one-line message from ulpt_last_error() in the same thread.
  *   - Out-parameters come first.  A call that fails leaves every object and every
- *     out-parameter as it was.
+ *     out-parameter as it was.  Ten calls put their result after their inputs, and
+ *     stay so for ABI compatibility (2.0, with a new soname, is the only place to
+ *     reorder them): ulpt_prompt_forward (embeddings), ulpt_train_step (loss, where
+ *     its sibling ulpt_zo_step puts it first), ulpt_prompt_save_buffer (buf and len,
+ *     first in ulpt_checkpoint_save_buffer), ulpt_prompt_meta_at (key, value),
+ *     ulpt_file_inspect (info), ulpt_prompt_init_from_embeddings (residual),
+ *     ulpt_bank_add (id), ulpt_bank_find (id), ulpt_bank_n_tokens (n_tokens) and
+ *     ulpt_bank_load_dir (count).  ulpt_bank_materialise writes where its requests
+ *     point.
  *   - Options structs start with `unsigned version`; initialise them with their
  *     ULPT_X_OPTIONS_INIT macro, or (from languages that cannot use C macros) with
  *     ulpt_X_options_init(&opts, ULPT_X_OPTIONS_VERSION), then change the fields you
@@ -41,41 +49,13 @@
  *   - Matrices are row-major float32; `ld` is the row stride in elements (>= dim).
  *   - Nothing allocates in forward, backward, optimizer step, train step or forward-only
  *     step: all memory is taken when the handles are created.
+ *   - Threads: different handles may be used from different threads freely; one
+ *     handle by several only through reading calls (THREADS, near the end).
  *
- * THREADS
- *   Different handles may be used from different threads freely.  Projections are
- *   immutable and may be shared.  A prompt, optimizer or forward-only handle may be
- *   used by several threads at once only through READING calls: ulpt_prompt_forward,
- *   the saves (ulpt_prompt_save*, ulpt_checkpoint_save*, ulpt_zo_checkpoint_save*,
- *   ulpt_prompt_export_safetensors), ulpt_bank_add, and the accessors.  Every WRITING
- *   call (ulpt_prompt_backward, ulpt_prompt_zero_grad, ulpt_prompt_set_meta,
- *   ulpt_prompt_init_from_embeddings, ulpt_optimizer_create and ulpt_zo_create on their
- *   prompt, ulpt_optimizer_step, ulpt_train_step, ulpt_zo_step, ulpt_zo_set_position)
- *   needs the object to itself.
- *
- *   The library enforces this without waiting: a writing call that finds the object in
- *   use returns ULPT_ERR_BUSY (since 1.2) and changes nothing, with a message naming
- *   what holds it ("the prompt is in use by ulpt_train_step", "... being read by 1
- *   running call(s)"); a reading call that finds it being written returns
- *   ULPT_ERR_BUSY too.  (ulpt_prompt_zero_grad returns nothing: it then leaves the
- *   gradients as they are and sets the message.)  The check is one atomic operation
- *   per call; nothing is allocated.  Writing through the pointers of
- *   ulpt_prompt_params / ulpt_prompt_grads, and freeing a handle another call uses,
- *   cannot be seen and remain the caller's responsibility.
- *
- *   ulpt_train_step and ulpt_zo_step hold their prompt and optimizer (and handle) from
- *   entry to return.  From inside their callback, or from another thread meanwhile,
- *   writing calls on those objects get ULPT_ERR_BUSY (a nested step, a backward, an
- *   optimizer step); reading calls are allowed, since nothing changes while the host
- *   runs: a forward there gives the E the step handed over (forward-only: theta, never
- *   a perturbation), a checkpoint save there records the state before the step.  The
- *   step writes only once no reading call is running on the prompt or optimizer; if one
- *   still is when the callback returns, the step returns ULPT_ERR_BUSY with everything
- *   as it was.
- *
- *   ulpt_set_num_threads and ulpt_set_allocator are process-wide: call them only while
- *   no other libulpt call runs (they are not checked).  A bank has its own rules (its
- *   THREADS, below).
+ * The sections follow the order of learning: versions and errors; the projection; the
+ * prompt, its forward and backward; the optimizer; the training step; metadata; files
+ * and checkpoints; forward-only training and its checkpoints; initialising a prompt from
+ * text; the prompt bank; THREADS; the allocator.
  */
 #ifndef ULPT_H
 #define ULPT_H
@@ -139,36 +119,6 @@ ULPT_API const char *ulpt_strerror(int code);
  * until the next failing call in the same thread.  Successful calls do not clear it, so
  * read it only right after a call returned an error.  Never NULL. */
 ULPT_API const char *ulpt_last_error(void);
-
-/* ---------------------------------------------------------------------------------
- * Embedding
- * ------------------------------------------------------------------------------- */
-
-/* A user-supplied allocator.  The functions get `user` as their first argument and must
- * behave like malloc, realloc and free (free(user, NULL) must be harmless).  Returning
- * NULL from alloc or realloc makes the calling function fail with ULPT_ERR_NOMEM,
- * cleanly. */
-typedef struct ulpt_allocator {
-    void *(*alloc)(void *user, size_t size);
-    void *(*realloc)(void *user, void *ptr, size_t size);
-    void (*free)(void *user, void *ptr);
-    void *user;
-} ulpt_allocator;
-
-/* Route every allocation the library makes through `a` (copied); NULL restores the C
- * library's malloc/realloc/free.  Objects remember the allocator that created them and
- * are freed through it, so switching allocators while objects exist is safe.  Not
- * thread-safe: call it while no other libulpt call runs.  The memory OpenBLAS takes for
- * itself is outside this hook.
- * Errors: ULPT_ERR_INVALID if `a` lacks alloc or free. */
-ULPT_API int ulpt_set_allocator(const ulpt_allocator *a);
-
-/* The number of threads the BLAS kernels may use (OpenBLAS's thread pool, process-wide).
- * Not thread-safe: call it while no other libulpt call runs (it reconfigures a pool
- * that running calls may be using).  n >= 1.  Ranks up to 12 do not use BLAS: their forward and backward run in the
- * calling thread.  Above that, one or two threads are usually fastest.
- * Errors: ULPT_ERR_INVALID if n < 1. */
-ULPT_API int ulpt_set_num_threads(int n);
 
 /* ---------------------------------------------------------------------------------
  * Projection: the frozen random matrix P (rank x dim)
@@ -442,6 +392,156 @@ ULPT_API int ulpt_train_step(ulpt_prompt *p, ulpt_optimizer *o, ulpt_loss_fn los
                              void *user, double *loss);
 
 /* ---------------------------------------------------------------------------------
+ * Metadata: string key/value pairs a prompt carries into its files
+ *
+ * Conventional keys: "model" (identity of the host model the prompt was tuned for, e.g.
+ * "meta-llama/Llama-3.2-1B"; ulpt_prompt_load_for_model checks it), "task", "created"
+ * (ISO 8601 date).  Keys are 1..255 bytes, values 0..65535 bytes, at most 1024 pairs;
+ * both are NUL-terminated, well-formed UTF-8 (checked when set and when a file is
+ * loaded, since 1.1: bindings hand them out as strings).  Order of insertion is kept.
+ * ------------------------------------------------------------------------------- */
+
+/* Set key to value (a copy is kept), replacing an existing value; value NULL removes the
+ * key (no error if absent).  Allocates: not for hot paths.
+ * Errors: ULPT_ERR_INVALID (NULL prompt or key, empty or too long key, too long value,
+ * too many keys, a key or value that is not UTF-8: the message gives the byte offset),
+ * ULPT_ERR_NOMEM.  On error the metadata is unchanged. */
+ULPT_API int ulpt_prompt_set_meta(ulpt_prompt *p, const char *key, const char *value);
+
+/* The value of key, or NULL when absent (or p or key NULL).  Valid until the key is set
+ * again or removed, or the prompt is freed. */
+ULPT_API const char *ulpt_prompt_get_meta(const ulpt_prompt *p, const char *key);
+
+/* The number of pairs, and pair i (0-based, insertion order) into *key and *value.
+ * Errors: ULPT_ERR_INVALID (NULL argument, i out of range). */
+ULPT_API size_t ulpt_prompt_meta_count(const ulpt_prompt *p);
+ULPT_API int ulpt_prompt_meta_at(const ulpt_prompt *p, size_t i, const char **key,
+                                 const char **value);
+
+/* ---------------------------------------------------------------------------------
+ * Prompt files and checkpoints (docs/FORMAT.md)
+ *
+ * A prompt file holds the shape, the projection's seed, kind and fingerprint, the
+ * metadata and the parameters [Z | s | b] (zlib-compressed), under a CRC-32 of the
+ * whole file.  Saving is atomic: the data goes to a temporary file in the same
+ * directory, which is flushed, synced and renamed over the target, so a failed or
+ * interrupted save leaves the previous file intact (after the rename the directory is
+ * synced too, best effort).  Loading checks everything before
+ * allocating anything large: it never holds more than max(64 MiB, 1032 x the file's
+ * size), and refuses damage with ULPT_ERR_CORRUPT, ULPT_ERR_FORMAT or ULPT_ERR_MISMATCH.
+ * ------------------------------------------------------------------------------- */
+
+/* Storage types of the parameters in a file, and the output types of the bank's
+ * ulpt_bank_materialise (below). */
+#define ULPT_DTYPE_F32   0  /* exact */
+#define ULPT_DTYPE_F16   1  /* IEEE half, round to nearest even (past 65504: inf) */
+#define ULPT_DTYPE_BF16  2  /* bfloat16, round to nearest even */
+
+#define ULPT_SAVE_OPTIONS_VERSION 1
+
+typedef struct ulpt_save_options {
+    unsigned version;  /* ULPT_SAVE_OPTIONS_VERSION */
+    int dtype;         /* storage type of the parameters, default ULPT_DTYPE_F32 */
+    int level;         /* zlib level 0..9, default 6 (0: stored uncompressed) */
+} ulpt_save_options;
+
+#define ULPT_SAVE_OPTIONS_INIT { ULPT_SAVE_OPTIONS_VERSION, ULPT_DTYPE_F32, 6 }
+
+/* Fill *opts with the defaults of save options version `version`, as
+ * ulpt_prompt_options_init does.  Since 1.1.
+ * Errors: ULPT_ERR_INVALID (opts NULL, unknown version); *opts is then untouched. */
+ULPT_API int ulpt_save_options_init(ulpt_save_options *opts, unsigned version);
+
+/* Save a prompt (parameters and metadata, not gradients) to path, atomically; opts NULL
+ * = defaults.  Errors: ULPT_ERR_INVALID (NULL argument, bad options), ULPT_ERR_NOMEM,
+ * ULPT_ERR_NONFINITE (a parameter is NaN or infinite, or too large for f16: nothing is
+ * written rather than a value lost),
+ * ULPT_ERR_IO (the message names the path and the system error; the previous file, if
+ * any, is intact and no temporary file is left behind). */
+ULPT_API int ulpt_prompt_save(const ulpt_prompt *p, const char *path,
+                              const ulpt_save_options *opts);
+
+/* The same bytes into a new buffer *buf of *len bytes, to be released with ulpt_free.
+ * Errors: ULPT_ERR_INVALID, ULPT_ERR_NOMEM. */
+ULPT_API int ulpt_prompt_save_buffer(const ulpt_prompt *p, void **buf, size_t *len,
+                                     const ulpt_save_options *opts);
+
+/* Release memory the library handed out (ulpt_prompt_save_buffer and the checkpoint
+ * _save_buffer calls).  NULL is a no-op. */
+ULPT_API void ulpt_free(void *ptr);
+
+/* Load a prompt file: regenerate its projection(s), check them against the stored
+ * fingerprint, restore parameters (always as float32) and metadata; gradients are zero.
+ * Errors: ULPT_ERR_INVALID (NULL argument), ULPT_ERR_IO (cannot read path),
+ * ULPT_ERR_FORMAT (not a libulpt prompt file, or a newer major format version: the
+ * message names it), ULPT_ERR_CORRUPT (checksum, truncation, inconsistent sizes),
+ * ULPT_ERR_MISMATCH (the regenerated projection differs from the one trained with),
+ * ULPT_ERR_NOMEM. */
+ULPT_API int ulpt_prompt_load(ulpt_prompt **out, const char *path);
+ULPT_API int ulpt_prompt_load_buffer(ulpt_prompt **out, const void *buf, size_t len);
+
+/* Load, refusing a prompt whose "model" metadata is absent or differs from model with
+ * ULPT_ERR_MISMATCH and a message naming both. */
+ULPT_API int ulpt_prompt_load_for_model(ulpt_prompt **out, const char *path,
+                                        const char *model);
+
+/* Checkpoints: a prompt file (float32) plus the optimizer's options, step count and
+ * moments, atomically.  Training N steps straight and N/2 + save + load + N/2 give
+ * bit-identical parameters.  Loading creates both objects; free them as usual.
+ * Errors: as ulpt_prompt_save / ulpt_prompt_load; ULPT_ERR_MISMATCH if o was not
+ * created for p; ULPT_ERR_FORMAT when loading a plain prompt file as a checkpoint. */
+ULPT_API int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o,
+                                  const char *path);
+ULPT_API int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt,
+                                  const char *path);
+
+/* Checkpoints to and from memory: the same bytes as ulpt_checkpoint_save writes, into a
+ * new buffer *buf of *len bytes released with ulpt_free; and a checkpoint loaded from
+ * len bytes at buf (which the call only reads), creating both objects.  The
+ * out-parameters are written only on success.  Since 1.2.
+ * Errors: as ulpt_checkpoint_save and ulpt_checkpoint_load, without ULPT_ERR_IO. */
+ULPT_API int ulpt_checkpoint_save_buffer(void **buf, size_t *len, const ulpt_prompt *p,
+                                         const ulpt_optimizer *o);
+ULPT_API int ulpt_checkpoint_load_buffer(ulpt_prompt **prompt, ulpt_optimizer **opt,
+                                         const void *buf, size_t len);
+
+/* What a file is, for tools: filled by ulpt_file_inspect after the same checks as a load.
+ * Set version (ULPT_FILE_INFO_INIT does) so that a later library, which may append
+ * fields, fills only the ones this caller knows. */
+#define ULPT_FILE_PROMPT      1
+#define ULPT_FILE_CHECKPOINT  2
+#define ULPT_FILE_INFO_VERSION 1
+
+typedef struct ulpt_file_info {
+    unsigned version;          /* ULPT_FILE_INFO_VERSION */
+    int kind;                  /* ULPT_FILE_PROMPT or ULPT_FILE_CHECKPOINT */
+    unsigned format_major;     /* format version of the file */
+    unsigned format_minor;
+    int dtype;                 /* storage type of the parameters, ULPT_DTYPE_* */
+    uint64_t file_bytes;       /* the file's size */
+    uint64_t stored_bytes;     /* bytes the parameters take in the file */
+} ulpt_file_info;
+
+#define ULPT_FILE_INFO_INIT { ULPT_FILE_INFO_VERSION, 0, 0, 0, 0, 0, 0 }
+
+/* Zero *info and set its version to `version`, as ULPT_FILE_INFO_INIT does, writing only
+ * the fields that version has.  Since 1.1.
+ * Errors: ULPT_ERR_INVALID (info NULL, unknown version); *info is then untouched. */
+ULPT_API int ulpt_file_info_init(ulpt_file_info *info, unsigned version);
+
+/* Check a file completely (as ulpt_checkpoint_load or ulpt_prompt_load would) and
+ * describe it.  *info is written only on success (its version field is kept).
+ * Errors: as ulpt_prompt_load; ULPT_ERR_INVALID for an unknown info->version. */
+ULPT_API int ulpt_file_inspect(const char *path, ulpt_file_info *info);
+
+/* Write the materialised prompt E (n_tokens x dim) as a safetensors file with one F32
+ * tensor "prompt_embeddings" -- the tensor a Hugging Face PEFT prompt-tuning adapter
+ * keeps in adapter_model.safetensors -- atomically.
+ * Errors: ULPT_ERR_INVALID, ULPT_ERR_NOMEM, ULPT_ERR_IO, ULPT_ERR_NONFINITE (a parameter
+ * is NaN or infinite, named as by ulpt_prompt_forward; nothing is written). */
+ULPT_API int ulpt_prompt_export_safetensors(const ulpt_prompt *p, const char *path);
+
+/* ---------------------------------------------------------------------------------
  * Forward-only (zeroth-order) training: losses only, no backward pass
  *
  * For hosts that can run their model forward but not backward (most inference engines,
@@ -584,154 +684,6 @@ ULPT_API int ulpt_zo_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt,
 ULPT_API int ulpt_zo_checkpoint_save_buffer(void **buf, size_t *len, const ulpt_zo *zo);
 ULPT_API int ulpt_zo_checkpoint_load_buffer(ulpt_prompt **prompt, ulpt_optimizer **opt,
                                             ulpt_zo **zo, const void *buf, size_t len);
-
-/* ---------------------------------------------------------------------------------
- * Metadata: string key/value pairs a prompt carries into its files
- *
- * Conventional keys: "model" (identity of the host model the prompt was tuned for, e.g.
- * "meta-llama/Llama-3.2-1B"; ulpt_prompt_load_for_model checks it), "task", "created"
- * (ISO 8601 date).  Keys are 1..255 bytes, values 0..65535 bytes, at most 1024 pairs;
- * both are NUL-terminated, well-formed UTF-8 (checked when set and when a file is
- * loaded, since 1.1: bindings hand them out as strings).  Order of insertion is kept.
- * ------------------------------------------------------------------------------- */
-
-/* Set key to value (a copy is kept), replacing an existing value; value NULL removes the
- * key (no error if absent).  Allocates: not for hot paths.
- * Errors: ULPT_ERR_INVALID (NULL prompt or key, empty or too long key, too long value,
- * too many keys, a key or value that is not UTF-8: the message gives the byte offset),
- * ULPT_ERR_NOMEM.  On error the metadata is unchanged. */
-ULPT_API int ulpt_prompt_set_meta(ulpt_prompt *p, const char *key, const char *value);
-
-/* The value of key, or NULL when absent (or p or key NULL).  Valid until the key is set
- * again or removed, or the prompt is freed. */
-ULPT_API const char *ulpt_prompt_get_meta(const ulpt_prompt *p, const char *key);
-
-/* The number of pairs, and pair i (0-based, insertion order) into *key and *value.
- * Errors: ULPT_ERR_INVALID (NULL argument, i out of range). */
-ULPT_API size_t ulpt_prompt_meta_count(const ulpt_prompt *p);
-ULPT_API int ulpt_prompt_meta_at(const ulpt_prompt *p, size_t i, const char **key,
-                                 const char **value);
-
-/* ---------------------------------------------------------------------------------
- * Prompt files and checkpoints (docs/FORMAT.md)
- *
- * A prompt file holds the shape, the projection's seed, kind and fingerprint, the
- * metadata and the parameters [Z | s | b] (zlib-compressed), under a CRC-32 of the
- * whole file.  Saving is atomic: the data goes to a temporary file in the same
- * directory, which is flushed, synced and renamed over the target, so a failed or
- * interrupted save leaves the previous file intact (after the rename the directory is
- * synced too, best effort).  Loading checks everything before
- * allocating anything large: it never holds more than max(64 MiB, 1032 x the file's
- * size), and refuses damage with ULPT_ERR_CORRUPT, ULPT_ERR_FORMAT or ULPT_ERR_MISMATCH.
- * ------------------------------------------------------------------------------- */
-
-#define ULPT_DTYPE_F32   0  /* exact */
-#define ULPT_DTYPE_F16   1  /* IEEE half, round to nearest even (past 65504: inf) */
-#define ULPT_DTYPE_BF16  2  /* bfloat16, round to nearest even */
-
-#define ULPT_SAVE_OPTIONS_VERSION 1
-
-typedef struct ulpt_save_options {
-    unsigned version;  /* ULPT_SAVE_OPTIONS_VERSION */
-    int dtype;         /* storage type of the parameters, default ULPT_DTYPE_F32 */
-    int level;         /* zlib level 0..9, default 6 (0: stored uncompressed) */
-} ulpt_save_options;
-
-#define ULPT_SAVE_OPTIONS_INIT { ULPT_SAVE_OPTIONS_VERSION, ULPT_DTYPE_F32, 6 }
-
-/* Fill *opts with the defaults of save options version `version`, as
- * ulpt_prompt_options_init does.  Since 1.1.
- * Errors: ULPT_ERR_INVALID (opts NULL, unknown version); *opts is then untouched. */
-ULPT_API int ulpt_save_options_init(ulpt_save_options *opts, unsigned version);
-
-/* Save a prompt (parameters and metadata, not gradients) to path, atomically; opts NULL
- * = defaults.  Errors: ULPT_ERR_INVALID (NULL argument, bad options), ULPT_ERR_NOMEM,
- * ULPT_ERR_NONFINITE (a parameter is NaN or infinite, or too large for f16: nothing is
- * written rather than a value lost),
- * ULPT_ERR_IO (the message names the path and the system error; the previous file, if
- * any, is intact and no temporary file is left behind). */
-ULPT_API int ulpt_prompt_save(const ulpt_prompt *p, const char *path,
-                              const ulpt_save_options *opts);
-
-/* The same bytes into a new buffer *buf of *len bytes, to be released with ulpt_free.
- * Errors: ULPT_ERR_INVALID, ULPT_ERR_NOMEM. */
-ULPT_API int ulpt_prompt_save_buffer(const ulpt_prompt *p, void **buf, size_t *len,
-                                     const ulpt_save_options *opts);
-
-/* Release memory the library handed out (ulpt_prompt_save_buffer and the checkpoint
- * _save_buffer calls).  NULL is a no-op. */
-ULPT_API void ulpt_free(void *ptr);
-
-/* Load a prompt file: regenerate its projection(s), check them against the stored
- * fingerprint, restore parameters (always as float32) and metadata; gradients are zero.
- * Errors: ULPT_ERR_INVALID (NULL argument), ULPT_ERR_IO (cannot read path),
- * ULPT_ERR_FORMAT (not a libulpt prompt file, or a newer major format version: the
- * message names it), ULPT_ERR_CORRUPT (checksum, truncation, inconsistent sizes),
- * ULPT_ERR_MISMATCH (the regenerated projection differs from the one trained with),
- * ULPT_ERR_NOMEM. */
-ULPT_API int ulpt_prompt_load(ulpt_prompt **out, const char *path);
-ULPT_API int ulpt_prompt_load_buffer(ulpt_prompt **out, const void *buf, size_t len);
-
-/* Load, refusing a prompt whose "model" metadata is absent or differs from model with
- * ULPT_ERR_MISMATCH and a message naming both. */
-ULPT_API int ulpt_prompt_load_for_model(ulpt_prompt **out, const char *path,
-                                        const char *model);
-
-/* Checkpoints: a prompt file (float32) plus the optimizer's options, step count and
- * moments, atomically.  Training N steps straight and N/2 + save + load + N/2 give
- * bit-identical parameters.  Loading creates both objects; free them as usual.
- * Errors: as ulpt_prompt_save / ulpt_prompt_load; ULPT_ERR_MISMATCH if o was not
- * created for p; ULPT_ERR_FORMAT when loading a plain prompt file as a checkpoint. */
-ULPT_API int ulpt_checkpoint_save(const ulpt_prompt *p, const ulpt_optimizer *o,
-                                  const char *path);
-ULPT_API int ulpt_checkpoint_load(ulpt_prompt **prompt, ulpt_optimizer **opt,
-                                  const char *path);
-
-/* Checkpoints to and from memory: the same bytes as ulpt_checkpoint_save writes, into a
- * new buffer *buf of *len bytes released with ulpt_free; and a checkpoint loaded from
- * len bytes at buf (which the call only reads), creating both objects.  The
- * out-parameters are written only on success.  Since 1.2.
- * Errors: as ulpt_checkpoint_save and ulpt_checkpoint_load, without ULPT_ERR_IO. */
-ULPT_API int ulpt_checkpoint_save_buffer(void **buf, size_t *len, const ulpt_prompt *p,
-                                         const ulpt_optimizer *o);
-ULPT_API int ulpt_checkpoint_load_buffer(ulpt_prompt **prompt, ulpt_optimizer **opt,
-                                         const void *buf, size_t len);
-
-/* What a file is, for tools: filled by ulpt_file_inspect after the same checks as a load.
- * Set version (ULPT_FILE_INFO_INIT does) so that a later library, which may append
- * fields, fills only the ones this caller knows. */
-#define ULPT_FILE_PROMPT      1
-#define ULPT_FILE_CHECKPOINT  2
-#define ULPT_FILE_INFO_VERSION 1
-
-typedef struct ulpt_file_info {
-    unsigned version;          /* ULPT_FILE_INFO_VERSION */
-    int kind;                  /* ULPT_FILE_PROMPT or ULPT_FILE_CHECKPOINT */
-    unsigned format_major;     /* format version of the file */
-    unsigned format_minor;
-    int dtype;                 /* storage type of the parameters, ULPT_DTYPE_* */
-    uint64_t file_bytes;       /* the file's size */
-    uint64_t stored_bytes;     /* bytes the parameters take in the file */
-} ulpt_file_info;
-
-#define ULPT_FILE_INFO_INIT { ULPT_FILE_INFO_VERSION, 0, 0, 0, 0, 0, 0 }
-
-/* Zero *info and set its version to `version`, as ULPT_FILE_INFO_INIT does, writing only
- * the fields that version has.  Since 1.1.
- * Errors: ULPT_ERR_INVALID (info NULL, unknown version); *info is then untouched. */
-ULPT_API int ulpt_file_info_init(ulpt_file_info *info, unsigned version);
-
-/* Check a file completely (as ulpt_checkpoint_load or ulpt_prompt_load would) and
- * describe it.  *info is written only on success (its version field is kept).
- * Errors: as ulpt_prompt_load; ULPT_ERR_INVALID for an unknown info->version. */
-ULPT_API int ulpt_file_inspect(const char *path, ulpt_file_info *info);
-
-/* Write the materialised prompt E (n_tokens x dim) as a safetensors file with one F32
- * tensor "prompt_embeddings" -- the tensor a Hugging Face PEFT prompt-tuning adapter
- * keeps in adapter_model.safetensors -- atomically.
- * Errors: ULPT_ERR_INVALID, ULPT_ERR_NOMEM, ULPT_ERR_IO, ULPT_ERR_NONFINITE (a parameter
- * is NaN or infinite, named as by ulpt_prompt_forward; nothing is written). */
-ULPT_API int ulpt_prompt_export_safetensors(const ulpt_prompt *p, const char *path);
 
 /* ---------------------------------------------------------------------------------
  * Initialising a prompt from text.  Since 1.1 (every function and type of this section).
@@ -896,6 +848,75 @@ typedef struct ulpt_bank_request {
  * ULPT_ERR_NOMEM.  On error nothing is written. */
 ULPT_API int ulpt_bank_materialise(const ulpt_bank *bank, const ulpt_bank_request *requests,
                                    size_t count, int dtype);
+
+/* ---------------------------------------------------------------------------------
+ * THREADS: which calls may run at once
+ *
+ * Different handles may be used from different threads freely.  Projections are
+ * immutable and may be shared.  A prompt, optimizer or forward-only handle may be
+ * used by several threads at once only through READING calls: ulpt_prompt_forward,
+ * the saves (ulpt_prompt_save*, ulpt_checkpoint_save*, ulpt_zo_checkpoint_save*,
+ * ulpt_prompt_export_safetensors), ulpt_bank_add, and the accessors.  Every WRITING
+ * call (ulpt_prompt_backward, ulpt_prompt_zero_grad, ulpt_prompt_set_meta,
+ * ulpt_prompt_init_from_embeddings, ulpt_optimizer_create and ulpt_zo_create on their
+ * prompt, ulpt_optimizer_step, ulpt_train_step, ulpt_zo_step, ulpt_zo_set_position)
+ * needs the object to itself.
+ *
+ * The library enforces this without waiting: a writing call that finds the object in
+ * use returns ULPT_ERR_BUSY (since 1.2) and changes nothing, with a message naming
+ * what holds it ("the prompt is in use by ulpt_train_step", "... being read by 1
+ * running call(s)"); a reading call that finds it being written returns
+ * ULPT_ERR_BUSY too.  (ulpt_prompt_zero_grad returns nothing: it then leaves the
+ * gradients as they are and sets the message.)  The check is one atomic operation
+ * per call; nothing is allocated.  Writing through the pointers of
+ * ulpt_prompt_params / ulpt_prompt_grads, and freeing a handle another call uses,
+ * cannot be seen and remain the caller's responsibility.
+ *
+ * ulpt_train_step and ulpt_zo_step hold their prompt and optimizer (and handle) from
+ * entry to return.  From inside their callback, or from another thread meanwhile,
+ * writing calls on those objects get ULPT_ERR_BUSY (a nested step, a backward, an
+ * optimizer step); reading calls are allowed, since nothing changes while the host
+ * runs: a forward there gives the E the step handed over (forward-only: theta, never
+ * a perturbation), a checkpoint save there records the state before the step.  The
+ * step writes only once no reading call is running on the prompt or optimizer; if one
+ * still is when the callback returns, the step returns ULPT_ERR_BUSY with everything
+ * as it was.
+ *
+ * ulpt_set_num_threads and ulpt_set_allocator are process-wide: call them only while
+ * no other libulpt call runs (they are not checked).  A bank has its own rules (its
+ * THREADS, in the bank's section).
+ * ------------------------------------------------------------------------------- */
+
+/* The number of threads the BLAS kernels may use (OpenBLAS's thread pool, process-wide).
+ * Not thread-safe: call it while no other libulpt call runs (it reconfigures a pool
+ * that running calls may be using).  n >= 1.  Ranks up to 12 do not use BLAS: their
+ * forward and backward run in the calling thread.  Above that, one or two threads are
+ * usually fastest.
+ * Errors: ULPT_ERR_INVALID if n < 1. */
+ULPT_API int ulpt_set_num_threads(int n);
+
+/* ---------------------------------------------------------------------------------
+ * Allocator: where the library's memory comes from
+ * ------------------------------------------------------------------------------- */
+
+/* A user-supplied allocator.  The functions get `user` as their first argument and must
+ * behave like malloc, realloc and free (free(user, NULL) must be harmless).  Returning
+ * NULL from alloc or realloc makes the calling function fail with ULPT_ERR_NOMEM,
+ * cleanly. */
+typedef struct ulpt_allocator {
+    void *(*alloc)(void *user, size_t size);
+    void *(*realloc)(void *user, void *ptr, size_t size);
+    void (*free)(void *user, void *ptr);
+    void *user;
+} ulpt_allocator;
+
+/* Route every allocation the library makes through `a` (copied); NULL restores the C
+ * library's malloc/realloc/free.  Objects remember the allocator that created them and
+ * are freed through it, so switching allocators while objects exist is safe.  Not
+ * thread-safe: call it while no other libulpt call runs.  The memory OpenBLAS takes for
+ * itself is outside this hook.
+ * Errors: ULPT_ERR_INVALID if `a` lacks alloc or free. */
+ULPT_API int ulpt_set_allocator(const ulpt_allocator *a);
 
 #ifdef __cplusplus
 }

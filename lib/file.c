@@ -141,28 +141,22 @@ static void shape_options(const ulpt_section *s, ulpt_prompt_options *o)
     o->flags = ulpt__get32(p + SHAP_FLAGS);
 }
 
-/* An upper bound, in bytes, of everything a load of this shape holds at once: the file,
- * the prompt (parameters, gradients, scratch, projections), the optimizer of a
- * checkpoint, and one tensor's inflate buffer. */
-static double memory_needed(const ulpt_prompt_options *o, int checkpoint, size_t file_len)
+/* Check 5: everything a load of this shape can hold at once, each term its allocator's
+ * own size function -- the file, the prompt, one tensor being inflated, the metadata --
+ * and `above`, what the objects built on the prompt take.  docs/FORMAT.md states the
+ * same sum. */
+static double memory_needed(const ulpt_container *c, const ulpt_prompt_options *o, double count,
+                            size_t len, double above)
 {
-    double n = o->n_tokens, r = o->rank, d = o->dim, g = o->n_groups ? o->n_groups : 1;
-    double params = n * r + 2 * d;
-    double floats = 3 * params + (n / g + 1) * (r + 1) + (2 * r + 1) * d;
-    if (o->projection_kind != ULPT_PROJ_IDENTITY)
-        floats += g * r * d;
-    if (o->rank <= ULPT__FUSED_MAX_RANK) /* where it is longer than the GEMM scratch */
-        floats += (double)ulpt__fused_backward_work(o->rank, o->dim);
-    if (checkpoint)
-        floats += 3 * params + 2 * n * d;
-    return 4 * floats + 4096 * g + (double)file_len;
+    return (double)len + ulpt__prompt_bytes(o) + ulpt__tensor_decode_bytes(count) +
+           ulpt__meta_bytes(c->meta.len) + above;
 }
 
 /* Checks 4-6: counts, the parameter tensor's header, memory, metadata.  Nothing is
- * allocated; a forged shape cannot outgrow the bytes behind it.  extra: bytes the
- * objects built above the prompt will take (a forward-only trainer). */
-static int check_shape(const char *func, const ulpt_container *c, size_t len, int checkpoint,
-                       const ulpt_prompt_options *po, double extra, ulpt_tensor *tp)
+ * allocated; a forged shape cannot outgrow the bytes behind it.  above: bytes the
+ * objects built on the prompt will take (an optimizer, a forward-only trainer). */
+static int check_shape(const char *func, const ulpt_container *c, size_t len,
+                       const ulpt_prompt_options *po, double above, ulpt_tensor *tp)
 {
     double count = (double)po->n_tokens * po->rank +
                    (double)po->dim * !(po->flags & ULPT_NO_SCALE) +
@@ -180,8 +174,7 @@ static int check_shape(const char *func, const ulpt_container *c, size_t len, in
        wants only the prompt of a checkpoint */
     if (c->kind == ULPT_FILE_CHECKPOINT && tp->dtype != ULPT_DTYPE_F32)
         return ulpt__error(ULPT_ERR_FORMAT, func, "checkpoint parameters must be f32");
-    double need = memory_needed(po, checkpoint, len), allowed = (double)len * MAX_INFLATE;
-    need += extra;
+    double need = memory_needed(c, po, count, len, above), allowed = (double)len * MAX_INFLATE;
     if (need > (allowed > ALLOC_FLOOR ? allowed : ALLOC_FLOOR))
         return CORRUPT("shape %u x %u x %u needs %.0f bytes, impossible for a %zu-byte file",
                        po->n_tokens, po->rank, po->dim, need, len);
@@ -231,12 +224,12 @@ double ulpt__shape_rows(const ulpt_container *c)
     return (double)ulpt__get32(c->shap.data + SHAP_N_TOKENS) * ulpt__get32(c->shap.data + SHAP_DIM);
 }
 
-int ulpt__prompt_decode(const char *func, const ulpt_container *c, size_t len, int checkpoint,
-                        double extra, ulpt_prompt **out, ulpt_tensor *tp)
+int ulpt__prompt_decode(const char *func, const ulpt_container *c, size_t len, double above,
+                        ulpt_prompt **out, ulpt_tensor *tp)
 {
     ulpt_prompt_options po;
     shape_options(&c->shap, &po);
-    int rc = check_shape(func, c, len, checkpoint, &po, extra, tp);
+    int rc = check_shape(func, c, len, &po, above, tp);
     return rc ? rc : build(func, c, &po, tp, out);
 }
 

@@ -146,6 +146,9 @@ int ulpt__tensor_check(const char *func, const ulpt_section *s, size_t count, co
                        ulpt_tensor *t);
 int ulpt__tensor_decode(const char *func, const ulpt_allocator *a, const ulpt_tensor *t,
                         float *x);
+/* What decoding a tensor of count elements of any dtype and codec requests at most: the
+ * inflated bytes (at most 4 a element) and zlib's inflate state and window. */
+double ulpt__tensor_decode_bytes(double count);
 
 /* x stored as dtype and read back. */
 float ulpt__dtype_round(float x, int dtype);
@@ -160,6 +163,8 @@ ulpt_section_out ulpt__meta_section(const ulpt_meta *m);
 int ulpt__meta_check(const char *func, const ulpt_section *s);
 /* into p, after ulpt__meta_check passed */
 int ulpt__meta_load(const char *func, ulpt_prompt *p, const ulpt_section *s);
+/* What ulpt__meta_load of a META payload of len bytes requests at most. */
+double ulpt__meta_bytes(size_t len);
 
 /* ---- prompt files (file.c) ---------------------------------------------------------- */
 
@@ -177,10 +182,11 @@ double ulpt__shape_params(const ulpt_container *c);
 double ulpt__shape_rows(const ulpt_container *c);
 
 /* The prompt of a file whose container and sections passed (checks 4-8): shape, memory
- * (with `extra` bytes for what the caller builds on it; checkpoint: with an optimizer),
- * tensor, fingerprint, values, metadata.  *tp describes the parameter tensor. */
-int ulpt__prompt_decode(const char *func, const ulpt_container *c, size_t len, int checkpoint,
-                        double extra, ulpt_prompt **out, ulpt_tensor *tp);
+ * (with `above` bytes for the objects the caller builds on it: an optimizer, a
+ * forward-only trainer), tensor, fingerprint, values, metadata.  *tp describes the
+ * parameter tensor. */
+int ulpt__prompt_decode(const char *func, const ulpt_container *c, size_t len, double above,
+                        ulpt_prompt **out, ulpt_tensor *tp);
 
 /* ---- checkpoints (checkpoint.c) ----------------------------------------------------- */
 

@@ -85,34 +85,7 @@ static void f32_to_f16_portable(const float *restrict x, uint16_t *restrict out,
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <cpuid.h>
 #include <immintrin.h>
-#include <stdatomic.h>
-
-#define CPU_F16C 1 /* with AVX */
-#define CPU_AVX2 2
-
-/* What the CPU (and the OS, which must save the YMM registers) supports; asked once. */
-static int cpu_has(int feature)
-{
-    static atomic_int cached = -1;
-    int m = atomic_load_explicit(&cached, memory_order_relaxed);
-    if (m < 0) {
-        unsigned a, b, c, d;
-        m = 0;
-        if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_OSXSAVE) && (c & bit_AVX)) {
-            unsigned lo, hi;
-            __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-            if ((lo & 6) == 6) {
-                m |= c & bit_F16C ? CPU_F16C : 0;
-                if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_AVX2))
-                    m |= CPU_AVX2;
-            }
-        }
-        atomic_store_explicit(&cached, m, memory_order_relaxed);
-    }
-    return m & feature;
-}
 
 /* x86's F16C instruction rounds to nearest even as the scalar code does; chosen at run
  * time, so the library itself still runs on any x86-64. */
@@ -128,7 +101,7 @@ __attribute__((target("avx,f16c"))) static void f32_to_f16_f16c(const float *x, 
 
 void ulpt__f32_to_f16_n(const float *restrict x, uint16_t *restrict out, size_t count)
 {
-    if (cpu_has(CPU_F16C))
+    if (ulpt__cpu_has(ULPT__CPU_F16C))
         f32_to_f16_f16c(x, out, count);
     else
         f32_to_f16_portable(x, out, count);
@@ -162,7 +135,7 @@ __attribute__((target("avx2"))) static void f32_to_bf16_avx2(const float *restri
 
 void ulpt__f32_to_bf16_n(const float *restrict x, uint16_t *restrict out, size_t count)
 {
-    if (cpu_has(CPU_AVX2))
+    if (ulpt__cpu_has(ULPT__CPU_AVX2))
         f32_to_bf16_avx2(x, out, count);
     else
         f32_to_bf16_rows(x, out, count);

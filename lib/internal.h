@@ -130,11 +130,27 @@ int ulpt__zo_check_options(const char *func, ulpt_zo_options *o);
 /* The handle's lock, for the checkpoint that reads it. */
 const ulpt_lock *ulpt__zo_lock(const ulpt_zo *zo);
 
-/* Bytes ulpt_zo_create takes for these options (batch resolved), a prompt of n_params
- * parameters and n_tokens x dim = nd rows: the load bound of a checkpoint counts them. */
-double ulpt__zo_memory(const ulpt_zo_options *o, double n_params, double nd);
+/* Bytes ulpt_zo_create requests for these options (batch resolved) over a prompt of
+ * n_params parameters and n_tokens x dim = nd, whose optimizer already reserved its
+ * buffers: the handle, its buffers and the prompt's grown working block. */
+double ulpt__zo_bytes(const ulpt_zo_options *o, double n_params, double nd);
+
+/* ---- object sizes ------------------------------------------------------------------- */
+
+/* Each object's size function sits beside its allocator and returns the bytes that
+ * allocator requests, as a double so that any shape (a forged one too) can be sized
+ * without overflow.  A file load sums them for its memory bound (file.c; docs/FORMAT.md,
+ * check 5, states the same sums).  Every handle counts as ULPT__HANDLE_BYTES. */
+#define ULPT__HANDLE_BYTES 512
+
+/* ulpt_optimizer_create over a prompt of n_params parameters and n_tokens x dim = nd:
+ * the handle, the moments and the prompt's working block (optimizer.c). */
+double ulpt__optimizer_bytes(double n_params, double nd);
 
 /* ---- projection internals (projection.c) ---------------------------------------- */
+
+/* ulpt_projection_create: the handle and, except for the identity, rank x dim floats. */
+double ulpt__projection_bytes(uint32_t rank, uint32_t dim, int kind);
 
 /* Take one more reference (prompts keep their projections alive). */
 ulpt_projection *ulpt__projection_ref(ulpt_projection *p);
@@ -142,12 +158,17 @@ ulpt_projection *ulpt__projection_ref(ulpt_projection *p);
 /* Seed of projection group g of a prompt seeded with `seed`. */
 uint64_t ulpt__group_seed(uint64_t seed, uint32_t group);
 
-/* ---- the small-rank kernels (fused.c) ------------------------------------------- */
+/* ---- what the CPU can run (cpu.c) ------------------------------------------------ */
 
-/* The largest rank the fused kernels take; above it only the GEMM path runs. */
-#define ULPT__FUSED_MAX_RANK 16
+#define ULPT__CPU_AVX2 1u
+#define ULPT__CPU_FMA 2u
+#define ULPT__CPU_F16C 4u
 
-/* Which kernels forward and backward use.  AUTO chooses by shape (prompt.c, the
+/* 1 if the CPU, and the OS (which must save the YMM registers), support every one of
+ * `features`; asked once, thread-safe.  0 off x86 and under other compilers. */
+int ulpt__cpu_has(unsigned features);
+
+/* Which kernels forward and backward use.  AUTO chooses by shape (forward.c, the
  * crossover measured in docs/DESIGN.md); the others force one path, for the tests that
  * cross-check the paths and for the benchmark.  Not thread-safe: set it while no other
  * libulpt call runs.  Not public API. */
@@ -159,9 +180,14 @@ enum {
 };
 extern int ulpt__kernel_force;
 
-/* 1 if the AVX2 copies of the vectorised loops may run: the CPU has AVX2 and the tests
- * have not forced the baseline copies (ULPT__KERNEL_FUSED_PORTABLE). */
+/* 1 if the AVX2 copies of the vectorised loops (fused.c, philox.c) may run: the CPU has
+ * AVX2 and the tests have not forced the baseline copies (ULPT__KERNEL_FUSED_PORTABLE). */
 int ulpt__use_avx2(void);
+
+/* ---- the small-rank kernels (fused.c) ------------------------------------------- */
+
+/* The largest rank the fused kernels take; above it only the GEMM path runs. */
+#define ULPT__FUSED_MAX_RANK 16
 
 /* E[i,:] = b + sum_k z[i,k] (proj[k,:] (.) s) for `rows` rows (E row stride ld, z rows
  * of r <= ULPT__FUSED_MAX_RANK, proj r x d); s and b NULL when absent.  `work` holds
@@ -298,6 +324,15 @@ ULPT__MUST_CHECK static inline int ulpt__all_finite(const float *x, size_t count
 }
 
 /* ---- prompt internals (prompt.c) ----------------------------------------------------- */
+
+/* ulpt_prompt_create for these options, valid or not (n_groups 0 counts as 1): the
+ * handle, the projection pointers, the block of parameters, gradients and backward
+ * scratch, and the projections. */
+double ulpt__prompt_bytes(const ulpt_prompt_options *o);
+
+/* ulpt__prompt_reserve's block for n_e E and n_g G slots of nd floats and the saved
+ * gradients of n_params, with 64 bytes for alignment. */
+double ulpt__work_bytes(double n_params, double nd, double n_e, double n_g);
 
 /* The index of the first parameter that is NaN or infinite, or num_params if none. */
 ULPT__MUST_CHECK size_t ulpt__first_nonfinite(const ulpt_prompt *p);

@@ -49,9 +49,11 @@ static int decode(const char *func, const unsigned char *b, size_t len, ulpt_pro
     ulpt_prompt *p = NULL;
     ulpt_optimizer *o = NULL;
     ulpt_zo *z = NULL;
-    double extra = zo ? ulpt__zo_memory(&zoo, (double)ulpt__shape_params(&c),
-                                        ulpt__shape_rows(&c)) : 0;
-    if ((rc = ulpt__prompt_decode(func, &c, len, opt != NULL, extra, &p, &tp)) != ULPT_OK)
+    /* what the objects built on the prompt take, for the memory bound (check 5) */
+    const double np = ulpt__shape_params(&c), nd = ulpt__shape_rows(&c);
+    const double above = (opt ? ulpt__optimizer_bytes(np, nd) : 0) +
+                         (zo ? ulpt__zo_bytes(&zoo, np, nd) : 0);
+    if ((rc = ulpt__prompt_decode(func, &c, len, above, &p, &tp)) != ULPT_OK)
         return rc;
     if (opt && (rc = ulpt__checkpoint_decode(func, &c, p, &o, zo ? &z : NULL))) {
         ulpt_prompt_free(p);

@@ -244,6 +244,15 @@ int ulpt__meta_check(const char *func, const ulpt_section *s)
     return ULPT_OK;
 }
 
+double ulpt__meta_bytes(size_t len)
+{
+    /* each pair's key and value copies and the value's passing copy take at most the
+       bytes behind them; the two pointer arrays at most 8 bytes a pair each, twice over
+       while they grow (old and new, up to 1024 pairs) */
+    _Static_assert(sizeof(char *) <= 8 && META_MAX_PAIRS <= 1024, "docs/FORMAT.md, check 5");
+    return 2.0 * len + 16.0 * (1024 + 512);
+}
+
 int ulpt__meta_load(const char *func, ulpt_prompt *p, const ulpt_section *s)
 {
     if (!s->data)

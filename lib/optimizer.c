@@ -96,6 +96,12 @@ int ulpt_optimizer_create(ulpt_optimizer **out, ulpt_prompt *prompt,
     return ULPT_OK;
 }
 
+double ulpt__optimizer_bytes(double n_params, double nd)
+{
+    _Static_assert(sizeof(ulpt_optimizer) <= ULPT__HANDLE_BYTES, "a handle's bytes (internal.h)");
+    return ULPT__HANDLE_BYTES + 8 * n_params + ulpt__work_bytes(n_params, nd, 1, 1);
+}
+
 void ulpt_optimizer_free(ulpt_optimizer *o)
 {
     if (!o)

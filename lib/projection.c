@@ -44,6 +44,12 @@ static void fill_words(float *out, size_t count, uint64_t seed, uint32_t rank, u
     }
 }
 
+double ulpt__projection_bytes(uint32_t rank, uint32_t dim, int kind)
+{
+    _Static_assert(sizeof(ulpt_projection) <= ULPT__HANDLE_BYTES, "a handle's bytes (internal.h)");
+    return ULPT__HANDLE_BYTES + (kind == ULPT_PROJ_IDENTITY ? 0 : 4.0 * rank * dim);
+}
+
 int ulpt_projection_create(ulpt_projection **out, uint64_t seed, uint32_t rank, uint32_t dim,
                            int kind)
 {

@@ -45,36 +45,52 @@ ULPT__MUST_CHECK static int check_prompt_options(const char *func, const ulpt_pr
     return ULPT_OK;
 }
 
-/* Float counts of the one block holding params, grads and backward scratch. */
+/* The parameter count [Z | s | b] of these options. */
+static double param_floats(const ulpt_prompt_options *o)
+{
+    return (double)o->n_tokens * o->rank + (double)o->dim * !(o->flags & ULPT_NO_SCALE) +
+           (double)o->dim * !(o->flags & ULPT_NO_SHIFT);
+}
+
+/* Floats of backward scratch (struct ulpt_prompt): [Z_g | 1], M, P_g diag(s), none for
+ * the identity.  The fused backward's work area starts at ws_m and may run past ws_ps. */
+static double scratch_floats(const ulpt_prompt_options *o)
+{
+    if (o->projection_kind == ULPT_PROJ_IDENTITY)
+        return 0;
+    const double r = o->rank, d = o->dim, m = (r + 1) * d;
+    const uint32_t ng = o->n_groups ? o->n_tokens / o->n_groups : o->n_tokens;
+    double ps = r * d;
+    if (o->rank <= ULPT__FUSED_MAX_RANK) {
+        const double fw = (double)ulpt__fused_backward_work(o->rank, o->dim);
+        if (fw > m + ps)
+            ps = fw - m;
+    }
+    return ng * (r + 1) + m + ps;
+}
+
+double ulpt__prompt_bytes(const ulpt_prompt_options *o)
+{
+    _Static_assert(sizeof(ulpt_prompt) <= ULPT__HANDLE_BYTES, "a handle's bytes (internal.h)");
+    _Static_assert(sizeof(ulpt_projection *) <= 8, "docs/FORMAT.md counts 8 bytes a pointer");
+    const double g = o->n_groups ? o->n_groups : 1;
+    return ULPT__HANDLE_BYTES + 8 * g + 4 * (2 * param_floats(o) + scratch_floats(o)) +
+           g * ulpt__projection_bytes(o->rank, o->dim, o->projection_kind);
+}
+
+/* Float counts of the one block holding params, grads and backward scratch, and room
+ * for n_tokens x dim floats of E.  Whole numbers below 2^53 are exact in a double, and
+ * no buffer past that is addressable. */
 ULPT__MUST_CHECK static int layout(const ulpt_prompt_options *o, size_t *n_params,
                                    size_t *n_scratch)
 {
-    size_t nz, nd, z1 = 0, m = 0, ps = 0;
-    size_t vecs = (size_t) !(o->flags & ULPT_NO_SCALE) + (size_t) !(o->flags & ULPT_NO_SHIFT);
-    if (!ulpt__mul(o->n_tokens, o->rank, &nz) || !ulpt__mul(o->n_tokens, o->dim, &nd) ||
-        !ulpt__mul(vecs, o->dim, &m) || nz > SIZE_MAX - m)
+    const double limit = (double)SIZE_MAX < 0x1p53 ? (double)SIZE_MAX : 0x1p53;
+    const double np = param_floats(o), ns = scratch_floats(o);
+    if (4 * (2 * np + ns) > limit || 4 * ((double)o->n_tokens * o->dim) > limit)
         return 0;
-    *n_params = nz + m;
-    if (o->projection_kind != ULPT_PROJ_IDENTITY) {
-        size_t ng = o->n_tokens / o->n_groups;
-        if (!ulpt__mul(ng, (size_t)o->rank + 1, &z1) ||
-            !ulpt__mul((size_t)o->rank + 1, o->dim, &m) || !ulpt__mul(o->rank, o->dim, &ps))
-            return 0;
-        /* the fused backward's work area starts at ws_m and may run past ws_ps */
-        if (o->rank <= ULPT__FUSED_MAX_RANK) {
-            const size_t fw = ulpt__fused_backward_work(o->rank, o->dim);
-            if (fw > m + ps)
-                ps = fw - m;
-        }
-    }
-    if (z1 > SIZE_MAX - m || z1 + m > SIZE_MAX - ps)
-        return 0;
-    *n_scratch = z1 + m + ps;
-    size_t total, bytes;
-    if (*n_params > SIZE_MAX / 2 || 2 * *n_params > SIZE_MAX - *n_scratch)
-        return 0;
-    total = 2 * *n_params + *n_scratch;
-    return ulpt__mul(total, sizeof(float), &bytes) && ulpt__mul(nd, sizeof(float), &bytes);
+    *n_params = (size_t)np;
+    *n_scratch = (size_t)ns;
+    return 1;
 }
 
 /* The projections of a prompt: shared ones must be exactly those the options imply. */
@@ -236,6 +252,11 @@ void ulpt__param_name(const ulpt_prompt *p, size_t i, char *buf, size_t size)
 }
 
 /* ---- the working buffers of a training loop (internal.h) -------------------------- */
+
+double ulpt__work_bytes(double n_params, double nd, double n_e, double n_g)
+{
+    return 4 * ((n_e + n_g) * nd + n_params) + 64;
+}
 
 int ulpt__prompt_reserve(const char *func, ulpt_prompt *p, uint32_t n_e, uint32_t n_g)
 {

@@ -152,6 +152,15 @@ int ulpt__tensor_check(const char *func, const ulpt_section *s, size_t count, co
     return ULPT_OK;
 }
 
+/* zlib's inflate takes its state (about 7 KiB) and a 32 KiB window (zlib.h, "Memory
+ * usage"): 64 KiB covers both with room. */
+#define INFLATE_STATE_BYTES 65536.0
+
+double ulpt__tensor_decode_bytes(double count)
+{
+    return 4 * count + INFLATE_STATE_BYTES;
+}
+
 int ulpt__tensor_decode(const char *func, const ulpt_allocator *a, const ulpt_tensor *t, float *x)
 {
     if (t->codec == CODEC_STORED) {

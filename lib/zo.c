@@ -132,10 +132,13 @@ int ulpt_zo_create(ulpt_zo **out, ulpt_prompt *p, ulpt_optimizer *opt, const ulp
     return ULPT_OK;
 }
 
-double ulpt__zo_memory(const ulpt_zo_options *o, double n_params, double nd)
+double ulpt__zo_bytes(const ulpt_zo_options *o, double n_params, double nd)
 {
-    _Static_assert(sizeof(ulpt_zo) <= 256, "docs/FORMAT.md counts the handle as 256 bytes");
-    return 256 + 4 * (3 * n_params + (double)o->batch * nd) + 16.0 * o->directions;
+    _Static_assert(sizeof(ulpt_zo) <= ULPT__HANDLE_BYTES, "a handle's bytes (internal.h)");
+    /* the optimizer reserved one G slot; E grows to batch slots (at least the one) */
+    const double slots = o->batch > 1 ? o->batch : 1;
+    return ULPT__HANDLE_BYTES + 8 * n_params + 16.0 * o->directions +
+           ulpt__work_bytes(n_params, nd, slots, 1);
 }
 
 void ulpt_zo_free(ulpt_zo *zo)

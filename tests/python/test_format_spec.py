@@ -1203,7 +1203,8 @@ ERROR_TABLE = [
      True, CORRUPT, "negative"),
 ]
 
-# rows whose rule the decoder above does not implement (semantic checks of the library)
+# rows whose rule the decoder above does not implement (semantic checks of the library;
+# the memory bound's sum is computed from FORMAT.md in test_memory_bound_* below)
 LIBRARY_ONLY = {"memory-bound", "shape-rank-over-dim", "shape-identity-rank", "shape-groups",
                 "shape-zero-tokens", "shape-kind-9", "shape-flag-bit-2", "nan-parameter",
                 "optm-weight-decay", "optm-steps", "optm-kind-3", "optm-schedule-3", "optm-lr-0",
@@ -1292,3 +1293,240 @@ def test_new_prompt_starts_with_unit_scale_and_zero_shift(make_prompt):
     assert x[10:16].tolist() == [1.0] * 6 and x[16:22].tolist() == [0.0] * 6
     q = make_prompt(5, 2, 6, 1, 9, KIND_XAVIER, 1, init_seed=1, init_std=0.5)  # no scale
     assert q.num_params() == 16 and q.params()[10:].tolist() == [0.0] * 6
+
+
+# --------------------------------------------------------------------------------------
+# FORMAT.md, check 5: the memory bound, computed from its table alone
+# --------------------------------------------------------------------------------------
+
+HANDLE = 512
+FLOOR = 64 << 20
+
+
+def fused_area(r, d):
+    """F, in floats: the fused kernels' area (0 past rank 16)."""
+    if r > 16:
+        return 0
+    w = min(d, 4096 if r <= 2 else 512 if r <= 4 else 256 if r <= 8 else 128)
+    t = w if w <= 512 else -(-w // 512) * 512
+    return (2 * r + 1) * t + 1024
+
+
+def memory_bound(n, r, d, g, kind, flags, L, m, load="prompt", q=0, k=0):
+    """The bytes FORMAT.md's table sums for a load, in exact integers."""
+    g = g or 1
+    P = expected_n_params(n, r, d, flags)
+    if kind == KIND_IDENTITY:
+        S, proj = 0, HANDLE
+    else:
+        S = (n // g) * (r + 1) + (r + 1) * d + max(r * d, fused_area(r, d) - (r + 1) * d)
+        proj = HANDLE + 4 * r * d
+    prompt = HANDLE + 8 * g + 4 * (2 * P + S) + g * proj
+
+    def work(e):
+        return 4 * ((e + 1) * n * d + P) + 64
+
+    total = L + prompt + (4 * P + 65536) + (2 * m + 24576)
+    if load in ("checkpoint", "zo"):
+        total += HANDLE + 8 * P + work(1)
+    if load == "zo":
+        total += HANDLE + 8 * P + 16 * q + work(max(k, 1))
+    return total
+
+
+def _lib_load_any(lib, blob, load, tmp_path):
+    """(rc, message) of loading blob as a prompt (buffer), a checkpoint or a forward-only
+    checkpoint (files)."""
+    if load != "zo":
+        return lib_load(lib, blob, load == "checkpoint", tmp_path)
+    p, o, z = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+    path = tmp_path / "forged-zo.ulpt"
+    path.write_bytes(blob)
+    f = lib.ulpt_zo_checkpoint_load
+    f.restype, f.argtypes = ctypes.c_int, [ctypes.POINTER(ctypes.c_void_p)] * 3 + [ctypes.c_char_p]
+    rc = f(ctypes.byref(p), ctypes.byref(o), ctypes.byref(z), str(path).encode())
+    msg = lib.ulpt_last_error().decode("utf-8", "replace") if rc else ""
+    if z:
+        lib.ulpt_zo_free(ctypes.c_void_p(z.value))
+    if o:
+        lib.ulpt_optimizer_free(o)
+    if p:
+        lib.ulpt_prompt_free(p)
+    return rc, msg
+
+
+def _forged_shape(files, load, n, r, d, g, kind, flags, q, k):
+    """A file of this shape whose PARM is the shortest zlib payload the shape's count
+    passes check 4 with (its bytes are not a stream: a load that passes check 5 then
+    fails to inflate), and its (L, m)."""
+    base = files["prompt"] if load == "prompt" else files["ck"]
+    if load == "zo":
+        base = with_zost(base, q=q, k=k)
+    count = expected_n_params(n, r, d, flags)
+    data = max(1, -(-(4 * count - 64) // 1032))
+    blob = edit_section(with_shape(base, n_tokens=n, rank=r, dim=d, n_groups=g, kind=kind,
+                                   flags=flags), b"PARM", lambda b: _zlib_parm(count, data))
+    meta = dict((t, pl) for t, _, pl in split_sections(blob)).get(b"META", b"")
+    return blob, len(blob), len(meta)
+
+
+# (rank, dim, n_groups, kind, flags, load, q, k): fused ranks where F is longer than the
+# GEMM scratch (small or odd dim), the GEMM ranks, groups, flags, the identity, and the
+# three loaders
+BOUND_CASES = [
+    (1, 600, 1, KIND_XAVIER, 0, "prompt", 0, 0),
+    (2, 4096, 1, KIND_XAVIER, 0, "prompt", 0, 0),
+    (2, 5000, 4, KIND_RADEMACHER, 0, "prompt", 0, 0),
+    (3, 100, 1, KIND_GAUSSIAN, 1, "prompt", 0, 0),
+    (4, 700, 2, KIND_XAVIER, 0, "checkpoint", 0, 0),
+    (5, 64, 1, KIND_KAIMING, 2, "prompt", 0, 0),
+    (8, 300, 1, KIND_XAVIER, 3, "checkpoint", 0, 0),
+    (9, 20, 1, KIND_XAVIER, 0, "prompt", 0, 0),
+    (16, 1000, 8, KIND_XAVIER, 0, "prompt", 0, 0),
+    (17, 1000, 1, KIND_XAVIER, 0, "prompt", 0, 0),
+    (64, 2048, 2, KIND_GAUSSIAN, 0, "checkpoint", 0, 0),
+    (24, 24, 1, KIND_IDENTITY, 0, "prompt", 0, 0),
+    (2, 768, 1, KIND_XAVIER, 0, "zo", 4, 8),
+    (1, 300, 1, KIND_XAVIER, 0, "zo", 1 << 12, 1),
+]
+
+
+@pytest.mark.parametrize("case", BOUND_CASES, ids=[
+    f"r{c[0]}-d{c[1]}-g{c[2]}-k{c[3]}-f{c[4]}-{c[5]}" for c in BOUND_CASES])
+def test_memory_bound_is_the_documented_sum(lib, files, tmp_path, case):
+    """The shape where FORMAT.md's sum first passes 64 MiB (searched over n_tokens with
+    the table above, nothing from the library): one group fewer, check 5 lets the file
+    through (to fail at the fingerprint or the inflation); at it, the load is refused with exactly the
+    documented number of bytes."""
+    r, d, g, kind, flags, load, q, k = case
+
+    def bound(n):
+        _, L, m = _forged_shape(files, load, n, r, d, g, kind, flags, q, k)
+        return memory_bound(n, r, d, g, kind, flags, L, m, load, q, k)
+
+    lo, hi = 1, 1
+    while bound(hi * g) <= FLOOR:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # bound(lo * g) <= FLOOR < bound(hi * g)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if bound(mid * g) <= FLOOR else (lo, mid)
+    for n, refused in ((lo * g, False), (hi * g, True)):
+        blob, L, m = _forged_shape(files, load, n, r, d, g, kind, flags, q, k)
+        assert 1032 * L < FLOOR  # the floor is the limit here
+        want = memory_bound(n, r, d, g, kind, flags, L, m, load, q, k)
+        rc, msg = _lib_load_any(lib, blob, load, tmp_path)
+        if refused:
+            assert rc == CORRUPT and f"needs {want} bytes" in msg, (n, want, msg)
+        else:  # past checks 5 and 6: the fingerprint (check 7) or the inflation fails
+            assert (rc, "fingerprint") == (MISMATCH, "fingerprint") and "fingerprint" in msg \
+                or rc == CORRUPT and "inflate" in msg, (n, want, msg)
+
+
+_ALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_REALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+
+
+class _Allocator(ctypes.Structure):
+    _fields_ = [("alloc", _ALLOC), ("realloc", _REALLOC), ("free", _FREE),
+                ("user", ctypes.c_void_p)]
+
+
+class CountingAllocator:
+    """The C library's malloc behind ulpt_set_allocator, counting the bytes live and
+    their peak."""
+
+    def __init__(self, lib):
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.realloc.restype = ctypes.c_void_p
+        libc.realloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.free.restype, libc.free.argtypes = None, [ctypes.c_void_p]
+        self.lib, self.live, self.now, self.peak = lib, {}, 0, 0
+
+        def alloc(_, size):
+            ptr = libc.malloc(size)
+            if ptr:
+                self._take(ptr, size)
+            return ptr
+
+        def realloc(_, old, size):
+            ptr = libc.realloc(old, size)
+            if ptr:
+                self._give(old)
+                self._take(ptr, size)
+            return ptr
+
+        def free(_, ptr):
+            self._give(ptr)
+            libc.free(ptr)
+
+        self.c = _Allocator(_ALLOC(alloc), _REALLOC(realloc), _FREE(free), None)
+
+    def _take(self, ptr, size):
+        self.live[ptr] = size
+        self.now += size
+        self.peak = max(self.peak, self.now)
+
+    def _give(self, ptr):
+        if ptr:
+            self.now -= self.live.pop(ptr)
+
+    def __enter__(self):
+        f = self.lib.ulpt_set_allocator
+        f.restype, f.argtypes = ctypes.c_int, [ctypes.c_void_p]
+        assert f(ctypes.byref(self.c)) == 0
+        return self
+
+    def __exit__(self, *exc):
+        assert self.lib.ulpt_set_allocator(None) == 0
+
+
+# (n_tokens, rank, dim, n_groups, kind, flags, save level, load)
+REAL_LOADS = [
+    (4, 2, 8, 1, KIND_XAVIER, 0, 0, "prompt"),
+    (100, 2, 4096, 1, KIND_XAVIER, 0, 9, "prompt"),
+    (64, 1, 600, 4, KIND_RADEMACHER, 1, 0, "prompt"),
+    (30, 3, 100, 3, KIND_GAUSSIAN, 2, 6, "checkpoint"),
+    (20, 8, 300, 1, KIND_XAVIER, 3, 0, "checkpoint"),
+    (12, 16, 1000, 4, KIND_KAIMING, 0, 1, "prompt"),
+    (10, 20, 64, 1, KIND_XAVIER, 0, 0, "checkpoint"),
+    (6, 24, 24, 1, KIND_IDENTITY, 0, 9, "prompt"),
+    (50, 2, 768, 1, KIND_XAVIER, 0, 0, "zo"),
+    (8, 4, 512, 2, KIND_XAVIER, 0, 9, "zo"),
+]
+
+
+@pytest.mark.parametrize("case", REAL_LOADS, ids=[
+    f"n{c[0]}-r{c[1]}-d{c[2]}-g{c[3]}-k{c[4]}-f{c[5]}-z{c[6]}-{c[7]}" for c in REAL_LOADS])
+def test_memory_bound_covers_what_a_load_allocates(lib, make_prompt, tmp_path, case):
+    """Files the library wrote, loaded through a counting allocator: the most the load
+    held at once never exceeds FORMAT.md's sum, and it falls short of it by no more than
+    the sum's allowances (the handles, zlib, the metadata, the inflated tensor, which a
+    stored tensor does not need, the file, which a buffer load does not read)."""
+    n, r, d, g, kind, flags, level, load = case
+    p = make_prompt(n, r, d, g, 11, kind, flags)
+    rng = np.random.default_rng(n * 131 + r)
+    p.params()[:] = _random_params(p.num_params(), rng, compressible=level > 0)
+    p.set_meta("model", "m" * 40)
+    p.set_meta("task", "bound")
+    path = tmp_path / "real.ulpt"
+    if load == "prompt":
+        blob = p.save(path, dtype=0, level=level)
+    else:
+        opts = OptimizerOptions(1, 2, 1e-3, 0.9, 0.999, 1e-8, 0.01, 0.0, 0.0, 0, 0, 0)
+        blob = _checkpoint(lib, p, path, opts, 2,
+                           lambda s: np.full(p.num_params(), 0.1, np.float32))
+        if load == "zo":
+            blob = with_zost(blob, q=3, k=5)
+    meta = dict((t, pl) for t, _, pl in split_sections(blob))[b"META"]
+    q, k = (3, 5) if load == "zo" else (0, 0)
+    want = memory_bound(n, r, d, g, kind, flags, len(blob), len(meta), load, q, k)
+    with CountingAllocator(lib) as counter:
+        rc, msg = _lib_load_any(lib, blob, load, tmp_path)
+        assert (rc, msg) == (OK, "")
+        assert counter.now == 0  # everything freed again
+    P = expected_n_params(n, r, d, flags)
+    allowances = (HANDLE * (g + 3) + 65536 + 2 * len(meta) + 24576 + 4 * P + len(blob) + 64)
+    assert counter.peak <= want, (counter.peak, want)
+    assert want - counter.peak <= allowances, (counter.peak, want, allowances)
