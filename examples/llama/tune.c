@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "cli.h"
 #include "engine.h"
@@ -150,6 +151,8 @@ static int fo_loss(void *user, const float *E, uint32_t n_rows, uint32_t dim, fl
 
 static int fo_usable(const tuner *t, char *why, size_t size)
 {
+    if (t->o->forward_only) /* asked for, e.g. to compare the two methods */
+        return snprintf(why, size, "--forward-only was given"), 1;
     /* graphs of at least 512 rows, and at least the longest sequence of a step */
     uint32_t longest = 0;
     for (size_t i = 0; i < t->train.n; i++)
@@ -371,17 +374,22 @@ int cmd_tune(const options *o)
     TRY(ulpt_prompt_forward(t.p, E, C));
     if (accuracy(&t, eval, E, &acc) || tune_save(&t))
         goto out;
+    /* the process's peak resident memory: the model(s), their contexts and the data */
+    struct rusage ru;
+    const long rss_kib = getrusage(RUSAGE_SELF, &ru) ? -1 : ru.ru_maxrss;
     if (o->json) {
         printf("{\"method\": \"%s\", \"steps\": %u, \"batch\": %u, \"directions\": %u, "
                "\"epsilon\": %g, \"lr\": %g, \"sequences\": %" PRIu64 ", \"eval\": \"%s\", "
                "\"acc_before\": %.6f, \"acc_test\": %.6f, \"loss_first\": %.6f, "
-               "\"loss_last\": %.6f, \"train_seconds\": %.3f, \"decode_seconds\": %.3f}\n",
+               "\"loss_last\": %.6f, \"train_seconds\": %.3f, \"decode_seconds\": %.3f, "
+               "\"max_rss_kib\": %ld}\n",
                method->name, o->steps, t.m, o->directions, o->mu, o->lr, t.sequences,
-               eval_name, acc0, acc, first, loss, seconds, t.decode_seconds);
+               eval_name, acc0, acc, first, loss, seconds, t.decode_seconds, rss_kib);
     } else {
         printf("tuned in %.1f s (%.1f s scoring, %" PRIu64 " sequences); loss %.4f -> %.4f\n",
                seconds, t.decode_seconds, t.sequences, first, loss);
-        printf("%s accuracy %.1f%% through llama.cpp\n", eval_name, 100 * acc);
+        printf("%s accuracy %.1f%% through llama.cpp (before: %.1f%%); peak RSS %.1f MiB\n",
+               eval_name, 100 * acc, 100 * acc0, (double)rss_kib / 1024);
         if (o->save)
             printf("saved %s\n", o->save);
     }
