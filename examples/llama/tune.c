@@ -53,6 +53,7 @@ struct tuner {
     uint32_t m;               /* examples a step */
     engine_seq *seqs;
     double *scores;
+    char not_first_order[512]; /* why an earlier method was not taken, if one was not */
     uint64_t sequences;       /* decoded so far */
     double decode_seconds;
     void *method_state;
@@ -264,8 +265,9 @@ out:
     return rc;
 }
 
-/* The first usable method, and a line saying which and why not those before it. */
-static const tune_method *tune_pick(const tuner *t)
+/* The first usable method, and a line saying which and why not those before it (kept
+ * for the JSON line too). */
+static const tune_method *tune_pick(tuner *t)
 {
     for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
         char why[512] = "";
@@ -273,8 +275,24 @@ static const tune_method *tune_pick(const tuner *t)
             return &methods[i];
         if (!t->o->json)
             printf("not %s: %s\n", methods[i].name, why);
+        snprintf(t->not_first_order, sizeof t->not_first_order, "%s", why);
     }
     return NULL;
+}
+
+/* s as a JSON string (quotes, backslashes and control bytes escaped) */
+static void print_json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            printf("\\u%04x", (unsigned)(unsigned char)*s);
+        else
+            putchar(*s);
+    }
+    putchar('"');
 }
 
 static int tune_loop(tuner *t, const tune_method *method, double *first, double *last)
@@ -382,9 +400,11 @@ int cmd_tune(const options *o)
                "\"epsilon\": %g, \"lr\": %g, \"sequences\": %" PRIu64 ", \"eval\": \"%s\", "
                "\"acc_before\": %.6f, \"acc_test\": %.6f, \"loss_first\": %.6f, "
                "\"loss_last\": %.6f, \"train_seconds\": %.3f, \"decode_seconds\": %.3f, "
-               "\"max_rss_kib\": %ld}\n",
+               "\"max_rss_kib\": %ld, \"not_first_order\": ",
                method->name, o->steps, t.m, o->directions, o->mu, o->lr, t.sequences,
                eval_name, acc0, acc, first, loss, seconds, t.decode_seconds, rss_kib);
+        print_json_string(t.not_first_order);
+        printf("}\n");
     } else {
         printf("tuned in %.1f s (%.1f s scoring, %" PRIu64 " sequences); loss %.4f -> %.4f\n",
                seconds, t.decode_seconds, t.sequences, first, loss);
