@@ -292,24 +292,6 @@ def not_run(block):
 # Blocks of docs other changes are fixing, by (doc, first line): expected to fail until
 # then, and strict, so that a fixed block fails here until its line is removed.
 KNOWN = {
-    ("docs/PYTHON.md", "python3 -m venv --system-site-packages ENV"):
-        "cd / and then a relative ENV/bin/python",
-    ("docs/PYTHON.md", "import numpy as np"): "`target` is never defined",
-    ("docs/PYTHON.md", "E = prompt.forward()                    # or prompt.forward(out=buf), rows may be padded"):
-        "continues the quick start (undefined `target`); G1, G2 undefined",
-    ("docs/PYTHON.md", 'prompt.save_pretrained("adapter/", task_type="CAUSAL_LM")'):
-        "continues the quick start (undefined `target`)",
-    ("docs/PYTHON.md", "zo = ulpt.ZOTrainer(opt, directions=4)"):
-        "continues the quick start (undefined `target`); model_loss undefined",
-    ("docs/PYTHON.md", 'bank = ulpt.Bank(model="gpt2", dim=768)     # prompts whose meta["model"] is "gpt2"'):
-        "continues the quick start (undefined `target`); finds an `mnli` it never added",
-    ("docs/RUST.md", "use ulpt::{Optimizer, OptimizerOptions, Prompt, PromptOptions};"):
-        "batches, model, input_embeddings and hidden are undefined",
-    ("docs/LLAMA.md", "make llama-demo     # fetch and build llama.cpp once (~8 min), convert tinylm, serve,"):
-        "no marker yet",
-    ("docs/LLAMA.md", "/* once */"): "no marker yet",
-    ("docs/LLAMA.md", "int losses(void *user, const float *E, uint32_t count, uint32_t n, uint32_t d, double *out)"):
-        "no marker yet",
 }
 
 

@@ -13,10 +13,19 @@ PYTHON_VERSION = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_i
 PYTHONDIR ?= $(LIBDIR)/python$(PYTHON_VERSION)/dist-packages
 
 CHECK_STEPS += check-python
-.PHONY: check-python check-python-valgrind bench-python
+.PHONY: check-python check-python-valgrind bench-python check-python-state-machine
 
 check-python: need-test all examples/tinylm/tlm examples/tinylm/tune
 	PYTHON=$(PYTHON) sh tests/python/check-python.sh
+
+# The randomized state-machine test alone, long (CI runs it): STATE_OPS operations from
+# seed STATE_SEED, against the float64 model; a failure prints the seed and the op log.
+STATE_OPS ?= 30000
+STATE_SEED ?= 7000
+check-python-state-machine: need-test all
+	ULPT_STATE_OPS=$(STATE_OPS) ULPT_STATE_SEED=$(STATE_SEED) LD_LIBRARY_PATH=$(CURDIR)/lib \
+	    PYTHONPATH=$(CURDIR)/bindings/python nice $(PYTHON) -m pytest -q -s -p no:cacheprovider \
+	    tests/python/test_state_machine.py
 
 check-python-valgrind: need-test all
 	PYTHON=$(PYTHON) sh tests/python/check-python-valgrind.sh
