@@ -1,7 +1,7 @@
 """Step time of first-order prompt tuning inside llama.cpp against the PyTorch host: the
 same model (tinylm-llama), task, seed, batch, steps and threads (`make llama-bench`).
 
-    /usr/bin/python3 examples/llama/bench_step.py --host ULPT-LLAMA --gguf F32.gguf [options] TASKDIR
+    /usr/bin/python3 examples/llama/bench_step.py --host ULPT-LLAMA --gguf F32.gguf TASKDIR
 
 Runs `ulpt-llama tune --json` (first-order, llama_embd_grad) and
 examples/llama/torch_tune.py --json alternately, --reps times each, and takes each

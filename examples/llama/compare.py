@@ -11,9 +11,9 @@ order of the training examples in both engines):
 
 - llama-fo: `ulpt-llama tune`, first-order (llama_embd_grad), on the float32 GGUF;
 - torch-ulpt: examples/llama/torch_tune.py, the same model in PyTorch;
-- llama-zo: `ulpt-llama tune --forward-only` on the float32 GGUF, for the steps that take
-  as long as --steps first-order ones (the ratio of the two methods' step times measured
-  by a short run of each on the task, back to back);
+- llama-zo: `ulpt-llama tune --method forward-only` on the float32 GGUF, for the steps
+  that take as long as --steps first-order ones (the ratio of the two methods' step times: the
+  fastest of two short runs of each on the task, alternately);
 - torch-vanilla: torch_tune.py --method vanilla (the 16 x 256 rows trainable);
 - torch-none: the frozen model without a prompt (once a task);
 - llama-fo-TYPE: llama-fo on each quantized file.
@@ -37,7 +37,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 TORCH_TUNE = os.path.join(HERE, "torch_tune.py")
 BEGIN, END = "<!-- llama-results: begin -->", "<!-- llama-results: end -->"
-CALIBRATION_STEPS = 20
+CALIBRATION_STEPS = 10
+CALIBRATION_REPS = 2
 
 
 class CompareError(Exception):
@@ -165,24 +166,25 @@ def run_all(a, runs):
     for task in a.tasks:
         taskdir = os.path.join(a.taskroot, task)
         once("torch-none", task, 0, torch(taskdir, 1, "none"), tlm_path)
-        # forward-only's step time against first-order's on this task, from two short
-        # runs back to back (a ratio: the shared machine's load moves both alike)
-        cal_fo = once("llama-fo-calibration", task, 1,
-                      llama(a.gguf, 1, CALIBRATION_STEPS, taskdir), a.gguf,
-                      calibration_steps=CALIBRATION_STEPS)
-        cal_zo = once("llama-zo-calibration", task, 1,
-                      llama(a.gguf, 1, CALIBRATION_STEPS, "--forward-only", taskdir),
-                      a.gguf, calibration_steps=CALIBRATION_STEPS)
-        zo_steps[task] = max(1, round(a.steps * cal_fo["train_seconds"]
-                                      / cal_zo["train_seconds"]))
+        # forward-only's step time against first-order's on this task: short runs of
+        # each, alternately, the fastest of each kind (the least disturbed by other load
+        # on a shared machine)
+        cal = {"fo": [], "zo": []}
+        for rep in range(CALIBRATION_REPS):
+            for m, more in (("fo", []), ("zo", ["--method", "forward-only"])):
+                r = once("llama-%s-calibration" % m, task, 1,
+                         llama(a.gguf, 1, CALIBRATION_STEPS, *more, taskdir), a.gguf,
+                         calibration_steps=CALIBRATION_STEPS, rep=rep)
+                cal[m].append(r["train_seconds"])
+        zo_steps[task] = max(1, round(a.steps * min(cal["fo"]) / min(cal["zo"])))
     for seed in a.seeds:
         for task in a.tasks:
             taskdir = os.path.join(a.taskroot, task)
             once("llama-fo", task, seed, llama(a.gguf, seed, a.steps, taskdir), a.gguf)
             once("torch-ulpt", task, seed, torch(taskdir, seed, "ulpt"), tlm_path)
             once("llama-zo", task, seed,
-                 llama(a.gguf, seed, zo_steps[task], "--forward-only", taskdir), a.gguf,
-                 zo_steps=zo_steps[task])
+                 llama(a.gguf, seed, zo_steps[task], "--method", "forward-only", taskdir),
+                 a.gguf, zo_steps=zo_steps[task])
             once("torch-vanilla", task, seed, torch(taskdir, seed, "vanilla"), tlm_path)
     for seed in a.seeds:
         for task in a.tasks:
@@ -245,8 +247,8 @@ def tables(a, runs):
     if zo:
         by_task = {r["task"]: r["zo_steps"] for r in zo}
         out += ["Forward-only ran %s (as many steps as take the time of %d first-order "
-                "ones, by the ratio of the two methods' times over %d steps, measured back "
-                "to back on each task)."
+                "ones, by the ratio of the two methods' fastest times over %d steps, two "
+                "short runs of each, alternately, on each task)."
                 % (", ".join("%d steps on `%s`" % (by_task[t], t) for t in a.tasks
                              if t in by_task), a.steps, CALIBRATION_STEPS)]
     out += ["", "Memory of the llama.cpp runs (first-order, every task and seed): the GGUF "

@@ -15,8 +15,8 @@
 
 typedef struct {
     const char *cmd, *gguf, *tlm, *prompt, *save, *gelu_zero_gguf, *args[3];
-    const char *train, *valid, *test, *labels, *sep, *scores;
-    int n_args, json, verbose, chat, forward_only;
+    const char *train, *valid, *test, *labels, *sep, *scores, *method;
+    int n_args, json, verbose, chat;
     uint32_t batch, threads, requests, steps, seed, tokens, rank, examples, directions, ctx;
     double lr, mu;
 } options;

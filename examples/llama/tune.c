@@ -53,7 +53,6 @@ struct tuner {
     uint32_t m;               /* examples a step */
     engine_seq *seqs;
     double *scores;
-    char not_first_order[512]; /* why an earlier method was not taken, if one was not */
     uint64_t sequences;       /* decoded so far */
     double decode_seconds;
     void *method_state;
@@ -130,6 +129,7 @@ static void zo_done(tuner *t)
 /* ---- the first-order method: dL/dE from llama.cpp (grad.c, llama_embd_grad) ---------- */
 
 static grad_model *fo_model; /* opened by fo_usable, which must learn whether it can */
+static char not_taken[512];  /* why tune_pick passed over a method, for the JSON line */
 
 /* the step's loss and dL/dE for ulpt_train_step */
 static int fo_loss(void *user, const float *E, uint32_t n_rows, uint32_t dim, float *G,
@@ -152,8 +152,6 @@ static int fo_loss(void *user, const float *E, uint32_t n_rows, uint32_t dim, fl
 
 static int fo_usable(const tuner *t, char *why, size_t size)
 {
-    if (t->o->forward_only) /* asked for, e.g. to compare the two methods */
-        return snprintf(why, size, "--forward-only was given"), 1;
     /* graphs of at least 512 rows, and at least the longest sequence of a step */
     uint32_t longest = 0;
     for (size_t i = 0; i < t->train.n; i++)
@@ -265,18 +263,25 @@ out:
     return rc;
 }
 
-/* The first usable method, and a line saying which and why not those before it (kept
- * for the JSON line too). */
-static const tune_method *tune_pick(tuner *t)
+/* The first usable method (or the one --method names), and a line saying which and why
+ * not those before it. */
+static const tune_method *tune_pick(const tuner *t)
 {
+    const char *want = t->o->method;
     for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
         char why[512] = "";
+        if (want && strcmp(want, methods[i].name))
+            continue;
         if (!methods[i].usable(t, why, sizeof why))
             return &methods[i];
+        if (want)
+            return fail("--method %s: not usable with this model: %s", want, why), NULL;
         if (!t->o->json)
             printf("not %s: %s\n", methods[i].name, why);
-        snprintf(t->not_first_order, sizeof t->not_first_order, "%s", why);
+        snprintf(not_taken, sizeof not_taken, "%s", why);
     }
+    if (want)
+        fail("--method %s: unknown (first-order or forward-only)", want);
     return NULL;
 }
 
@@ -403,7 +408,7 @@ int cmd_tune(const options *o)
                "\"max_rss_kib\": %ld, \"not_first_order\": ",
                method->name, o->steps, t.m, o->directions, o->mu, o->lr, t.sequences,
                eval_name, acc0, acc, first, loss, seconds, t.decode_seconds, rss_kib);
-        print_json_string(t.not_first_order);
+        print_json_string(not_taken);
         printf("}\n");
     } else {
         printf("tuned in %.1f s (%.1f s scoring, %" PRIu64 " sequences); loss %.4f -> %.4f\n",
