@@ -12,8 +12,8 @@ order of the training examples in both engines):
 - llama-fo: `ulpt-llama tune`, first-order (llama_embd_grad), on the float32 GGUF;
 - torch-ulpt: examples/llama/torch_tune.py, the same model in PyTorch;
 - llama-zo: `ulpt-llama tune --method forward-only` on the float32 GGUF, for the steps
-  that take as long as --steps first-order ones (the ratio of the two methods' step times: the
-  fastest of two short runs of each on the task, alternately);
+  that take as long as --steps first-order ones (the ratio of the two methods' step times:
+  the CPU time of two short runs of each on the task, alternately, the least of each);
 - torch-vanilla: torch_tune.py --method vanilla (the 16 x 256 rows trainable);
 - torch-none: the frozen model without a prompt (once a task);
 - llama-fo-TYPE: llama-fo on each quantized file.
@@ -167,15 +167,15 @@ def run_all(a, runs):
         taskdir = os.path.join(a.taskroot, task)
         once("torch-none", task, 0, torch(taskdir, 1, "none"), tlm_path)
         # forward-only's step time against first-order's on this task: short runs of
-        # each, alternately, the fastest of each kind (the least disturbed by other load
-        # on a shared machine)
+        # each, alternately, by the CPU time of their steps (on a shared machine the wall
+        # time of a short run measures the other users as much as the method)
         cal = {"fo": [], "zo": []}
         for rep in range(CALIBRATION_REPS):
             for m, more in (("fo", []), ("zo", ["--method", "forward-only"])):
                 r = once("llama-%s-calibration" % m, task, 1,
                          llama(a.gguf, 1, CALIBRATION_STEPS, *more, taskdir), a.gguf,
                          calibration_steps=CALIBRATION_STEPS, rep=rep)
-                cal[m].append(r["train_seconds"])
+                cal[m].append(r["result"]["train_cpu_seconds"])
         zo_steps[task] = max(1, round(a.steps * min(cal["fo"]) / min(cal["zo"])))
     for seed in a.seeds:
         for task in a.tasks:
@@ -247,8 +247,8 @@ def tables(a, runs):
     if zo:
         by_task = {r["task"]: r["zo_steps"] for r in zo}
         out += ["Forward-only ran %s (as many steps as take the time of %d first-order "
-                "ones, by the ratio of the two methods' fastest times over %d steps, two "
-                "short runs of each, alternately, on each task)."
+                "ones, by the ratio of the two methods' CPU time over %d steps: two short "
+                "runs of each on each task, alternately, the least of each)."
                 % (", ".join("%d steps on `%s`" % (by_task[t], t) for t in a.tasks
                              if t in by_task), a.steps, CALIBRATION_STEPS)]
     out += ["", "Memory of the llama.cpp runs (first-order, every task and seed): the GGUF "

@@ -285,6 +285,17 @@ static const tune_method *tune_pick(const tuner *t)
     return NULL;
 }
 
+/* the process's user and system time so far (0 if unknown): on a shared machine, what a
+ * method costs, where the wall time also measures the other users */
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru))
+        return 0;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
 /* s as a JSON string (quotes, backslashes and control bytes escaped) */
 static void print_json_string(const char *s)
 {
@@ -390,10 +401,10 @@ int cmd_tune(const options *o)
                "  %u steps of %u examples, %u labels; %s accuracy before: %.1f%%\n", o->rank,
                o->tokens, ulpt_prompt_num_params(t.p), method->name, o->steps, t.m,
                t.labels.names.n, eval_name, 100 * acc0);
-    const double start = now();
+    const double start = now(), cpu_start = cpu_seconds();
     if (tune_loop(&t, method, &first, &loss))
         goto out;
-    const double seconds = now() - start;
+    const double seconds = now() - start, cpu = cpu_seconds() - cpu_start;
     TRY(ulpt_prompt_forward(t.p, E, C));
     if (accuracy(&t, eval, E, &acc) || tune_save(&t))
         goto out;
@@ -404,10 +415,11 @@ int cmd_tune(const options *o)
         printf("{\"method\": \"%s\", \"steps\": %u, \"batch\": %u, \"directions\": %u, "
                "\"epsilon\": %g, \"lr\": %g, \"sequences\": %" PRIu64 ", \"eval\": \"%s\", "
                "\"acc_before\": %.6f, \"acc_test\": %.6f, \"loss_first\": %.6f, "
-               "\"loss_last\": %.6f, \"train_seconds\": %.3f, \"decode_seconds\": %.3f, "
+               "\"loss_last\": %.6f, \"train_seconds\": %.3f, \"train_cpu_seconds\": %.3f, "
+               "\"decode_seconds\": %.3f, "
                "\"max_rss_kib\": %ld, \"not_first_order\": ",
                method->name, o->steps, t.m, o->directions, o->mu, o->lr, t.sequences,
-               eval_name, acc0, acc, first, loss, seconds, t.decode_seconds, rss_kib);
+               eval_name, acc0, acc, first, loss, seconds, cpu, t.decode_seconds, rss_kib);
         print_json_string(not_taken);
         printf("}\n");
     } else {
