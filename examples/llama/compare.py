@@ -83,7 +83,9 @@ def parse(argv):
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--examples", type=int, default=16)
     ap.add_argument("--lr", type=float, default=0.1, help="every method's peak rate")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="every engine's threads (1: on a shared machine two threads that "
+                         "wait for each other at every graph node lose most of their time)")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--jsonl", required=True, help="append the runs there (resumable)")
     ap.add_argument("--results", help="a Markdown file whose llama-results part is rewritten")
@@ -130,7 +132,7 @@ class Runs:
 
 
 def run_all(a, runs):
-    base = dict(steps=a.steps, examples=a.examples, lr=a.lr)
+    base = dict(steps=a.steps, examples=a.examples, lr=a.lr, threads=a.threads)
 
     def once(kind, task, seed, argv, model_path, **extra):
         key = dict(base, kind=kind, task=task, seed=seed, **extra)
@@ -200,7 +202,7 @@ def mean(xs):
 
 def tables(a, runs):
     """The Markdown of the comparison, from the runs of these sizes."""
-    base = dict(steps=a.steps, examples=a.examples, lr=a.lr)
+    base = dict(steps=a.steps, examples=a.examples, lr=a.lr, threads=a.threads)
     kinds = [("no prompt (frozen model)", "torch-none"),
              ("ULPT, first-order inside llama.cpp (float32)", "llama-fo"),
              ("ULPT, PyTorch host", "torch-ulpt"),
@@ -214,9 +216,10 @@ def tables(a, runs):
               and all(r.get(k) == v for k, v in base.items())]
         return sorted(rs, key=lambda r: r["seed"])
 
-    out = ["Test accuracy (%%), seeds %s (%s), %d steps of %d examples, learning rate %g:"
-           % (" / ".join(str(s) for s in a.seeds), "one value for no prompt", a.steps,
-              a.examples, a.lr), "",
+    out = ["Test accuracy (%%), seeds %s (%s), %d steps of %d examples, learning rate %g, "
+           "%d thread%s:" % (" / ".join(str(s) for s in a.seeds), "one value for no prompt",
+                             a.steps, a.examples, a.lr, a.threads,
+                             "" if a.threads == 1 else "s"), "",
            "| method | %s | mean of the tasks | training s (mean) |"
            % " | ".join("`%s`" % t for t in a.tasks),
            "|---|%s---:|---:|" % ("---|" * len(a.tasks))]
