@@ -206,7 +206,7 @@ def tables(a, runs):
     kinds = [("no prompt (frozen model)", "torch-none"),
              ("ULPT, first-order inside llama.cpp (float32)", "llama-fo"),
              ("ULPT, PyTorch host", "torch-ulpt"),
-             ("ULPT, forward-only inside llama.cpp, equal wall time", "llama-zo"),
+             ("ULPT, forward-only inside llama.cpp, the time of first-order", "llama-zo"),
              ("vanilla prompt tuning, PyTorch host", "torch-vanilla")]
     kinds += [("ULPT, first-order inside llama.cpp (%s)" % q, "llama-fo-" + q)
               for q, _ in a.quantized]
@@ -249,7 +249,7 @@ def tables(a, runs):
           and all(r.get(k) == v for k, v in base.items())]
     if zo:
         by_task = {r["task"]: r["zo_steps"] for r in zo}
-        out += ["Forward-only ran %s (as many steps as take the time of %d first-order "
+        out += ["", "Forward-only ran %s (as many steps as take the time of %d first-order "
                 "ones, by the ratio of the two methods' CPU time over %d steps: two short "
                 "runs of each on each task, alternately, the least of each)."
                 % (", ".join("%d steps on `%s`" % (by_task[t], t) for t in a.tasks
