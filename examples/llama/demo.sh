@@ -1,18 +1,21 @@
 #!/bin/sh
 # make llama-demo, after llama.cpp is built and tinylm converted:
-#     examples/llama/demo.sh MODEL.gguf MODEL-GELU-ZERO.gguf ULPT-LLAMA
+#     examples/llama/demo.sh MODEL.gguf MODEL-GELU-ZERO.gguf ULPT-LLAMA LLAMA-SHAPED.gguf
 # 1. the converted model's logits against tinylm's C forward;
 # 2. the names prompt `make demo` trains, and a spam prompt tuned the same way, served
 #    through llama.cpp and through `tune --load`;
 # 3. several prompts (two tasks, two seeds) served at once, against one at a time;
 # 4. a prompt tuned inside llama.cpp with forward passes only, against the first-order
 #    prompt tinylm's own backward trains with the same budget of examples;
-# 5. the names prompt served on quantized copies of the model (llama_model_quantize).
+# 5. the names prompt served on quantized copies of the model (llama_model_quantize);
+# 6. first-order tuning inside llama.cpp (llama_embd_grad) on tinylm-llama, float32 and
+#    Q4_K_M, and why tinylm (gpt2) falls back to forward-only.
 # Prompts are kept in examples/tinylm/cache and reused by later runs.
 set -eu
 gguf=$1
 gelu0=$2
 host=$3
+llama_gguf=$4
 # llama.cpp's CPU backend runs its threads with OpenMP, whose idle threads spin: on cores
 # shared with other work that makes two threads slower than one by orders of magnitude.
 # Passive waiting keeps both threads useful (LLAMA_THREADS: how many, default one per CPU).
@@ -85,6 +88,7 @@ echo "== 4. tuning inside llama.cpp with forward passes only"
 fo=$("$tune" "$tasks/names" --steps 400 --lr 0.05 --skip-baseline --quiet --json)
 zo=$("$host" tune --gguf "$gguf" --threads "$threads" --steps 600 --examples 16 --directions 1 \
     --lr 0.05 --mu 0.01 --save "$cache/names-zo.ulpt" --json "$tasks/names")
+echo "tinylm (gpt2) in llama.cpp: not first-order: $(echo "$zo" | json not_first_order)"
 echo "$fo" | "$py" -c '
 import json, sys
 fo = json.loads(sys.stdin.read().strip().splitlines()[-1])
@@ -106,4 +110,17 @@ for q in Q8_0 Q4_0 Q4_K_M; do
     [ -f "$qg" ] || "$host" quantize "$gguf" "$qg" "$q" >/dev/null
     "$host" serve --gguf "$qg" --prompt "$cache/names-rank2.ulpt" --threads "$threads" \
         "$tasks/names"
+done
+
+echo
+echo "== 6. first-order tuning inside llama.cpp: tinylm-llama (Llama-shaped)"
+# llama_embd_grad (examples/llama/patches) returns dL/dE through ggml's own autodiff, so
+# ulpt_train_step runs inside llama.cpp; the same seed, steps and rate on llama.cpp's
+# Q4_K_M quantization of the model (docs/RESULTS.md: three tasks, three seeds, PyTorch).
+q4=$cache/tinylm-llama-Q4_K_M.gguf
+[ -f "$q4" ] || "$host" quantize "$llama_gguf" "$q4" Q4_K_M >/dev/null
+for g in "$llama_gguf" "$q4"; do
+    echo "$(basename "$g"), $(wc -c <"$g") bytes:"
+    "$host" tune --gguf "$g" --threads "$threads" --steps 100 --examples 16 --lr 0.1 \
+        --seed 1 "$tasks/names"
 done

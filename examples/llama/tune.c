@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "cli.h"
 #include "engine.h"
@@ -128,6 +129,7 @@ static void zo_done(tuner *t)
 /* ---- the first-order method: dL/dE from llama.cpp (grad.c, llama_embd_grad) ---------- */
 
 static grad_model *fo_model; /* opened by fo_usable, which must learn whether it can */
+static char not_taken[512];  /* why tune_pick passed over a method, for the JSON line */
 
 /* the step's loss and dL/dE for ulpt_train_step */
 static int fo_loss(void *user, const float *E, uint32_t n_rows, uint32_t dim, float *G,
@@ -261,17 +263,52 @@ out:
     return rc;
 }
 
-/* The first usable method, and a line saying which and why not those before it. */
+/* The first usable method (or the one --method names), and a line saying which and why
+ * not those before it. */
 static const tune_method *tune_pick(const tuner *t)
 {
+    const char *want = t->o->method;
     for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
         char why[512] = "";
+        if (want && strcmp(want, methods[i].name))
+            continue;
         if (!methods[i].usable(t, why, sizeof why))
             return &methods[i];
+        if (want)
+            return fail("--method %s: not usable with this model: %s", want, why), NULL;
         if (!t->o->json)
             printf("not %s: %s\n", methods[i].name, why);
+        snprintf(not_taken, sizeof not_taken, "%s", why);
     }
+    if (want)
+        fail("--method %s: unknown (first-order or forward-only)", want);
     return NULL;
+}
+
+/* the process's user and system time so far (0 if unknown): on a shared machine, what a
+ * method costs, where the wall time also measures the other users */
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru))
+        return 0;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+/* s as a JSON string (quotes, backslashes and control bytes escaped) */
+static void print_json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            printf("\\u%04x", (unsigned)(unsigned char)*s);
+        else
+            putchar(*s);
+    }
+    putchar('"');
 }
 
 static int tune_loop(tuner *t, const tune_method *method, double *first, double *last)
@@ -364,24 +401,32 @@ int cmd_tune(const options *o)
                "  %u steps of %u examples, %u labels; %s accuracy before: %.1f%%\n", o->rank,
                o->tokens, ulpt_prompt_num_params(t.p), method->name, o->steps, t.m,
                t.labels.names.n, eval_name, 100 * acc0);
-    const double start = now();
+    const double start = now(), cpu_start = cpu_seconds();
     if (tune_loop(&t, method, &first, &loss))
         goto out;
-    const double seconds = now() - start;
+    const double seconds = now() - start, cpu = cpu_seconds() - cpu_start;
     TRY(ulpt_prompt_forward(t.p, E, C));
     if (accuracy(&t, eval, E, &acc) || tune_save(&t))
         goto out;
+    /* the process's peak resident memory: the model(s), their contexts and the data */
+    struct rusage ru;
+    const long rss_kib = getrusage(RUSAGE_SELF, &ru) ? -1 : ru.ru_maxrss;
     if (o->json) {
         printf("{\"method\": \"%s\", \"steps\": %u, \"batch\": %u, \"directions\": %u, "
                "\"epsilon\": %g, \"lr\": %g, \"sequences\": %" PRIu64 ", \"eval\": \"%s\", "
                "\"acc_before\": %.6f, \"acc_test\": %.6f, \"loss_first\": %.6f, "
-               "\"loss_last\": %.6f, \"train_seconds\": %.3f, \"decode_seconds\": %.3f}\n",
+               "\"loss_last\": %.6f, \"train_seconds\": %.3f, \"train_cpu_seconds\": %.3f, "
+               "\"decode_seconds\": %.3f, "
+               "\"max_rss_kib\": %ld, \"not_first_order\": ",
                method->name, o->steps, t.m, o->directions, o->mu, o->lr, t.sequences,
-               eval_name, acc0, acc, first, loss, seconds, t.decode_seconds);
+               eval_name, acc0, acc, first, loss, seconds, cpu, t.decode_seconds, rss_kib);
+        print_json_string(not_taken);
+        printf("}\n");
     } else {
         printf("tuned in %.1f s (%.1f s scoring, %" PRIu64 " sequences); loss %.4f -> %.4f\n",
                seconds, t.decode_seconds, t.sequences, first, loss);
-        printf("%s accuracy %.1f%% through llama.cpp\n", eval_name, 100 * acc);
+        printf("%s accuracy %.1f%% through llama.cpp (before: %.1f%%); peak RSS %.1f MiB\n",
+               eval_name, 100 * acc, 100 * acc0, (double)rss_kib / 1024);
         if (o->save)
             printf("saved %s\n", o->save);
     }

@@ -299,3 +299,21 @@ def test_tune_is_first_order_on_a_llama_graph_and_says_why_not_on_gpt2(models, t
     assert "not first-order: the model's graph holds what ggml cannot differentiate: NORM" \
         in r.stdout, r.stdout
     assert "forward-only" in r.stdout
+
+
+def test_tune_json_says_why_not_first_order_and_method_is_honoured(models, tmp_path):
+    import json
+    _, paths = models
+    r = tune(paths["f32"], str(tmp_path), "--json")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["method"] == "first-order" and out["not_first_order"] == "", r.stdout
+    assert out["max_rss_kib"] > 1024
+    r = tune(paths["f32"], str(tmp_path), "--json", "--method", "forward-only")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["method"] == "forward-only" and out["not_first_order"] == "", r.stdout
+    assert out["sequences"] == 3 * 16 * 2  # two perturbed prompts of 16 examples a step
+    r = tune(GPT2, str(tmp_path), "--json")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["method"] == "forward-only"
+    assert "NORM (norm-0), GELU (ffn_gelu-0)" in out["not_first_order"], r.stdout

@@ -118,7 +118,8 @@ def tuned(models, data, tmp_path_factory):
     out = {}
     for name in VOCABS:
         p = d / f"{name}.ulpt"
-        r = host("tune", "--gguf", models[name][0], "--train", data / "train.jsonl",
+        r = host("tune", "--gguf", models[name][0], "--method", "forward-only",
+                 "--train", data / "train.jsonl",
                  "--test", data / "test.jsonl", "--steps", 3, "--examples", 2, "--tokens", 4,
                  "--batch", 8, "--threads", 1, "--seed", 3, "--save", p, "--json")
         s = json.loads(r.stdout.strip().splitlines()[-1])

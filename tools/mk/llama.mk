@@ -8,7 +8,7 @@
 # the version and the series' hash (build-llama.sh --key); later runs, and other clones
 # pointed at the same cache, reuse the build, and every target here uses that one build.
 
-.PHONY: llama llama-demo check-llama
+.PHONY: llama llama-demo check-llama llama-results llama-bench
 
 LLAMA_VERSION := 3.21.1
 LLAMA_CACHE ?= $(or $(ULPT_LLAMA_CACHE),examples/llama/cache)
@@ -19,6 +19,7 @@ LLAMA_SRC := $(LLAMA_DIR)/llama.cpp
 LLAMA_BIN = $(abspath $(LLAMA_DIR)/build/bin)
 LLAMA_GGUF := $(LLAMA_DIR)/tinylm.gguf
 LLAMA_GGUF_GELU0 := $(LLAMA_DIR)/tinylm-gelu-zero.gguf
+LLAMA_GGUF_LLAMA := $(LLAMA_DIR)/tinylm-llama.gguf
 LLAMA_HOST := examples/llama/ulpt-llama
 LLAMA_HOST_SRCS := examples/llama/ulpt-llama.c examples/llama/engine.c examples/llama/data.c \
     examples/llama/inputs.c examples/llama/check.c examples/llama/tenants.c examples/llama/tune.c \
@@ -37,6 +38,10 @@ llama: $(LLAMA_STAMP)
 # package of the same llama.cpp source.
 $(LLAMA_GGUF): examples/llama/convert.py examples/tinylm/tinylm.tlm $(LLAMA_STAMP)
 	$(PYTHON) examples/llama/convert.py examples/tinylm/tinylm.tlm $@ --gguf-py $(LLAMA_SRC)/gguf-py
+
+# tinylm-llama as GGUF (arch llama, float32): the model llama_embd_grad differentiates.
+$(LLAMA_GGUF_LLAMA): examples/llama/convert.py examples/tinylm/tinylm-llama.tlm $(LLAMA_STAMP)
+	$(PYTHON) examples/llama/convert.py examples/tinylm/tinylm-llama.tlm $@ --gguf-py $(LLAMA_SRC)/gguf-py
 
 # The test's variant with every GELU input far below -10, where GELU is exactly 0.
 $(LLAMA_GGUF_GELU0): examples/llama/convert.py examples/tinylm/tinylm.tlm $(LLAMA_STAMP)
@@ -62,12 +67,44 @@ $(LLAMA_GRAD_CHECK): tests/llama/llama_grad.c $(LLAMA_STAMP)
 
 # End to end on a fresh clone: build llama.cpp once, convert tinylm, serve the prompt
 # `make demo` trains (and one for spam) through llama.cpp against tune --load, several
-# prompts at once, and a prompt tuned inside llama.cpp with forward passes only.
+# prompts at once, a prompt tuned inside llama.cpp with forward passes only, and one tuned
+# first-order inside llama.cpp (llama_embd_grad) on tinylm-llama, float32 and Q4_K_M.
 llama-demo:
 	@sh .ci/install-deps llama
 	@$(MAKE) -s --no-print-directory all data examples/tinylm/tune $(LLAMA_STAMP)
-	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST)
-	@sh examples/llama/demo.sh $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST)
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_GGUF_LLAMA) \
+	    $(LLAMA_HOST)
+	@sh examples/llama/demo.sh $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST) $(LLAMA_GGUF_LLAMA)
+
+# The comparison of docs/RESULTS.md ("Inside llama.cpp"): first-order tuning in llama.cpp
+# against the PyTorch host, forward-only at equal wall time, vanilla prompt tuning, no
+# prompt, and the quantized files; runs appended to docs/results/llama.jsonl (a run
+# already there is not run again: delete the file to start over).  About 45 minutes on
+# two shared cores at these sizes.
+LLAMA_RESULTS_STEPS ?= 100
+LLAMA_QUANT := examples/tinylm/cache/tinylm-llama
+llama-results:
+	@sh .ci/install-deps llama
+	@$(MAKE) -s --no-print-directory all data $(LLAMA_STAMP)
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF_LLAMA) $(LLAMA_HOST)
+	@for q in Q8_0 Q4_K_M; do [ -f $(LLAMA_QUANT)-$$q.gguf ] || \
+	    $(LLAMA_HOST) quantize $(LLAMA_GGUF_LLAMA) $(LLAMA_QUANT)-$$q.gguf $$q >/dev/null || exit 1; done
+	OMP_WAIT_POLICY=passive nice -n 10 $(PYTHON) examples/llama/compare.py \
+	    --host $(LLAMA_HOST) --gguf $(LLAMA_GGUF_LLAMA) --python $(PYTHON) \
+	    --quantized Q8_0=$(LLAMA_QUANT)-Q8_0.gguf,Q4_K_M=$(LLAMA_QUANT)-Q4_K_M.gguf \
+	    --steps $(LLAMA_RESULTS_STEPS) --jsonl docs/results/llama.jsonl \
+	    --results docs/RESULTS.md examples/tinylm/cache/tasks
+
+# Step time of first-order tuning inside llama.cpp against the PyTorch host (same model,
+# task, batch, steps and threads), and their ratio.
+LLAMA_BENCH_TASK ?= names
+llama-bench:
+	@sh .ci/install-deps llama
+	@$(MAKE) -s --no-print-directory all data $(LLAMA_STAMP)
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF_LLAMA) $(LLAMA_HOST)
+	OMP_WAIT_POLICY=passive nice -n 10 $(PYTHON) examples/llama/bench_step.py \
+	    --host $(LLAMA_HOST) --gguf $(LLAMA_GGUF_LLAMA) --python $(PYTHON) \
+	    examples/tinylm/cache/tasks/$(LLAMA_BENCH_TASK)
 
 # The llama.cpp test, which .ci/run runs after `make check` (it needs the long build):
 # the converted model's logits against tinylm's C forward, a prompt for another model
