@@ -748,9 +748,7 @@ int engine_identity_check(const engine *e, const ulpt_prompt *p, const char *pat
     if (!name)
         return fail("%s has no \"model\" metadata: it does not say which model it was trained "
                     "against", path);
-    if (ulpt_prompt_dim(p) != id->n_embd)
-        return fail("%s has rows of width %u; this model (\"%s\") is %u wide", path,
-                    ulpt_prompt_dim(p), id->name, id->n_embd);
+    /* the recorded keys first: an architecture or vocabulary says more than a width */
     const char *want[][2] = {
         { "model.arch", id->arch },   { "model.n_embd", width },
         { "model.vocab", id->vocab }, { "model.n_vocab", vocab_n },
@@ -764,6 +762,9 @@ int engine_identity_check(const engine *e, const ulpt_prompt *p, const char *pat
             return fail("%s was trained against %s \"%s\"; this model has %s \"%s\"", path,
                         want[i][0], v, want[i][0], want[i][1]);
     }
+    if (ulpt_prompt_dim(p) != id->n_embd)
+        return fail("%s has rows of width %u; this model (\"%s\") is %u wide", path,
+                    ulpt_prompt_dim(p), id->name, id->n_embd);
     if (!has_keys) {
         snprintf(note, note_size, "%s carries only a model name (\"%s\"): matched by name and "
                  "width, the vocabulary unchecked", path, name);

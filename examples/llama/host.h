@@ -15,7 +15,7 @@
 
 typedef struct {
     const char *cmd, *gguf, *tlm, *prompt, *save, *gelu_zero_gguf, *args[3];
-    const char *train, *valid, *test, *labels, *sep, *scores;
+    const char *train, *valid, *test, *labels, *sep, *scores, *method;
     int n_args, json, verbose, chat;
     uint32_t batch, threads, requests, steps, seed, tokens, rank, examples, directions, ctx;
     double lr, mu;

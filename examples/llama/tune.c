@@ -261,16 +261,24 @@ out:
     return rc;
 }
 
-/* The first usable method, and a line saying which and why not those before it. */
+/* The first usable method (or the one --method names), and a line saying which and why
+ * not those before it. */
 static const tune_method *tune_pick(const tuner *t)
 {
+    const char *want = t->o->method;
     for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
         char why[512] = "";
+        if (want && strcmp(want, methods[i].name))
+            continue;
         if (!methods[i].usable(t, why, sizeof why))
             return &methods[i];
+        if (want)
+            return fail("--method %s: not usable with this model: %s", want, why), NULL;
         if (!t->o->json)
             printf("not %s: %s\n", methods[i].name, why);
     }
+    if (want)
+        fail("--method %s: unknown (first-order or forward-only)", want);
     return NULL;
 }
 

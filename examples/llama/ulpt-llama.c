@@ -49,6 +49,7 @@ static const char usage_text[] =
     "  --requests N     tenants: requests to serve (default 512)\n"
     "  --save PATH      tune: write the tuned prompt there\n"
     "  --steps S        tune: steps (default 600); --examples M examples a step (16)\n"
+    "  --method NAME    tune: first-order or forward-only (default: the first usable)\n"
     "  --directions Q   tune: random directions a step, 2Q perturbed prompts (default 1)\n"
     "  --mu EPS         tune: perturbation size (default 0.01); --lr LR AdamW peak rate (0.05)\n"
     "  --tokens N, --rank R, --seed K   tune: the prompt's shape and seed (16, 2, 1)\n"
@@ -81,6 +82,7 @@ static int parse_args(int argc, char **argv, options *o)
         { "--labels", CLI_STRING, &o->labels, 0, 0 },
         { "--sep", CLI_STRING, &o->sep, 0, 0 },
         { "--scores", CLI_STRING, &o->scores, 0, 0 },
+        { "--method", CLI_STRING, &o->method, 0, 0 },
         { "--chat", CLI_FLAG, &o->chat, 0, 0 },
         { "--json", CLI_FLAG, &o->json, 0, 0 },
         { "--verbose", CLI_FLAG, &o->verbose, 0, 0 },
