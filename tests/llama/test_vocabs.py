@@ -253,9 +253,10 @@ def test_chat_template_through_llama_cpp(models, data, tmp_path):
     assert json.loads(r.stdout.splitlines()[-1])["examples"] == len(TEXTS)
 
 
-# The vocabulary's own architecture: qwen2 (halves rotated, q/k/v biases), and qwen2vl
-# (multi-section rotary positions, four a row in an embedding batch)
-OWN_ARCHS = ["qwen2", "qwen2vl"]
+# The vocabulary's own architecture: qwen2 (halves rotated, q/k/v biases), qwen2vl
+# (multi-section rotary positions, four a row in an embedding batch), and Qwen3-VL's
+# qwen3vl (per-head query/key norms; input rows wider than n_embd)
+OWN_ARCHS = ["qwen2", "qwen2vl", "qwen3vl"]
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +281,7 @@ def own_arch(data, tmp_path_factory):
 def test_the_vocabularys_own_architecture(arch, own_arch, data, tmp_path):
     path, fwd, prompt = own_arch[arch]
     ident = json.loads(host("identity", "--gguf", path, "--json").stdout.splitlines()[-1])
-    assert ident["arch"] == arch and ident["adds_bos"] == 0
+    assert ident["arch"] == arch and ident["adds_bos"] == 0 and ident["n_embd"] == 64
     meta = dict(ulpt.Prompt.load(prompt).meta)
     assert meta["model.arch"] == arch and meta["model.vocab"] == ident["vocab"]
     # the tokenizer does not depend on the architecture
