@@ -19,6 +19,8 @@ struct engine {
     struct llama_batch embd, tokens; /* embedding rows / token ids, max_seqs * n_ctx each */
     engine_identity id;
     uint32_t n_ctx, max_seqs;
+    uint32_t n_embd_inp; /* an embedding batch's row: n_embd, or wider (deepstack inputs) */
+    uint32_t n_pos;      /* positions per embedding row: 4 for M-RoPE models, else 1 */
     int add_bos;
     llama_token bos;
 };
@@ -261,10 +263,17 @@ static int make_context(engine *e, const engine_options *o, const char *path)
     if (!e->ctx)
         return fail("%s: llama.cpp could not create a context of %u sequences of %u cells",
                     path, e->max_seqs, e->n_ctx);
-    e->embd = llama_batch_init((int32_t)cap, (int32_t)e->id.n_embd, 1);
+    e->embd = llama_batch_init((int32_t)cap, (int32_t)e->n_embd_inp, 1);
     e->tokens = llama_batch_init((int32_t)cap, 0, 1);
     if (!e->embd.pos || !e->tokens.pos)
         return fail("out of memory");
+    if (e->n_pos > 1) { /* M-RoPE reads n_pos sections of positions from an embedding batch;
+                           llama_batch_init's arrays are malloc'ed, llama_batch_free frees */
+        llama_pos *pos = realloc(e->embd.pos, sizeof *pos * cap * e->n_pos);
+        if (!pos)
+            return fail("out of memory");
+        e->embd.pos = pos;
+    }
     return 0;
 }
 
@@ -292,6 +301,13 @@ int engine_open(engine **out, const char *gguf_path, const engine_options *opts)
     }
     e->vocab = llama_model_get_vocab(e->model);
     read_identity(e);
+    /* A prompt row is as wide as a token's embedding (n_embd); where llama.cpp's input rows
+     * are wider, a token's row is its embedding padded with zeros, and so is a prompt's. */
+    e->n_embd_inp = (uint32_t)llama_model_n_embd_inp(e->model);
+    if (e->n_embd_inp < e->id.n_embd)
+        e->n_embd_inp = e->id.n_embd;
+    const enum llama_rope_type rt = llama_model_rope_type(e->model);
+    e->n_pos = rt == LLAMA_ROPE_TYPE_MROPE || rt == LLAMA_ROPE_TYPE_IMROPE ? 4 : 1;
     e->add_bos = llama_vocab_get_add_bos(e->vocab);
     e->bos = llama_vocab_bos(e->vocab);
     if (e->add_bos && e->bos == LLAMA_TOKEN_NULL)
@@ -495,10 +511,18 @@ int engine_run(engine *e, const engine_seq *seqs, int n, float *logits)
             const uint32_t pos = (uint32_t)e->add_bos + t;
             const int want = pos >= first_out;
             rows_of[b->n_tokens] = want ? (int64_t)(out_start(seqs, i) + pos - first_out) : -1;
-            memcpy(b->embd + (size_t)b->n_tokens * C, s->rows + t * C, sizeof(float) * C);
+            float *row = b->embd + (size_t)b->n_tokens * e->n_embd_inp;
+            memcpy(row, s->rows + t * C, sizeof(float) * C);
+            memset(row + C, 0, sizeof(float) * (e->n_embd_inp - C));
             put(b, (llama_pos)pos, i, want);
         }
     }
+    /* M-RoPE: a row's position in the first three sections, 0 in the fourth, as llama.cpp
+     * gives a text token (llm_graph_input_pos) */
+    const size_t n_rows = (size_t)b->n_tokens;
+    for (uint32_t j = 1; j < e->n_pos; j++)
+        for (size_t k = 0; k < n_rows; k++)
+            b->pos[j * n_rows + k] = j < 3 ? b->pos[k] : 0;
     if (!rc)
         rc = decode(e, b, rows_of, logits, "prompt rows");
 
@@ -748,9 +772,7 @@ int engine_identity_check(const engine *e, const ulpt_prompt *p, const char *pat
     if (!name)
         return fail("%s has no \"model\" metadata: it does not say which model it was trained "
                     "against", path);
-    if (ulpt_prompt_dim(p) != id->n_embd)
-        return fail("%s has rows of width %u; this model (\"%s\") is %u wide", path,
-                    ulpt_prompt_dim(p), id->name, id->n_embd);
+    /* the recorded keys first: an architecture or vocabulary says more than a width */
     const char *want[][2] = {
         { "model.arch", id->arch },   { "model.n_embd", width },
         { "model.vocab", id->vocab }, { "model.n_vocab", vocab_n },
@@ -764,6 +786,9 @@ int engine_identity_check(const engine *e, const ulpt_prompt *p, const char *pat
             return fail("%s was trained against %s \"%s\"; this model has %s \"%s\"", path,
                         want[i][0], v, want[i][0], want[i][1]);
     }
+    if (ulpt_prompt_dim(p) != id->n_embd)
+        return fail("%s has rows of width %u; this model (\"%s\") is %u wide", path,
+                    ulpt_prompt_dim(p), id->name, id->n_embd);
     if (!has_keys) {
         snprintf(note, note_size, "%s carries only a model name (\"%s\"): matched by name and "
                  "width, the vocabulary unchecked", path, name);

@@ -251,3 +251,64 @@ def test_chat_template_through_llama_cpp(models, data, tmp_path):
     assert m["input.chat"] == "1" and "input.sep" not in m
     r = host("serve", "--gguf", path, "--prompt", p, "--test", data / "test.jsonl", "--json")
     assert json.loads(r.stdout.splitlines()[-1])["examples"] == len(TEXTS)
+
+
+# The vocabulary's own architecture: qwen2 (halves rotated, q/k/v biases), qwen2vl
+# (multi-section rotary positions, four a row in an embedding batch), and Qwen3-VL's
+# qwen3vl (per-head query/key norms; input rows wider than n_embd)
+OWN_ARCHS = ["qwen2", "qwen2vl", "qwen3vl"]
+
+
+@pytest.fixture(scope="module")
+def own_arch(data, tmp_path_factory):
+    """qwen2's vocabulary in models of its own architectures, and a prompt tuned on each."""
+    gguf = vocab_model.load_gguf_py(SRC)
+    d = tmp_path_factory.mktemp("own-arch")
+    out = {}
+    for i, arch in enumerate(OWN_ARCHS):
+        path = str(d / f"{arch}.gguf")
+        w, hp = vocab_model.write_model(gguf, vocab_path("qwen2"), path, arch=arch,
+                                        tied=arch == "qwen2", seed=20 + i)
+        p = d / f"{arch}.ulpt"
+        host("tune", "--gguf", path, "--method", "forward-only", "--train",
+             data / "train.jsonl", "--steps", 2, "--examples", 2, "--tokens", 4,
+             "--threads", 1, "--seed", 5, "--save", p)
+        out[arch] = (path, vocab_model.Forward(w, hp), p)
+    return out
+
+
+@pytest.mark.parametrize("arch", OWN_ARCHS)
+def test_the_vocabularys_own_architecture(arch, own_arch, data, tmp_path):
+    path, fwd, prompt = own_arch[arch]
+    ident = json.loads(host("identity", "--gguf", path, "--json").stdout.splitlines()[-1])
+    assert ident["arch"] == arch and ident["adds_bos"] == 0 and ident["n_embd"] == 64
+    meta = dict(ulpt.Prompt.load(prompt).meta)
+    assert meta["model.arch"] == arch and meta["model.vocab"] == ident["vocab"]
+    # the tokenizer does not depend on the architecture
+    vectors = [(t, ids) for t, ids in vocab_model.read_vectors(vocab_path("qwen2")) if t]
+    write_jsonl(tmp_path / "inp.jsonl", [(t, "x") for t, _ in vectors])
+    got = [[int(x) for x in line.split()] for line in
+           host("tokenize", "--gguf", path, tmp_path / "inp.jsonl").stdout.splitlines()]
+    assert got == [ids for _, ids in vectors]
+    # served label scores against numpy over the rows by hand, as above
+    scores_path = tmp_path / "scores.jsonl"
+    host("serve", "--gguf", path, "--prompt", prompt, "--test", data / "test.jsonl",
+         "--scores", scores_path, "--batch", 3)
+    served = [json.loads(line)["scores"] for line in open(scores_path)]
+    write_jsonl(tmp_path / "tok.jsonl", [(t + "\n", "x") for t, _ in TEXTS] +
+                [(lab, "x") for lab in LABELS])
+    ids = [[int(x) for x in line.split()] for line in
+           host("tokenize", "--gguf", path, tmp_path / "tok.jsonl").stdout.splitlines()]
+    E = ulpt.Prompt.load(prompt).forward().astype(np.float64)
+    worst = 0.0
+    for k in range(len(TEXTS)):
+        want = fwd.label_scores(np.concatenate([E, fwd.embed(ids[k])]), ids[len(TEXTS):])
+        worst = max(worst, float(np.max(np.abs(np.array(served[k]) - want) /
+                                        np.maximum(1, np.abs(want)))))
+    print(f"qwen2 vocabulary, arch {arch}: served label scores against numpy float64, "
+          f"worst relative {worst:.2e}")
+    assert worst < 1e-5, worst
+    # and the rotation convention is seen: the other one's forward is far off
+    other = vocab_model.Forward(fwd.w, dict(fwd.hp, rope="norm"))
+    off = other.label_scores(np.concatenate([E, other.embed(ids[0])]), ids[len(TEXTS):])
+    assert np.max(np.abs(np.array(served[0]) - off) / np.maximum(1, np.abs(off))) > 1e-3

@@ -3,11 +3,18 @@
 the same model in float64.
 
 write_model() copies every tokenizer key of the vocabulary file (tokens, scores, types,
-merges, special ids, BOS/EOS rules, chat template) into a new GGUF of architecture
-`llama` with random weights, written with the gguf-py package of the pinned llama.cpp
-source.  Forward.logits() is the reference: RMSNorm, rotary position embeddings on
-consecutive pairs (llama.cpp's LLAMA_ROPE_TYPE_NORM), grouped-query causal attention,
-SwiGLU, untied or tied output head."""
+merges, special ids, BOS/EOS rules, chat template) into a new GGUF with random weights,
+written with the gguf-py package of the pinned llama.cpp source, of architecture `llama`
+or one of ARCHS.  Forward.logits() is the reference: RMSNorm, rotary position embeddings,
+grouped-query causal attention, SwiGLU, untied or tied output head; per architecture:
+  llama    rotating consecutive pairs (llama.cpp's LLAMA_ROPE_TYPE_NORM), no biases;
+  qwen2    rotating the two halves of a head (LLAMA_ROPE_TYPE_NEOX), biases on q, k, v;
+  qwen2vl  qwen2 with multi-section rotary positions (LLAMA_ROPE_TYPE_MROPE): text has the
+           same position in every section, which makes it qwen2's rotation;
+  qwen3vl  no biases, RMSNorm of each query and key head, interleaved sections
+           (LLAMA_ROPE_TYPE_IMROPE) of which text has position 0 in the fourth (pairs
+           that fall there are not rotated), and one deepstack layer: llama.cpp's input
+           rows are twice n_embd wide, a token's embedding padded with zeros."""
 import os
 import sys
 
@@ -15,6 +22,7 @@ import numpy as np
 
 EPS = 1e-5
 ROPE_BASE = 10000.0
+ARCHS = ("llama", "qwen2", "qwen2vl", "qwen3vl")
 
 
 def load_gguf_py(llama_src):
@@ -37,8 +45,10 @@ def tokenizer_fields(gguf, vocab_path):
 
 
 def write_model(gguf, vocab_path, out_path, *, name="random-llama", n_embd=64, n_layer=2,
-                n_head=4, n_head_kv=2, n_ff=96, ctx=256, tied=True, seed=0):
+                n_head=4, n_head_kv=2, n_ff=96, ctx=256, tied=True, seed=0, arch="llama"):
     """Writes the model; returns its weights (numpy, float32) and hyperparameters."""
+    if arch not in ARCHS:
+        raise ValueError("architecture %r: one of %s" % (arch, ", ".join(ARCHS)))
     fields = tokenizer_fields(gguf, vocab_path)
     n_vocab = len(next(v for k, v, _, _ in fields if k == "tokenizer.ggml.tokens"))
     rng = np.random.default_rng(seed)
@@ -57,6 +67,12 @@ def write_model(gguf, vocab_path, out_path, *, name="random-llama", n_embd=64, n
         w[p + "attn_q.weight"] = mat(n_head * hd, n_embd)
         w[p + "attn_k.weight"] = mat(n_head_kv * hd, n_embd)
         w[p + "attn_v.weight"] = mat(n_head_kv * hd, n_embd)
+        if arch in ("qwen2", "qwen2vl"):
+            for t, n in (("q", n_head), ("k", n_head_kv), ("v", n_head_kv)):
+                w[p + f"attn_{t}.bias"] = (0.5 * rng.standard_normal(n * hd)).astype(np.float32)
+        if arch == "qwen3vl":
+            w[p + "attn_q_norm.weight"] = norm(hd)
+            w[p + "attn_k_norm.weight"] = norm(hd)
         w[p + "attn_output.weight"] = mat(n_embd, n_head * hd)
         w[p + "ffn_norm.weight"] = norm(n_embd)
         w[p + "ffn_gate.weight"] = mat(n_ff, n_embd)
@@ -67,7 +83,7 @@ def write_model(gguf, vocab_path, out_path, *, name="random-llama", n_embd=64, n
         w["output.weight"] = mat(n_vocab, n_embd)
 
     tmp = out_path + ".part"
-    writer = gguf.GGUFWriter(tmp, "llama")
+    writer = gguf.GGUFWriter(tmp, arch)
     writer.add_name(name)
     writer.add_context_length(ctx)
     writer.add_embedding_length(n_embd)
@@ -78,6 +94,13 @@ def write_model(gguf, vocab_path, out_path, *, name="random-llama", n_embd=64, n
     writer.add_layer_norm_rms_eps(EPS)
     writer.add_rope_dimension_count(hd)
     writer.add_rope_freq_base(ROPE_BASE)
+    if arch == "qwen2vl":  # sections of rotated pairs, hd / 2 of them in all
+        third = hd // 2 // 3
+        writer.add_rope_dimension_sections([hd // 2 - 2 * third, third, third, 0])
+    sections = [hd // 2 // 3] * 3 + [hd // 2 - 3 * (hd // 2 // 3)]  # qwen3vl: [2, 2, 2, 2]
+    if arch == "qwen3vl":
+        writer.add_rope_dimension_sections(sections)
+        writer.add_uint32(f"{arch}.n_deepstack_layers", 1)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     for key, value, vtype, sub in fields:
         writer.add_key_value(key, value, vtype, sub_type=sub)
@@ -89,7 +112,11 @@ def write_model(gguf, vocab_path, out_path, *, name="random-llama", n_embd=64, n
     writer.close()
     os.replace(tmp, out_path)
     hp = dict(n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff,
-              n_vocab=n_vocab, tied=tied)
+              n_vocab=n_vocab, tied=tied, arch=arch, sections=sections,
+              rope={"llama": "norm", "qwen3vl": "imrope"}.get(arch, "neox"),
+              # the pinned llama.cpp does not read qwen2vl's RMSNorm epsilon key and runs
+              # with 0 (its log says f_norm_rms_eps = 0.0e+00): the reference does the same
+              eps=0.0 if arch == "qwen2vl" else EPS)
     return w, hp
 
 
@@ -103,21 +130,36 @@ class Forward:
     def embed(self, ids):
         return self.w["token_embd.weight"][np.asarray(ids, dtype=np.int64)]
 
-    @staticmethod
-    def rms(x, g):
-        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + EPS) * g
+    def rms(self, x, g):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.hp["eps"]) * g
 
-    @staticmethod
-    def rope(x):  # x: (n, heads, hd); pairs (2i, 2i+1) rotated by pos * base^(-2i/hd)
+    def rope(self, x):
+        """x: (n, heads, hd); pair i rotated by pos * base^(-2i/hd), the pair being
+        (2i, 2i+1) ("norm") or (i, i + hd/2) ("neox", "imrope"); "imrope": a pair of the
+        fourth section, where text's position is 0, not rotated (ggml's sector rule)."""
         n, _, hd = x.shape
         theta = ROPE_BASE ** (-np.arange(0, hd, 2) / hd)
+        if self.hp["rope"] == "imrope":
+            s0, s1, s2, s3 = self.hp["sections"]
+            sector = np.arange(hd // 2) % (s0 + s1 + s2 + s3)
+            e = [not ((i % 3 == 1 and i < 3 * s1) or (i % 3 == 2 and i < 3 * s2) or
+                      (i % 3 == 0 and i < 3 * s0)) for i in sector]
+            theta = np.where(e, 0.0, theta)
         ang = np.arange(n)[:, None] * theta[None, :]
         c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-        a, b = x[..., 0::2], x[..., 1::2]
+        first, second = (np.s_[..., 0::2], np.s_[..., 1::2]) if self.hp["rope"] == "norm" \
+            else (np.s_[..., :hd // 2], np.s_[..., hd // 2:])
+        a, b = x[first], x[second]
         out = np.empty_like(x)
-        out[..., 0::2] = a * c - b * s
-        out[..., 1::2] = a * s + b * c
+        out[first] = a * c - b * s
+        out[second] = a * s + b * c
         return out
+
+    def proj(self, h, p, t):
+        """h @ W^T (+ bias): the q, k or v projection of layer prefix p."""
+        y = h @ self.w[p + f"attn_{t}.weight"].T
+        b = self.w.get(p + f"attn_{t}.bias")
+        return y if b is None else y + b
 
     def logits(self, rows):
         w, hp = self.w, self.hp
@@ -129,9 +171,13 @@ class Forward:
         for i in range(hp["n_layer"]):
             p = f"blk.{i}."
             h = self.rms(x, w[p + "attn_norm.weight"])
-            q = self.rope((h @ w[p + "attn_q.weight"].T).reshape(n, H, hd))
-            k = self.rope((h @ w[p + "attn_k.weight"].T).reshape(n, KV, hd))
-            v = (h @ w[p + "attn_v.weight"].T).reshape(n, KV, hd)
+            q = self.proj(h, p, "q").reshape(n, H, hd)
+            k = self.proj(h, p, "k").reshape(n, KV, hd)
+            if p + "attn_q_norm.weight" in w:  # each head normalised on its own
+                q = self.rms(q, w[p + "attn_q_norm.weight"])
+                k = self.rms(k, w[p + "attn_k_norm.weight"])
+            q, k = self.rope(q), self.rope(k)
+            v = self.proj(h, p, "v").reshape(n, KV, hd)
             heads = []
             for j in range(H):
                 kv = j // (H // KV)
