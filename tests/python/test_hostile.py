@@ -356,3 +356,31 @@ def test_save_pretrained_writes_the_adapter_of_the_parameters_as_stored(tmp_path
                                   stored.forward())
     if dtype != "f32":
         assert not np.array_equal(stored.params, p.params)
+
+
+# ------------------------------------------------- the review of the merged bindings
+
+
+def test_zo_losses_view_kept_past_the_callback_keeps_the_trainer_memory_alive():
+    """Was: the losses array was a bare view of the trainer's memory: kept past the
+    callback and the trainer freed, it read and wrote freed memory (valgrind)."""
+    import gc
+    import weakref
+    p = ulpt.Prompt(n_tokens=4, dim=8)
+    zo = ulpt.ZOTrainer(ulpt.Optimizer(p, lr=0.1), directions=2)
+    kept = []
+
+    def f(E, out):
+        kept.append(out)
+        out[:] = 1.0
+
+    assert zo.step(f) == 1.0
+    alive = weakref.ref(zo._h)
+    zo.close()
+    del zo, p, f
+    gc.collect()
+    assert alive() is not None and alive().ptr      # the view holds the trainer
+    np.testing.assert_array_equal(kept[0], [1.0] * 4)
+    kept.clear()
+    gc.collect()
+    assert alive() is None

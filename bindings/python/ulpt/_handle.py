@@ -171,12 +171,13 @@ class _Object:
         self.close()
 
 
-def _view(h: _Handle, address: int, shape, writable=True) -> np.ndarray:
-    """A NumPy float32 view of library memory at `address` that keeps `h` alive."""
+def _view(h: _Handle, address: int, shape, writable=True, ctype=ctypes.c_float) -> np.ndarray:
+    """A NumPy view (float32, or float64 for ctype c_double) of library memory at
+    `address` that keeps `h` alive."""
     count = int(np.prod(shape))
-    buf = (ctypes.c_float * count).from_address(address)
+    buf = (ctype * count).from_address(address)
     buf._ulpt_handle = h  # the array's base is buf; buf holds the handle
-    arr = np.frombuffer(buf, dtype=np.float32).reshape(shape)
+    arr = np.frombuffer(buf, dtype=np.dtype(ctype)).reshape(shape)
     if not writable:
         arr.flags.writeable = False
     return arr

@@ -66,8 +66,8 @@ def _callback(st: _Serving, k: int):
                     st.E = _view(st.handle, e, (k,) + st.shape, writable=False)
                     st.e_addr = e
                 E = st.E[:count]
-                out = np.frombuffer((c_double * count).from_address(losses),
-                                    dtype=np.float64)
+                # the losses live in the trainer: the view keeps its handle, as E's does
+                out = _view(st.handle, losses, (count,), ctype=c_double)
                 result = st.fn(E, out) if st.two_args else st.fn(E)
                 if result is not None:
                     out[:] = _matrix("the returned losses", result, (count,))
