@@ -86,7 +86,11 @@ def _blocker(handles, write, me) -> Optional[_Handle]:
 
 
 class _Use:
-    """``with _Use(((handle, "Prompt.forward"), ...), write): <C call>``."""
+    """``with _Use(((handle, "Prompt.forward"), ...), write) as h: <C call on h.ptr>``.
+
+    ``as`` gives the first handle: use its ``ptr``, never ``self._h.ptr``, which a close()
+    in another thread may have set to None meanwhile (the _Use keeps the handle itself
+    alive until the call returns)."""
 
     __slots__ = ("handles", "write")
 
@@ -116,7 +120,7 @@ class _Use:
                     h.writer, h.owner = what, me
                 else:
                     h.readers += 1
-        return self
+        return handles[0][0]
 
     def __exit__(self, *exc):
         with _lock:

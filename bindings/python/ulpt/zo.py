@@ -126,14 +126,16 @@ class ZOTrainer(_Object):
     def options(self) -> ZOOptions:
         """The options in use (ulpt_zo_get_options; batch is the resolved k)."""
         opts = zo_defaults()
-        check(lib.ulpt_zo_get_options(byref(opts), self._handle().ptr))
+        with _Use(((self._handle(), "ZOTrainer.options"),), False) as h:
+            check(lib.ulpt_zo_get_options(byref(opts), h.ptr))
         return ZOOptions(opts.epsilon, opts.directions, opts.batch,
                          ZODistribution(opts.distribution), ZOPerturb(opts.perturb), opts.seed)
 
     @property
     def position(self) -> int:
         """The index of the next direction of the stream (q per step taken)."""
-        return lib.ulpt_zo_position(self._handle().ptr)
+        with _Use(((self._handle(), "ZOTrainer.position"),), False) as h:
+            return lib.ulpt_zo_position(h.ptr)
 
     @position.setter
     def position(self, value: int) -> None:
