@@ -439,3 +439,24 @@ def test_a_close_between_two_c_calls_of_one_method_is_not_an_attribute_error(mon
     assert seen == [True] and p.closed
     with pytest.raises(ulpt.ClosedError):
         p.meta_bytes
+
+
+def test_save_refuses_to_replace_a_fifo_and_keeps_following_symlinks(tmp_path):
+    """Was: the atomic save renamed its temporary file over whatever was at the path (as
+    root, p.save("/dev/null") replaced the device with a regular file)."""
+    import stat
+    p = ulpt.Prompt(n_tokens=2, dim=4)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for save in (p.save, p.export_safetensors, ulpt.Optimizer(p).save_checkpoint):
+        with pytest.raises(ulpt.FileIOError, match="not a regular file") as caught:
+            save(fifo)
+        assert str(fifo) in str(caught.value)
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["fifo"]          # no temporary left
+    target, link = tmp_path / "target.ulpt", tmp_path / "link.ulpt"
+    target.write_bytes(b"old")
+    os.symlink(target, link)
+    p.save(link)
+    assert os.path.islink(link)
+    np.testing.assert_array_equal(ulpt.Prompt.load(target).params, p.params)

@@ -354,7 +354,8 @@ class Prompt(_Object):
         """Save parameters and metadata (not gradients) atomically: a failed save leaves
         any previous file intact.  dtype F32 (exact), F16 or BF16; zlib level 0..9.
         Raises NonFiniteError (a parameter NaN, infinite or too large for F16; nothing is
-        written), FileIOError."""
+        written), FileIOError (also for a path that exists and is not a regular file or
+        a symlink to one: a device or FIFO is never replaced)."""
         raw, opts = _path(path), self._save_options(dtype, level)
         h = self._handle()
         with _Use(((h, "Prompt.save"),), False):
