@@ -460,3 +460,42 @@ def test_save_refuses_to_replace_a_fifo_and_keeps_following_symlinks(tmp_path):
     p.save(link)
     assert os.path.islink(link)
     np.testing.assert_array_equal(ulpt.Prompt.load(target).params, p.params)
+
+
+def test_torch_backward_from_two_threads_on_one_module_gives_the_right_gradients():
+    """Was: the backward saved the gradients, zeroed them, ran, copied and added back as
+    separate calls, so two threads' backwards interleaved and lost each other's share."""
+    torch = pytest.importorskip("torch")
+    import ulpt.torch
+    torch.set_num_threads(1)
+    m = ulpt.torch.ULPTPrompt(n_tokens=8, dim=64, rank=2)
+    ref = ulpt.torch.ULPTPrompt(n_tokens=8, dim=64, rank=2)
+    G = [torch.full((8, 64), 1.0), torch.full((8, 64), -0.5)]
+    n = 300
+    for g in G:
+        for _ in range(n):
+            ref().backward(g)
+    errors = []
+
+    def run(g):
+        try:
+            for _ in range(n):
+                m().backward(g)
+        except Exception as exc:          # noqa: BLE001 -- reported below
+            errors.append(repr(exc))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=run, args=(g,)) for g in G]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    for got, want in ((m.Z.grad, ref.Z.grad), (m.s.grad, ref.s.grad), (m.b.grad, ref.b.grad),
+                      (torch.from_numpy(m.prompt.grads), torch.from_numpy(ref.prompt.grads))):
+        scale = float(want.abs().max())
+        assert float((got - want).abs().max()) <= 1e-4 * scale     # summation order only

@@ -25,11 +25,15 @@ forward and backward raises at backward, as torch does for its own operations.
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any, Optional
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from ._args import _matrix
+from ._handle import _Use, _view
+from ._native import check, lib
 from .errors import ERR_MISMATCH, MismatchError
 from .prompt import Prompt
 
@@ -59,14 +63,34 @@ class ULPTFunction(torch.autograd.Function):
         ctx.module._check_shared()
         prompt = ctx.module.prompt
         g = grad_e.detach().to(device="cpu", dtype=torch.float32).numpy()
-        grads = prompt.grads
-        before = grads.copy()
-        prompt.zero_grad()
-        prompt.backward(g)
-        mine = grads.copy()
-        grads += before
-        out = [torch.from_numpy(x.copy()) for x in prompt.split(mine) if x is not None]
+        mine = _backward(prompt, g)
+        out = [torch.from_numpy(x) for x in prompt.split(mine) if x is not None]
         return (None, *out)
+
+
+# One backward at a time in the process: two threads' backwards on one module wait for
+# each other instead of interleaving their save / zero / backward / add (that gave wrong
+# gradients).  Inside, nothing waits for this lock, so it cannot deadlock.
+_backward_lock = threading.Lock()
+
+
+def _backward(prompt: Prompt, g) -> "numpy.ndarray":
+    """This call's gradient for G = g, as a new flat array laid out as ``grads``, while
+    the library's buffer accumulates it as ulpt_prompt_backward does.  The save, zero,
+    backward and add run as one exclusive section on the prompt: another thread's step
+    or backward on it cannot come in between (a step raises BusyError meanwhile)."""
+    g = _matrix("grad", g, prompt.shape)
+    with _backward_lock:
+        h = prompt._handle()
+        with _Use(((h, "ULPTPrompt.backward"),), True):
+            grads = _view(h, lib.ulpt_prompt_grads(h.ptr), (prompt.num_params,))
+            before = grads.copy()
+            lib.ulpt_prompt_zero_grad(h.ptr)
+            rc = lib.ulpt_prompt_backward(h.ptr, g.ctypes.data, prompt.dim)
+            mine = grads.copy()
+            grads += before       # a failed backward added nothing: as it was
+    check(rc)
+    return mine
 
 
 class ULPTPrompt(torch.nn.Module):
