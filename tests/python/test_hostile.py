@@ -499,3 +499,21 @@ def test_torch_backward_from_two_threads_on_one_module_gives_the_right_gradients
                       (torch.from_numpy(m.prompt.grads), torch.from_numpy(ref.prompt.grads))):
         scale = float(want.abs().max())
         assert float((got - want).abs().max()) <= 1e-4 * scale     # summation order only
+
+
+def test_torch_load_state_dict_of_another_prompt_is_refused_before_changing_anything():
+    """Was: MismatchError raised by set_extra_state, which torch calls after it has copied
+    the parameters: the refused load had already overwritten Z, s and b."""
+    torch = pytest.importorskip("torch")
+    import ulpt.torch
+    a = ulpt.torch.ULPTPrompt(n_tokens=4, dim=8, rank=2, projection_seed=1, init_seed=1)
+    b = ulpt.torch.ULPTPrompt(n_tokens=4, dim=8, rank=2, projection_seed=2, init_seed=2)
+    before, E0 = a.prompt.params.copy(), a().detach().clone()
+    for strict in (True, False):
+        with pytest.raises(ulpt.MismatchError, match="projection_seed"):
+            a.load_state_dict(b.state_dict(), strict=strict)
+        np.testing.assert_array_equal(a.prompt.params, before)
+        assert torch.equal(a().detach(), E0)
+    c = ulpt.torch.ULPTPrompt(n_tokens=4, dim=8, rank=2, projection_seed=1, init_seed=9)
+    a.load_state_dict(c.state_dict())                   # the same prompt identity: loads
+    np.testing.assert_array_equal(a.prompt.params, c.prompt.params)

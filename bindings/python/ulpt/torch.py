@@ -100,7 +100,8 @@ class ULPTPrompt(torch.nn.Module):
     options of ulpt.Prompt (n_tokens, dim, rank, projection_seed, ...).  Parameters:
     ``Z`` (n_tokens, rank), ``s`` and ``b`` (dim,), absent with NO_SCALE / NO_SHIFT.
     The state dict also records the prompt's shape and projection, and refuses
-    (MismatchError) to load into a prompt of another shape or projection."""
+    (MismatchError) to load into a prompt of another shape or projection, before any
+    parameter is changed."""
 
     def __init__(self, prompt: Optional[Prompt] = None, **options: Any):
         super().__init__()
@@ -178,6 +179,14 @@ class ULPTPrompt(torch.nn.Module):
         if dict(state) != mine:
             raise MismatchError(ERR_MISMATCH, "state_dict is for a prompt %s, this one is %s"
                                 % (dict(state), mine))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torch copies the parameters first and calls set_extra_state last: check the
+        # identity before, so that a refused load leaves the module unchanged
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            self.set_extra_state(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def save_pretrained(self, directory, **kwargs) -> None:
         """Prompt.save_pretrained (the .ulpt file and a PEFT prompt-tuning adapter)."""
