@@ -517,3 +517,20 @@ def test_torch_load_state_dict_of_another_prompt_is_refused_before_changing_anyt
     c = ulpt.torch.ULPTPrompt(n_tokens=4, dim=8, rank=2, projection_seed=1, init_seed=9)
     a.load_state_dict(c.state_dict())                   # the same prompt identity: loads
     np.testing.assert_array_equal(a.prompt.params, c.prompt.params)
+
+
+def test_copy_copy_of_a_zo_trainer_trains_its_own_copy():
+    """Was: copy.copy shared the optimizer, so stepping the copy trained the original's
+    prompt (Optimizer's copy already went through a checkpoint)."""
+    import copy
+    p = ulpt.Prompt(n_tokens=2, dim=4)
+    zo = ulpt.ZOTrainer(ulpt.Optimizer(p, lr=0.1), directions=2, seed=3)
+    zo.position = 5
+    z2 = copy.copy(zo)
+    assert z2.optimizer is not zo.optimizer and z2.prompt is not zo.prompt
+    assert z2.options == zo.options and z2.position == 5
+    np.testing.assert_array_equal(z2.prompt.params, p.params)
+    before = p.params.copy()
+    z2.step(lambda E: [float(np.sum(e * e)) for e in E])
+    np.testing.assert_array_equal(p.params, before)
+    assert not np.array_equal(z2.prompt.params, before) and zo.position == 5

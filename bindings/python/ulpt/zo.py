@@ -230,6 +230,10 @@ class ZOTrainer(_Object):
         o = self.options
         return (_restore, (self.optimizer, o, self.position))
 
+    def __copy__(self):
+        # a shallow copy would share the optimizer, and train the original's prompt
+        return self.__deepcopy__({})
+
     def __deepcopy__(self, memo):
         import copy
         o = self.options
