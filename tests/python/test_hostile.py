@@ -534,3 +534,41 @@ def test_copy_copy_of_a_zo_trainer_trains_its_own_copy():
     z2.step(lambda E: [float(np.sum(e * e)) for e in E])
     np.testing.assert_array_equal(p.params, before)
     assert not np.array_equal(z2.prompt.params, before) and zo.position == 5
+
+
+def _rebind_b(m):
+    import torch
+    with torch.no_grad():
+        m.b.data = torch.full((4,), 100.0)
+
+
+def _replace_s(m):
+    import torch
+    m.s = torch.nn.Parameter(torch.zeros(4))
+
+
+def _weight_norm_s(m):
+    import torch
+    torch.nn.utils.weight_norm(m, name="s", dim=0)
+
+
+def _other_prompt(m):
+    m.prompt = ulpt.Prompt(n_tokens=2, dim=4, rank=1, init_seed=2)
+
+
+@pytest.mark.parametrize("change, says", [
+    (_rebind_b, "ULPTPrompt.b no longer shares"),
+    (_replace_s, "ULPTPrompt.s no longer shares"),
+    (_weight_norm_s, "ULPTPrompt.s is no longer a Parameter"),
+    (_other_prompt, "ULPTPrompt.prompt is no longer the prompt"),
+])
+def test_torch_module_refuses_parameters_or_prompt_that_no_longer_share_memory(change, says):
+    """Was: only Z's address was checked: rebinding b.data, a new s, weight_norm on s or
+    `m.prompt = other` were silently ignored (E from other numbers than the Parameters)."""
+    pytest.importorskip("torch")
+    import ulpt.torch
+    m = ulpt.torch.ULPTPrompt(n_tokens=2, dim=4, rank=1, init_seed=1)
+    m()
+    change(m)
+    with pytest.raises(RuntimeError, match=says):
+        m()

@@ -114,13 +114,36 @@ class ULPTPrompt(torch.nn.Module):
         self.Z = torch.nn.Parameter(torch.from_numpy(z))
         self.s = None if s is None else torch.nn.Parameter(torch.from_numpy(s))
         self.b = None if b is None else torch.nn.Parameter(torch.from_numpy(b))
-        self._address = prompt.params.ctypes.data
+        # what _check_shared compares with: the prompt's handle, and where each
+        # Parameter's numbers live in its memory
+        self._bound = prompt._handle()
+        self._layout = {name: (x.ctypes.data, x.shape) for name, x in
+                        (("Z", z), ("s", s), ("b", b)) if x is not None}
 
     def _check_shared(self):
-        if self.Z.data_ptr() != self._address or self.Z.dtype != torch.float32:
-            raise RuntimeError("ULPTPrompt's parameters no longer share libulpt's memory "
-                               "(the module was moved to another device or dtype); move "
-                               "its output E instead")
+        """Raise RuntimeError unless ``prompt`` is still the prompt the module was made
+        around and Z, s and b are still Parameters over its memory: forward and backward
+        run on the library's numbers, so anything else would be silently ignored."""
+        prompt = self.prompt
+        if not isinstance(prompt, Prompt) or prompt._h is not self._bound:
+            raise RuntimeError("ULPTPrompt.prompt is no longer the prompt its parameters "
+                               "share memory with (it was reassigned, closed or reloaded); "
+                               "make a new ULPTPrompt(prompt) instead")
+        for name, (address, shape) in self._layout.items():
+            p = self._parameters.get(name)
+            if not isinstance(p, torch.nn.Parameter):
+                raise RuntimeError("ULPTPrompt.%s is no longer a Parameter (replaced, or "
+                                   "reparametrised as by weight_norm or parametrize): "
+                                   "forward uses libulpt's %s, which would ignore it"
+                                   % (name, name))
+            if p.data_ptr() != address or p.dtype != torch.float32 or \
+                    p.device.type != "cpu" or tuple(p.shape) != shape or \
+                    not p.is_contiguous():
+                raise RuntimeError("ULPTPrompt.%s no longer shares libulpt's memory (its "
+                                   ".data was rebound, or the module was moved to another "
+                                   "device or dtype); change its values in place "
+                                   "(%s.data.copy_(...)) and move the output E instead"
+                                   % (name, name))
 
     def _apply(self, fn, *args, **kwargs):
         # .to(), .double(), .half(), .cuda(), share_memory(), to_empty() ... all come
