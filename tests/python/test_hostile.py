@@ -572,3 +572,134 @@ def test_torch_module_refuses_parameters_or_prompt_that_no_longer_share_memory(c
     change(m)
     with pytest.raises(RuntimeError, match=says):
         m()
+
+
+def _in_thread(fn, timeout=10.0):
+    """fn() in a daemon thread: ('ok', value), ('raised', exc) or ('hung', None)."""
+    out = []
+
+    def run():
+        try:
+            out.append(("ok", fn()))
+        except BaseException as exc:       # noqa: BLE001 -- returned to the test
+            out.append(("raised", exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    return out[0] if out else ("hung", None)
+
+
+def test_two_loss_callbacks_reading_each_others_prompt_do_not_wait_for_each_other():
+    """Was: each callback's forward() waited for the other thread's step, forever.  A
+    thread inside a step does not wait for another step: BusyError, and the other step
+    completes."""
+    p1, p2 = ulpt.Prompt(n_tokens=4, dim=8), ulpt.Prompt(n_tokens=4, dim=8)
+    o1, o2 = ulpt.Optimizer(p1, lr=0.1), ulpt.Optimizer(p2, lr=0.1)
+    barrier = threading.Barrier(2, timeout=10)
+
+    def make(other):
+        def loss(E, G):
+            if barrier.n_waiting is not None:
+                try:
+                    barrier.wait()      # both steps are inside their callbacks
+                except threading.BrokenBarrierError:
+                    pass
+            other.forward()
+            G[:] = E
+            return 1.0
+        return loss
+
+    results = [None, None]
+
+    def run(k, o, other):
+        results[k] = _in_thread(lambda: o.train_step(make(other)), timeout=20)
+
+    threads = [threading.Thread(target=run, args=(0, o1, p2)),
+               threading.Thread(target=run, args=(1, o2, p1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    kinds = sorted(r[0] for r in results)
+    assert "hung" not in kinds, results
+    assert kinds in (["ok", "raised"], ["raised", "raised"]), results
+    for kind, value in results:
+        if kind == "raised":
+            assert isinstance(value, ulpt.CallbackError)
+            assert isinstance(value.__cause__, ulpt.BusyError)
+            assert "inside a step itself" in str(value.__cause__)
+
+
+def test_a_hold_whose_exit_never_ran_does_not_block_writers_for_ever():
+    """Was: a signal handler raising between _Use.__enter__'s bookkeeping and the with
+    body (or before __exit__'s) left the reader count up: every later write hung."""
+    import gc
+    from ulpt._handle import _Use
+    p = ulpt.Prompt(n_tokens=4, dim=8)
+    use = _Use(((p._handle(), "Prompt.forward"),), False)
+    use.__enter__()                       # ... and the exception that skips __exit__
+    del use
+    gc.collect()
+    assert _in_thread(p.zero_grad, timeout=10)[0] == "ok"
+
+
+def test_a_write_from_the_thread_that_reads_the_object_raises_instead_of_hanging():
+    """Was: a signal handler calling p.zero_grad() inside p.forward() waited for the
+    forward it had interrupted: a hang."""
+    from ulpt._handle import _Use
+    p = ulpt.Prompt(n_tokens=4, dim=8)
+
+    def handler_inside_a_forward():
+        with _Use(((p._handle(), "Prompt.forward"),), False):
+            p.zero_grad()
+
+    kind, exc = _in_thread(handler_inside_a_forward)
+    assert kind == "raised" and isinstance(exc, ulpt.BusyError), (kind, exc)
+    assert "reading the object already" in str(exc)
+    p.zero_grad()                         # and nothing stays held
+
+
+def test_sigalrm_handlers_raising_inside_forwards_leave_nothing_held():
+    """Was: after many handler exceptions between the bookkeeping and the try, a
+    zero_grad in another thread hung (reader count leaked)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals go to the main thread")
+    p = ulpt.Prompt(n_tokens=4, dim=64)
+
+    class Tick(Exception):
+        pass
+
+    state = {"armed": True, "ticks": 0}
+
+    def on_alarm(signum, frame):
+        if state["armed"]:
+            state["ticks"] += 1
+            raise Tick()
+
+    deadline = time.monotonic() + 1.5
+
+    def loop():
+        while time.monotonic() < deadline:
+            try:
+                try:
+                    p.forward()
+                except (Tick, ulpt.BusyError):
+                    pass
+            except Tick:
+                pass
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+    while True:
+        try:
+            loop()
+            state["armed"] = False
+            break
+        except Tick:                      # raised outside loop()'s tries
+            pass
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+    ticks = state["ticks"]
+    assert ticks > 0
+    assert _in_thread(p.zero_grad, timeout=10)[0] == "ok"
