@@ -703,3 +703,21 @@ def test_sigalrm_handlers_raising_inside_forwards_leave_nothing_held():
     ticks = state["ticks"]
     assert ticks > 0
     assert _in_thread(p.zero_grad, timeout=10)[0] == "ok"
+
+
+def test_save_pretrained_is_all_or_nothing(tmp_path, monkeypatch):
+    """Was: a failure after the prompt file was replaced left a new .ulpt beside the old
+    adapter and checkpoint."""
+    p = ulpt.Prompt(n_tokens=2, dim=4, meta={"model": "m"})
+    opt = ulpt.Optimizer(p, lr=0.5)
+    opt.save_pretrained(tmp_path)
+    before = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
+    opt.train_step(lambda E, G: (np.copyto(G, E), 1.0)[1])
+
+    def fail(self, path):
+        raise ulpt.FileIOError(ulpt.ERR_IO, "export failed", None, str(path))
+
+    monkeypatch.setattr(ulpt.Prompt, "export_safetensors", fail)
+    with pytest.raises(ulpt.FileIOError, match="export failed"):
+        opt.save_pretrained(tmp_path)
+    assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)} == before
