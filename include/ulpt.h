@@ -426,9 +426,12 @@ ULPT_API int ulpt_prompt_meta_at(const ulpt_prompt *p, size_t i, const char **ke
  * whole file.  Saving is atomic: the data goes to a temporary file in the same
  * directory, which is flushed, synced and renamed over the target, so a failed or
  * interrupted save leaves the previous file intact (after the rename the directory is
- * synced too, best effort).  Loading checks everything before
- * allocating anything large: it never holds more than max(64 MiB, 1032 x the file's
- * size), and refuses damage with ULPT_ERR_CORRUPT, ULPT_ERR_FORMAT or ULPT_ERR_MISMATCH.
+ * synced too, best effort).  An existing target must be a regular file or a symlink to
+ * one (the file it names is replaced): a device, FIFO, socket or directory there is
+ * refused with ULPT_ERR_IO ("... is not a regular file") before anything is written.
+ * Loading checks everything before allocating anything large: it never holds more than
+ * max(64 MiB, 1032 x the file's size), and refuses damage with ULPT_ERR_CORRUPT,
+ * ULPT_ERR_FORMAT or ULPT_ERR_MISMATCH.
  * ------------------------------------------------------------------------------- */
 
 /* Storage types of the parameters in a file, and the output types of the bank's

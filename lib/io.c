@@ -3,7 +3,8 @@
  * A save writes a temporary file in the target's directory, syncs it, renames it over the
  * target and syncs the directory: at every instant the target is the old file or the new
  * one, never a mix.  The system calls go through ulpt__io so that tests can make each
- * one fail. */
+ * one fail.  Only a regular file (or a symlink to one) is replaced: anything else
+ * that exists at the path is refused before a byte is written. */
 #ifndef _DEFAULT_SOURCE
 #define _DEFAULT_SOURCE /* realpath, PATH_MAX, fchmod */
 #endif
@@ -54,10 +55,19 @@ int ulpt__write_atomic(const char *func, const char *path, const void *data, siz
     char resolved[PATH_MAX], tmp[PATH_MAX + 64], dir[PATH_MAX + 1];
     struct stat st;
     mode_t mode = 0;
+    const char *given = path;
     if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode) && realpath(path, resolved))
         path = resolved;
-    if (stat(path, &st) == 0)
+    if (stat(path, &st) == 0) {
+        /* the rename would put a regular file in place of a device, FIFO, socket or
+           directory (as root, a save to /dev/null replaced the device) */
+        if (!S_ISREG(st.st_mode))
+            return ulpt__error(ULPT_ERR_IO, func, "cannot write %s%s%s: it exists and is "
+                               "not a regular file (a device, FIFO, socket or directory)",
+                               given, path != given ? ", a symlink to " : "",
+                               path != given ? path : "");
         mode = st.st_mode & 07777;
+    }
     dir_of(path, dir, sizeof dir);
     int fd = -1;
     for (int attempt = 0; fd < 0 && attempt < 100; attempt++) {

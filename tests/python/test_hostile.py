@@ -356,3 +356,368 @@ def test_save_pretrained_writes_the_adapter_of_the_parameters_as_stored(tmp_path
                                   stored.forward())
     if dtype != "f32":
         assert not np.array_equal(stored.params, p.params)
+
+
+# ------------------------------------------------- the review of the merged bindings
+
+
+def test_zo_losses_view_kept_past_the_callback_keeps_the_trainer_memory_alive():
+    """Was: the losses array was a bare view of the trainer's memory: kept past the
+    callback and the trainer freed, it read and wrote freed memory (valgrind)."""
+    import gc
+    import weakref
+    p = ulpt.Prompt(n_tokens=4, dim=8)
+    zo = ulpt.ZOTrainer(ulpt.Optimizer(p, lr=0.1), directions=2)
+    kept = []
+
+    def f(E, out):
+        kept.append(out)
+        out[:] = 1.0
+
+    assert zo.step(f) == 1.0
+    alive = weakref.ref(zo._h)
+    zo.close()
+    del zo, p, f
+    gc.collect()
+    assert alive() is not None and alive().ptr      # the view holds the trainer
+    np.testing.assert_array_equal(kept[0], [1.0] * 4)
+    kept.clear()
+    gc.collect()
+    assert alive() is None
+
+
+def _closing(monkeypatch, obj, name, seen):
+    """Replace lib.`name` by a call that first closes `obj` (as another thread may while
+    the call runs) and records whether the C object is still alive for the real call."""
+    import gc
+    import weakref
+    from ulpt._native import lib
+    real = getattr(lib, name)
+    alive = weakref.ref(obj._h)
+
+    def call(*args):
+        obj.close()
+        gc.collect()
+        seen.append(alive() is not None)
+        return real(*args) if alive() is not None else 0
+
+    monkeypatch.setattr(lib, name, call)
+
+
+@pytest.mark.parametrize("make, attr, fn", [
+    (lambda: ulpt.Bank(model="m", dim=4), "dim", "ulpt_bank_dim"),
+    (lambda: ulpt.Bank(model="m", dim=4), "model", "ulpt_bank_model"),
+    (lambda: ulpt.Optimizer(ulpt.Prompt(n_tokens=2, dim=4)), "step_count",
+     "ulpt_optimizer_step_count"),
+    (lambda: ulpt.Optimizer(ulpt.Prompt(n_tokens=2, dim=4)), "lr", "ulpt_optimizer_lr_double"),
+    (lambda: ulpt.Optimizer(ulpt.Prompt(n_tokens=2, dim=4)), "lr_float32", "ulpt_optimizer_lr"),
+    (lambda: ulpt.Optimizer(ulpt.Prompt(n_tokens=2, dim=4)), "options",
+     "ulpt_optimizer_get_options"),
+    (lambda: ulpt.ZOTrainer(ulpt.Optimizer(ulpt.Prompt(n_tokens=2, dim=4))), "position",
+     "ulpt_zo_position"),
+    (lambda: ulpt.ZOTrainer(ulpt.Optimizer(ulpt.Prompt(n_tokens=2, dim=4))), "options",
+     "ulpt_zo_get_options"),
+])
+def test_a_close_during_a_property_call_does_not_free_the_object_under_it(
+        monkeypatch, make, attr, fn):
+    """Was: these properties called C without holding the handle: a close() in another
+    thread freed a Bank during the call (valgrind: invalid read).  An optimizer's and a
+    trainer's memory is also kept by their callback state, so for them this checks that
+    the call holds the handle, as every other call does."""
+    obj, seen = make(), []
+    _closing(monkeypatch, obj, fn, seen)
+    getattr(obj, attr)
+    assert seen == [True]
+
+
+def test_a_close_between_two_c_calls_of_one_method_is_not_an_attribute_error(monkeypatch):
+    """Was: `self._h.ptr` inside the held section: AttributeError 'NoneType' when a
+    close() came in between; the method now finishes on the handle it holds."""
+    p, seen = ulpt.Prompt(n_tokens=2, dim=4, meta={"a": "1", "b": "2"}), []
+    _closing(monkeypatch, p, "ulpt_prompt_meta_count", seen)
+    assert list(iter(p.meta_bytes)) == [b"a", b"b"]    # the keys read before the close
+    assert seen == [True] and p.closed
+    with pytest.raises(ulpt.ClosedError):
+        p.meta_bytes
+
+
+def test_save_refuses_to_replace_a_fifo_and_keeps_following_symlinks(tmp_path):
+    """Was: the atomic save renamed its temporary file over whatever was at the path (as
+    root, p.save("/dev/null") replaced the device with a regular file)."""
+    import stat
+    p = ulpt.Prompt(n_tokens=2, dim=4)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for save in (p.save, p.export_safetensors, ulpt.Optimizer(p).save_checkpoint):
+        with pytest.raises(ulpt.FileIOError, match="not a regular file") as caught:
+            save(fifo)
+        assert str(fifo) in str(caught.value)
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["fifo"]          # no temporary left
+    target, link = tmp_path / "target.ulpt", tmp_path / "link.ulpt"
+    target.write_bytes(b"old")
+    os.symlink(target, link)
+    p.save(link)
+    assert os.path.islink(link)
+    np.testing.assert_array_equal(ulpt.Prompt.load(target).params, p.params)
+
+
+def test_torch_backward_from_two_threads_on_one_module_gives_the_right_gradients():
+    """Was: the backward saved the gradients, zeroed them, ran, copied and added back as
+    separate calls, so two threads' backwards interleaved and lost each other's share."""
+    torch = pytest.importorskip("torch")
+    import ulpt.torch
+    torch.set_num_threads(1)
+    m = ulpt.torch.ULPTPrompt(n_tokens=8, dim=64, rank=2)
+    ref = ulpt.torch.ULPTPrompt(n_tokens=8, dim=64, rank=2)
+    G = [torch.full((8, 64), 1.0), torch.full((8, 64), -0.5)]
+    n = 300
+    for g in G:
+        for _ in range(n):
+            ref().backward(g)
+    errors = []
+
+    def run(g):
+        try:
+            for _ in range(n):
+                m().backward(g)
+        except Exception as exc:          # noqa: BLE001 -- reported below
+            errors.append(repr(exc))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=run, args=(g,)) for g in G]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    for got, want in ((m.Z.grad, ref.Z.grad), (m.s.grad, ref.s.grad), (m.b.grad, ref.b.grad),
+                      (torch.from_numpy(m.prompt.grads), torch.from_numpy(ref.prompt.grads))):
+        scale = float(want.abs().max())
+        assert float((got - want).abs().max()) <= 1e-4 * scale     # summation order only
+
+
+def test_torch_load_state_dict_of_another_prompt_is_refused_before_changing_anything():
+    """Was: MismatchError raised by set_extra_state, which torch calls after it has copied
+    the parameters: the refused load had already overwritten Z, s and b."""
+    torch = pytest.importorskip("torch")
+    import ulpt.torch
+    a = ulpt.torch.ULPTPrompt(n_tokens=4, dim=8, rank=2, projection_seed=1, init_seed=1)
+    b = ulpt.torch.ULPTPrompt(n_tokens=4, dim=8, rank=2, projection_seed=2, init_seed=2)
+    before, E0 = a.prompt.params.copy(), a().detach().clone()
+    for strict in (True, False):
+        with pytest.raises(ulpt.MismatchError, match="projection_seed"):
+            a.load_state_dict(b.state_dict(), strict=strict)
+        np.testing.assert_array_equal(a.prompt.params, before)
+        assert torch.equal(a().detach(), E0)
+    c = ulpt.torch.ULPTPrompt(n_tokens=4, dim=8, rank=2, projection_seed=1, init_seed=9)
+    a.load_state_dict(c.state_dict())                   # the same prompt identity: loads
+    np.testing.assert_array_equal(a.prompt.params, c.prompt.params)
+
+
+def test_copy_copy_of_a_zo_trainer_trains_its_own_copy():
+    """Was: copy.copy shared the optimizer, so stepping the copy trained the original's
+    prompt (Optimizer's copy already went through a checkpoint)."""
+    import copy
+    p = ulpt.Prompt(n_tokens=2, dim=4)
+    zo = ulpt.ZOTrainer(ulpt.Optimizer(p, lr=0.1), directions=2, seed=3)
+    zo.position = 5
+    z2 = copy.copy(zo)
+    assert z2.optimizer is not zo.optimizer and z2.prompt is not zo.prompt
+    assert z2.options == zo.options and z2.position == 5
+    np.testing.assert_array_equal(z2.prompt.params, p.params)
+    before = p.params.copy()
+    z2.step(lambda E: [float(np.sum(e * e)) for e in E])
+    np.testing.assert_array_equal(p.params, before)
+    assert not np.array_equal(z2.prompt.params, before) and zo.position == 5
+
+
+def _rebind_b(m):
+    import torch
+    with torch.no_grad():
+        m.b.data = torch.full((4,), 100.0)
+
+
+def _replace_s(m):
+    import torch
+    m.s = torch.nn.Parameter(torch.zeros(4))
+
+
+def _weight_norm_s(m):
+    import torch
+    torch.nn.utils.weight_norm(m, name="s", dim=0)
+
+
+def _other_prompt(m):
+    m.prompt = ulpt.Prompt(n_tokens=2, dim=4, rank=1, init_seed=2)
+
+
+@pytest.mark.parametrize("change, says", [
+    (_rebind_b, "ULPTPrompt.b no longer shares"),
+    (_replace_s, "ULPTPrompt.s no longer shares"),
+    (_weight_norm_s, "ULPTPrompt.s is no longer a Parameter"),
+    (_other_prompt, "ULPTPrompt.prompt is no longer the prompt"),
+])
+def test_torch_module_refuses_parameters_or_prompt_that_no_longer_share_memory(change, says):
+    """Was: only Z's address was checked: rebinding b.data, a new s, weight_norm on s or
+    `m.prompt = other` were silently ignored (E from other numbers than the Parameters)."""
+    pytest.importorskip("torch")
+    import ulpt.torch
+    m = ulpt.torch.ULPTPrompt(n_tokens=2, dim=4, rank=1, init_seed=1)
+    m()
+    change(m)
+    with pytest.raises(RuntimeError, match=says):
+        m()
+
+
+def _in_thread(fn, timeout=10.0):
+    """fn() in a daemon thread: ('ok', value), ('raised', exc) or ('hung', None)."""
+    out = []
+
+    def run():
+        try:
+            out.append(("ok", fn()))
+        except BaseException as exc:       # noqa: BLE001 -- returned to the test
+            out.append(("raised", exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    return out[0] if out else ("hung", None)
+
+
+def test_two_loss_callbacks_reading_each_others_prompt_do_not_wait_for_each_other():
+    """Was: each callback's forward() waited for the other thread's step, forever.  A
+    thread inside a step does not wait for another step: BusyError, and the other step
+    completes."""
+    p1, p2 = ulpt.Prompt(n_tokens=4, dim=8), ulpt.Prompt(n_tokens=4, dim=8)
+    o1, o2 = ulpt.Optimizer(p1, lr=0.1), ulpt.Optimizer(p2, lr=0.1)
+    barrier = threading.Barrier(2, timeout=10)
+
+    def make(other):
+        def loss(E, G):
+            if barrier.n_waiting is not None:
+                try:
+                    barrier.wait()      # both steps are inside their callbacks
+                except threading.BrokenBarrierError:
+                    pass
+            other.forward()
+            G[:] = E
+            return 1.0
+        return loss
+
+    results = [None, None]
+
+    def run(k, o, other):
+        results[k] = _in_thread(lambda: o.train_step(make(other)), timeout=20)
+
+    threads = [threading.Thread(target=run, args=(0, o1, p2)),
+               threading.Thread(target=run, args=(1, o2, p1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    kinds = sorted(r[0] for r in results)
+    assert "hung" not in kinds, results
+    assert kinds in (["ok", "raised"], ["raised", "raised"]), results
+    for kind, value in results:
+        if kind == "raised":
+            assert isinstance(value, ulpt.CallbackError)
+            assert isinstance(value.__cause__, ulpt.BusyError)
+            assert "inside a step itself" in str(value.__cause__)
+
+
+def test_a_hold_whose_exit_never_ran_does_not_block_writers_for_ever():
+    """Was: a signal handler raising between _Use.__enter__'s bookkeeping and the with
+    body (or before __exit__'s) left the reader count up: every later write hung."""
+    import gc
+    from ulpt._handle import _Use
+    p = ulpt.Prompt(n_tokens=4, dim=8)
+    use = _Use(((p._handle(), "Prompt.forward"),), False)
+    use.__enter__()                       # ... and the exception that skips __exit__
+    del use
+    gc.collect()
+    assert _in_thread(p.zero_grad, timeout=10)[0] == "ok"
+
+
+def test_a_write_from_the_thread_that_reads_the_object_raises_instead_of_hanging():
+    """Was: a signal handler calling p.zero_grad() inside p.forward() waited for the
+    forward it had interrupted: a hang."""
+    from ulpt._handle import _Use
+    p = ulpt.Prompt(n_tokens=4, dim=8)
+
+    def handler_inside_a_forward():
+        with _Use(((p._handle(), "Prompt.forward"),), False):
+            p.zero_grad()
+
+    kind, exc = _in_thread(handler_inside_a_forward)
+    assert kind == "raised" and isinstance(exc, ulpt.BusyError), (kind, exc)
+    assert "reading the object already" in str(exc)
+    p.zero_grad()                         # and nothing stays held
+
+
+def test_sigalrm_handlers_raising_inside_forwards_leave_nothing_held():
+    """Was: after many handler exceptions between the bookkeeping and the try, a
+    zero_grad in another thread hung (reader count leaked)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals go to the main thread")
+    p = ulpt.Prompt(n_tokens=4, dim=64)
+
+    class Tick(Exception):
+        pass
+
+    state = {"armed": True, "ticks": 0}
+
+    def on_alarm(signum, frame):
+        if state["armed"]:
+            state["ticks"] += 1
+            raise Tick()
+
+    deadline = time.monotonic() + 1.5
+
+    def loop():
+        while time.monotonic() < deadline:
+            try:
+                try:
+                    p.forward()
+                except (Tick, ulpt.BusyError):
+                    pass
+            except Tick:
+                pass
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+    while True:
+        try:
+            loop()
+            state["armed"] = False
+            break
+        except Tick:                      # raised outside loop()'s tries
+            pass
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+    ticks = state["ticks"]
+    assert ticks > 0
+    assert _in_thread(p.zero_grad, timeout=10)[0] == "ok"
+
+
+def test_save_pretrained_is_all_or_nothing(tmp_path, monkeypatch):
+    """Was: a failure after the prompt file was replaced left a new .ulpt beside the old
+    adapter and checkpoint."""
+    p = ulpt.Prompt(n_tokens=2, dim=4, meta={"model": "m"})
+    opt = ulpt.Optimizer(p, lr=0.5)
+    opt.save_pretrained(tmp_path)
+    before = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
+    opt.train_step(lambda E, G: (np.copyto(G, E), 1.0)[1])
+
+    def fail(self, path):
+        raise ulpt.FileIOError(ulpt.ERR_IO, "export failed", None, str(path))
+
+    monkeypatch.setattr(ulpt.Prompt, "export_safetensors", fail)
+    with pytest.raises(ulpt.FileIOError, match="export failed"):
+        opt.save_pretrained(tmp_path)
+    assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)} == before

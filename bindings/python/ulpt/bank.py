@@ -46,16 +46,19 @@ class Bank(_Object):
     @property
     def model(self) -> str:
         """The model name the bank serves."""
-        return lib.ulpt_bank_model(self._handle().ptr).decode("utf-8", "surrogateescape")
+        with self._use("model") as h:
+            raw = lib.ulpt_bank_model(h.ptr)
+        return raw.decode("utf-8", "surrogateescape")
 
     @property
     def dim(self) -> int:
         """The embedding width."""
-        return lib.ulpt_bank_dim(self._handle().ptr)
+        with self._use("dim") as h:
+            return lib.ulpt_bank_dim(h.ptr)
 
     def __len__(self) -> int:
-        with self._use("len"):
-            return lib.ulpt_bank_count(self._h.ptr)
+        with self._use("len") as h:
+            return lib.ulpt_bank_count(h.ptr)
 
     def add(self, prompt: Prompt, name: Optional[Union[str, bytes]] = None) -> int:
         """Add a copy of `prompt`'s parameters (the prompt stays the caller's), under an
@@ -66,8 +69,8 @@ class Bank(_Object):
         raw = None if name is None else _text("name", name)
         ph = prompt._handle()
         ident = c_uint64()
-        with _Use(((self._handle(), "Bank.add"), (ph, "Bank.add")), False):
-            check(lib.ulpt_bank_add(self._h.ptr, byref(ident), ph.ptr, raw))
+        with _Use(((self._handle(), "Bank.add"), (ph, "Bank.add")), False) as h:
+            check(lib.ulpt_bank_add(h.ptr, byref(ident), ph.ptr, raw))
         return ident.value
 
     def load_dir(self, directory) -> int:
@@ -75,22 +78,22 @@ class Bank(_Object):
         how many.  Raises as Prompt.load (naming the file) and MismatchError."""
         raw = _path(directory)
         count = c_size_t()
-        with self._use("load_dir"):
-            check(lib.ulpt_bank_load_dir(self._h.ptr, raw, byref(count)), directory)
+        with self._use("load_dir") as h:
+            check(lib.ulpt_bank_load_dir(h.ptr, raw, byref(count)), directory)
         return count.value
 
     def remove(self, ident: int) -> None:
         """Remove a prompt; its id is stale from then on.  Raises NotFoundError."""
         ident = _int("id", ident, 0, _U64)
-        with self._use("remove"):
-            check(lib.ulpt_bank_remove(self._h.ptr, ident))
+        with self._use("remove") as h:
+            check(lib.ulpt_bank_remove(h.ptr, ident))
 
     def find(self, name: Union[str, bytes]) -> int:
         """The id of the prompt called `name`.  Raises NotFoundError."""
         raw = _text("name", name)
         ident = c_uint64()
-        with self._use("find"):
-            check(lib.ulpt_bank_find(self._h.ptr, raw, byref(ident)))
+        with self._use("find") as h:
+            check(lib.ulpt_bank_find(h.ptr, raw, byref(ident)))
         return ident.value
 
     def __contains__(self, name) -> bool:
@@ -104,8 +107,8 @@ class Bank(_Object):
         """The number of rows prompt `ident` materialises to.  Raises NotFoundError."""
         ident = _int("id", ident, 0, _U64)
         n = c_uint32()
-        with self._use("n_tokens"):
-            check(lib.ulpt_bank_n_tokens(self._h.ptr, ident, byref(n)))
+        with self._use("n_tokens") as h:
+            check(lib.ulpt_bank_n_tokens(h.ptr, ident, byref(n)))
         return n.value
 
     def materialise(self, ids: Iterable[int], *, dtype: DType = DType.F32) -> List[np.ndarray]:
@@ -146,9 +149,9 @@ class Bank(_Object):
                               "at least dim elements apart: its row stride is %d bytes for "
                               "rows of %d" % (k, out.strides[0], out.shape[1] * want.itemsize))
             ident = _int("requests[%d] id" % k, ident, 0, _U64)
-            with self._use("materialise"):
+            with self._use("materialise") as h:
                 n = c_uint32()
-                check(lib.ulpt_bank_n_tokens(self._h.ptr, ident, byref(n)))
+                check(lib.ulpt_bank_n_tokens(h.ptr, ident, byref(n)))
             if out.shape != (n.value, self.dim):
                 raise invalid("requests[%d]: out must have shape %s, got %s"
                               % (k, (n.value, self.dim), out.shape))
@@ -156,8 +159,8 @@ class Bank(_Object):
             array[k].dst = out.ctypes.data
             array[k].ld = out.strides[0] // want.itemsize if out.shape[0] > 1 else self.dim
             keep.append(out)
-        with self._use("materialise"):
-            check(lib.ulpt_bank_materialise(self._h.ptr, array, len(requests), dtype))
+        with self._use("materialise") as h:
+            check(lib.ulpt_bank_materialise(h.ptr, array, len(requests), dtype))
 
     def __reduce__(self):
         raise TypeError("a ulpt.Bank cannot be pickled or copied: save its prompts "

@@ -182,25 +182,29 @@ class Optimizer(_Object):
     @property
     def step_count(self) -> int:
         """The number of steps taken."""
-        return lib.ulpt_optimizer_step_count(self._handle().ptr)
+        with _Use(self._handles("step_count")[:1], False) as h:
+            return lib.ulpt_optimizer_step_count(h.ptr)
 
     @property
     def lr(self) -> float:
         """The learning rate the next step will use, lr * m(step_count), exactly as the
         library computes it (double precision)."""
-        return lib.ulpt_optimizer_lr_double(self._handle().ptr)
+        with _Use(self._handles("lr")[:1], False) as h:
+            return lib.ulpt_optimizer_lr_double(h.ptr)
 
     @property
     def lr_float32(self) -> float:
         """``lr`` rounded to float32, as ulpt_optimizer_lr gives it to C callers."""
-        return lib.ulpt_optimizer_lr(self._handle().ptr)
+        with _Use(self._handles("lr_float32")[:1], False) as h:
+            return lib.ulpt_optimizer_lr(h.ptr)
 
     @property
     def options(self) -> OptimizerOptions:
         """The options as created or loaded from a checkpoint (ulpt_optimizer_get_options).
         ``lr`` here is the peak rate; the rate of the next step is ``Optimizer.lr``."""
         opts = optimizer_defaults()
-        check(lib.ulpt_optimizer_get_options(byref(opts), self._handle().ptr))
+        with _Use(self._handles("options")[:1], False) as h:
+            check(lib.ulpt_optimizer_get_options(byref(opts), h.ptr))
         return OptimizerOptions(
             OptimizerKind(opts.kind), opts.lr, opts.beta1, opts.beta2, opts.eps,
             opts.weight_decay,

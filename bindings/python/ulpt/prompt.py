@@ -40,8 +40,8 @@ class Metadata(MutableMapping):
     def __getitem__(self, key):
         k = _text("key", key)
         p = self._prompt
-        with _Use(p._reading("meta"), False):
-            value = lib.ulpt_prompt_get_meta(p._h.ptr, k)
+        with _Use(p._reading("meta"), False) as h:
+            value = lib.ulpt_prompt_get_meta(h.ptr, k)
         if value is None:
             raise KeyError(key)
         return self._out(value)
@@ -66,9 +66,9 @@ class Metadata(MutableMapping):
     def _keys(self):
         p = self._prompt
         keys, k, v = [], c_char_p(), c_char_p()
-        with _Use(p._reading("meta"), False):
-            for i in range(lib.ulpt_prompt_meta_count(p._h.ptr)):
-                check(lib.ulpt_prompt_meta_at(p._h.ptr, i, byref(k), byref(v)))
+        with _Use(p._reading("meta"), False) as h:
+            for i in range(lib.ulpt_prompt_meta_count(h.ptr)):
+                check(lib.ulpt_prompt_meta_at(h.ptr, i, byref(k), byref(v)))
                 keys.append(k.value)
         return keys
 
@@ -77,8 +77,8 @@ class Metadata(MutableMapping):
 
     def __len__(self) -> int:
         p = self._prompt
-        with _Use(p._reading("meta"), False):
-            return lib.ulpt_prompt_meta_count(p._h.ptr)
+        with _Use(p._reading("meta"), False) as h:
+            return lib.ulpt_prompt_meta_count(h.ptr)
 
     def __repr__(self):
         return "%s(%r)" % ("ulpt.Metadata" + ("Bytes" if self._raw else ""), dict(self.items()))
@@ -166,8 +166,8 @@ class Prompt(_Object):
         return ((self._handle(), "Prompt." + what),)
 
     def _set_meta(self, key: bytes, value: Optional[bytes]):
-        with _Use(self._reading("meta"), True):
-            check(lib.ulpt_prompt_set_meta(self._h.ptr, key, value))
+        with _Use(self._reading("meta"), True) as h:
+            check(lib.ulpt_prompt_set_meta(h.ptr, key, value))
 
     # -- shape
 
@@ -354,7 +354,8 @@ class Prompt(_Object):
         """Save parameters and metadata (not gradients) atomically: a failed save leaves
         any previous file intact.  dtype F32 (exact), F16 or BF16; zlib level 0..9.
         Raises NonFiniteError (a parameter NaN, infinite or too large for F16; nothing is
-        written), FileIOError."""
+        written), FileIOError (also for a path that exists and is not a regular file or
+        a symlink to one: a device or FIFO is never replaced)."""
         raw, opts = _path(path), self._save_options(dtype, level)
         h = self._handle()
         with _Use(((h, "Prompt.save"),), False):

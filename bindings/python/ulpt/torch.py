@@ -25,11 +25,15 @@ forward and backward raises at backward, as torch does for its own operations.
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any, Optional
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from ._args import _matrix
+from ._handle import _Use, _view
+from ._native import check, lib
 from .errors import ERR_MISMATCH, MismatchError
 from .prompt import Prompt
 
@@ -59,14 +63,34 @@ class ULPTFunction(torch.autograd.Function):
         ctx.module._check_shared()
         prompt = ctx.module.prompt
         g = grad_e.detach().to(device="cpu", dtype=torch.float32).numpy()
-        grads = prompt.grads
-        before = grads.copy()
-        prompt.zero_grad()
-        prompt.backward(g)
-        mine = grads.copy()
-        grads += before
-        out = [torch.from_numpy(x.copy()) for x in prompt.split(mine) if x is not None]
+        mine = _backward(prompt, g)
+        out = [torch.from_numpy(x) for x in prompt.split(mine) if x is not None]
         return (None, *out)
+
+
+# One backward at a time in the process: two threads' backwards on one module wait for
+# each other instead of interleaving their save / zero / backward / add (that gave wrong
+# gradients).  Inside, nothing waits for this lock, so it cannot deadlock.
+_backward_lock = threading.Lock()
+
+
+def _backward(prompt: Prompt, g) -> "numpy.ndarray":
+    """This call's gradient for G = g, as a new flat array laid out as ``grads``, while
+    the library's buffer accumulates it as ulpt_prompt_backward does.  The save, zero,
+    backward and add run as one exclusive section on the prompt: another thread's step
+    or backward on it cannot come in between (a step raises BusyError meanwhile)."""
+    g = _matrix("grad", g, prompt.shape)
+    with _backward_lock:
+        h = prompt._handle()
+        with _Use(((h, "ULPTPrompt.backward"),), True):
+            grads = _view(h, lib.ulpt_prompt_grads(h.ptr), (prompt.num_params,))
+            before = grads.copy()
+            lib.ulpt_prompt_zero_grad(h.ptr)
+            rc = lib.ulpt_prompt_backward(h.ptr, g.ctypes.data, prompt.dim)
+            mine = grads.copy()
+            grads += before       # a failed backward added nothing: as it was
+    check(rc)
+    return mine
 
 
 class ULPTPrompt(torch.nn.Module):
@@ -76,7 +100,8 @@ class ULPTPrompt(torch.nn.Module):
     options of ulpt.Prompt (n_tokens, dim, rank, projection_seed, ...).  Parameters:
     ``Z`` (n_tokens, rank), ``s`` and ``b`` (dim,), absent with NO_SCALE / NO_SHIFT.
     The state dict also records the prompt's shape and projection, and refuses
-    (MismatchError) to load into a prompt of another shape or projection."""
+    (MismatchError) to load into a prompt of another shape or projection, before any
+    parameter is changed."""
 
     def __init__(self, prompt: Optional[Prompt] = None, **options: Any):
         super().__init__()
@@ -89,13 +114,36 @@ class ULPTPrompt(torch.nn.Module):
         self.Z = torch.nn.Parameter(torch.from_numpy(z))
         self.s = None if s is None else torch.nn.Parameter(torch.from_numpy(s))
         self.b = None if b is None else torch.nn.Parameter(torch.from_numpy(b))
-        self._address = prompt.params.ctypes.data
+        # what _check_shared compares with: the prompt's handle, and where each
+        # Parameter's numbers live in its memory
+        self._bound = prompt._handle()
+        self._layout = {name: (x.ctypes.data, x.shape) for name, x in
+                        (("Z", z), ("s", s), ("b", b)) if x is not None}
 
     def _check_shared(self):
-        if self.Z.data_ptr() != self._address or self.Z.dtype != torch.float32:
-            raise RuntimeError("ULPTPrompt's parameters no longer share libulpt's memory "
-                               "(the module was moved to another device or dtype); move "
-                               "its output E instead")
+        """Raise RuntimeError unless ``prompt`` is still the prompt the module was made
+        around and Z, s and b are still Parameters over its memory: forward and backward
+        run on the library's numbers, so anything else would be silently ignored."""
+        prompt = self.prompt
+        if not isinstance(prompt, Prompt) or prompt._h is not self._bound:
+            raise RuntimeError("ULPTPrompt.prompt is no longer the prompt its parameters "
+                               "share memory with (it was reassigned, closed or reloaded); "
+                               "make a new ULPTPrompt(prompt) instead")
+        for name, (address, shape) in self._layout.items():
+            p = self._parameters.get(name)
+            if not isinstance(p, torch.nn.Parameter):
+                raise RuntimeError("ULPTPrompt.%s is no longer a Parameter (replaced, or "
+                                   "reparametrised as by weight_norm or parametrize): "
+                                   "forward uses libulpt's %s, which would ignore it"
+                                   % (name, name))
+            if p.data_ptr() != address or p.dtype != torch.float32 or \
+                    p.device.type != "cpu" or tuple(p.shape) != shape or \
+                    not p.is_contiguous():
+                raise RuntimeError("ULPTPrompt.%s no longer shares libulpt's memory (its "
+                                   ".data was rebound, or the module was moved to another "
+                                   "device or dtype); change its values in place "
+                                   "(%s.data.copy_(...)) and move the output E instead"
+                                   % (name, name))
 
     def _apply(self, fn, *args, **kwargs):
         # .to(), .double(), .half(), .cuda(), share_memory(), to_empty() ... all come
@@ -154,6 +202,14 @@ class ULPTPrompt(torch.nn.Module):
         if dict(state) != mine:
             raise MismatchError(ERR_MISMATCH, "state_dict is for a prompt %s, this one is %s"
                                 % (dict(state), mine))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torch copies the parameters first and calls set_extra_state last: check the
+        # identity before, so that a refused load leaves the module unchanged
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            self.set_extra_state(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def save_pretrained(self, directory, **kwargs) -> None:
         """Prompt.save_pretrained (the .ulpt file and a PEFT prompt-tuning adapter)."""

@@ -66,8 +66,8 @@ def _callback(st: _Serving, k: int):
                     st.E = _view(st.handle, e, (k,) + st.shape, writable=False)
                     st.e_addr = e
                 E = st.E[:count]
-                out = np.frombuffer((c_double * count).from_address(losses),
-                                    dtype=np.float64)
+                # the losses live in the trainer: the view keeps its handle, as E's does
+                out = _view(st.handle, losses, (count,), ctype=c_double)
                 result = st.fn(E, out) if st.two_args else st.fn(E)
                 if result is not None:
                     out[:] = _matrix("the returned losses", result, (count,))
@@ -126,14 +126,16 @@ class ZOTrainer(_Object):
     def options(self) -> ZOOptions:
         """The options in use (ulpt_zo_get_options; batch is the resolved k)."""
         opts = zo_defaults()
-        check(lib.ulpt_zo_get_options(byref(opts), self._handle().ptr))
+        with _Use(((self._handle(), "ZOTrainer.options"),), False) as h:
+            check(lib.ulpt_zo_get_options(byref(opts), h.ptr))
         return ZOOptions(opts.epsilon, opts.directions, opts.batch,
                          ZODistribution(opts.distribution), ZOPerturb(opts.perturb), opts.seed)
 
     @property
     def position(self) -> int:
         """The index of the next direction of the stream (q per step taken)."""
-        return lib.ulpt_zo_position(self._handle().ptr)
+        with _Use(((self._handle(), "ZOTrainer.position"),), False) as h:
+            return lib.ulpt_zo_position(h.ptr)
 
     @position.setter
     def position(self, value: int) -> None:
@@ -227,6 +229,10 @@ class ZOTrainer(_Object):
     def __reduce__(self):
         o = self.options
         return (_restore, (self.optimizer, o, self.position))
+
+    def __copy__(self):
+        # a shallow copy would share the optimizer, and train the original's prompt
+        return self.__deepcopy__({})
 
     def __deepcopy__(self, memo):
         import copy
