@@ -1,6 +1,6 @@
 #!/bin/sh
-# Build llama.cpp's libllama and ggml for the CPU, with the project's patch series, once,
-# into a cache that later runs reuse.  llama.cpp's source comes from the npm package
+# Build llama.cpp's libllama, ggml and llama-server for the CPU, with the project's patch
+# series, once, into a cache that later runs reuse.  llama.cpp's source comes from the npm package
 # node-llama-cpp at the pinned version (its package/llama/gitRelease.bundle), fetched by
 # tools/fetch-package, which checks the tarball against the sha512 committed in
 # tools/packages.sha512.
@@ -16,8 +16,14 @@
 # patch is a new directory and a new build, and an unpatched build is never taken for a
 # patched one.  KEY/ gets llama.cpp/ (a clone of the pinned commit with
 # examples/llama/patches/*.patch applied in name order, gguf-py included), build/bin/
-# (libllama.so, libggml*.so), build.log and the stamp `built` once complete; with the
-# stamp present this does nothing.
+# (libllama.so, libggml*.so, llama-server), build.log and the stamp `built` once complete;
+# with the stamp present this does nothing.
+#
+# llama-server (with 0002-server-ulpt.patch) links libulpt through its stable ABI: it is
+# compiled against this clone's include/ulpt.h and lib/libulpt.so (`make` first), records
+# only the soname libulpt.so.1, and runs with whichever libulpt.so.1 the loader finds: the
+# Makefile puts the running clone's lib/ on LD_LIBRARY_PATH, so a cache shared by clones
+# never ties one clone to another's library.
 #
 # Each patch is `git apply --check`ed against the tree so far, then applied; one that
 # does not apply stops everything with its name and git's reason, and leaves no
@@ -126,19 +132,27 @@ if [ ! -f "$dir/llama.cpp/CMakeLists.txt" ]; then
 fi
 [ "$mode" = prepare ] && exit 0
 
+[ -f "$root/lib/libulpt.so" ] && [ -f "$root/include/ulpt.h" ] || {
+    echo "build-llama.sh: llama-server links libulpt: build it first (make)" >&2
+    exit 1
+}
+
 echo "llama.cpp: configuring (log: $dir/build.log)"
-# Only the library and ggml's CPU backend: no tools, examples, server or tests.
+# The library, ggml's CPU backend and the server (with llama.cpp's common code); no
+# examples, tests, web UI (nothing downloaded) or TLS.  Only the targets below are built.
 nice cmake -S "$dir/llama.cpp" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+    -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+    -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_ULPT_DIR="$root" \
     >"$dir/build.log" 2>&1 || { tail -20 "$dir/build.log" >&2; exit 1; }
 
-echo "llama.cpp: building libllama and ggml with $jobs jobs (about 8 minutes on two free cores)"
+echo "llama.cpp: building libllama, ggml and llama-server with $jobs jobs (about 25 minutes on two free cores)"
 start=$(date +%s)
 # cmake prints "[ NN%] Building ... file.o": one progress line each time the percentage
 # moves (read line by line: awk implementations may hold a pipe's input back in blocks).
 status=0
-{ nice cmake --build "$dir/build" --target llama -j "$jobs" 2>&1 || echo "BUILD-FAILED"; } |
+{ nice cmake --build "$dir/build" --target llama llama-server -j "$jobs" 2>&1 || echo "BUILD-FAILED"; } |
     tee -a "$dir/build.log" | {
         last=""
         failed=0
@@ -162,7 +176,7 @@ status=0
         done
         exit $failed
     } || status=1
-if [ "$status" -ne 0 ] || [ ! -e "$dir/build/bin/libllama.so" ]; then
+if [ "$status" -ne 0 ] || [ ! -e "$dir/build/bin/libllama.so" ] || [ ! -e "$dir/build/bin/llama-server" ]; then
     echo "build-llama.sh: the llama.cpp build failed; the end of $dir/build.log:" >&2
     tail -20 "$dir/build.log" >&2
     exit 1

@@ -52,6 +52,9 @@ def test_the_series_applies_to_the_pinned_source(cache):
     # the function the patch declares, in the tree the build compiles
     with open(tree / "include" / "llama.h") as f:
         assert "LLAMA_API int32_t llama_embd_grad(" in f.read()
+    # and the server's ULPT prompts (0002-server-ulpt.patch)
+    with open(tree / "tools" / "server" / "server-ulpt.h") as f:
+        assert "server_ulpt_tokens(" in f.read()
     # the prepared tree is the tree this run's build used, file for file
     diff = subprocess.run(["diff", "-r", "-q", "-x", ".git", "-x", "__pycache__", str(tree), SRC],
                           capture_output=True, text=True)
