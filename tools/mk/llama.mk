@@ -8,7 +8,7 @@
 # the version and the series' hash (build-llama.sh --key); later runs, and other clones
 # pointed at the same cache, reuse the build, and every target here uses that one build.
 
-.PHONY: llama llama-demo check-llama llama-results llama-bench
+.PHONY: llama llama-demo check-llama llama-results llama-bench llama-serve llama-serve-bench
 
 LLAMA_VERSION := 3.21.1
 LLAMA_CACHE ?= $(or $(ULPT_LLAMA_CACHE),examples/llama/cache)
@@ -27,8 +27,10 @@ LLAMA_HOST_SRCS := examples/llama/ulpt-llama.c examples/llama/engine.c examples/
 LLAMA_HOST_DEPS := $(LLAMA_HOST_SRCS) examples/llama/engine.h examples/llama/host.h examples/llama/grad.h \
     examples/llama/data.h $(TLM_DEPS) $(TASK_DEPS) $(CLI_DEPS)
 
-# The long build (about 8 minutes on two free cores), with progress as it goes.
-$(LLAMA_STAMP):
+# The long build (libllama, ggml and llama-server: about 25 minutes on two free cores), with
+# progress as it goes.  llama-server compiles against this clone's libulpt (order-only: a
+# rebuilt libulpt keeps its ABI and needs no new server).
+$(LLAMA_STAMP): | $(SHARED)
 	@sh .ci/install-deps --check llama
 	@sh examples/llama/build-llama.sh $(LLAMA_CACHE)
 
@@ -117,4 +119,35 @@ check-llama:
 	ULPT_LLAMA_GGUF=$(LLAMA_GGUF) ULPT_LLAMA_GGUF_GELU0=$(LLAMA_GGUF_GELU0) \
 	    ULPT_LLAMA_HOST=$(LLAMA_HOST) ULPT_LLAMA_GRAD=$(LLAMA_GRAD_CHECK) \
 	    ULPT_LLAMA_CACHE_DIR=$(LLAMA_CACHE) ULPT_LLAMA_SRC=$(LLAMA_SRC) \
+	    ULPT_LLAMA_SERVER=$(LLAMA_SERVER) LD_LIBRARY_PATH=$(abspath lib) \
 	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/llama
+
+# llama.cpp's own HTTP server with ULPT prompts (docs/LLAMA.md, "llama-server"), on the
+# demo's model and the prompts `make llama-demo` tunes (names and spam, tuned here if
+# absent).  The cached server runs with this clone's libulpt.so.1 (LD_LIBRARY_PATH): the
+# build records only the soname, so clones sharing a cache each run their own library.
+LLAMA_SERVER = $(LLAMA_BIN)/llama-server
+LLAMA_SERVE_DIR := examples/tinylm/cache/llama-serve
+LLAMA_PORT ?= 8080
+llama-serve:
+	@sh .ci/install-deps llama
+	@$(MAKE) -s --no-print-directory all data examples/tinylm/tune $(LLAMA_STAMP)
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF)
+	@mkdir -p $(LLAMA_SERVE_DIR)
+	@for t in names spam; do p=examples/tinylm/cache/$$t-rank2.ulpt; [ -f $$p ] || { \
+	    echo "tuning $$p as llama-demo does (400 steps of tinylm's backward)"; \
+	    examples/tinylm/tune examples/tinylm/cache/tasks/$$t --seed 1 --steps 400 --lr 0.05 \
+	        --skip-baseline --quiet --save $$p >/dev/null || exit 1; }; \
+	    ln -sf ../$$t-rank2.ulpt $(LLAMA_SERVE_DIR)/$$t.ulpt; done
+	LD_LIBRARY_PATH=$(abspath lib) OMP_WAIT_POLICY=passive $(LLAMA_SERVER) -m $(LLAMA_GGUF) \
+	    --ulpt-dir $(LLAMA_SERVE_DIR) --port $(LLAMA_PORT) --metrics -np 4
+
+# A bounded load test of llama-server with ULPT prompts (not a timed test; docs/LLAMA.md
+# "Figures"): 64 clients, 1,000 prompts in the bank, 3,000 requests, against plain text of
+# equal length and one prompt for all; then the server's RSS with 10,000 prompts loaded.
+llama-serve-bench:
+	@sh .ci/install-deps llama
+	@$(MAKE) -s --no-print-directory all $(LLAMA_STAMP)
+	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF)
+	LD_LIBRARY_PATH=$(abspath lib) $(PYTHON) examples/llama/bench_server.py \
+	    --server $(LLAMA_SERVER) --gguf $(LLAMA_GGUF)
