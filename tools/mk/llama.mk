@@ -27,8 +27,8 @@ LLAMA_HOST_SRCS := examples/llama/ulpt-llama.c examples/llama/engine.c examples/
 LLAMA_HOST_DEPS := $(LLAMA_HOST_SRCS) examples/llama/engine.h examples/llama/host.h examples/llama/grad.h \
     examples/llama/data.h $(TLM_DEPS) $(TASK_DEPS) $(CLI_DEPS)
 
-# The long build (libllama, ggml and llama-server: about 25 minutes on two free cores), with
-# progress as it goes.  llama-server compiles against this clone's libulpt (order-only: a
+# The long build (libllama, ggml and llama-server: about 8 minutes on two free cores, half
+# of it the server), with progress as it goes.  llama-server compiles against this clone's libulpt (order-only: a
 # rebuilt libulpt keeps its ABI and needs no new server).
 $(LLAMA_STAMP): | $(SHARED)
 	@sh .ci/install-deps --check llama
