@@ -97,6 +97,7 @@ class Optimizer(_Object):
                  momentum: float = _REQUIRED, max_grad_norm: float = _REQUIRED,
                  schedule: Schedule = _REQUIRED, warmup_steps: int = _REQUIRED,
                  total_steps: int = _REQUIRED):
+        self._fresh()
         if not isinstance(prompt, Prompt):
             raise wrong_type("prompt must be a ulpt.Prompt, got %s" % type(prompt).__name__)
         opts = optimizer_defaults()
