@@ -36,7 +36,7 @@ static void save_is_refused(const char *path, mode_t kind)
 
 TEST(saving_over_a_fifo_is_refused_and_the_fifo_stays)
 {
-    const char *fifo = scratch("fifo");
+    const char *fifo = scratch("special-fifo");
     ck_assert_int_eq(mkfifo(fifo, 0600), 0);
     save_is_refused(fifo, S_IFIFO);
 }
@@ -44,9 +44,9 @@ TEST(saving_over_a_fifo_is_refused_and_the_fifo_stays)
 TEST(saving_over_a_symlink_to_a_fifo_is_refused)
 {
     char fifo[512];
-    snprintf(fifo, sizeof fifo, "%s", scratch("fifo2"));
+    snprintf(fifo, sizeof fifo, "%s", scratch("special-fifo2"));
     ck_assert_int_eq(mkfifo(fifo, 0600), 0);
-    const char *link = scratch("to-fifo");
+    const char *link = scratch("special-to-fifo");
     ck_assert_int_eq(symlink(fifo, link), 0);
     save_is_refused(link, S_IFLNK);
     struct stat st;
@@ -56,7 +56,7 @@ TEST(saving_over_a_symlink_to_a_fifo_is_refused)
 
 TEST(saving_over_a_directory_is_refused)
 {
-    const char *dir = scratch("a-dir");
+    const char *dir = scratch("special-dir");
     ck_assert_int_eq(mkdir(dir, 0755), 0);
     save_is_refused(dir, S_IFDIR);
 }
@@ -65,7 +65,7 @@ TEST(saving_over_a_directory_is_refused)
  * which a save as root used to replace with a regular file. */
 TEST(saving_over_a_device_node_is_refused)
 {
-    const char *dev = scratch("null");
+    const char *dev = scratch("special-null");
     if (mknod(dev, S_IFCHR | 0666, makedev(1, 3)) != 0) {
         ck_assert_int_eq(errno, EPERM); /* not root: the FIFO tests cover the same path */
         return;
@@ -76,12 +76,12 @@ TEST(saving_over_a_device_node_is_refused)
 TEST(saving_through_a_symlink_to_a_regular_file_replaces_the_file)
 {
     char target[512];
-    snprintf(target, sizeof target, "%s", scratch("target.ulpt"));
+    snprintf(target, sizeof target, "%s", scratch("special-target.ulpt"));
     FILE *f = fopen(target, "wb");
     ck_assert_ptr_nonnull(f);
     fputs("old", f);
     fclose(f);
-    const char *link = scratch("link.ulpt");
+    const char *link = scratch("special-link.ulpt");
     ck_assert_int_eq(symlink(target, link), 0);
     ulpt_prompt *p = varied_prompt(4, 2, 8, 1, ULPT_PROJ_XAVIER_UNIFORM, 0), *q;
     ck_assert_int_eq(ulpt_prompt_save(p, link, NULL), ULPT_OK);

@@ -721,3 +721,82 @@ def test_save_pretrained_is_all_or_nothing(tmp_path, monkeypatch):
     with pytest.raises(ulpt.FileIOError, match="export failed"):
         opt.save_pretrained(tmp_path)
     assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)} == before
+
+
+# ------------------------------------------------------------- aliasing and re-init
+
+
+def reference_E(p):
+    """E in float64 from the parameters, P and the formula, for the aliasing tests."""
+    z, s, b = (None if a is None else a.astype(np.float64) for a in p.split(p.params))
+    P = p.projection().matrix.astype(np.float64)
+    return (z @ P) * (1.0 if s is None else s) + (0.0 if b is None else b)
+
+
+def test_forward_into_the_prompts_own_parameters_is_refused():
+    """Was: forward(out=) over s wrote E into the scale while reading it: a wrong E and a
+    changed prompt."""
+    p = ulpt.Prompt(n_tokens=1, dim=8, rank=2, projection_seed=1, init_seed=2)
+    p.s[:] = np.linspace(0.5, 2.0, 8, dtype=np.float32)
+    before = p.params.copy()
+    for alias in (p.s.reshape(1, 8), p.params[1:9].reshape(1, 8), p.b.reshape(1, 8)):
+        with pytest.raises(ulpt.InvalidArgumentError, match="overlaps the prompt's parameters"):
+            p.forward(out=alias)
+    np.testing.assert_array_equal(p.params, before)
+    out = np.empty((1, 8), np.float32)
+    np.testing.assert_allclose(p.forward(out=out), reference_E(p), rtol=1e-6, atol=1e-7)
+
+
+def test_backward_of_a_G_that_is_the_gradient_buffer_uses_G_as_given():
+    """G may be the gradient buffer backward adds into: the result is that of a copy."""
+    p = ulpt.Prompt(n_tokens=1, dim=8, rank=2, projection_seed=1, init_seed=2)
+    q = ulpt.Prompt(n_tokens=1, dim=8, rank=2, projection_seed=1, init_seed=2)
+    p.grads[:] = np.arange(18, dtype=np.float32) / 7
+    q.grads[:] = p.grads
+    G = p.grads[2:10].reshape(1, 8)          # the gradient of s, as G
+    Gcopy = G.copy()
+    p.backward(G)
+    q.backward(Gcopy)
+    np.testing.assert_array_equal(p.grads, q.grads)
+
+
+def test_init_from_embeddings_of_the_prompts_own_parameters_fits_them_as_given():
+    p = ulpt.Prompt(n_tokens=1, dim=8, rank=2, projection_seed=1, init_seed=2)
+    q = ulpt.Prompt(n_tokens=1, dim=8, rank=2, projection_seed=1, init_seed=2)
+    target = p.params[2:10].reshape(1, 8)
+    t = target.copy()
+    r1 = p.init_from_embeddings(target, max_iters=20, tol=0.0)
+    r2 = q.init_from_embeddings(t, max_iters=20, tol=0.0)
+    assert r1 == r2
+    np.testing.assert_array_equal(p.params, q.params)
+
+
+def test_a_read_only_view_cannot_be_made_writable():
+    """Was: projection().matrix was read-only by a flag anyone could set back, and writing
+    through it changed P for every prompt sharing it."""
+    p = ulpt.Prompt(n_tokens=4, dim=8, rank=2, projection_seed=1, init_seed=2)
+    m = p.projection().matrix
+    with pytest.raises(ValueError):
+        m.setflags(write=True)
+    with pytest.raises(ValueError):
+        m[0, 0] = 1.0
+    np.testing.assert_allclose(p.forward(), reference_E(p), rtol=1e-6, atol=1e-7)
+
+
+def test_init_on_a_live_object_is_refused():
+    """Was: p.__init__(...) swapped the C prompt under its optimizer, which went on
+    stepping the old one."""
+    p = ulpt.Prompt(n_tokens=4, dim=8, rank=2, projection_seed=1, init_seed=2)
+    opt = ulpt.Optimizer(p, lr=0.1)
+    zo = ulpt.ZOTrainer(opt)
+    bank = ulpt.Bank(model="m", dim=8)
+    proj = ulpt.Projection(seed=1, rank=2, dim=8)
+    for obj, kw in ((p, dict(n_tokens=2, dim=8)), (opt, dict(prompt=p)), (zo, dict(optimizer=opt)),
+                    (bank, dict(model="n", dim=8)), (proj, dict(seed=2, rank=2, dim=8))):
+        h = obj.handle
+        kw = dict(kw)
+        args = (kw.pop("prompt"),) if "prompt" in kw else (kw.pop("optimizer"),) if "optimizer" in kw else ()
+        with pytest.raises(ulpt.InvalidArgumentError, match="on an existing"):
+            type(obj).__init__(obj, *args, **kw)
+        assert obj.handle == h
+    assert p.n_tokens == 4 and bank.model == "m"

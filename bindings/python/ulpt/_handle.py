@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import ERR_BUSY, BusyError, ClosedError, ERR_INVALID
+from .errors import ERR_BUSY, BusyError, ClosedError, ERR_INVALID, InvalidArgumentError
 
 _lock = threading.Condition(threading.RLock())
 # The condition's own lock, entered and left in C: `with _mutex:` runs no Python code of
@@ -197,6 +197,13 @@ class _Object:
 
     _h: Optional[_Handle] = None
 
+    def _fresh(self) -> None:
+        """Refuse a second __init__: it would swap the C object under the optimizers,
+        views and callbacks that hold the first one."""
+        if "_h" in vars(self):
+            raise InvalidArgumentError(ERR_INVALID, "%s.__init__ called on an existing %s: "
+                                       "create a new one" % ((type(self).__name__,) * 2))
+
     def _handle(self) -> _Handle:
         h = self._h
         if h is None or not h.ptr:
@@ -240,7 +247,6 @@ def _view(h: _Handle, address: int, shape, writable=True, ctype=ctypes.c_float) 
     count = int(np.prod(shape))
     buf = (ctype * count).from_address(address)
     buf._ulpt_handle = h  # the array's base is buf; buf holds the handle
-    arr = np.frombuffer(buf, dtype=np.dtype(ctype)).reshape(shape)
-    if not writable:
-        arr.flags.writeable = False
-    return arr
+    # a read-only view's buffer is read-only too: setflags(write=True) cannot undo it
+    src = buf if writable else memoryview(buf).toreadonly()
+    return np.frombuffer(src, dtype=np.dtype(ctype)).reshape(shape)

@@ -34,6 +34,7 @@ class Bank(_Object):
     Raises InvalidArgumentError for an empty model or a dim of 0."""
 
     def __init__(self, *, model: Union[str, bytes], dim: int):
+        self._fresh()
         raw = _text("model", model)
         dim = _int("dim", dim, 1, _U32)
         ptr = c_void_p()

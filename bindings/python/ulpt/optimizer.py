@@ -97,6 +97,7 @@ class Optimizer(_Object):
                  momentum: float = _REQUIRED, max_grad_norm: float = _REQUIRED,
                  schedule: Schedule = _REQUIRED, warmup_steps: int = _REQUIRED,
                  total_steps: int = _REQUIRED):
+        self._fresh()
         if not isinstance(prompt, Prompt):
             raise wrong_type("prompt must be a ulpt.Prompt, got %s" % type(prompt).__name__)
         opts = optimizer_defaults()
@@ -256,8 +257,8 @@ class Optimizer(_Object):
         one, so that copies of a prompt and its optimizer stay paired: it must be a
         Prompt nothing uses -- a new, unopened ``Prompt.__new__(Prompt)`` or an open one
         without optimizers, trainers, torch modules, views or projections of it.  Raises
-        InvalidArgumentError for a prompt in use or closed (nothing changes), BusyError
-        inside a step on it, and as load_checkpoint."""
+        InvalidArgumentError for a prompt in use, ClosedError for a closed one (nothing
+        changes), BusyError inside a step on it, and as load_checkpoint."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise wrong_type("data must be bytes, got %s" % type(data).__name__)
         if prompt is not None and not isinstance(prompt, Prompt):

@@ -24,6 +24,7 @@ class Projection(_Object):
 
     def __init__(self, *, seed: int, rank: int, dim: int,
                  kind: ProjectionKind = ProjectionKind.XAVIER_UNIFORM):
+        self._fresh()
         seed = _int("seed", seed, 0, _U64)
         rank = _int("rank", rank, 1, _U32)
         dim = _int("dim", dim, 1, _U32)

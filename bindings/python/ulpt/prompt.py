@@ -21,6 +21,12 @@ from .errors import invalid, wrong_type
 from .projection import Projection
 
 
+def _overlaps(arr: np.ndarray, address: int, count: int) -> bool:
+    """Whether arr's memory meets the `count` floats at `address`."""
+    lo, hi = np.byte_bounds(arr)
+    return lo < address + 4 * count and address < hi
+
+
 class Metadata(MutableMapping):
     """A prompt's metadata as a mapping that reads and writes through to the library.
 
@@ -109,6 +115,7 @@ class Prompt(_Object):
                  init_std: float = _REQUIRED, flags: Flags = _REQUIRED,
                  projections: Optional[Sequence[Projection]] = None,
                  meta: Optional[Mapping] = None):
+        self._fresh()
         opts = prompt_defaults()
         opts.n_tokens = _int("n_tokens", n_tokens, 1, _U32)
         opts.dim = _int("dim", dim, 1, _U32)
@@ -238,6 +245,8 @@ class Prompt(_Object):
                 or not out.flags.writeable:
             raise invalid("out must be a writable float32 array of shape %s with contiguous rows"
                           % (self.shape,))
+        if _overlaps(out, lib.ulpt_prompt_params(h.ptr), self.num_params):
+            raise invalid("out overlaps the prompt's parameters, which forward reads")
         with _Use(((h, "Prompt.forward"),), False):
             check(lib.ulpt_prompt_forward(h.ptr, out.ctypes.data, out.strides[0] // 4))
         return out
@@ -249,6 +258,8 @@ class Prompt(_Object):
         ArgumentTypeError for a non-numeric array."""
         h = self._handle()
         g = _matrix("grad", grad, self.shape)
+        if _overlaps(g, lib.ulpt_prompt_grads(h.ptr), self.num_params):
+            g = g.copy()  # backward adds into grads while it reads G
         with _Use(((h, "Prompt.backward"),), True):
             check(lib.ulpt_prompt_backward(h.ptr, g.ctypes.data, self.dim))
 
@@ -267,6 +278,8 @@ class Prompt(_Object):
         opts.tol = _real("tol", tol)
         residual = c_double()
         h = self._handle()
+        if _overlaps(t, lib.ulpt_prompt_params(h.ptr), self.num_params):
+            t = t.copy()  # the fit rewrites the parameters while it reads the target
         with _Use(((h, "Prompt.init_from_embeddings"),), True):
             check(lib.ulpt_prompt_init_from_embeddings(h.ptr, t.ctypes.data, self.dim,
                                                        byref(opts), byref(residual)))

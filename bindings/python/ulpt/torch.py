@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 from ._args import _matrix
 from ._handle import _Use, _view
 from ._native import check, lib
-from .errors import ERR_MISMATCH, MismatchError
+from .errors import ERR_MISMATCH, MismatchError, invalid
 from .prompt import Prompt
 
 __all__ = ["ULPTPrompt", "ULPTFunction"]
@@ -104,6 +104,9 @@ class ULPTPrompt(torch.nn.Module):
     parameter is changed."""
 
     def __init__(self, prompt: Optional[Prompt] = None, **options: Any):
+        if "prompt" in vars(self):
+            raise invalid("%s.__init__ called on an existing module: create a new one"
+                          % type(self).__name__)
         super().__init__()
         if prompt is None:
             prompt = Prompt(**options)

@@ -94,6 +94,7 @@ class ZOTrainer(_Object):
                  directions: int = _REQUIRED, batch: int = _REQUIRED,
                  distribution: ZODistribution = _REQUIRED, perturb: ZOPerturb = _REQUIRED,
                  seed: int = _REQUIRED):
+        self._fresh()
         if not isinstance(optimizer, Optimizer):
             raise wrong_type("optimizer must be a ulpt.Optimizer, got %s"
                              % type(optimizer).__name__)
