@@ -2,7 +2,8 @@
 timed test): C concurrent clients on loopback send R requests, each for one of P prompts of
 the bank, and the same requests again as plain text of equal length (each "tenant" its own
 text prefix in place of the rows) and all for one prompt; throughput and latency
-percentiles of each.  Then the server's resident memory with 0 and with N prompts loaded,
+percentiles of each, after one first request per prompt (or tenant prefix), which is
+reported apart.  Then the server's resident memory with 0 and with N prompts loaded,
 and the bytes per prompt.  One JSON line per measurement on stdout.
 
     bench_server.py --server BIN --gguf M.gguf [--clients 64] [--prompts 1000]
@@ -150,18 +151,25 @@ def main():
             # each tenant's plain-text stand-in for its rows: as many byte tokens
             prefix = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(a.rows))
                       for _ in range(a.prompts)]
+            # each run first sends one request per distinct prefix (the "first request of
+            # each" prompt or tenant, reported as its own line), then the measured requests
             runs = {
-                "ulpt_%d_prompts" % a.prompts: [dict(base, ulpt="p%05d" % w, prompt=t[:-1])
-                                                for w, t in zip(who, texts)],
-                "plain_text_equal_length": [dict(base, prompt=prefix[w] + t)
-                                            for w, t in zip(who, texts)],
-                "ulpt_one_prompt": [dict(base, ulpt="p00000", prompt=t[:-1]) for t in texts],
+                "ulpt_%d_prompts" % a.prompts: (
+                    [dict(base, ulpt="p%05d" % w, prompt="Anna") for w in range(a.prompts)],
+                    [dict(base, ulpt="p%05d" % w, prompt=t[:-1]) for w, t in zip(who, texts)]),
+                "plain_text_equal_length": (
+                    [dict(base, prompt=prefix[w] + "Anna\n") for w in range(a.prompts)],
+                    [dict(base, prompt=prefix[w] + t) for w, t in zip(who, texts)]),
+                "ulpt_one_prompt": (
+                    [dict(base, ulpt="p00000", prompt="Anna")],
+                    [dict(base, ulpt="p00000", prompt=t[:-1]) for t in texts]),
             }
-            for name, bodies in runs.items():
-                r = load(s.port, bodies, a.clients)
-                r.update(run=name, clients=a.clients, slots=a.slots, rows=a.rows,
-                         prompts_in_bank=a.prompts)
-                print(json.dumps(r), flush=True)
+            for name, (first, bodies) in runs.items():
+                for label, todo in (("first_requests", first), ("after_first", bodies)):
+                    r = load(s.port, todo, a.clients)
+                    r.update(run=name, phase=label, clients=a.clients, slots=a.slots,
+                             rows=a.rows, prompts_in_bank=a.prompts)
+                    print(json.dumps(r), flush=True)
         finally:
             s.stop()
         # resident memory: the bank's share, with no prompt and with many
