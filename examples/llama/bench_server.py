@@ -3,7 +3,10 @@ timed test): C concurrent clients on loopback send R requests, each for one of P
 the bank, and the same requests again as plain text of equal length (each "tenant" its own
 text prefix in place of the rows) and all for one prompt; throughput and latency
 percentiles of each, after one first request per prompt (or tenant prefix), which is
-reported apart.  Then the server's resident memory with 0 and with N prompts loaded,
+reported apart, with the number of tokens the server evaluated a request.  Each set of
+runs is done twice, on a fresh server each time: with texts drawn from 8 names (a slot's
+cached text often matches the next request's, most of all when every request has the same
+prompt) and with a distinct text for every request (only the prompt can be reused).  Then the server's resident memory with 0 and with N prompts loaded,
 and the bytes per prompt.  One JSON line per measurement on stdout.
 
     bench_server.py --server BIN --gguf M.gguf [--clients 64] [--prompts 1000]
@@ -86,7 +89,7 @@ def make_prompts(d, n, rows):
 
 def load(port, bodies, clients):
     """Sends bodies from `clients` threads; throughput and latency percentiles."""
-    lat, errors, lock = [], [], threading.Lock()
+    lat, errors, evaluated, lock = [], [], [], threading.Lock()
     it = iter(bodies)
 
     def client():
@@ -98,7 +101,7 @@ def load(port, bodies, clients):
                 break
             t0 = time.perf_counter()
             try:
-                post(c, "/completion", body)
+                answer = post(c, "/completion", body)
             except Exception as e:  # counted, and the connection renewed
                 errors.append(repr(e))
                 c.close()
@@ -107,6 +110,7 @@ def load(port, bodies, clients):
             dt = time.perf_counter() - t0
             with lock:
                 lat.append(dt)
+                evaluated.append(answer.get("timings", {}).get("prompt_n", 0))
         c.close()
 
     t0 = time.perf_counter()
@@ -120,7 +124,8 @@ def load(port, bodies, clients):
     pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")  # noqa: E731
     return {"requests": len(lat), "errors": len(errors), "seconds": round(wall, 3),
             "requests_per_s": round(len(lat) / wall, 1), "p50_ms": round(1000 * pct(0.50), 1),
-            "p99_ms": round(1000 * pct(0.99), 1)}
+            "p99_ms": round(1000 * pct(0.99), 1),
+            "evaluated_per_request": round(sum(evaluated) / max(1, len(evaluated)), 2)}
 
 
 def main():
@@ -141,37 +146,43 @@ def main():
         os.mkdir(d)
         make_prompts(d, a.prompts, a.rows)
         log = open(os.path.join(tmp, "server.log"), "w")
-        s = Server(a.server, a.gguf, d, a.slots, log)
-        try:
-            texts = [rng.choice(names) + "\n" for _ in range(a.requests)]
-            who = [rng.randrange(a.prompts) for _ in range(a.requests)]
-            # printable output: a byte that is no UTF-8 fails the server's output parser
-            base = {"n_predict": 1, "temperature": 0, "cache_prompt": True,
-                    "grammar": "root ::= [\\t\\n -~]"}
-            # each tenant's plain-text stand-in for its rows: as many byte tokens
-            prefix = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(a.rows))
-                      for _ in range(a.prompts)]
+        who = [rng.randrange(a.prompts) for _ in range(a.requests)]
+        # "names": the text after the prompt is one of 8 names, so a slot's cached text
+        # often matches the next request's too; "distinct": each request's text is its own
+        # (random letters, the same lengths), so only a prompt's rows can be reused
+        named = [rng.choice(names) for _ in range(a.requests)]
+        distinct = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in t) for t in named]
+        # printable output: a byte that is no UTF-8 fails the server's output parser
+        base = {"n_predict": 1, "temperature": 0, "cache_prompt": True,
+                "grammar": "root ::= [\\t\\n -~]"}
+        # each tenant's plain-text stand-in for its rows: as many byte tokens; the server
+        # puts a prompt's separator ("\n") after a ULPT request's text, the plain text has it
+        prefix = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(a.rows))
+                  for _ in range(a.prompts)]
+        for text_name, texts in (("names", named), ("distinct", distinct)):
             # each run first sends one request per distinct prefix (the "first request of
             # each" prompt or tenant, reported as its own line), then the measured requests
             runs = {
                 "ulpt_%d_prompts" % a.prompts: (
                     [dict(base, ulpt="p%05d" % w, prompt="Anna") for w in range(a.prompts)],
-                    [dict(base, ulpt="p%05d" % w, prompt=t[:-1]) for w, t in zip(who, texts)]),
+                    [dict(base, ulpt="p%05d" % w, prompt=t) for w, t in zip(who, texts)]),
                 "plain_text_equal_length": (
                     [dict(base, prompt=prefix[w] + "Anna\n") for w in range(a.prompts)],
-                    [dict(base, prompt=prefix[w] + t) for w, t in zip(who, texts)]),
+                    [dict(base, prompt=prefix[w] + t + "\n") for w, t in zip(who, texts)]),
                 "ulpt_one_prompt": (
                     [dict(base, ulpt="p00000", prompt="Anna")],
-                    [dict(base, ulpt="p00000", prompt=t[:-1]) for t in texts]),
+                    [dict(base, ulpt="p00000", prompt=t) for t in texts]),
             }
-            for name, (first, bodies) in runs.items():
-                for label, todo in (("first_requests", first), ("after_first", bodies)):
-                    r = load(s.port, todo, a.clients)
-                    r.update(run=name, phase=label, clients=a.clients, slots=a.slots,
-                             rows=a.rows, prompts_in_bank=a.prompts)
-                    print(json.dumps(r), flush=True)
-        finally:
-            s.stop()
+            s = Server(a.server, a.gguf, d, a.slots, log)  # a fresh server for each text set
+            try:
+                for name, (first, bodies) in runs.items():
+                    for label, todo in (("first_requests", first), ("after_first", bodies)):
+                        r = load(s.port, todo, a.clients)
+                        r.update(run=name, texts=text_name, phase=label, clients=a.clients,
+                                 slots=a.slots, rows=a.rows, prompts_in_bank=a.prompts)
+                        print(json.dumps(r), flush=True)
+            finally:
+                s.stop()
         # resident memory: the bank's share, with no prompt and with many
         empty = os.path.join(tmp, "empty")
         os.mkdir(empty)
