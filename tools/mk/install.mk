@@ -34,4 +34,5 @@ clean:
 	    tests/test_ulpt tests/bench_step tests/bench_bank tests/tinylm/test_tinylm tests/abi/out bindings/rust/target \
 	    examples/quickstart examples/tinylm/tune examples/tinylm/tlm \
 	    examples/mpi/tune_mpi tests/mpi/param_diff tests/mpi/nan_model \
-	    tools/ulpt bindings/python/build bindings/python/ulpt.egg-info examples/llama/ulpt-llama
+	    tools/ulpt bindings/python/build bindings/python/ulpt.egg-info examples/llama/ulpt-llama \
+	    tests/llama/llama_grad tests/llama/ggml_out_prod

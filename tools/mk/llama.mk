@@ -67,6 +67,13 @@ $(LLAMA_GRAD_CHECK): tests/llama/llama_grad.c $(LLAMA_STAMP)
 	$(CC) $(CFLAGS) -std=c11 $(WARN) -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include \
 	    -o $@ $< -L$(LLAMA_BIN) -lllama -lggml -lggml-base -Wl,-rpath,$(LLAMA_BIN)
 
+# ggml's OUT_PROD on the CPU backend against a double-precision sum, for
+# tests/llama/test_out_prod.py (patch 0003's kernel).
+LLAMA_OUT_PROD_CHECK := tests/llama/ggml_out_prod
+$(LLAMA_OUT_PROD_CHECK): tests/llama/ggml_out_prod.c $(LLAMA_STAMP)
+	$(CC) $(CFLAGS) -std=c11 $(WARN) -I$(LLAMA_SRC)/ggml/include -o $@ $< \
+	    -L$(LLAMA_BIN) -lggml -lggml-base -lggml-cpu -lm -Wl,-rpath,$(LLAMA_BIN)
+
 # End to end on a fresh clone: build llama.cpp once, convert tinylm, serve the prompt
 # `make demo` trains (and one for spam) through llama.cpp against tune --load, several
 # prompts at once, a prompt tuned inside llama.cpp with forward passes only, and one tuned
@@ -115,9 +122,10 @@ check-llama:
 	@sh .ci/install-deps llama
 	@$(MAKE) -s --no-print-directory all $(LLAMA_STAMP)
 	@$(MAKE) -s --no-print-directory $(LLAMA_GGUF) $(LLAMA_GGUF_GELU0) $(LLAMA_HOST) \
-	    $(LLAMA_GRAD_CHECK)
+	    $(LLAMA_GRAD_CHECK) $(LLAMA_OUT_PROD_CHECK)
 	ULPT_LLAMA_GGUF=$(LLAMA_GGUF) ULPT_LLAMA_GGUF_GELU0=$(LLAMA_GGUF_GELU0) \
 	    ULPT_LLAMA_HOST=$(LLAMA_HOST) ULPT_LLAMA_GRAD=$(LLAMA_GRAD_CHECK) \
+	    ULPT_LLAMA_OUT_PROD=$(LLAMA_OUT_PROD_CHECK) \
 	    ULPT_LLAMA_CACHE_DIR=$(LLAMA_CACHE) ULPT_LLAMA_SRC=$(LLAMA_SRC) \
 	    ULPT_LLAMA_SERVER=$(LLAMA_SERVER) LD_LIBRARY_PATH=$(abspath lib) \
 	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/llama
