@@ -6,8 +6,8 @@ percentiles of each, after one first request per prompt (or tenant prefix), whic
 reported apart, with the number of tokens the server evaluated a request.  Each set of
 runs is done twice, on a fresh server each time: with texts drawn from 8 names (a slot's
 cached text often matches the next request's, most of all when every request has the same
-prompt) and with a distinct text for every request (only the prompt can be reused).  Then the server's resident memory with 0 and with N prompts loaded,
-and the bytes per prompt.  One JSON line per measurement on stdout.
+prompt) and with a distinct text for every request (only the prompt can be reused).  Then
+the server's resident memory with 0 and with N prompts loaded, and the bytes per prompt.  One JSON line per measurement on stdout.
 
     bench_server.py --server BIN --gguf M.gguf [--clients 64] [--prompts 1000]
                     [--requests 3000] [--rss-prompts 10000] [--rows 8]
@@ -151,14 +151,14 @@ def main():
         # often matches the next request's too; "distinct": each request's text is its own
         # (random letters, the same lengths), so only a prompt's rows can be reused
         named = [rng.choice(names) for _ in range(a.requests)]
-        distinct = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in t) for t in named]
+        letters = lambda n: "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(n))  # noqa: E731
+        distinct = [letters(len(t)) for t in named]
         # printable output: a byte that is no UTF-8 fails the server's output parser
         base = {"n_predict": 1, "temperature": 0, "cache_prompt": True,
                 "grammar": "root ::= [\\t\\n -~]"}
         # each tenant's plain-text stand-in for its rows: as many byte tokens; the server
         # puts a prompt's separator ("\n") after a ULPT request's text, the plain text has it
-        prefix = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(a.rows))
-                  for _ in range(a.prompts)]
+        prefix = [letters(a.rows) for _ in range(a.prompts)]
         for text_name, texts in (("names", named), ("distinct", distinct)):
             # each run first sends one request per distinct prefix (the "first request of
             # each" prompt or tenant, reported as its own line), then the measured requests
